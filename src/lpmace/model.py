@@ -1,0 +1,214 @@
+"""MACEConfig and MACE: the model as mace-torch's ScaleShiftMACE computes it.
+
+    E = Σ_i [ E0(z_i) + scale · Σ_t readout_t(h_i^(t)) + shift ]        (summed in float64)
+    h^(t) = Product_t( Interaction_t(h^(t-1), Y(r̂_ij), R(r_ij)), z ) (+ element-dependent skip)
+
+Forces are -∂E/∂r and stress (1/V) ∂E/∂ε by autograd (double backward when training). The model
+computes in the dtype of its parameters (``model.double()`` for fp64); blocks take their dtype from
+their inputs, so a precision policy can choose it from outside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from lpmace.data.graph import Graph
+from lpmace.errors import InputError
+from lpmace.nn.interaction import Interaction
+from lpmace.nn.product import Product
+from lpmace.nn.radial import RadialEmbedding
+from lpmace.nn.readout import LinearReadout, MLPReadout
+from lpmace.o3.spherical_harmonics import SphericalHarmonics
+
+FIRST_INTERACTIONS = ("residual", "plain")
+
+
+@dataclass(frozen=True)
+class MACEConfig:
+    """Hyperparameters of a MACE model: data only, JSON-serialisable with `to_dict`.
+
+    atomic_numbers: elements the model knows, in the order of its element-dependent weights.
+    E0s: isolated-atom energies (eV) per element, same order (empty = zeros).
+    r_max, num_bessel, num_polynomial_cutoff: radial basis (Å).
+    max_ell: highest degree of the edge spherical harmonics.
+    channels, max_L: hidden features are channels × (0e + 1o + ... + max_L) (mace-torch's
+        hidden_irreps "128x0e+128x1o" is channels=128, max_L=1).
+    correlation: body order of the symmetric contraction, per interaction (an int is broadcast).
+    num_interactions, readout_mlp (width of the last readout's hidden layer, mace's MLP_irreps),
+    radial_mlp (hidden widths), avg_num_neighbors, scale, shift (site energy = scale · x + shift).
+    first_interaction: "residual" (mace-torch's default RealAgnosticResidualInteractionBlock) or
+        "plain" (RealAgnosticInteractionBlock: an isolated atom then has energy E0 + shift).
+    """
+
+    atomic_numbers: Tuple[int, ...]
+    E0s: Tuple[float, ...] = ()
+    r_max: float = 5.0
+    num_bessel: int = 8
+    num_polynomial_cutoff: int = 5
+    max_ell: int = 3
+    channels: int = 128
+    max_L: int = 1
+    correlation: Tuple[int, ...] = (3, 3)
+    num_interactions: int = 2
+    readout_mlp: int = 16
+    radial_mlp: Tuple[int, ...] = (64, 64, 64)
+    avg_num_neighbors: float = 1.0
+    scale: float = 1.0
+    shift: float = 0.0
+    first_interaction: str = "residual"
+
+    def __post_init__(self):
+        fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        fix("atomic_numbers", tuple(int(z) for z in self.atomic_numbers))
+        fix("E0s", tuple(float(e) for e in self.E0s) or (0.0,) * len(self.atomic_numbers))
+        corr = self.correlation
+        corr = (int(corr),) * self.num_interactions if isinstance(corr, (int, float)) else tuple(int(c) for c in corr)
+        fix("correlation", corr)
+        fix("radial_mlp", tuple(int(w) for w in self.radial_mlp))
+        zs = self.atomic_numbers
+        if not zs or len(set(zs)) != len(zs) or not all(1 <= z <= 118 for z in zs):
+            raise InputError(f"atomic_numbers must be distinct elements 1..118, got {list(zs)}")
+        if len(self.E0s) != len(zs):
+            raise InputError(f"E0s has {len(self.E0s)} values for {len(zs)} atomic_numbers")
+        if len(self.correlation) != self.num_interactions or min(self.correlation) < 1:
+            raise InputError(f"correlation {self.correlation} must give one order >= 1 per interaction")
+        if self.first_interaction not in FIRST_INTERACTIONS:
+            raise InputError(f"first_interaction must be one of {FIRST_INTERACTIONS}, got {self.first_interaction!r}")
+        for name in ("num_bessel", "num_polynomial_cutoff", "channels", "num_interactions", "readout_mlp"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.r_max > 0 and self.avg_num_neighbors > 0):
+            raise InputError("r_max and avg_num_neighbors must be positive")
+        if not (0 <= self.max_L <= self.max_ell):
+            raise InputError(f"need 0 <= max_L <= max_ell, got max_L={self.max_L}, max_ell={self.max_ell}")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MACEConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InputError(f"unknown MACEConfig key(s): {', '.join(unknown)}")
+        return cls(**d)
+
+
+class MACE(torch.nn.Module):
+    """MACE interatomic potential.
+
+    ``model(graph)`` returns a dict:
+        energy: [n_graphs] float64 total energy (eV);
+        node_energy: [n_atoms] float64 site energies including E0 (eV);
+        forces: [n_atoms, 3] (eV/Å) in the model's dtype, or None if compute_forces=False;
+        stress: [n_graphs, 3, 3] (eV/Å³, ASE sign: (1/V) ∂E/∂ε; NaN for cells of zero volume)
+            if compute_stress=True, else None.
+    With training=True the force graph is kept for a loss on forces (double backward).
+    """
+
+    def __init__(self, config: MACEConfig):
+        super().__init__()
+        self.config = c = config
+        n_el = len(c.atomic_numbers)
+        lookup = torch.full((119,), -1, dtype=torch.int64)
+        lookup[list(c.atomic_numbers)] = torch.arange(n_el)
+        self.register_buffer("species_of_number", lookup, persistent=False)
+        self.register_buffer("e0s", torch.tensor(c.E0s, dtype=torch.float64), persistent=False)
+
+        self.embedding = torch.nn.Parameter(torch.randn(n_el, c.channels))
+        self.radial = RadialEmbedding(c.r_max, c.num_bessel, c.num_polynomial_cutoff)
+        self.spherical_harmonics = SphericalHarmonics(c.max_ell)
+        self.interactions = torch.nn.ModuleList()
+        self.products = torch.nn.ModuleList()
+        self.readouts = torch.nn.ModuleList()
+        last = c.num_interactions - 1
+        for t in range(c.num_interactions):
+            lmax_in = 0 if t == 0 else c.max_L
+            lmax_out = 0 if t == last else c.max_L
+            self.interactions.append(
+                Interaction(
+                    channels=c.channels, lmax_in=lmax_in, max_ell=c.max_ell, lmax_sc=lmax_out,
+                    num_elements=n_el, num_bessel=c.num_bessel, radial_mlp=c.radial_mlp,
+                    avg_num_neighbors=c.avg_num_neighbors,
+                    residual=(t > 0 or c.first_interaction == "residual"),
+                )
+            )
+            self.products.append(Product(c.channels, c.max_ell, lmax_out, c.correlation[t], n_el))
+            mlp = t == last and c.num_interactions > 1
+            self.readouts.append(MLPReadout(c.channels, c.readout_mlp) if mlp else LinearReadout(c.channels))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embedding.dtype
+
+    def species(self, numbers: torch.Tensor) -> torch.Tensor:
+        """Atomic numbers [n] -> element indices [n]; unknown elements are an InputError."""
+        if numbers.numel() and (numbers.min() < 1 or numbers.max() > 118):
+            raise InputError(f"atomic numbers must be 1..118, got {sorted(set(numbers.tolist()))}")
+        species = self.species_of_number[numbers]
+        if numbers.numel() and bool((species < 0).any()):
+            unknown = sorted(set(numbers[species < 0].tolist()))
+            raise InputError(
+                f"element(s) with atomic number {unknown} unknown to this model "
+                f"(it knows {list(self.config.atomic_numbers)})"
+            )
+        return species
+
+    def site_energies(self, graph: Graph, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """Interaction site energies scale·Σ_t readout_t + shift: [n_atoms] in the model dtype."""
+        c = self.config
+        species = self.species(graph.numbers)
+        one_hot = torch.nn.functional.one_hot(species, len(c.atomic_numbers)).to(positions.dtype)
+        sender, receiver = graph.edge_index[0], graph.edge_index[1]
+        shifts = torch.einsum("ek,ekx->ex", graph.unit_shifts.to(positions.dtype), cell[graph.batch[sender]])
+        vectors = positions[receiver] - positions[sender] + shifts
+        lengths = vectors.norm(dim=-1, keepdim=True)
+        edge_sh = self.spherical_harmonics(vectors)
+        edge_radial = self.radial(lengths)
+
+        emb = self.embedding.to(positions.dtype) / math.sqrt(self.embedding.shape[0])
+        h = (one_hot @ emb)[:, :, None]  # [n, C, 1]
+        total = positions.new_zeros(positions.shape[0])
+        for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
+            a, sc = interaction(h, one_hot, edge_sh, edge_radial, graph.edge_index)
+            h = product(a, species, sc)
+            total = total + readout(h)
+        return c.scale * total + c.shift
+
+    def forward(
+        self, graph: Graph, *, compute_forces: bool = True, compute_stress: bool = False, training: bool = False
+    ) -> Dict[str, Optional[torch.Tensor]]:
+        dtype = self.dtype
+        positions = graph.positions.to(dtype).detach().requires_grad_(compute_forces or compute_stress)
+        cell = graph.cell.to(dtype)
+        strain = None
+        if compute_stress:
+            strain = torch.zeros_like(cell, requires_grad=True)
+            sym = 0.5 * (strain + strain.transpose(1, 2))
+            positions_used = positions + torch.einsum("nx,nxy->ny", positions, sym[graph.batch])
+            cell = cell + torch.bmm(cell, sym)
+        else:
+            positions_used = positions
+        node_inter = self.site_energies(graph, positions_used, cell)
+        node_energy = node_inter.to(torch.float64) + self.e0s[self.species(graph.numbers)]
+        energy = torch.zeros(graph.num_graphs, dtype=torch.float64, device=node_energy.device)
+        energy = energy.index_add(0, graph.batch, node_energy)
+
+        forces = stress = None
+        inputs = [t for t, want in ((positions, compute_forces), (strain, compute_stress)) if want]
+        if inputs:
+            grads = torch.autograd.grad(
+                energy.sum(), inputs, create_graph=training, retain_graph=training, allow_unused=True
+            )
+            grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+            if compute_forces:
+                forces = -grads[0]
+            if compute_stress:
+                volume = torch.linalg.det(graph.cell.to(dtype)).abs()
+                stress = grads[-1] / torch.where(volume > 0, volume, torch.nan)[:, None, None]
+        return {"energy": energy, "node_energy": node_energy, "forces": forces, "stress": stress}

@@ -1,0 +1,119 @@
+"""Interaction block: the equivariant convolution that builds the atomic basis A (MACE Eq. 8–9).
+
+    A_{i,c,l3 m3} = 1/avg_num_neighbors · Linear( Σ_{j∈N(i)} Σ_paths R_{ij,c,path}
+                      · sqrt(2 l3 + 1) Σ_{m1 m2} C^{l3 m3}_{l1 m1, l2 m2} h̃_{j,c,l1 m1} Y_{l2 m2}(r̂_ij) )
+
+with h̃ = linear_up(h), R the radial MLP of the edge length, C the real Clebsch–Gordan table and the
+sum over paths (l1, l2, l3) with natural parity ('uvu' tensor product: channel-wise, one weight per
+edge, channel and path). Paths are ordered as mace-torch orders them (by l3, then l1, l2), so radial
+MLP columns map one to one.
+
+Two flavours, as in mace-torch:
+- residual (RealAgnosticResidualInteractionBlock): also returns the element-dependent skip
+  connection sc = ElementLinear(h), added after the product block;
+- plain (RealAgnosticInteractionBlock): no skip; the element-dependent linear acts on the message.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from lpmace.nn.linear import ElementLinear, EquivariantLinear
+from lpmace.nn.radial import RadialMLP
+from lpmace.o3.clebsch_gordan import coupling_allowed, wigner_3j
+from lpmace.o3.irreps import l_slice, num_components
+
+
+def conv_paths(lmax_in: int, max_ell: int, lmax_out: int) -> List[Tuple[int, int, int]]:
+    """(l1, l2, l3) of the conv tensor product in mace-torch's order (stable sort by l3)."""
+    paths = [
+        (l1, l2, l3)
+        for l1 in range(lmax_in + 1)
+        for l2 in range(max_ell + 1)
+        for l3 in range(abs(l1 - l2), l1 + l2 + 1)
+        if l3 <= lmax_out and coupling_allowed(l1, l2, l3)
+    ]
+    return sorted(paths, key=lambda p: p[2])
+
+
+def conv_coupling_table(paths: Sequence[Tuple[int, int, int]], lmax_in: int, max_ell: int) -> torch.Tensor:
+    """[(lmax_in+1)², (max_ell+1)², Q] float64: sqrt(2l3+1)·CG of every path, Q = Σ_p (2 l3_p + 1)."""
+    q = sum(2 * l3 + 1 for _, _, l3 in paths)
+    table = torch.zeros(num_components(lmax_in), num_components(max_ell), q, dtype=torch.float64)
+    start = 0
+    for l1, l2, l3 in paths:
+        width = 2 * l3 + 1
+        table[l_slice(l1), l_slice(l2), start : start + width] = math.sqrt(width) * wigner_3j(l1, l2, l3)
+        start += width
+    return table
+
+
+class Interaction(torch.nn.Module):
+    """One MACE interaction.
+
+    forward(node_feats [n, C, (lmax_in+1)²], one_hot [n, n_elements], edge_sh [E, (max_ell+1)²],
+    edge_radial [E, num_bessel], edge_index [2, E]) -> (A [n, C, (max_ell+1)²], sc [n, C, (lmax_sc+1)²]
+    or None). All in node_feats' dtype.
+    """
+
+    def __init__(
+        self,
+        *,
+        channels: int,
+        lmax_in: int,
+        max_ell: int,
+        lmax_sc: int,
+        num_elements: int,
+        num_bessel: int,
+        radial_mlp: Sequence[int],
+        avg_num_neighbors: float,
+        residual: bool,
+    ):
+        super().__init__()
+        self.channels = channels
+        self.lmax_in = lmax_in
+        self.max_ell = max_ell
+        self.residual = residual
+        self.avg_num_neighbors = float(avg_num_neighbors)
+        self.paths = conv_paths(lmax_in, max_ell, max_ell)
+        self.register_buffer("coupling", conv_coupling_table(self.paths, lmax_in, max_ell), persistent=False)
+        path_of_column = [p for p, (_, _, l3) in enumerate(self.paths) for _ in range(2 * l3 + 1)]
+        self.register_buffer("path_of_column", torch.tensor(path_of_column), persistent=False)
+        paths_per_l = [sum(1 for *_, l3 in self.paths if l3 == l) for l in range(max_ell + 1)]
+
+        self.linear_up = EquivariantLinear([channels] * (lmax_in + 1), channels, lmax_in)
+        self.radial_mlp = RadialMLP([num_bessel, *radial_mlp, len(self.paths) * channels])
+        self.linear = EquivariantLinear([p * channels for p in paths_per_l], channels, max_ell)
+        if residual:
+            self.skip = ElementLinear(channels, channels, lmax_in, lmax_sc, num_elements)
+        else:
+            self.skip = ElementLinear(channels, channels, max_ell, max_ell, num_elements)
+
+    def message(self, h: torch.Tensor, edge_sh, edge_radial, edge_index) -> torch.Tensor:
+        """Σ_j of per-edge tensor products: [n, C, Q] (one block of 2 l3 + 1 columns per path)."""
+        sender, receiver = edge_index[0], edge_index[1]
+        n, c = h.shape[0], h.shape[1]
+        weights = self.radial_mlp(edge_radial).view(-1, len(self.paths), c)  # [E, P, C]
+        h_send = h[sender]  # [E, C, D_in]
+        outer = h_send[:, :, :, None] * edge_sh[:, None, None, :]  # [E, C, D_in, D_sh]
+        table = self.coupling.to(h.dtype)
+        tp = outer.reshape(outer.shape[0], c, -1) @ table.reshape(-1, table.shape[-1])  # [E, C, Q]
+        tp = tp * weights[:, self.path_of_column, :].transpose(1, 2)
+        out = torch.zeros(n, c, tp.shape[-1], dtype=tp.dtype, device=tp.device)
+        return out.index_add_(0, receiver, tp)
+
+    def forward(self, node_feats, one_hot, edge_sh, edge_radial, edge_index):
+        sc: Optional[torch.Tensor] = self.skip(node_feats, one_hot) if self.residual else None
+        h = self.linear_up(node_feats)
+        summed = self.message(h, edge_sh, edge_radial, edge_index)
+        per_degree, start = [[] for _ in range(self.max_ell + 1)], 0
+        for _, _, l3 in self.paths:
+            per_degree[l3].append(summed[:, :, start : start + 2 * l3 + 1])
+            start += 2 * l3 + 1
+        a = self.linear([torch.cat(blocks, dim=1) for blocks in per_degree]) / self.avg_num_neighbors
+        if not self.residual:
+            a = self.skip(a, one_hot)
+        return a, sc

@@ -1,0 +1,82 @@
+"""Linear maps between equivariant features: per-degree channel mixing, shared or per element.
+
+Features are [n, channels, (L+1)**2] (see lpmace.o3.irreps). A linear equivariant map can only mix
+channels within each degree l, so it is one [c_in, c_out] matrix per l. Normalisation follows
+e3nn (which mace-torch uses): divide by sqrt(fan_in), weights initialised N(0, 1), no biases.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Sequence
+
+import torch
+
+from lpmace.o3.irreps import l_slice
+
+
+def split_degrees(x: torch.Tensor, lmax: int) -> List[torch.Tensor]:
+    """[n, C, (lmax+1)**2] -> [[n, C, 1], [n, C, 3], ...]."""
+    return [x[:, :, l_slice(l)] for l in range(lmax + 1)]
+
+
+class EquivariantLinear(torch.nn.Module):
+    """y_l[n, d, m] = Σ_c x_l[n, c, m] W_l[c, d] / sqrt(c_in_l), for l = 0..lmax_out.
+
+    `channels_in[l]` may differ per degree (the conv output stacks one block per tensor-product
+    path). Input: list of per-degree tensors [n, c_in_l, 2l+1] or one [n, C, (L+1)**2] tensor.
+    Output: [n, channels_out, (lmax_out+1)**2] in the input's dtype.
+    """
+
+    def __init__(self, channels_in: Sequence[int], channels_out: int, lmax_out: int):
+        super().__init__()
+        if len(channels_in) < lmax_out + 1:
+            raise ValueError("input lacks degrees the output needs")
+        self.lmax_out = lmax_out
+        self.weights = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.randn(channels_in[l], channels_out)) for l in range(lmax_out + 1)]
+        )
+
+    def forward(self, x) -> torch.Tensor:
+        if isinstance(x, torch.Tensor):
+            x = split_degrees(x, int(round(x.shape[-1] ** 0.5)) - 1)
+        out = []
+        for l, w in enumerate(self.weights):
+            w = w.to(x[l].dtype) / math.sqrt(w.shape[0])
+            out.append(torch.einsum("ncm,cd->ndm", x[l], w))
+        return torch.cat(out, dim=-1)
+
+
+class ElementLinear(torch.nn.Module):
+    """Element-dependent linear map (mace-torch's skip connection, an e3nn tensor product with the
+    one-hot species): y_l[n] = x_l[n]ᵀ W_l[z_n] / sqrt(c_in · n_elements).
+
+    Degrees l <= min(lmax_in, lmax_out) have weights; higher output degrees are zero (no path).
+    Input x [n, C_in, (lmax_in+1)**2], one-hot species [n, n_elements] (same dtype as x).
+    Output [n, C_out, (lmax_out+1)**2].
+    """
+
+    def __init__(self, channels_in: int, channels_out: int, lmax_in: int, lmax_out: int, num_elements: int):
+        super().__init__()
+        self.lmax_out = lmax_out
+        self.weights = torch.nn.ParameterList(
+            [
+                torch.nn.Parameter(torch.randn(num_elements, channels_in, channels_out))
+                for _ in range(min(lmax_in, lmax_out) + 1)
+            ]
+        )
+
+    def forward(self, x: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        out = []
+        for l, w in enumerate(self.weights):
+            z, c_in, c_out = w.shape
+            xl = x[:, :, l_slice(l)]
+            xz = (one_hot[:, :, None, None] * xl[:, None]).reshape(n, z * c_in, 2 * l + 1)
+            w = w.to(x.dtype).reshape(z * c_in, c_out) / math.sqrt(z * c_in)
+            out.append(torch.einsum("nkm,kd->ndm", xz, w))
+        missing = (self.lmax_out + 1) ** 2 - sum(o.shape[-1] for o in out)
+        if missing:
+            c_out = self.weights[0].shape[-1]
+            out.append(x.new_zeros(n, c_out, missing))
+        return torch.cat(out, dim=-1)

@@ -1,0 +1,74 @@
+"""Product block: the symmetric contraction (MACE Eq. 10–11), a linear, and the skip connection.
+
+For each node i, channel c and output degree L:
+
+    B_{i,c,LM} = Σ_{ν=1..correlation} Σ_k W^{(L,ν)}_{z_i,k,c} Σ_mono P^{(L,ν)}[mono, M, k] Π_{j∈mono} A_{i,c,j}
+
+P is the polynomial basis of lpmace.o3.symmetric_basis; the weights depend on the element z_i.
+This plain-PyTorch version forms the monomials explicitly ([n, C, n_mono]); it is the reference
+the fused kernels are tested against.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from lpmace.nn.linear import EquivariantLinear
+from lpmace.o3.symmetric_basis import symmetric_basis
+
+
+class SymmetricContraction(torch.nn.Module):
+    """A [n, C, (lmax_in+1)²], species [n] (indices) -> B [n, C, (lmax_out+1)²].
+
+    Parameters ``weights["L{L}_nu{ν}"]``: [n_elements, n_basis(L, ν), C], initialised N(0,1)/n_basis
+    like mace-torch.
+    """
+
+    def __init__(self, channels: int, lmax_in: int, lmax_out: int, correlation: int, num_elements: int):
+        super().__init__()
+        self.lmax_out = lmax_out
+        self.correlation = correlation
+        self.weights = torch.nn.ParameterDict()
+        for L in range(lmax_out + 1):
+            for nu in range(1, correlation + 1):
+                monos, coeffs = symmetric_basis(lmax_in, nu, L)
+                self.register_buffer(f"monos_L{L}_nu{nu}", monos, persistent=False)
+                self.register_buffer(f"coeffs_L{L}_nu{nu}", coeffs, persistent=False)
+                k = coeffs.shape[-1]
+                self.weights[f"L{L}_nu{nu}"] = torch.nn.Parameter(
+                    torch.randn(num_elements, k, channels) / max(k, 1)
+                )
+
+    def forward(self, a: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        n, c, _ = a.shape
+        out = []
+        for L in range(self.lmax_out + 1):
+            b = a.new_zeros(n, c, 2 * L + 1)
+            for nu in range(1, self.correlation + 1):
+                monos = getattr(self, f"monos_L{L}_nu{nu}")
+                coeffs = getattr(self, f"coeffs_L{L}_nu{nu}").to(a.dtype)
+                if coeffs.shape[-1] == 0:
+                    continue
+                mono = a[:, :, monos[:, 0]]
+                for j in range(1, nu):
+                    mono = mono * a[:, :, monos[:, j]]  # [n, C, n_mono]
+                y = (mono @ coeffs.reshape(coeffs.shape[0], -1)).view(n, c, 2 * L + 1, -1)
+                w = self.weights[f"L{L}_nu{nu}"].to(a.dtype)[species]  # [n, K, C]
+                b = b + torch.einsum("ncmk,nkc->ncm", y, w)
+            out.append(b)
+        return torch.cat(out, dim=-1)
+
+
+class Product(torch.nn.Module):
+    """B = SymmetricContraction(A); h = Linear(B) (+ sc). Output [n, C, (lmax_out+1)²]."""
+
+    def __init__(self, channels: int, lmax_in: int, lmax_out: int, correlation: int, num_elements: int):
+        super().__init__()
+        self.contraction = SymmetricContraction(channels, lmax_in, lmax_out, correlation, num_elements)
+        self.linear = EquivariantLinear([channels] * (lmax_out + 1), channels, lmax_out)
+
+    def forward(self, a: torch.Tensor, species: torch.Tensor, sc: Optional[torch.Tensor]) -> torch.Tensor:
+        h = self.linear(self.contraction(a, species))
+        return h if sc is None else h + sc

@@ -1,0 +1,66 @@
+"""Radial embedding of edge lengths (MACE paper Eq. 7–8) and the radial MLP.
+
+Bessel basis b_n(r) = sqrt(2/r_max) sin(nπ r / r_max) / r, n = 1..num_bessel, times the polynomial
+envelope u(r) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2), x = r / r_max, which is
+zero with its first p-1 derivatives at r_max, so energies and forces are continuous as atoms leave
+the cutoff. Everything runs in the dtype of the input lengths.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from lpmace.nn.activation import scaled_silu
+
+
+class RadialEmbedding(torch.nn.Module):
+    """lengths [n_edges, 1] -> Bessel features times envelope [n_edges, num_bessel]."""
+
+    def __init__(self, r_max: float, num_bessel: int, num_polynomial_cutoff: int):
+        super().__init__()
+        self.r_max = float(r_max)
+        self.p = int(num_polynomial_cutoff)
+        freqs = math.pi / self.r_max * torch.arange(1, num_bessel + 1, dtype=torch.float64)
+        self.register_buffer("frequencies", freqs, persistent=False)
+
+    def envelope(self, lengths: torch.Tensor) -> torch.Tensor:
+        """u(r) [n_edges, 1]; exactly zero at and beyond r_max."""
+        p, x = self.p, lengths / self.r_max
+        u = (
+            1.0
+            - (p + 1.0) * (p + 2.0) / 2.0 * x**p
+            + p * (p + 2.0) * x ** (p + 1)
+            - p * (p + 1.0) / 2.0 * x ** (p + 2)
+        )
+        return u * (x < 1.0)
+
+    def forward(self, lengths: torch.Tensor) -> torch.Tensor:
+        freqs = self.frequencies.to(lengths.dtype)
+        bessel = math.sqrt(2.0 / self.r_max) * torch.sin(freqs * lengths) / lengths
+        return bessel * self.envelope(lengths)
+
+
+class RadialMLP(torch.nn.Module):
+    """Per-edge tensor-product weights from radial features.
+
+    Layers h <- act(h @ W / sqrt(fan_in)) with the scaled SiLU, no biases, no activation after the
+    last layer. Input [n_edges, sizes[0]], output [n_edges, sizes[-1]], in the input's dtype.
+    """
+
+    def __init__(self, sizes: Sequence[int]):
+        super().__init__()
+        self.sizes = tuple(int(s) for s in sizes)
+        self.weights = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.randn(a, b)) for a, b in zip(self.sizes[:-1], self.sizes[1:])]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = len(self.weights) - 1
+        for i, w in enumerate(self.weights):
+            x = x @ (w.to(x.dtype) / math.sqrt(w.shape[0]))
+            if i < last:
+                x = scaled_silu(x)
+        return x
