@@ -100,7 +100,7 @@ class Interaction(torch.nn.Module):
         h_send = h[sender]  # [E, C, D_in]
         outer = h_send[:, :, :, None] * edge_sh[:, None, None, :]  # [E, C, D_in, D_sh]
         table = self.coupling.to(h.dtype)
-        tp = outer.reshape(outer.shape[0], c, -1) @ table.reshape(-1, table.shape[-1])  # [E, C, Q]
+        tp = outer.reshape(outer.shape[0], c, outer.shape[2] * outer.shape[3]) @ table.reshape(-1, table.shape[-1])  # [E, C, Q]
         tp = tp * weights[:, self.path_of_column, :].transpose(1, 2)
         out = torch.zeros(n, c, tp.shape[-1], dtype=tp.dtype, device=tp.device)
         return out.index_add_(0, receiver, tp)

@@ -1,9 +1,9 @@
 """Radial embedding of edge lengths (MACE paper Eq. 7–8) and the radial MLP.
 
 Bessel basis b_n(r) = sqrt(2/r_max) sin(nπ r / r_max) / r, n = 1..num_bessel, times the polynomial
-envelope u(r) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2), x = r / r_max, which is
-zero with its first p-1 derivatives at r_max, so energies and forces are continuous as atoms leave
-the cutoff. Everything runs in the dtype of the input lengths.
+envelope u(r) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2), x = r / r_max, which
+vanishes with its first and second derivatives at r_max (for every p), so energies and forces are
+continuous as atoms leave the cutoff. Everything runs in the dtype of the input lengths.
 """
 
 from __future__ import annotations
