@@ -361,3 +361,11 @@ def test_energy_is_float64_and_forces_in_model_dtype(model, molecule):
     assert out["node_energy"].shape == (len(molecule),)
     assert out["forces"].dtype == torch.float64 and out["forces"].shape == (len(molecule), 3)
     torch.testing.assert_close(out["node_energy"].sum(), out["energy"][0], rtol=1e-14, atol=0.0)
+
+
+def test_e0s_stay_float64_when_the_model_is_cast():
+    model = MACE(MACEConfig(atomic_numbers=(1, 8), E0s=(-13.587222780835477, -2041.9816003861047), channels=4))
+    for cast in (model.float, model.half, lambda: model.to(torch.bfloat16)):
+        cast()
+        assert model.e0s.dtype == torch.float64
+        assert model.e0s[1].item() == -2041.9816003861047

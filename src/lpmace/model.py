@@ -142,6 +142,12 @@ class MACE(torch.nn.Module):
             mlp = t == last and c.num_interactions > 1
             self.readouts.append(MLPReadout(c.channels, c.readout_mlp) if mlp else LinearReadout(c.channels))
 
+    def _apply(self, fn, recurse=True):
+        # .float()/.half()/.to(dtype) cast floating buffers too; E0s (~1e3 eV) stay float64 (rule 1).
+        super()._apply(fn, recurse)
+        self.e0s = torch.tensor(self.config.E0s, dtype=torch.float64, device=self.e0s.device)
+        return self
+
     @property
     def dtype(self) -> torch.dtype:
         return self.embedding.dtype

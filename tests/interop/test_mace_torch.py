@@ -11,12 +11,12 @@ import torch
 mace_modules = pytest.importorskip("mace.modules")
 from e3nn import o3  # noqa: E402
 
+from lpmace import datasets  # noqa: E402
 from lpmace.data import collate, graph_from_configuration, read_configurations  # noqa: E402
 from lpmace.errors import InputError  # noqa: E402
 from lpmace.interop import from_mace_torch  # noqa: E402
 
-
-SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "data"
+from shared_data import shared_data_dir  # noqa: E402
 
 
 def build_mace_torch(z, hidden, first, correlation, num_interactions=2, cls="ScaleShiftMACE", seed=0):
@@ -67,7 +67,7 @@ def assert_same(ref_model, graph, z, stress=False):
 
 @pytest.fixture(scope="module")
 def molecules():
-    configs = read_configurations(SHARED_DATA / "3bpa" / "test_300K.xyz", index=":3")
+    configs = read_configurations(datasets.path("3bpa/test_300K.xyz"), index=":3")
     assert len(configs) == 3
     return collate([graph_from_configuration(c, 4.5) for c in configs])
 
@@ -75,7 +75,7 @@ def molecules():
 @pytest.fixture(scope="module")
 def silicon():
     configs = read_configurations(
-        SHARED_DATA / "si_zuo2020" / "Si_test.xyz", energy_key="energy", forces_key="force", index=":3"
+        shared_data_dir() / "si_zuo2020" / "Si_test.xyz", energy_key="energy", forces_key="force", index=":3"
     )
     return collate([graph_from_configuration(c, 4.5) for c in configs])
 

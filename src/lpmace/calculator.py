@@ -1,0 +1,105 @@
+"""An ASE calculator for lpmace models: energy, free_energy, forces, and stress for periodic cells.
+
+The calculator never changes torch's global default dtype: the model computes in the dtypes of its
+own weights, and results come back to ASE as float64 numpy arrays. All model evaluation happens in
+`Calculator._evaluate`, the one place a precision policy will hook in.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import ase
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator as ASECalculator
+from ase.calculators.calculator import PropertyNotImplementedError, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+from ase.data import chemical_symbols
+
+from lpmace.data import Configuration, graph_from_configuration
+from lpmace.data.graph import Graph
+from lpmace.errors import InputError
+from lpmace.model import MACE
+
+__all__ = ["Calculator"]
+
+
+class Calculator(ASECalculator):
+    """ASE calculator around an lpmace `MACE` model.
+
+    Args:
+        model: a `MACE` module, or the path of an lpmace ``.safetensors`` model file.
+        device: torch device to evaluate on ("cpu", "cuda", ...).
+        **kwargs: passed to `ase.calculators.calculator.Calculator` (e.g. ``label``).
+
+    Results (ASE units: eV, Å): ``energy`` and ``free_energy`` (the same number; MACE has no
+    electronic entropy), ``forces`` [n_atoms, 3], and ``stress`` (Voigt order xx yy zz yz xz xy,
+    eV/Å³, ASE sign convention), which exists only for cells periodic in all three directions.
+    Forces are always computed; stress is computed on every call for fully periodic cells.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, model: MACE | str | os.PathLike, device: str | torch.device = "cpu", **kwargs) -> None:
+        super().__init__(**kwargs)
+        if isinstance(model, (str, os.PathLike)):
+            from lpmace.io import load
+
+            model = load(model, device=device)
+        if not isinstance(model, MACE):
+            raise InputError(f"Calculator needs an lpmace MACE model or a model file path, got {type(model).__name__}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.r_max = float(model.config.r_max)
+        self.atomic_numbers = tuple(int(z) for z in model.config.atomic_numbers)
+
+    def calculate(
+        self,
+        atoms: ase.Atoms | None = None,
+        properties: Sequence[str] = ("energy",),
+        system_changes: Sequence[str] = all_changes,
+    ) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        periodic = bool(np.all(atoms.pbc))
+        if "stress" in properties and not periodic:
+            raise PropertyNotImplementedError(
+                f"stress needs a cell periodic in all three directions; these atoms have pbc={atoms.pbc.tolist()}"
+            )
+        graph = self._graph(atoms)
+        out = self._evaluate(graph.to(self.device), compute_stress=periodic)
+
+        energy = float(out["energy"].detach().to("cpu", torch.float64)[0])
+        self.results["energy"] = energy
+        self.results["free_energy"] = energy
+        self.results["forces"] = out["forces"].detach().to("cpu", torch.float64).numpy()
+        if periodic:
+            stress = out["stress"].detach().to("cpu", torch.float64).numpy()[0]
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+
+    def _graph(self, atoms: ase.Atoms) -> Graph:
+        """The float64 graph of `atoms` within the model's cutoff; InputError for elements it lacks."""
+        unknown = sorted(set(int(z) for z in atoms.numbers) - set(self.atomic_numbers))
+        if unknown:
+            names = ", ".join(_element(z) for z in unknown)
+            known = ", ".join(chemical_symbols[z] for z in self.atomic_numbers)
+            raise InputError(f"element(s) {names} not in the model, which knows {known}")
+        config = Configuration(
+            numbers=np.asarray(atoms.numbers, dtype=np.int64),
+            positions=np.asarray(atoms.positions, dtype=np.float64),
+            cell=np.asarray(atoms.cell.array, dtype=np.float64),
+            pbc=np.asarray(atoms.pbc, dtype=bool),
+            source=f"Atoms({atoms.get_chemical_formula()})",
+        )
+        return graph_from_configuration(config, self.r_max)
+
+    def _evaluate(self, graph: Graph, *, compute_stress: bool) -> dict[str, torch.Tensor]:
+        """One model call: energy [1] float64, forces [n_atoms, 3], stress [1, 3, 3] or None."""
+        with torch.enable_grad():  # forces are autograd derivatives, even if the caller is in no_grad
+            return self.model(graph, compute_forces=True, compute_stress=compute_stress, training=False)
+
+
+def _element(z: int) -> str:
+    return f"{chemical_symbols[z]} (Z={z})" if 0 < z < len(chemical_symbols) else f"Z={z}"

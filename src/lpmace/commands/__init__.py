@@ -1,0 +1,1 @@
+"""Subcommands of the `lpmace` command line, one module each (see `lpmace.cli`)."""

@@ -1,0 +1,53 @@
+"""`lpmace convert IN.model OUT.safetensors`: import a mace-torch model into an lpmace model file.
+
+A mace-torch `.model` file is a pickle: loading it runs whatever code it contains. Converting is
+therefore an explicit act of trust in the file, and the command says so before it loads anything.
+The output is a safetensors file, which is safe to share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import re
+import warnings
+
+HELP = "convert a mace-torch .model file (a pickle: trusted input only) to .safetensors"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", metavar="IN.model", help="mace-torch model saved with torch.save")
+    parser.add_argument("output", metavar="OUT.safetensors", help="lpmace model file to write")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lpmace.cli import warn
+    from lpmace.errors import InputError
+
+    source, target = pathlib.Path(args.input), pathlib.Path(args.output)
+    if not source.is_file():
+        open(source, "rb").close()  # the OS's own words: no such file, is a directory, ...
+    if target.suffix != ".safetensors":
+        raise InputError(f"{target}: the output file name must end in .safetensors")
+    if target.exists() and not args.force:
+        raise InputError(f"{target}: exists; pass --force to overwrite it")
+    if not target.parent.is_dir():
+        raise InputError(f"{target}: folder {target.parent} does not exist")
+
+    import lpmace.interop
+    import lpmace.io
+
+    # The trust warning is printed once, as a plain line, instead of through Python's warnings.
+    warn(f"{source}: {lpmace.interop.TRUST_WARNING}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape(lpmace.interop.TRUST_WARNING))
+        mace_model = lpmace.interop.load_mace_torch_model(source)
+    try:
+        model = lpmace.interop.from_mace_torch(mace_model)
+    except InputError as err:
+        raise InputError(f"{source}: {err}") from None
+    lpmace.io.save(model, target)
+    n_parameters = sum(p.numel() for p in model.parameters())
+    print(f"wrote {target} ({n_parameters:,} parameters)")
+    return 0

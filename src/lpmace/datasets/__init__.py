@@ -1,0 +1,33 @@
+"""Datasets shipped inside the package (with their licence notices next to them).
+
+`3bpa/`: the 3BPA molecule (train_300K, the first 300 of test_300K, iso_atoms); see 3bpa/README.md.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import pathlib
+
+from lpmace.errors import InputError
+
+__all__ = ["path"]
+
+
+def path(name: str) -> pathlib.Path:
+    """The filesystem path of an embedded file, e.g. ``path("3bpa/train_300K.xyz")``.
+
+    Raises `InputError` naming the file (and what exists) when there is no such embedded file.
+    """
+    root = importlib.resources.files(__name__)
+    resource = root.joinpath(*name.split("/"))
+    if not resource.is_file():
+        available = sorted(
+            f"{d.name}/{f.name}"
+            for d in root.iterdir()
+            if d.is_dir() and not d.name.startswith("__")
+            for f in d.iterdir()
+            if f.suffix == ".xyz"
+        )
+        raise InputError(f"no embedded dataset file {name!r}; available: {', '.join(available)}")
+    # Installed as plain files (regular or editable install), so this is a real path.
+    return pathlib.Path(str(resource))

@@ -1,0 +1,170 @@
+"""Model files: `*.safetensors` holding the weights, with the MACEConfig as JSON in the metadata.
+
+No pickle anywhere: loading a model file from a stranger reads tensors and a JSON string, and never
+runs code. (mace-torch `.model` files are pickles; importing one is `lpmace convert`'s explicit act.)
+
+Metadata keys (all strings, as safetensors requires):
+    format          "lpmace-model"
+    format_version  "1"
+    lpmace_version  the package version that wrote the file
+    config          json.dumps(model.config.to_dict())
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+
+from lpmace.errors import InputError
+from lpmace.model import MACE, MACEConfig
+
+__all__ = ["save", "load", "read_config", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "lpmace-model"
+FORMAT_VERSION = "1"
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save files (mace-torch .model) are zip archives
+
+
+def save(model: MACE, path: str | os.PathLike) -> pathlib.Path:
+    """Write `model` (weights and config) to `path`, atomically.
+
+    The file is first written to a temporary file in the destination folder and then renamed over
+    `path` (os.replace), so a reader sees either the old file or the complete new one, and a
+    failure leaves no partial file behind. A missing destination folder raises FileNotFoundError.
+    Returns the path written.
+    """
+    path = pathlib.Path(path)
+    from lpmace import __version__
+
+    tensors = {
+        name: value.detach().to("cpu").contiguous().clone()  # clone: safetensors refuses shared storage
+        for name, value in model.state_dict().items()
+    }
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "lpmace_version": __version__,
+        "config": json.dumps(model.config.to_dict()),
+    }
+    payload = safetensors.torch.save(tensors, metadata=metadata)
+
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def _read(path: pathlib.Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and tensors of a safetensors file; InputError naming the file if it is not one."""
+    if not path.is_file():
+        # Let the OS word it ("No such file or directory", "Is a directory").
+        open(path, "rb").close()
+    try:
+        with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (safetensors.SafetensorError, ValueError, RuntimeError) as err:
+        with open(path, "rb") as raw:
+            is_zip = raw.read(4) == _ZIP_MAGIC
+        hint = (
+            " (it looks like a torch.save/mace-torch .model file: convert it with "
+            "`lpmace convert IN.model OUT.safetensors`)"
+            if is_zip
+            else ""
+        )
+        raise InputError(f"{path}: not a readable safetensors file{hint}: {err}") from None
+    return metadata, tensors
+
+
+def _config_from_metadata(path: pathlib.Path, metadata: dict[str, str]) -> MACEConfig:
+    if metadata.get("format") != FORMAT:
+        raise InputError(
+            f"{path}: not an lpmace model file (metadata 'format' is "
+            f"{metadata.get('format')!r}, expected {FORMAT!r})"
+        )
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise InputError(
+            f"{path}: unsupported lpmace model format_version {metadata.get('format_version')!r} "
+            f"(this lpmace reads {FORMAT_VERSION!r})"
+        )
+    try:
+        raw = json.loads(metadata["config"])
+    except (KeyError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: missing or malformed 'config' metadata ({err})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: 'config' metadata is not a JSON object")
+    try:
+        return MACEConfig.from_dict(_tuples(raw))
+    except (InputError, TypeError, ValueError) as err:
+        raise InputError(f"{path}: bad model config: {err}") from None
+
+
+def _tuples(value: Any) -> Any:
+    """JSON has no tuples: MACEConfig's sequence fields come back as lists; make them tuples again."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def read_config(path: str | os.PathLike) -> MACEConfig:
+    """The MACEConfig stored in an lpmace model file (validated; weights are not checked)."""
+    path = pathlib.Path(path)
+    metadata, _ = _read(path)
+    return _config_from_metadata(path, metadata)
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> MACE:
+    """Read a model written by `save`; the weights keep the dtypes they were saved in.
+
+    Raises InputError naming the file when it is not an lpmace safetensors model, its config is
+    invalid, or its tensors do not match the model the config describes (missing, extra, or of the
+    wrong shape).
+    """
+    path = pathlib.Path(path)
+    metadata, tensors = _read(path)
+    config = _config_from_metadata(path, metadata)
+    try:
+        model = MACE(config)
+    except (InputError, TypeError, ValueError) as err:
+        raise InputError(f"{path}: bad model config: {err}") from None
+
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing tensor(s) {', '.join(missing)}")
+        if extra:
+            parts.append(f"unexpected tensor(s) {', '.join(extra)}")
+        raise InputError(f"{path}: tensors do not match the config: {'; '.join(parts)}")
+    wrong = [
+        f"{name} {tuple(tensors[name].shape)} (expected {tuple(ref.shape)})"
+        for name, ref in expected.items()
+        if tensors[name].shape != ref.shape
+    ]
+    if wrong:
+        raise InputError(f"{path}: tensor shapes do not match the config: {', '.join(wrong)}")
+
+    # assign=True keeps the saved dtypes, so a save/load round trip is bit-identical.
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return model.to(device)

@@ -1,0 +1,93 @@
+"""Shared fixtures: a tiny random model, the embedded 3BPA data, and a scoped default dtype."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import torch
+
+from lpmace import datasets
+from lpmace.model import MACE, MACEConfig
+
+# Isolated-atom energies of 3BPA (eV), from the embedded iso_atoms.xyz.
+BPA_E0S = {1: -13.587222780835477, 6: -1029.4889999855063, 7: -1484.9814568572233, 8: -2041.9816003861047}
+
+
+def tiny_config(**overrides) -> MACEConfig:
+    """A MACEConfig for H, C, N, O small enough to evaluate in milliseconds on a CPU."""
+    values = dict(
+        atomic_numbers=tuple(BPA_E0S),
+        E0s=tuple(BPA_E0S.values()),
+        r_max=4.0,
+        num_bessel=4,
+        max_ell=2,
+        channels=8,
+        max_L=1,
+        correlation=(2, 2),
+        readout_mlp=4,
+        radial_mlp=(8, 8),
+        avg_num_neighbors=8.0,
+        scale=0.7,
+        shift=0.1,
+    )
+    values.update(overrides)
+    return MACEConfig(**values)
+
+
+def tiny_model(dtype: torch.dtype = torch.float64, seed: int = 0, **overrides) -> MACE:
+    """A randomly initialised (seeded) tiny MACE with parameters in `dtype`."""
+    torch.manual_seed(seed)
+    return MACE(tiny_config(**overrides)).to(dtype)
+
+
+@pytest.fixture
+def model() -> MACE:
+    """Tiny fp64 MACE for H, C, N, O."""
+    return tiny_model()
+
+
+@pytest.fixture
+def make_model():
+    """`make_model(dtype=float64, seed=0, **config_overrides)`: more tiny models in one test."""
+    return tiny_model
+
+
+@pytest.fixture
+def bpa_train_path() -> pathlib.Path:
+    return datasets.path("3bpa/train_300K.xyz")
+
+
+@pytest.fixture
+def bpa_test_path() -> pathlib.Path:
+    return datasets.path("3bpa/test_300K.xyz")
+
+
+@pytest.fixture
+def bpa_atoms(bpa_test_path):
+    """The first 3BPA test molecule as ase.Atoms (27 atoms, not periodic)."""
+    import ase.io
+
+    return ase.io.read(bpa_test_path, index=0)
+
+
+@pytest.fixture
+def default_dtype_float64():
+    """Set torch's global default dtype to float64 for one test (mace-torch builds in it), then restore."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@pytest.fixture(autouse=True)
+def _default_dtype_unchanged():
+    """No lpmace code may change torch's global default dtype (DESIGN.md rule 6)."""
+    before = torch.get_default_dtype()
+    yield
+    after = torch.get_default_dtype()
+    torch.set_default_dtype(before)
+    assert after == before, f"a test left torch's default dtype at {after} (was {before})"
+

@@ -1,0 +1,118 @@
+"""ASE calculator: agrees with the model, forces and stress are derivatives of its energy."""
+
+from __future__ import annotations
+
+import ase
+import numpy as np
+import pytest
+import torch
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+
+import lpmace.io
+from lpmace.calculator import Calculator
+from lpmace.data import Configuration, graph_from_configuration
+from lpmace.errors import InputError
+
+
+def _periodic(atoms: ase.Atoms, box: float = 9.0) -> ase.Atoms:
+    """The molecule in a small cubic periodic box, so images interact within r_max."""
+    crystal = atoms.copy()
+    crystal.set_cell(np.diag([box, box * 1.1, box * 1.2]))
+    crystal.set_pbc(True)
+    crystal.center()
+    return crystal
+
+
+def test_energy_and_forces_equal_the_model_output(model, bpa_atoms):
+    calc = Calculator(model)
+    bpa_atoms.calc = calc
+    energy, forces = bpa_atoms.get_potential_energy(), bpa_atoms.get_forces()
+
+    config = Configuration(
+        numbers=bpa_atoms.numbers, positions=bpa_atoms.positions, cell=bpa_atoms.cell.array, pbc=bpa_atoms.pbc
+    )
+    out = model(graph_from_configuration(config, model.config.r_max))
+    assert energy == out["energy"].item()
+    np.testing.assert_array_equal(forces, out["forces"].detach().numpy())
+    assert bpa_atoms.get_potential_energy(force_consistent=True) == energy  # free_energy
+    assert forces.shape == (len(bpa_atoms), 3) and forces.dtype == np.float64
+
+
+def test_forces_are_minus_the_energy_gradient(model, bpa_atoms):
+    calc = Calculator(model)
+    bpa_atoms.calc = calc
+    some = [0, 5, 6, 13, 26]  # C, O, N, C, H: a few atoms keep the test fast
+    analytic = bpa_atoms.get_forces()[some]
+    numeric = calculate_numerical_forces(bpa_atoms, eps=1e-4, iatoms=some)
+    assert np.abs(analytic).max() > 1e-3  # a random model still has non-trivial forces
+    np.testing.assert_allclose(analytic, numeric, rtol=0, atol=1e-7)
+
+
+def test_stress_is_the_strain_derivative_for_periodic_cells(model, bpa_atoms):
+    crystal = _periodic(bpa_atoms)
+    calc = Calculator(model)
+    crystal.calc = calc
+    stress = crystal.get_stress()
+    assert stress.shape == (6,)
+    numeric = calculate_numerical_stress(crystal, eps=1e-5)
+    assert np.abs(stress).max() > 1e-6
+    np.testing.assert_allclose(stress, numeric, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(crystal.get_stress(voigt=False), crystal.get_stress(voigt=False).T, atol=1e-12)
+
+
+@pytest.mark.parametrize("pbc", [False, (True, True, False)])
+def test_stress_only_for_fully_periodic_cells(model, bpa_atoms, pbc):
+    atoms = _periodic(bpa_atoms)
+    atoms.set_pbc(pbc)
+    atoms.calc = Calculator(model)
+    assert np.isfinite(atoms.get_potential_energy())
+    with pytest.raises(PropertyNotImplementedError, match="periodic"):
+        atoms.get_stress()
+
+
+def test_unknown_element_is_named(model, bpa_atoms):
+    bpa_atoms.numbers[3] = 14  # silicon
+    bpa_atoms.calc = Calculator(model)
+    with pytest.raises(InputError, match=r"\bSi\b"):
+        bpa_atoms.get_potential_energy()
+
+
+def test_results_follow_moved_atoms(model, bpa_atoms):
+    bpa_atoms.calc = Calculator(model)
+    first = bpa_atoms.get_potential_energy()
+    bpa_atoms.positions[0] += 0.05
+    assert bpa_atoms.get_potential_energy() != first
+
+
+def test_calculator_from_a_model_file(model, bpa_atoms, tmp_path):
+    path = lpmace.io.save(model, tmp_path / "m.safetensors")
+    reference = bpa_atoms.copy()
+    reference.calc = Calculator(model)
+    bpa_atoms.calc = Calculator(path)
+    assert bpa_atoms.get_potential_energy() == reference.get_potential_energy()
+
+
+def test_works_under_no_grad(model, bpa_atoms):
+    bpa_atoms.calc = Calculator(model)
+    with torch.no_grad():
+        forces = bpa_atoms.get_forces()
+    assert np.abs(forces).max() > 0
+
+
+def test_float32_model_keeps_default_dtype_and_returns_float64(make_model, bpa_atoms):
+    before = torch.get_default_dtype()
+    model32 = make_model(torch.float32)
+    bpa_atoms.calc = Calculator(model32)
+    forces = bpa_atoms.get_forces()
+    assert forces.dtype == np.float64
+    assert isinstance(bpa_atoms.get_potential_energy(), float)
+    assert torch.get_default_dtype() == before
+    # fp32 weights give fp32-accurate forces, close to the same weights in fp64
+    bpa_atoms.calc = Calculator(make_model(torch.float64))
+    np.testing.assert_allclose(forces, bpa_atoms.get_forces(), atol=1e-4)
+
+
+def test_rejects_something_that_is_not_a_model():
+    with pytest.raises(InputError, match="MACE"):
+        Calculator(torch.nn.Linear(2, 2))

@@ -1,0 +1,169 @@
+"""Model files: save/load round trip, validation of foreign or damaged files, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import safetensors
+import safetensors.torch
+import torch
+
+import lpmace.io
+from lpmace.data import collate, graph_from_configuration, read_configurations
+from lpmace.errors import InputError
+
+
+@pytest.fixture
+def saved(model, tmp_path):
+    path = tmp_path / "model.safetensors"
+    lpmace.io.save(model, path)
+    return path
+
+
+def _rewrite(src, dst, *, drop=(), add=None, metadata_update=None):
+    """Copy a safetensors file with tensors dropped/added or metadata changed."""
+    with safetensors.safe_open(str(src), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k not in drop}
+    tensors.update(add or {})
+    metadata.update(metadata_update or {})
+    safetensors.torch.save_file(tensors, str(dst), metadata=metadata)
+    return dst
+
+
+def test_round_trip_gives_identical_energies_and_forces(model, saved, bpa_test_path):
+    configs = read_configurations(bpa_test_path, energy_key="REF_energy", forces_key="REF_forces")[:4]
+    graph = collate([graph_from_configuration(c, model.config.r_max) for c in configs])
+    loaded = lpmace.io.load(saved)
+
+    assert loaded.config == model.config  # tuples survive JSON
+    for name, tensor in model.state_dict().items():
+        assert loaded.state_dict()[name].dtype == tensor.dtype, name
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    before, after = model(graph), loaded(graph)
+    assert torch.equal(before["energy"], after["energy"])
+    assert torch.equal(before["forces"], after["forces"])
+
+
+def test_round_trip_keeps_float32_weights(make_model, tmp_path):
+    model = make_model(torch.float32)
+    path = lpmace.io.save(model, tmp_path / "m32.safetensors")
+    assert lpmace.io.load(path).dtype == torch.float32
+
+
+def test_metadata_names_format_and_config(model, saved):
+    with safetensors.safe_open(str(saved), framework="pt") as f:
+        metadata = f.metadata()
+    assert metadata["format"] == lpmace.io.FORMAT
+    assert metadata["format_version"] == lpmace.io.FORMAT_VERSION
+    assert json.loads(metadata["config"]) == model.config.to_dict()
+
+
+def test_read_config_matches(model, saved):
+    assert lpmace.io.read_config(saved) == model.config
+
+
+def test_foreign_safetensors_file_is_rejected_by_name(tmp_path):
+    path = tmp_path / "other.safetensors"
+    safetensors.torch.save_file({"weight": torch.zeros(3)}, str(path), metadata={"format": "pt"})
+    with pytest.raises(InputError, match="not an lpmace model") as info:
+        lpmace.io.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_file_is_rejected_by_name(saved, tmp_path):
+    data = saved.read_bytes()
+    path = tmp_path / "truncated.safetensors"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError) as info:
+        lpmace.io.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_torch_save_file_gets_a_convert_hint(model, tmp_path):
+    path = tmp_path / "pickled.model"
+    torch.save({"x": torch.zeros(2)}, path)
+    with pytest.raises(InputError, match="lpmace convert") as info:
+        lpmace.io.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_tensor_is_named(model, saved, tmp_path):
+    victim = sorted(model.state_dict())[0]
+    path = _rewrite(saved, tmp_path / "missing.safetensors", drop=[victim])
+    with pytest.raises(InputError, match="missing tensor") as info:
+        lpmace.io.load(path)
+    assert str(path) in str(info.value) and victim in str(info.value)
+
+
+def test_extra_tensor_is_named(saved, tmp_path):
+    path = _rewrite(saved, tmp_path / "extra.safetensors", add={"stowaway": torch.zeros(1)})
+    with pytest.raises(InputError, match="stowaway") as info:
+        lpmace.io.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_wrong_shape_is_named(model, saved, tmp_path):
+    name, tensor = next(iter(model.state_dict().items()))
+    path = _rewrite(saved, tmp_path / "shape.safetensors", add={name: torch.zeros(tensor.numel() + 1)})
+    with pytest.raises(InputError, match="shape") as info:
+        lpmace.io.load(path)
+    assert str(path) in str(info.value) and name in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ("{not json", "config"),
+        ('{"atomic_numbers": [1], "bogus_key": 3}', "bogus_key"),
+        ('{"atomic_numbers": [1, 1]}', "atomic_numbers"),
+        ("[1, 2]", "config"),
+    ],
+)
+def test_bad_config_is_rejected_by_name(saved, tmp_path, config, match):
+    path = _rewrite(saved, tmp_path / "badconfig.safetensors", metadata_update={"config": config})
+    with pytest.raises(InputError, match=match) as info:
+        lpmace.io.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_format_version_is_rejected(saved, tmp_path):
+    path = _rewrite(saved, tmp_path / "future.safetensors", metadata_update={"format_version": "99"})
+    with pytest.raises(InputError, match="format_version"):
+        lpmace.io.load(path)
+
+
+def test_missing_file_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        lpmace.io.load(tmp_path / "nope.safetensors")
+
+
+def test_save_into_missing_folder_fails_and_leaves_nothing(model, tmp_path):
+    target = tmp_path / "no" / "such" / "dir" / "model.safetensors"
+    with pytest.raises(FileNotFoundError):
+        lpmace.io.save(model, target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_save_keeps_the_old_file_and_no_temporary(make_model, saved, monkeypatch):
+    old = saved.read_bytes()
+
+    def failing_replace(src, dst):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk on fire"):
+        lpmace.io.save(make_model(seed=1), saved)
+    assert saved.read_bytes() == old
+    assert [p.name for p in saved.parent.iterdir()] == [saved.name]
+
+
+def test_save_overwrites_atomically_with_new_weights(make_model, saved):
+    other = make_model(seed=1)
+    lpmace.io.save(other, saved)
+    loaded = lpmace.io.load(saved)
+    name = next(iter(other.state_dict()))
+    assert torch.equal(loaded.state_dict()[name], other.state_dict()[name])
+    assert [p.name for p in saved.parent.iterdir()] == [saved.name]
