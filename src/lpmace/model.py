@@ -11,9 +11,8 @@ their inputs, so a precision policy can choose it from outside.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 
@@ -24,6 +23,7 @@ from lpmace.nn.product import Product
 from lpmace.nn.radial import RadialEmbedding
 from lpmace.nn.readout import LinearReadout, MLPReadout
 from lpmace.o3.spherical_harmonics import SphericalHarmonics
+from lpmace.precision import PrecisionPolicy, matmul_mode, resolve_policy, scaled_weight
 
 FIRST_INTERACTIONS = ("residual", "plain")
 
@@ -105,7 +105,7 @@ class MACE(torch.nn.Module):
     ``model(graph)`` returns a dict:
         energy: [n_graphs] float64 total energy (eV);
         node_energy: [n_atoms] float64 site energies including E0 (eV);
-        forces: [n_atoms, 3] (eV/Å) in the model's dtype, or None if compute_forces=False;
+        forces: [n_atoms, 3] (eV/Å) in the geometry dtype of the precision, or None if compute_forces=False;
         stress: [n_graphs, 3, 3] (eV/Å³, ASE sign: (1/V) ∂E/∂ε; NaN for cells of zero volume)
             if compute_stress=True, else None.
     With training=True the force graph is kept for a loss on forces (double backward).
@@ -165,31 +165,52 @@ class MACE(torch.nn.Module):
             )
         return species
 
-    def site_energies(self, graph: Graph, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        """Interaction site energies scale·Σ_t readout_t + shift: [n_atoms] in the model dtype."""
-        c = self.config
+    def site_energies(self, graph: Graph, positions, cell, policy: PrecisionPolicy) -> torch.Tensor:
+        """Interaction site energies scale·Σ_t readout_t + shift: [n_atoms] in the accumulate dtype.
+
+        positions [n_atoms, 3] and cell [n_graphs, 3, 3] in the geometry dtype.
+        """
+        c, p = self.config, policy
         species = self.species(graph.numbers)
-        one_hot = torch.nn.functional.one_hot(species, len(c.atomic_numbers)).to(positions.dtype)
+        one_hot = torch.nn.functional.one_hot(species, len(c.atomic_numbers)).to(p.linear)
         sender, receiver = graph.edge_index[0], graph.edge_index[1]
-        shifts = torch.einsum("ek,ekx->ex", graph.unit_shifts.to(positions.dtype), cell[graph.batch[sender]])
+        shifts = torch.einsum("ek,ekx->ex", graph.unit_shifts.to(p.geometry), cell[graph.batch[sender]])
         vectors = positions[receiver] - positions[sender] + shifts
         lengths = vectors.norm(dim=-1, keepdim=True)
-        edge_sh = self.spherical_harmonics(vectors)
-        edge_radial = self.radial(lengths)
+        edge_sh = self.spherical_harmonics(vectors.to(p.spherical_harmonics))
+        edge_radial = self.radial(lengths.to(p.radial))
 
-        emb = self.embedding.to(positions.dtype) / math.sqrt(self.embedding.shape[0])
+        emb = scaled_weight(self.embedding, self.embedding.shape[0], p.linear)
         h = (one_hot @ emb)[:, :, None]  # [n, C, 1]
-        total = positions.new_zeros(positions.shape[0])
+        total = torch.zeros(positions.shape[0], dtype=p.accumulate, device=positions.device)
         for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
-            a, sc = interaction(h, one_hot, edge_sh, edge_radial, graph.edge_index)
-            h = product(a, species, sc)
-            total = total + readout(h)
+            a, sc = interaction(h, one_hot, edge_sh, edge_radial, graph.edge_index, p)
+            h = product(a, species, sc, p)
+            total = total + readout(h, p.readout).to(p.accumulate)
         return c.scale * total + c.shift
 
+    @property
+    def default_precision(self) -> str:
+        """The preset used when forward gets no precision: fp64 for float64 parameters, else fp32."""
+        return "fp64" if self.dtype == torch.float64 else "fp32"
+
     def forward(
-        self, graph: Graph, *, compute_forces: bool = True, compute_stress: bool = False, training: bool = False
+        self,
+        graph: Graph,
+        *,
+        precision: Union[str, PrecisionPolicy, None] = None,
+        compute_forces: bool = True,
+        compute_stress: bool = False,
+        training: bool = False,
     ) -> Dict[str, Optional[torch.Tensor]]:
-        dtype = self.dtype
+        """Energy, forces and stress of `graph` under `precision` (a preset name, YAML path or policy;
+        default `default_precision`). The parameters are not changed: each block casts them."""
+        policy = resolve_policy(precision, default=self.default_precision)
+        with matmul_mode(policy):
+            return self._forward(graph, policy, compute_forces, compute_stress, training)
+
+    def _forward(self, graph, policy, compute_forces, compute_stress, training):
+        dtype = policy.geometry
         positions = graph.positions.to(dtype).detach().requires_grad_(compute_forces or compute_stress)
         cell = graph.cell.to(dtype)
         strain = None
@@ -200,9 +221,9 @@ class MACE(torch.nn.Module):
             cell = cell + torch.bmm(cell, sym)
         else:
             positions_used = positions
-        node_inter = self.site_energies(graph, positions_used, cell)
-        node_energy = node_inter.to(torch.float64) + self.e0s[self.species(graph.numbers)]
-        energy = torch.zeros(graph.num_graphs, dtype=torch.float64, device=node_energy.device)
+        node_inter = self.site_energies(graph, positions_used, cell, policy)
+        node_energy = node_inter.to(policy.energy) + self.e0s.to(policy.energy)[self.species(graph.numbers)]
+        energy = torch.zeros(graph.num_graphs, dtype=policy.energy, device=node_energy.device)
         energy = energy.index_add(0, graph.batch, node_energy)
 
         forces = stress = None

@@ -17,7 +17,7 @@ Two flavours, as in mace-torch:
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple  # noqa: F401
 
 import torch
 
@@ -25,6 +25,7 @@ from lpmace.nn.linear import ElementLinear, EquivariantLinear
 from lpmace.nn.radial import RadialMLP
 from lpmace.o3.clebsch_gordan import coupling_allowed, wigner_3j
 from lpmace.o3.irreps import l_slice, num_components
+from lpmace.precision import PrecisionPolicy, widest
 
 
 def conv_paths(lmax_in: int, max_ell: int, lmax_out: int) -> List[Tuple[int, int, int]]:
@@ -92,28 +93,40 @@ class Interaction(torch.nn.Module):
         else:
             self.skip = ElementLinear(channels, channels, max_ell, max_ell, num_elements)
 
-    def message(self, h: torch.Tensor, edge_sh, edge_radial, edge_index) -> torch.Tensor:
-        """Σ_j of per-edge tensor products: [n, C, Q] (one block of 2 l3 + 1 columns per path)."""
+    def message(self, h, edge_sh, edge_radial, edge_index, policy: Optional[PrecisionPolicy] = None):
+        """Σ_j of per-edge tensor products: [n, C, Q] (one block of 2 l3 + 1 columns per path).
+
+        Operands (h, radial weights) are rounded to the policy's tensor_product dtype; the products
+        with Y and the CG table and the neighbour sum run in at least the accumulate dtype (what a
+        fused kernel does in registers). Output in that math dtype.
+        """
+        operand = policy.tensor_product if policy else h.dtype
+        math_dtype = widest(operand, policy.accumulate) if policy else h.dtype
+        table_dtype = policy.cg if policy else h.dtype
         sender, receiver = edge_index[0], edge_index[1]
         n, c = h.shape[0], h.shape[1]
-        weights = self.radial_mlp(edge_radial).view(-1, len(self.paths), c)  # [E, P, C]
-        h_send = h[sender]  # [E, C, D_in]
-        outer = h_send[:, :, :, None] * edge_sh[:, None, None, :]  # [E, C, D_in, D_sh]
-        table = self.coupling.to(h.dtype)
-        tp = outer.reshape(outer.shape[0], c, outer.shape[2] * outer.shape[3]) @ table.reshape(-1, table.shape[-1])  # [E, C, Q]
+        radial = self.radial_mlp(edge_radial, policy.radial_mlp if policy else None)
+        weights = radial.to(operand).to(math_dtype).view(-1, len(self.paths), c)  # [E, P, C]
+        h_send = h.to(operand).to(math_dtype)[sender]  # [E, C, D_in]
+        outer = h_send[:, :, :, None] * edge_sh.to(math_dtype)[:, None, None, :]  # [E, C, D_in, D_sh]
+        table = self.coupling.to(table_dtype).to(math_dtype)
+        flat = outer.reshape(outer.shape[0], c, outer.shape[2] * outer.shape[3])
+        tp = flat @ table.reshape(-1, table.shape[-1])  # [E, C, Q]
         tp = tp * weights[:, self.path_of_column, :].transpose(1, 2)
         out = torch.zeros(n, c, tp.shape[-1], dtype=tp.dtype, device=tp.device)
         return out.index_add_(0, receiver, tp)
 
-    def forward(self, node_feats, one_hot, edge_sh, edge_radial, edge_index):
-        sc: Optional[torch.Tensor] = self.skip(node_feats, one_hot) if self.residual else None
-        h = self.linear_up(node_feats)
-        summed = self.message(h, edge_sh, edge_radial, edge_index)
+    def forward(self, node_feats, one_hot, edge_sh, edge_radial, edge_index, policy: Optional[PrecisionPolicy] = None):
+        """See the class docstring; `policy` None computes everything in node_feats' dtype."""
+        linear_dtype = policy.linear if policy else None
+        sc = self.skip(node_feats, one_hot, linear_dtype) if self.residual else None
+        h = self.linear_up(node_feats, linear_dtype)
+        summed = self.message(h, edge_sh, edge_radial, edge_index, policy)
         per_degree, start = [[] for _ in range(self.max_ell + 1)], 0
         for _, _, l3 in self.paths:
             per_degree[l3].append(summed[:, :, start : start + 2 * l3 + 1])
             start += 2 * l3 + 1
-        a = self.linear([torch.cat(blocks, dim=1) for blocks in per_degree]) / self.avg_num_neighbors
+        a = self.linear([torch.cat(b, dim=1) for b in per_degree], linear_dtype) / self.avg_num_neighbors
         if not self.residual:
-            a = self.skip(a, one_hot)
+            a = self.skip(a, one_hot, linear_dtype)
         return a, sc

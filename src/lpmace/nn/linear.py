@@ -7,10 +7,11 @@ e3nn (which mace-torch uses): divide by sqrt(fan_in), weights initialised N(0, 1
 
 from __future__ import annotations
 
-import math
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
+
+from lpmace.precision import scaled_weight
 
 from lpmace.o3.irreps import l_slice
 
@@ -37,13 +38,15 @@ class EquivariantLinear(torch.nn.Module):
             [torch.nn.Parameter(torch.randn(channels_in[l], channels_out)) for l in range(lmax_out + 1)]
         )
 
-    def forward(self, x) -> torch.Tensor:
+    def forward(self, x, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """Computes in `dtype` (default: the input's): inputs and weights are cast to it."""
         if isinstance(x, torch.Tensor):
             x = split_degrees(x, int(round(x.shape[-1] ** 0.5)) - 1)
+        dtype = dtype or x[0].dtype
         out = []
         for l, w in enumerate(self.weights):
-            w = w.to(x[l].dtype) / math.sqrt(w.shape[0])
-            out.append(torch.einsum("ncm,cd->ndm", x[l], w))
+            w = scaled_weight(w, w.shape[0], dtype)
+            out.append(torch.einsum("ncm,cd->ndm", x[l].to(dtype), w))
         return torch.cat(out, dim=-1)
 
 
@@ -66,14 +69,17 @@ class ElementLinear(torch.nn.Module):
             ]
         )
 
-    def forward(self, x: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, one_hot: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """Computes in `dtype` (default: the input's)."""
+        dtype = dtype or x.dtype
+        x, one_hot = x.to(dtype), one_hot.to(dtype)
         n = x.shape[0]
         out = []
         for l, w in enumerate(self.weights):
             z, c_in, c_out = w.shape
             xl = x[:, :, l_slice(l)]
             xz = (one_hot[:, :, None, None] * xl[:, None]).reshape(n, z * c_in, 2 * l + 1)
-            w = w.to(x.dtype).reshape(z * c_in, c_out) / math.sqrt(z * c_in)
+            w = scaled_weight(w.reshape(z * c_in, c_out), z * c_in, dtype)
             out.append(torch.einsum("nkm,kd->ndm", xz, w))
         missing = (self.lmax_out + 1) ** 2 - sum(o.shape[-1] for o in out)
         if missing:

@@ -17,6 +17,7 @@ import torch
 
 from lpmace.nn.linear import EquivariantLinear
 from lpmace.o3.symmetric_basis import symmetric_basis
+from lpmace.precision import PrecisionPolicy, widest
 
 
 class SymmetricContraction(torch.nn.Module):
@@ -41,21 +42,28 @@ class SymmetricContraction(torch.nn.Module):
                     torch.randn(num_elements, k, channels) / max(k, 1)
                 )
 
-    def forward(self, a: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+    def forward(self, a: torch.Tensor, species: torch.Tensor, policy: Optional[PrecisionPolicy] = None):
+        """A is rounded to the policy's contraction dtype, the weights too; the polynomial and its
+        sums run in at least the accumulate dtype, with tables in the cg dtype. Output in that math
+        dtype (input dtype throughout when policy is None)."""
+        operand = policy.contraction if policy else a.dtype
+        math_dtype = widest(operand, policy.accumulate) if policy else a.dtype
+        table_dtype = policy.cg if policy else a.dtype
+        a = a.to(operand).to(math_dtype)
         n, c, _ = a.shape
         out = []
         for L in range(self.lmax_out + 1):
             b = a.new_zeros(n, c, 2 * L + 1)
             for nu in range(1, self.correlation + 1):
                 monos = getattr(self, f"monos_L{L}_nu{nu}")
-                coeffs = getattr(self, f"coeffs_L{L}_nu{nu}").to(a.dtype)
+                coeffs = getattr(self, f"coeffs_L{L}_nu{nu}").to(table_dtype).to(math_dtype)
                 if coeffs.shape[-1] == 0:
                     continue
                 mono = a[:, :, monos[:, 0]]
                 for j in range(1, nu):
                     mono = mono * a[:, :, monos[:, j]]  # [n, C, n_mono]
                 y = (mono @ coeffs.reshape(coeffs.shape[0], -1)).view(n, c, 2 * L + 1, -1)
-                w = self.weights[f"L{L}_nu{nu}"].to(a.dtype)[species]  # [n, K, C]
+                w = self.weights[f"L{L}_nu{nu}"].to(operand).to(math_dtype)[species]  # [n, K, C]
                 b = b + torch.einsum("ncmk,nkc->ncm", y, w)
             out.append(b)
         return torch.cat(out, dim=-1)
@@ -69,6 +77,10 @@ class Product(torch.nn.Module):
         self.contraction = SymmetricContraction(channels, lmax_in, lmax_out, correlation, num_elements)
         self.linear = EquivariantLinear([channels] * (lmax_out + 1), channels, lmax_out)
 
-    def forward(self, a: torch.Tensor, species: torch.Tensor, sc: Optional[torch.Tensor]) -> torch.Tensor:
-        h = self.linear(self.contraction(a, species))
-        return h if sc is None else h + sc
+    def forward(self, a, species, sc: Optional[torch.Tensor], policy: Optional[PrecisionPolicy] = None):
+        """The linear runs in the policy's linear dtype; the skip sum in the accumulate dtype."""
+        h = self.linear(self.contraction(a, species, policy), policy.linear if policy else None)
+        if sc is None:
+            return h
+        acc = policy.accumulate if policy else h.dtype
+        return h.to(acc) + sc.to(acc)

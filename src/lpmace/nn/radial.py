@@ -9,11 +9,12 @@ continuous as atoms leave the cutoff. Everything runs in the dtype of the input 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from lpmace.nn.activation import scaled_silu
+from lpmace.precision import scaled_weight
 
 
 class RadialEmbedding(torch.nn.Module):
@@ -57,10 +58,12 @@ class RadialMLP(torch.nn.Module):
             [torch.nn.Parameter(torch.randn(a, b)) for a, b in zip(self.sizes[:-1], self.sizes[1:])]
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """Computes in `dtype` (default: the input's)."""
+        x = x.to(dtype or x.dtype)
         last = len(self.weights) - 1
         for i, w in enumerate(self.weights):
-            x = x @ (w.to(x.dtype) / math.sqrt(w.shape[0]))
+            x = x @ scaled_weight(w, w.shape[0], x.dtype)
             if i < last:
                 x = scaled_silu(x)
         return x

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
+from typing import Optional
 
 import torch
 
 from lpmace.nn.activation import scaled_silu
+from lpmace.precision import scaled_weight
 
 
 class LinearReadout(torch.nn.Module):
@@ -16,9 +17,11 @@ class LinearReadout(torch.nn.Module):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.randn(channels, 1))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        w = self.weight.to(h.dtype) / math.sqrt(self.weight.shape[0])
-        return (h[:, :, 0] @ w)[:, 0]
+    def forward(self, h: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """Computes in `dtype` (default: the input's)."""
+        dtype = dtype or h.dtype
+        w = scaled_weight(self.weight, self.weight.shape[0], dtype)
+        return (h[:, :, 0].to(dtype) @ w)[:, 0]
 
 
 class MLPReadout(torch.nn.Module):
@@ -29,7 +32,9 @@ class MLPReadout(torch.nn.Module):
         self.weight_1 = torch.nn.Parameter(torch.randn(channels, hidden))
         self.weight_2 = torch.nn.Parameter(torch.randn(hidden, 1))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        w1 = self.weight_1.to(h.dtype) / math.sqrt(self.weight_1.shape[0])
-        w2 = self.weight_2.to(h.dtype) / math.sqrt(self.weight_2.shape[0])
-        return (scaled_silu(h[:, :, 0] @ w1) @ w2)[:, 0]
+    def forward(self, h: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """Computes in `dtype` (default: the input's)."""
+        dtype = dtype or h.dtype
+        w1 = scaled_weight(self.weight_1, self.weight_1.shape[0], dtype)
+        w2 = scaled_weight(self.weight_2, self.weight_2.shape[0], dtype)
+        return (scaled_silu(h[:, :, 0].to(dtype) @ w1) @ w2)[:, 0]
