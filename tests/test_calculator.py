@@ -116,3 +116,34 @@ def test_float32_model_keeps_default_dtype_and_returns_float64(make_model, bpa_a
 def test_rejects_something_that_is_not_a_model():
     with pytest.raises(InputError, match="MACE"):
         Calculator(torch.nn.Linear(2, 2))
+
+
+def test_precision_bf16_mixed_forces_are_close_to_fp64_but_not_equal(make_model, bpa_atoms):
+    model32 = make_model(torch.float32)
+    reference = bpa_atoms.copy()
+    reference.calc = Calculator(model32, precision="fp64")
+    bpa_atoms.calc = Calculator(model32, precision="bf16-mixed")
+    low, f64 = bpa_atoms.get_forces(), reference.get_forces()
+    assert low.dtype == np.float64
+    assert not np.array_equal(low, f64)
+    assert np.abs(low - f64).max() < 0.05 * np.abs(f64).max()
+    np.testing.assert_allclose(bpa_atoms.get_potential_energy(), reference.get_potential_energy(), rtol=1e-4)
+
+
+def test_precision_default_is_the_model_default(model, make_model):
+    assert Calculator(model).precision.name == "fp64"
+    assert Calculator(make_model(torch.float32)).precision.name == "fp32"
+
+
+def test_precision_from_a_yaml_file(model, bpa_atoms, tmp_path):
+    policy = tmp_path / "fast.yaml"
+    policy.write_text("base: bf16-mixed\nreadout: fp32\n")
+    bpa_atoms.calc = Calculator(model, precision=policy)
+    assert bpa_atoms.calc.precision.readout == torch.float32
+    assert np.isfinite(bpa_atoms.get_forces()).all()
+
+
+@pytest.mark.parametrize("precision", ["fp8", "missing.yaml"])
+def test_bad_precision_is_refused_at_construction(model, precision):
+    with pytest.raises(InputError, match=precision):
+        Calculator(model, precision=precision)

@@ -1,8 +1,8 @@
 """An ASE calculator for lpmace models: energy, free_energy, forces, and stress for periodic cells.
 
 The calculator never changes torch's global default dtype: the model computes in the dtypes of its
-own weights, and results come back to ASE as float64 numpy arrays. All model evaluation happens in
-`Calculator._evaluate`, the one place a precision policy will hook in.
+own weights under the precision policy given at construction (default: the model's own, fp64 for
+float64 weights), and results come back to ASE as float64 numpy arrays.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from lpmace.data import Configuration, graph_from_configuration
 from lpmace.data.graph import Graph
 from lpmace.errors import InputError
 from lpmace.model import MACE
+from lpmace.precision import PrecisionPolicy, resolve_policy
 
 __all__ = ["Calculator"]
 
@@ -32,6 +33,9 @@ class Calculator(ASECalculator):
     Args:
         model: a `MACE` module, or the path of an lpmace ``.safetensors`` model file.
         device: torch device to evaluate on ("cpu", "cuda", ...).
+        precision: a preset name ("bf16-mixed", ...), a YAML policy file or a `PrecisionPolicy`;
+            None: the model's default (fp64 for float64 weights, else fp32). Checked here, so a bad
+            precision is an InputError at construction, not at the first energy.
         **kwargs: passed to `ase.calculators.calculator.Calculator` (e.g. ``label``).
 
     Results (ASE units: eV, Å): ``energy`` and ``free_energy`` (the same number; MACE has no
@@ -42,7 +46,13 @@ class Calculator(ASECalculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, model: MACE | str | os.PathLike, device: str | torch.device = "cpu", **kwargs) -> None:
+    def __init__(
+        self,
+        model: MACE | str | os.PathLike,
+        device: str | torch.device = "cpu",
+        precision: str | os.PathLike | PrecisionPolicy | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         if isinstance(model, (str, os.PathLike)):
             from lpmace.io import load
@@ -54,6 +64,7 @@ class Calculator(ASECalculator):
         self.model = model.to(self.device).eval()
         self.r_max = float(model.config.r_max)
         self.atomic_numbers = tuple(int(z) for z in model.config.atomic_numbers)
+        self.precision = resolve_policy(precision, default=model.default_precision)
 
     def calculate(
         self,
@@ -98,7 +109,9 @@ class Calculator(ASECalculator):
     def _evaluate(self, graph: Graph, *, compute_stress: bool) -> dict[str, torch.Tensor]:
         """One model call: energy [1] float64, forces [n_atoms, 3], stress [1, 3, 3] or None."""
         with torch.enable_grad():  # forces are autograd derivatives, even if the caller is in no_grad
-            return self.model(graph, compute_forces=True, compute_stress=compute_stress, training=False)
+            return self.model(
+                graph, precision=self.precision, compute_forces=True, compute_stress=compute_stress, training=False
+            )
 
 
 def _element(z: int) -> str:

@@ -217,3 +217,14 @@ def matmul_mode(policy: PrecisionPolicy):
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+PRESET_DESCRIPTIONS: Dict[str, str] = {
+    "fp64": "everything in float64: the reference every other preset is measured against",
+    "fp32": "everything in float32 except the float64 energy sum and E0s",
+    "tf32": "fp32, with fp32 matmuls on TF32 tensor cores (CUDA only; 10-bit mantissa operands)",
+    "bf16-mixed": "bfloat16 radial MLP, tensor-product and contraction operands, linears and readout; "
+                  "float32 geometry, spherical harmonics, CG tables and accumulation",
+    "fp16-mixed": "as bf16-mixed with float16 (more mantissa, less range; training needs loss scaling)",
+    "bf16-full": "bf16-mixed plus a bfloat16 radial basis: everything the floors allow in 16 bits",
+    "layerwise": "float16 radial MLP and readout only; embedding, linears, harmonics and CG stay float32",
+}

@@ -1,0 +1,32 @@
+"""`lpmace train CONFIG.yaml [key=value ...]`: train a MACE model (see lpmace.train)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "train a model from a YAML config (key=value pairs override it)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG.yaml", help="training config (YAML)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="overrides, e.g. epochs=10 model.channels=64 precision=bf16-mixed")
+    parser.add_argument("--resume", action="store_true", help="continue the run in output_dir")
+    parser.add_argument("--max-time", type=float, metavar="S", help="stop after S seconds of training")
+    parser.add_argument("--out", metavar="DIR", help="output_dir")
+    parser.add_argument("--device", help="cpu or cuda")
+    parser.add_argument("--precision", help="preset name or YAML policy")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lpmace.train import Trainer, load_train_config
+
+    extra = [f"{key}={value}" for key, value in (
+        ("max_time", args.max_time), ("output_dir", args.out), ("device", args.device),
+        ("precision", args.precision)) if value is not None]
+    if args.no_progress:
+        extra.append("progress=false")
+    cfg = load_train_config(args.config, tuple(args.overrides) + tuple(extra))
+    Trainer(cfg, resume=args.resume, log=lambda m: print(m, flush=True)).run()
+    return 0

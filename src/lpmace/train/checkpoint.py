@@ -1,0 +1,39 @@
+"""Training checkpoints: tensors and plain values only, written atomically, read with weights_only.
+
+A checkpoint holds the model, EMA, optimizer, scheduler and loss-scaler states, the epoch and step
+counters, the torch RNG state and the run's bookkeeping. Written to a temporary file in the same
+folder and renamed over the old one, so a kill at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lpmace.errors import InputError
+
+
+def save_checkpoint(state: dict, path: Path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise InputError(f"{path}: no checkpoint to resume from") from err
+    except Exception as err:  # noqa: BLE001 — a corrupt or foreign file is bad input
+        raise InputError(f"{path}: not a readable lpmace checkpoint ({type(err).__name__}: {err})") from err

@@ -1,0 +1,243 @@
+"""The training loop: mixed precision with fp32 master weights, loss scaling, EMA, checkpoints.
+
+One epoch = one pass over the shuffled training graphs. After every `eval_interval` epochs the EMA
+weights are validated; `checkpoints/last.pt` is written atomically after every epoch, so a run
+killed at any moment resumes (`resume=True`) from the last finished epoch and ends with the same
+number of epochs. fp16 policies use dynamic loss scaling (torch.amp.GradScaler): gradients are
+unscaled before clipping, and steps whose gradients overflow are skipped and counted. A step that
+leaves a non-finite weight restores the state from the start of the epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import torch
+import yaml
+
+from lpmace.data import GraphLoader
+from lpmace.errors import InputError
+from lpmace.io import save
+from lpmace.model import MACE, MACEConfig
+from lpmace.precision import resolve_policy
+from lpmace.train.checkpoint import load_checkpoint, save_checkpoint
+from lpmace.train.config import TrainConfig
+from lpmace.train.ema import EMA
+from lpmace.train.loss import weighted_loss
+from lpmace.train.prepare import RunData, build_model, parameter_groups, prepare
+
+
+class Trainer:
+    """`Trainer(cfg).run()` trains, validates, checkpoints and tests; returns the final metrics.
+
+    `fault` (tests only) is called with (epoch, step, loss) and may return a replacement loss, e.g.
+    an infinite one to exercise the overflow path.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print,
+                 fault: Optional[Callable] = None):
+        self.cfg, self.log, self.fault = cfg, log, fault
+        self.out = Path(cfg.output_dir)
+        self.policy = resolve_policy(cfg.precision)
+        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError(f"device {cfg.device!r} requested but CUDA is not available")
+        last = self.out / "checkpoints" / "last.pt"
+        if last.exists() and not resume:
+            raise InputError(f"{self.out} already holds a run: resume it (--resume) or choose another output_dir")
+        if resume and not last.exists():
+            raise InputError(f"{last}: no checkpoint to resume from")
+        self.data: RunData = prepare(cfg, log)
+        state = load_checkpoint(last) if resume else None
+        mcfg = MACEConfig.from_dict(state["model_config"]) if state else self.data.model_config
+        self.model: MACE = build_model(mcfg, cfg.seed, self.policy.params, cfg.device)
+        self.optimizer = torch.optim.Adam(parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr,
+                                          amsgrad=cfg.amsgrad)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=cfg.scheduler_factor, patience=cfg.scheduler_patience)
+        device_type = torch.device(cfg.device).type
+        self.scaler = torch.amp.GradScaler(device_type, enabled=self.policy.uses_fp16)
+        self.ema = EMA(self.model, cfg.ema_decay)
+        self.loader = GraphLoader(self.data.train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        self.epoch, self.step, self.elapsed = 0, 0, 0.0
+        self.skipped, self.restored = 0, 0
+        self.best = math.inf
+        if state:
+            self._load_state(state)
+            self._truncate_log()
+            self.log(f"resumed from {last} after epoch {self.epoch}")
+
+    # ---- state -------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {
+            "model_config": self.model.config.to_dict(), "train_config": self.cfg.to_dict(),
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
+            "elapsed": self.elapsed, "skipped": self.skipped, "restored": self.restored, "best": self.best,
+            "rng": torch.get_rng_state(),
+        }
+
+    def _load_state(self, s: dict):
+        self.model.load_state_dict(s["model"])
+        self.ema.load_state_dict(s["ema"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.scheduler.load_state_dict(s["scheduler"])
+        self.scaler.load_state_dict(s["scaler"])
+        self.epoch, self.step, self.elapsed = int(s["epoch"]), int(s["step"]), float(s["elapsed"])
+        self.skipped, self.restored, self.best = int(s["skipped"]), int(s["restored"]), float(s["best"])
+        torch.set_rng_state(s["rng"])
+        self.loader.epoch = self.epoch
+
+    def _truncate_log(self):
+        """Drop log rows of epochs after the checkpoint (written just before a kill); they are redone."""
+        path = self.out / "log.jsonl"
+        if path.exists():
+            rows = [line for line in path.read_text().splitlines() if line.strip()]
+            kept = [line for line in rows if json.loads(line)["epoch"] <= self.epoch]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    # ---- one epoch ---------------------------------------------------------------------------
+    def _weights(self, epoch: int):
+        cfg = self.cfg
+        if cfg.stage_two_epoch is not None and epoch >= cfg.stage_two_epoch:
+            return cfg.stage_two_energy_weight, cfg.stage_two_forces_weight
+        return cfg.energy_weight, cfg.forces_weight
+
+    def _train_epoch(self, bar) -> float:
+        cfg, model = self.cfg, self.model
+        energy_w, forces_w = self._weights(self.epoch + 1)
+        snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        opt_snapshot = self.optimizer.state_dict()
+        total, count = 0.0, 0
+        model.train()
+        for graph in self.loader:
+            graph = graph.to(cfg.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            out = model(graph, precision=self.policy, training=True,
+                        compute_stress=bool(cfg.stress_weight and graph.stress is not None and graph.has_stress.any()))
+            loss = weighted_loss(out, graph, energy_weight=energy_w, forces_weight=forces_w,
+                                 stress_weight=cfg.stress_weight, kind=cfg.loss, delta=cfg.huber_delta)
+            if self.fault is not None:
+                loss = self.fault(self.epoch + 1, self.step, loss)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            grads_finite = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+            if cfg.clip_grad and grads_finite:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            if grads_finite and bool(torch.isfinite(loss)):
+                self.scaler.step(self.optimizer)
+            else:
+                self.skipped += 1
+                if not self.scaler.is_enabled():
+                    self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                model.load_state_dict(snapshot)
+                self.optimizer.load_state_dict(opt_snapshot)
+                self.restored += 1
+                self.log(f"epoch {self.epoch + 1}: non-finite weights after step {self.step}; restored the epoch's start")
+            else:
+                self.ema.update(model)
+            self.step += 1
+            value = float(loss.detach())
+            if math.isfinite(value):
+                total, count = total + value, count + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4g}", refresh=False)
+        return total / max(count, 1)
+
+    # ---- validation / test -------------------------------------------------------------------
+    def evaluate(self, graphs, batch_size=None) -> Dict[str, float]:
+        from lpmace.evaluate import evaluate
+
+        with self.ema.applied(self.model):
+            metrics = evaluate(self.model, graphs, precision=self.policy,
+                               batch_size=batch_size or self.cfg.valid_batch_size, device=self.cfg.device)
+        return metrics
+
+    def _valid_loss(self, m: dict) -> float:
+        e = m.get("energy_rmse_mev_per_atom") or 0.0
+        f = m.get("force_rmse_mev_per_A") or 0.0
+        return self.cfg.energy_weight * (e / 1000) ** 2 + self.cfg.forces_weight * (f / 1000) ** 2
+
+    # ---- the run -----------------------------------------------------------------------------
+    def run(self) -> dict:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        n_params = sum(p.numel() for p in self.model.parameters())
+        self.log(f"model: {n_params:,} parameters; precision {self.policy.name}; device {cfg.device}")
+        bar = None
+        if cfg.progress:
+            bar = tqdm(total=cfg.epochs * len(self.loader), initial=self.epoch * len(self.loader),
+                       desc="train", unit="step", dynamic_ncols=True, leave=False)
+        try:
+            while self.epoch < cfg.epochs:
+                if cfg.max_time is not None and self.elapsed >= cfg.max_time:
+                    self.log(f"max_time {cfg.max_time:g} s reached after epoch {self.epoch}")
+                    break
+                start = time.perf_counter()
+                train_loss = self._train_epoch(bar)
+                self.elapsed += time.perf_counter() - start
+                self.epoch += 1
+                row = {"epoch": self.epoch, "train_time_s": round(self.elapsed, 3), "train_loss": train_loss,
+                       "lr": self.optimizer.param_groups[0]["lr"], "loss_scale": self.scaler.get_scale()
+                       if self.scaler.is_enabled() else None, "skipped_steps": self.skipped,
+                       "restored": self.restored}
+                if self.data.valid and (self.epoch % cfg.eval_interval == 0 or self.epoch == cfg.epochs):
+                    metrics = self.evaluate(self.data.valid).to_dict()
+                    row.update({f"valid_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+                    vloss = self._valid_loss(metrics)
+                    self.scheduler.step(vloss)
+                    if vloss < self.best:
+                        self.best = vloss
+                        with self.ema.applied(self.model):
+                            save(self.model, self.out / "best_model.safetensors")
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{train_loss:.4g}", F=f"{metrics.get('force_rmse_mev_per_A', 0):.1f}")
+                self._write_log(row)
+                save_checkpoint(self._state(), self.out / "checkpoints" / "last.pt")
+        finally:
+            if bar is not None:
+                bar.close()
+        with self.ema.applied(self.model):
+            save(self.model, self.out / "model.safetensors")
+        return self._test()
+
+    def _write_log(self, row: dict):
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        parts = [f"epoch {row['epoch']}", f"loss {row['train_loss']:.4g}"]
+        if "valid_force_rmse_mev_per_A" in row:
+            parts += [f"valid E {row.get('valid_energy_rmse_mev_per_atom', float('nan')):.2f} meV/atom",
+                      f"F {row['valid_force_rmse_mev_per_A']:.2f} meV/Å"]
+        parts.append(f"{row['train_time_s']:.1f} s")
+        if row["skipped_steps"]:
+            parts.append(f"skipped {row['skipped_steps']}")
+        self.log(", ".join(parts))
+
+    def _test(self) -> dict:
+        from lpmace.evaluate import parity_plot
+
+        results = {}
+        for name, graphs in self.data.tests.items():
+            metrics = self.evaluate(graphs)
+            results[name] = metrics.to_dict()
+            stem = Path(name.replace("embedded:", "")).stem
+            parity_plot(metrics, self.out / f"parity_{stem}.png", f"{stem} ({self.policy.name})")
+            d = results[name]
+            self.log(f"test {name}: E {d.get('energy_rmse_mev_per_atom', float('nan')):.2f} meV/atom, "
+                     f"F {d.get('force_rmse_mev_per_A', float('nan')):.2f} meV/Å (RMSE)")
+        summary = {"epochs": self.epoch, "train_time_s": self.elapsed, "skipped_steps": self.skipped,
+                   "restored": self.restored, "precision": self.policy.name, "test": results}
+        tmp = self.out / ".test_metrics.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(self.out / "test_metrics.json")
+        return summary

@@ -1,0 +1,172 @@
+"""Training: it learns, survives overflow and SIGKILL, and refuses bad configs clearly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lpmace.errors import InputError
+from lpmace.io import load
+from lpmace.train import Trainer, load_train_config
+from lpmace.train.ema import EMA
+
+SMALL = (
+    "model.channels=8", "model.max_L=0", "model.correlation=2", "model.max_ell=2", "model.radial_mlp=[16]",
+    "model.num_bessel=6", "model.r_max=4.0", "batch_size=4", "progress=false", "lr=0.01",
+)
+
+
+def small_config(tmp_path, *extra, n_train=40):
+    # A 40-configuration training file keeps a CPU epoch to about a second.
+    from lpmace import datasets
+
+    lines = datasets.path("3bpa/train_300K.xyz").read_text().splitlines(keepends=True)
+    frames, i = [], 0
+    while len(frames) < n_train:
+        n = int(lines[i])
+        frames.append("".join(lines[i : i + n + 2]))
+        i += n + 2
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    train = tmp_path / "train.xyz"
+    train.write_text("".join(frames))
+    return load_train_config(None, SMALL + (f"train_file={train}", "valid_fraction=0.25",
+                                            "test_files=[]", f"output_dir={tmp_path / 'run'}") + extra)
+
+
+def test_short_fp32_training_lowers_validation_force_error(tmp_path):
+    cfg = small_config(tmp_path, "epochs=12")
+    trainer = Trainer(cfg, log=lambda m: None)
+    before = trainer.evaluate(trainer.data.valid).to_dict()["force_rmse_mev_per_A"]
+    trainer.run()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    after = rows[-1]["valid_force_rmse_mev_per_A"]
+    assert [r["epoch"] for r in rows] == list(range(1, 13))
+    assert after < 0.6 * before
+    model = load(tmp_path / "run" / "model.safetensors")
+    assert model.config.atomic_numbers == (1, 6, 7, 8)
+
+
+def test_fp16_overflow_step_is_skipped_and_training_continues(tmp_path):
+    # GradScaler starts at 2**16 and backs off through a few overflowing steps on its own; the
+    # injected overflow must add exactly one skipped step to that baseline.
+    baseline = Trainer(small_config(tmp_path / "a", "epochs=2", "precision=fp16-mixed"), log=lambda m: None)
+    baseline.run()
+
+    def overflow_at_step_12(epoch, step, loss):
+        return loss * float("inf") if step == 12 else loss
+
+    trainer = Trainer(small_config(tmp_path / "b", "epochs=2", "precision=fp16-mixed"), log=lambda m: None,
+                      fault=overflow_at_step_12)
+    trainer.run()
+    assert trainer.skipped == baseline.skipped + 1
+    assert trainer.epoch == 2
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    rows = [json.loads(line) for line in (tmp_path / "b" / "run" / "log.jsonl").read_text().splitlines()]
+    assert rows[-1]["skipped_steps"] == trainer.skipped
+
+
+def test_nonfinite_loss_without_scaler_skips_the_step(tmp_path):
+    cfg = small_config(tmp_path, "epochs=1")
+    trainer = Trainer(cfg, log=lambda m: None, fault=lambda e, s, loss: loss * float("nan") if s == 1 else loss)
+    trainer.run()
+    assert trainer.skipped == 1 and trainer.restored == 0
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def _run_cli(cfg_path, out, *args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "lpmace", "train", str(cfg_path), f"output_dir={out}", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_sigkill_mid_epoch_then_resume_ends_with_the_same_epochs(tmp_path):
+    import yaml
+
+    cfg = small_config(tmp_path, "epochs=4")
+    cfg_path = tmp_path / "cfg.yaml"
+    d = cfg.to_dict()
+    d.pop("output_dir")
+    cfg_path.write_text(yaml.safe_dump(d))
+    log = tmp_path / "killed" / "log.jsonl"
+    proc = _run_cli(cfg_path, tmp_path / "killed")
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
+        time.sleep(0.05)
+    time.sleep(0.3)  # now inside epoch 3
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before_kill = len(log.read_text().splitlines())
+    assert 2 <= done_before_kill < 4, "the kill should land mid-run"
+    resumed = _run_cli(cfg_path, tmp_path / "killed", "--resume")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
+
+    straight = _run_cli(cfg_path, tmp_path / "straight")
+    _, err = straight.communicate(timeout=300)
+    assert straight.returncode == 0, err
+    a = load(tmp_path / "killed" / "model.safetensors").state_dict()
+    b = load(tmp_path / "straight" / "model.safetensors").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_existing_run_is_not_overwritten_without_resume(tmp_path):
+    cfg = small_config(tmp_path, "epochs=1")
+    Trainer(cfg, log=lambda m: None).run()
+    with pytest.raises(InputError, match="resume"):
+        Trainer(cfg, log=lambda m: None)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (("epochz=3",), "epochz"),
+        (("model.chanels=3",), "model.chanels"),
+        (("train_file=/nonexistent/train.xyz",), "/nonexistent/train.xyz"),
+        (("energy_key=REF_energyy",), "REF_energyy"),
+        (("loss=l3",), "loss"),
+        (("precision=bf17",), "bf17"),
+        (("epochs=0",), "epochs"),
+    ],
+)
+def test_bad_configs_fail_with_clear_messages(tmp_path, overrides, match):
+    with pytest.raises(InputError, match=match):
+        cfg = small_config(tmp_path, *overrides)
+        Trainer(cfg, log=lambda m: None)
+
+
+def test_cli_bad_config_exits_2_with_one_line(tmp_path):
+    cfg_path = tmp_path / "bad.yaml"
+    cfg_path.write_text("epochs: 3\nbatch_sise: 4\n")
+    proc = subprocess.run([sys.executable, "-m", "lpmace", "train", str(cfg_path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "batch_sise" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_stage_two_weights_apply_from_their_epoch(tmp_path):
+    cfg = small_config(tmp_path, "epochs=1", "stage_two_epoch=3", "stage_two_energy_weight=7", "stage_two_forces_weight=9")
+    trainer = Trainer(cfg, log=lambda m: None)
+    assert trainer._weights(2) == (1.0, 1000.0)
+    assert trainer._weights(3) == (7.0, 9.0)
+
+
+def test_ema_warm_up_and_average():
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, decay=0.99)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # decay_1 = min(0.99, 2/11)
+    assert ema.shadow["weight"].item() == pytest.approx(1 - 2 / 11)
+    with ema.applied(model):
+        assert model.weight.item() == pytest.approx(1 - 2 / 11)
+    assert model.weight.item() == 1.0
