@@ -170,3 +170,15 @@ def test_ema_warm_up_and_average():
     with ema.applied(model):
         assert model.weight.item() == pytest.approx(1 - 2 / 11)
     assert model.weight.item() == 1.0
+
+
+def test_tensorboard_without_the_package_is_a_clear_error_or_writes_events(tmp_path):
+    cfg = small_config(tmp_path, "epochs=1", "tensorboard=true")
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(InputError, match="tensorboard"):
+            Trainer(cfg, log=lambda m: None).run()
+    else:
+        Trainer(cfg, log=lambda m: None).run()
+        assert any((tmp_path / "run" / "tensorboard").iterdir())

@@ -54,6 +54,7 @@ class TrainConfig:
     scheduler_patience: int = 50
     scheduler_factor: float = 0.8
     ema_decay: float = 0.99
+    loss_scale_init: float = 1024.0  # fp16 only: GradScaler's first scale (it adapts from there)
     clip_grad: Optional[float] = 10.0
     loss: str = "mse"  # "mse" or "huber"
     huber_delta: float = 0.01

@@ -31,16 +31,27 @@ from lpmace.train.loss import weighted_loss
 from lpmace.train.prepare import RunData, build_model, parameter_groups, prepare
 
 
+def peak_memory(device: str) -> dict:
+    """Peak memory of this process so far: CUDA allocator peak on GPUs, resident set size on CPUs."""
+    if torch.device(device).type == "cuda":
+        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(), "peak_memory_kind": "cuda allocated"}
+    import resource
+
+    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_memory_kind": "process RSS"}
+
+
 class Trainer:
     """`Trainer(cfg).run()` trains, validates, checkpoints and tests; returns the final metrics.
 
-    `fault` (tests only) is called with (epoch, step, loss) and may return a replacement loss, e.g.
-    an infinite one to exercise the overflow path.
+    `on_epoch(trainer, row)` runs after each epoch's log row (outside the training clock), e.g. for
+    a time-to-accuracy curve. `fault` (tests only) is called with (epoch, step, loss) and may return
+    a replacement loss, e.g. an infinite one to exercise the overflow path.
     """
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print,
-                 fault: Optional[Callable] = None):
-        self.cfg, self.log, self.fault = cfg, log, fault
+                 on_epoch: Optional[Callable] = None, fault: Optional[Callable] = None):
+        self.cfg, self.log, self.fault, self.on_epoch = cfg, log, fault, on_epoch
         self.out = Path(cfg.output_dir)
         self.policy = resolve_policy(cfg.precision)
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -59,7 +70,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=cfg.scheduler_factor, patience=cfg.scheduler_patience)
         device_type = torch.device(cfg.device).type
-        self.scaler = torch.amp.GradScaler(device_type, enabled=self.policy.uses_fp16)
+        self.scaler = torch.amp.GradScaler(device_type, init_scale=cfg.loss_scale_init,
+                                           enabled=self.policy.uses_fp16)
         self.ema = EMA(self.model, cfg.ema_decay)
         self.loader = GraphLoader(self.data.train, cfg.batch_size, shuffle=True, seed=cfg.seed)
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
@@ -174,6 +186,13 @@ class Trainer:
         (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         n_params = sum(p.numel() for p in self.model.parameters())
         self.log(f"model: {n_params:,} parameters; precision {self.policy.name}; device {cfg.device}")
+        self.writer = None
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                raise InputError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from err
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
         bar = None
         if cfg.progress:
             bar = tqdm(total=cfg.epochs * len(self.loader), initial=self.epoch * len(self.loader),
@@ -187,7 +206,8 @@ class Trainer:
                 train_loss = self._train_epoch(bar)
                 self.elapsed += time.perf_counter() - start
                 self.epoch += 1
-                row = {"epoch": self.epoch, "train_time_s": round(self.elapsed, 3), "train_loss": train_loss,
+                row = {"epoch": self.epoch, "step": self.step, "train_time_s": round(self.elapsed, 3),
+                       "train_loss": train_loss,
                        "lr": self.optimizer.param_groups[0]["lr"], "loss_scale": self.scaler.get_scale()
                        if self.scaler.is_enabled() else None, "skipped_steps": self.skipped,
                        "restored": self.restored}
@@ -203,10 +223,18 @@ class Trainer:
                     if bar is not None:
                         bar.set_postfix(loss=f"{train_loss:.4g}", F=f"{metrics.get('force_rmse_mev_per_A', 0):.1f}")
                 self._write_log(row)
+                if self.on_epoch is not None:
+                    self.on_epoch(self, row)
+                if self.writer is not None:
+                    for key, value in row.items():
+                        if isinstance(value, (int, float)) and key != "epoch":
+                            self.writer.add_scalar(key, value, self.epoch)
                 save_checkpoint(self._state(), self.out / "checkpoints" / "last.pt")
         finally:
             if bar is not None:
                 bar.close()
+            if self.writer is not None:
+                self.writer.close()
         with self.ema.applied(self.model):
             save(self.model, self.out / "model.safetensors")
         return self._test()
@@ -235,8 +263,9 @@ class Trainer:
             d = results[name]
             self.log(f"test {name}: E {d.get('energy_rmse_mev_per_atom', float('nan')):.2f} meV/atom, "
                      f"F {d.get('force_rmse_mev_per_A', float('nan')):.2f} meV/Å (RMSE)")
-        summary = {"epochs": self.epoch, "train_time_s": self.elapsed, "skipped_steps": self.skipped,
-                   "restored": self.restored, "precision": self.policy.name, "test": results}
+        summary = {"epochs": self.epoch, "steps": self.step, "train_time_s": self.elapsed,
+                   "skipped_steps": self.skipped, "restored": self.restored, "precision": self.policy.name,
+                   **peak_memory(self.cfg.device), "test": results}
         tmp = self.out / ".test_metrics.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2))
         tmp.replace(self.out / "test_metrics.json")
