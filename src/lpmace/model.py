@@ -174,8 +174,9 @@ class MACE(torch.nn.Module):
         species = self.species(graph.numbers)
         one_hot = torch.nn.functional.one_hot(species, len(c.atomic_numbers)).to(p.linear)
         sender, receiver = graph.edge_index[0], graph.edge_index[1]
-        shifts = torch.einsum("ek,ekx->ex", graph.unit_shifts.to(p.geometry), cell[graph.batch[sender]])
-        vectors = positions[receiver] - positions[sender] + shifts
+        edge_cell = torch.index_select(cell, 0, torch.index_select(graph.batch, 0, sender))
+        shifts = torch.einsum("ek,ekx->ex", graph.unit_shifts.to(p.geometry), edge_cell)
+        vectors = torch.index_select(positions, 0, receiver) - torch.index_select(positions, 0, sender) + shifts
         lengths = vectors.norm(dim=-1, keepdim=True)
         edge_sh = self.spherical_harmonics(vectors.to(p.spherical_harmonics))
         edge_radial = self.radial(lengths.to(p.radial))
@@ -217,7 +218,7 @@ class MACE(torch.nn.Module):
         if compute_stress:
             strain = torch.zeros_like(cell, requires_grad=True)
             sym = 0.5 * (strain + strain.transpose(1, 2))
-            positions_used = positions + torch.einsum("nx,nxy->ny", positions, sym[graph.batch])
+            positions_used = positions + torch.einsum("nx,nxy->ny", positions, torch.index_select(sym, 0, graph.batch))
             cell = cell + torch.bmm(cell, sym)
         else:
             positions_used = positions

@@ -107,12 +107,14 @@ class Interaction(torch.nn.Module):
         n, c = h.shape[0], h.shape[1]
         radial = self.radial_mlp(edge_radial, policy.radial_mlp if policy else None)
         weights = radial.to(operand).to(math_dtype).view(-1, len(self.paths), c)  # [E, P, C]
-        h_send = h.to(operand).to(math_dtype)[sender]  # [E, C, D_in]
+        # index_select, not h[sender]: its backward is an index_add, where advanced indexing's is a
+        # sort-based index_put that took half the GPU time of a training step (profile, H100).
+        h_send = torch.index_select(h.to(operand).to(math_dtype), 0, sender)  # [E, C, D_in]
         outer = h_send[:, :, :, None] * edge_sh.to(math_dtype)[:, None, None, :]  # [E, C, D_in, D_sh]
         table = self.coupling.to(table_dtype).to(math_dtype)
         flat = outer.reshape(outer.shape[0], c, outer.shape[2] * outer.shape[3])
         tp = flat @ table.reshape(-1, table.shape[-1])  # [E, C, Q]
-        tp = tp * weights[:, self.path_of_column, :].transpose(1, 2)
+        tp = tp * torch.index_select(weights, 1, self.path_of_column).transpose(1, 2)
         out = torch.zeros(n, c, tp.shape[-1], dtype=tp.dtype, device=tp.device)
         return out.index_add_(0, receiver, tp)
 

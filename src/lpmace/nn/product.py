@@ -59,11 +59,11 @@ class SymmetricContraction(torch.nn.Module):
                 coeffs = getattr(self, f"coeffs_L{L}_nu{nu}").to(table_dtype).to(math_dtype)
                 if coeffs.shape[-1] == 0:
                     continue
-                mono = a[:, :, monos[:, 0]]
+                mono = torch.index_select(a, 2, monos[:, 0])
                 for j in range(1, nu):
-                    mono = mono * a[:, :, monos[:, j]]  # [n, C, n_mono]
+                    mono = mono * torch.index_select(a, 2, monos[:, j])  # [n, C, n_mono]
                 y = (mono @ coeffs.reshape(coeffs.shape[0], -1)).view(n, c, 2 * L + 1, -1)
-                w = self.weights[f"L{L}_nu{nu}"].to(operand).to(math_dtype)[species]  # [n, K, C]
+                w = torch.index_select(self.weights[f"L{L}_nu{nu}"].to(operand).to(math_dtype), 0, species)
                 b = b + torch.einsum("ncmk,nkc->ncm", y, w)
             out.append(b)
         return torch.cat(out, dim=-1)

@@ -24,8 +24,8 @@ class EMA:
     def update(self, model: torch.nn.Module):
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for name, p in model.named_parameters():
-            self.shadow[name].mul_(d).add_(p.detach(), alpha=1 - d)
+        params = list(model.named_parameters())
+        torch._foreach_lerp_([self.shadow[k] for k, _ in params], [p.detach() for _, p in params], 1 - d)
 
     @contextmanager
     def applied(self, model: torch.nn.Module):

@@ -137,25 +137,22 @@ class Trainer:
                 loss = self.fault(self.epoch + 1, self.step, loss)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-            grads_finite = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters())
-            if cfg.clip_grad and grads_finite:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            if grads_finite and bool(torch.isfinite(loss)):
+            # One norm over all gradients: non-finite if any gradient is (one device sync per step).
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad or math.inf)
+            value = float(loss.detach())
+            if math.isfinite(value) and bool(torch.isfinite(norm)):
                 self.scaler.step(self.optimizer)
+                self.ema.update(model)
             else:
                 self.skipped += 1
-                if not self.scaler.is_enabled():
-                    self.optimizer.zero_grad(set_to_none=True)
+                self.optimizer.zero_grad(set_to_none=True)
+                if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                    model.load_state_dict(snapshot)
+                    self.optimizer.load_state_dict(opt_snapshot)
+                    self.restored += 1
+                    self.log(f"epoch {self.epoch + 1}: non-finite weights at step {self.step}; restored the epoch's start")
             self.scaler.update()
-            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-                model.load_state_dict(snapshot)
-                self.optimizer.load_state_dict(opt_snapshot)
-                self.restored += 1
-                self.log(f"epoch {self.epoch + 1}: non-finite weights after step {self.step}; restored the epoch's start")
-            else:
-                self.ema.update(model)
             self.step += 1
-            value = float(loss.detach())
             if math.isfinite(value):
                 total, count = total + value, count + 1
             if bar is not None:
