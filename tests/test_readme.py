@@ -32,4 +32,3 @@ def test_ci_runs_the_readme_commands():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     for command in commands:
         assert f"({command})" in ci, f".ci/run does not run the README command {command!r}"
-    assert (ROOT / "examples" / "evaluate_3bpa.py").is_file()

@@ -37,7 +37,7 @@ def train_one(precision: str, out: Path, device: str, epochs: int, log) -> dict:
     return summary
 
 
-def run_demo(out: Path, device: str = "cpu", epochs: int = 2, log=print) -> List[dict]:
+def run_demo(out: Path, device: str = "cpu", epochs: int = 1, log=print) -> List[dict]:
     from lpmace import datasets
     from lpmace.data import graph_from_configuration, read_configurations
     from lpmace.evaluate import force_error_against

@@ -11,7 +11,7 @@ HELP = "train a small model in fp32, bf16-mixed and fp16-mixed on embedded 3BPA 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per precision (default: 2)")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per precision (default: 1)")
 
 
 def run(args: argparse.Namespace) -> int:
