@@ -47,6 +47,8 @@ def test_short_fp32_training_lowers_validation_force_error(tmp_path):
     after = rows[-1]["valid_force_rmse_mev_per_A"]
     assert [r["epoch"] for r in rows] == list(range(1, 13))
     assert after < 0.6 * before
+    assert rows[-1]["wall_time_s"] >= rows[-1]["train_time_s"] > 0
+    assert {"lr", "loss_scale", "skipped_steps", "valid_force_mae_mev_per_A"} <= set(rows[-1])
     model = load(tmp_path / "run" / "model.safetensors")
     assert model.config.atomic_numbers == (1, 6, 7, 8)
 

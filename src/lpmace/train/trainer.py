@@ -183,6 +183,7 @@ class Trainer:
         (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         n_params = sum(p.numel() for p in self.model.parameters())
         self.log(f"model: {n_params:,} parameters; precision {self.policy.name}; device {cfg.device}")
+        run_start = time.perf_counter()  # wall clock of this invocation (validation included)
         self.writer = None
         if cfg.tensorboard:
             try:
@@ -204,6 +205,7 @@ class Trainer:
                 self.elapsed += time.perf_counter() - start
                 self.epoch += 1
                 row = {"epoch": self.epoch, "step": self.step, "train_time_s": round(self.elapsed, 3),
+                       "wall_time_s": round(time.perf_counter() - run_start, 3),
                        "train_loss": train_loss,
                        "lr": self.optimizer.param_groups[0]["lr"], "loss_scale": self.scaler.get_scale()
                        if self.scaler.is_enabled() else None, "skipped_steps": self.skipped,
