@@ -17,7 +17,7 @@ from typing import Sequence
 
 from lpmace.errors import InputError
 
-COMMANDS = ("convert", "info", "train", "eval", "precision", "demo")
+COMMANDS = ("convert", "info", "train", "eval", "precision", "demo", "md")
 EXIT_INPUT_ERROR = 2
 
 

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import List
 
+from lpmace.atomic import atomic_write_text
+
 DEMO_PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
 DEMO_MODEL = ("model.channels=32", "model.max_L=1", "model.correlation=3")
 
@@ -89,6 +91,4 @@ def write_summary(rows: List[dict], out: Path, device: str):
            "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None}
     for name, text in (("summary.json", json.dumps({"environment": env, "rows": rows}, indent=2)),
                        ("summary.md", markdown_table(rows, device) + "\n")):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / name)
+        atomic_write_text(out / name, text)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any
 
 import safetensors
 import safetensors.torch
 import torch
 
+from lpmace.atomic import atomic_open
 from lpmace.errors import InputError
 from lpmace.model import MACE, MACEConfig
 
@@ -55,19 +55,8 @@ def save(model: MACE, path: str | os.PathLike) -> pathlib.Path:
     }
     payload = safetensors.torch.save(tensors, metadata=metadata)
 
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_open(path, "wb") as f:
+        f.write(payload)
     return path
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
+
+from lpmace.atomic import atomic_open
 
 if TYPE_CHECKING:
     from lpmace.evaluate import Metrics
@@ -61,12 +62,6 @@ def parity_plot(metrics: "Metrics", path: str | os.PathLike, title: str = "") ->
     if title:
         fig.suptitle(title)
 
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        os.replace(tmp_name, path)
-    except BaseException:
-        pathlib.Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
     return path

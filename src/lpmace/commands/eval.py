@@ -31,13 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import os
     import pathlib
     import re
     import sys
-    import tempfile
 
     from lpmace import datasets
+    from lpmace.atomic import atomic_write_text
     from lpmace.data import graph_from_configuration, read_configurations
     from lpmace.errors import InputError
     from lpmace.evaluate import evaluate
@@ -90,15 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if json_path is not None:
         payload = {"model": str(args.model), "precision": policy.to_dict(), "device": str(device),
                    "files": {name: m.to_dict() for name, m in results.items()}}
-        fd, tmp = tempfile.mkstemp(dir=json_path.parent, prefix=f".{json_path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(payload, f, indent=2)
-                f.write("\n")
-            os.replace(tmp, json_path)
-        except BaseException:
-            pathlib.Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
         print(f"wrote {json_path}")
     return 0
 

@@ -7,27 +7,19 @@ folder and renamed over the old one, so a kill at any moment leaves the previous
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from lpmace.atomic import atomic_open
 from lpmace.errors import InputError
 
 
 def save_checkpoint(state: dict, path: Path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: Path) -> dict:

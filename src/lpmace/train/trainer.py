@@ -19,6 +19,7 @@ from typing import Callable, Dict, Optional
 import torch
 import yaml
 
+from lpmace.atomic import atomic_write_text
 from lpmace.data import GraphLoader
 from lpmace.errors import InputError
 from lpmace.io import save
@@ -265,7 +266,5 @@ class Trainer:
         summary = {"epochs": self.epoch, "steps": self.step, "train_time_s": self.elapsed,
                    "skipped_steps": self.skipped, "restored": self.restored, "precision": self.policy.name,
                    **peak_memory(self.cfg.device), "test": results}
-        tmp = self.out / ".test_metrics.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(self.out / "test_metrics.json")
+        atomic_write_text(self.out / "test_metrics.json", json.dumps(summary, indent=2))
         return summary
