@@ -14,15 +14,16 @@ from e3nn import o3  # noqa: E402
 from lpmace import datasets  # noqa: E402
 from lpmace.data import collate, graph_from_configuration, read_configurations  # noqa: E402
 from lpmace.errors import InputError  # noqa: E402
-from lpmace.interop import from_mace_torch  # noqa: E402
+from lpmace.interop import from_mace_torch, mace_torch_inputs  # noqa: E402
 
 from shared_data import shared_data_dir  # noqa: E402
 
 
-def build_mace_torch(z, hidden, first, correlation, num_interactions=2, cls="ScaleShiftMACE", seed=0):
-    """A random float64 mace-torch model; restores the global default dtype it needs to set."""
+def build_mace_torch(z, hidden, first, correlation, num_interactions=2, cls="ScaleShiftMACE", seed=0,
+                     dtype=torch.float64):
+    """A random mace-torch model; restores the global default dtype it needs to set."""
     old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
+    torch.set_default_dtype(dtype)
     try:
         torch.manual_seed(seed)
         kwargs = dict(
@@ -41,20 +42,9 @@ def build_mace_torch(z, hidden, first, correlation, num_interactions=2, cls="Sca
         torch.set_default_dtype(old)
 
 
-def mace_torch_batch(graph, z):
-    index = torch.tensor([z.index(n) for n in graph.numbers.tolist()])
-    shifts = torch.einsum("ek,ekx->ex", graph.unit_shifts, graph.cell[graph.batch[graph.edge_index[0]]])
-    return dict(
-        positions=graph.positions.clone(), node_attrs=torch.nn.functional.one_hot(index, len(z)).double(),
-        edge_index=graph.edge_index, shifts=shifts, unit_shifts=graph.unit_shifts,
-        cell=graph.cell.reshape(-1, 3), batch=graph.batch, ptr=graph.ptr,
-        head=torch.zeros(graph.num_graphs, dtype=torch.long),
-    )
-
-
 def assert_same(ref_model, graph, z, stress=False):
     ours = from_mace_torch(ref_model)
-    ref = ref_model(mace_torch_batch(graph, z), compute_force=True, compute_stress=stress)
+    ref = ref_model(mace_torch_inputs(graph, z), compute_force=True, compute_stress=stress)
     out = ours(graph, compute_stress=stress)
     rel = ((out["energy"] - ref["energy"]).abs() / ref["energy"].abs()).max()
     assert rel < 1e-9
@@ -111,6 +101,18 @@ def test_correlation_four(molecules):
     z = [1, 6, 7, 8]
     ref = build_mace_torch(z, "4x0e", "RealAgnosticResidualInteractionBlock", 4, num_interactions=1)
     assert_same(ref, molecules, z)
+
+
+def test_float32_model_converts_with_float32_accuracy(molecules):
+    """mace-torch models saved in float32 carry float32 U tensors; they convert to float32 accuracy."""
+    z = [1, 6, 7, 8]
+    ref = build_mace_torch(z, "16x0e+16x1o", "RealAgnosticResidualInteractionBlock", 3, dtype=torch.float32)
+    ours = from_mace_torch(ref).float()
+    inputs = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in mace_torch_inputs(molecules, z).items()}
+    want = ref(inputs, compute_force=True)
+    got = ours(molecules)
+    assert ((got["energy"] - want["energy"].double()).abs() / want["energy"].double().abs()).max() < 1e-6
+    assert (got["forces"] - want["forces"]).abs().max() < 1e-4 * want["forces"].abs().max()
 
 
 def test_unsupported_model_is_refused_with_reason():

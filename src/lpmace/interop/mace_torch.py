@@ -52,6 +52,19 @@ def load_mace_torch_model(path: str) -> torch.nn.Module:
     return model
 
 
+def mace_torch_inputs(graph, atomic_numbers) -> dict:
+    """A mace-torch input dict for an lpmace `Graph` (same edges), to run both models on one batch."""
+    index = torch.tensor([list(atomic_numbers).index(n) for n in graph.numbers.tolist()], device=graph.numbers.device)
+    edge_cell = graph.cell[graph.batch[graph.edge_index[0]]]
+    return dict(
+        positions=graph.positions.clone(),
+        node_attrs=torch.nn.functional.one_hot(index, len(atomic_numbers)).to(graph.positions.dtype),
+        edge_index=graph.edge_index, shifts=torch.einsum("ek,ekx->ex", graph.unit_shifts, edge_cell),
+        unit_shifts=graph.unit_shifts, cell=graph.cell.reshape(-1, 3), batch=graph.batch, ptr=graph.ptr,
+        head=torch.zeros(graph.num_graphs, dtype=torch.long, device=graph.numbers.device),
+    )
+
+
 def _unsupported(reason: str):
     raise InputError(f"cannot import this mace-torch model: {reason}")
 
@@ -112,6 +125,8 @@ def _polynomial_of_u(u: torch.Tensor, dim: int, degree: int) -> torch.Tensor:
 def _contraction_weights(u: torch.Tensor, weight: torch.Tensor, lmax_in: int, degree: int, L: int):
     """Change of basis of one (L, ν) weight block [n_el, K_mace, C] -> [n_el, K_lpmace, C]."""
     dim = (lmax_in + 1) ** 2
+    # U stored in float32 (a float32 mace-torch model) is exact only to ~1e-7: the tolerance follows it.
+    tolerance = 1e-9 if u.dtype == torch.float64 else 1e-5
     u = u.detach().to(torch.float64)
     if L == 0:
         u = u.unsqueeze(0)
@@ -130,7 +145,7 @@ def _contraction_weights(u: torch.Tensor, weight: torch.Tensor, lmax_in: int, de
         return torch.zeros(weight.shape[0], 0, weight.shape[2], dtype=torch.float64)
     x = torch.linalg.lstsq(a, b).solution
     residual = float((a @ x - b).norm()) / max(float(b.norm()), 1e-300)
-    if residual > 1e-9:
+    if residual > tolerance:
         _unsupported(f"symmetric contraction (L={L}, nu={degree}) not in lpmace's basis (residual {residual:.1e})")
     return x.reshape(-1, weight.shape[0], weight.shape[2]).permute(1, 0, 2)
 
