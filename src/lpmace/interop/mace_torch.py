@@ -179,8 +179,19 @@ def _check_supported(model):
             _unsupported("element-agnostic product is not supported")
 
 
+def _on_host(model):
+    """The model itself if it lives on the CPU, else a CPU copy (the user's model is left alone)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    if all(t.device.type == "cpu" for t in tensors):
+        return model
+    import copy
+
+    return copy.deepcopy(model).cpu()
+
+
 def config_from_mace_torch(model) -> MACEConfig:
     """The MACEConfig of a supported mace-torch model (raises InputError otherwise)."""
+    model = _on_host(model)
     _check_supported(model)
     inter0 = model.interactions[0]
     channels, _ = _uniform_irreps(inter0.node_feats_irreps, "node embedding")
@@ -224,7 +235,8 @@ def config_from_mace_torch(model) -> MACEConfig:
 
 @torch.no_grad()
 def from_mace_torch(model) -> MACE:
-    """An lpmace MACE (float64 parameters) computing what the mace-torch `model` computes."""
+    """An lpmace MACE (float64 parameters, on the CPU) computing what the mace-torch `model` computes."""
+    model = _on_host(model)
     cfg = config_from_mace_torch(model)
     ours = MACE(cfg).double()
     n_el = len(cfg.atomic_numbers)
