@@ -110,10 +110,11 @@ class Interaction(torch.nn.Module):
         # index_select, not h[sender]: its backward is an index_add, where advanced indexing's is a
         # sort-based index_put that took half the GPU time of a training step (profile, H100).
         h_send = torch.index_select(h.to(operand).to(math_dtype), 0, sender)  # [E, C, D_in]
-        outer = h_send[:, :, :, None] * edge_sh.to(math_dtype)[:, None, None, :]  # [E, C, D_in, D_sh]
         table = self.coupling.to(table_dtype).to(math_dtype)
-        flat = outer.reshape(outer.shape[0], c, outer.shape[2] * outer.shape[3])
-        tp = flat @ table.reshape(-1, table.shape[-1])  # [E, C, Q]
+        # Contract Y with the CG table first ([E, D_in, Q], channel-free), then one small matmul per
+        # edge: never forms the [E, C, D_in, D_sh] outer product (16x fewer FLOPs, far less memory).
+        y_table = torch.einsum("ej,ijq->eiq", edge_sh.to(math_dtype), table)
+        tp = torch.bmm(h_send, y_table)  # [E, C, Q]
         tp = tp * torch.index_select(weights, 1, self.path_of_column).transpose(1, 2)
         out = torch.zeros(n, c, tp.shape[-1], dtype=tp.dtype, device=tp.device)
         return out.index_add_(0, receiver, tp)
