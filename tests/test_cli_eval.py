@@ -50,6 +50,9 @@ def test_eval_on_the_embedded_test_file_writes_json_and_plots(model, saved, bpa_
     stdout = capsys.readouterr().out
     row = next(line for line in stdout.splitlines() if line.startswith(EMBEDDED_TEST))
     assert row.split()[1] == "300"
+    assert len(row.split()) == 8  # file, configs, E per atom and total (RMSE, MAE), F (RMSE, MAE)
+    units = next(line for line in stdout.splitlines() if line.strip().startswith("meV/atom")).split()
+    assert units == ["meV/atom", "meV/atom", "meV", "meV", "meV/Å", "meV/Å"]
     assert "meV/atom" in stdout and "meV/Å" in stdout and "S RMSE" not in stdout  # no stress in 3BPA
 
     data = json.loads(out_json.read_text())

@@ -112,14 +112,15 @@ def _device(name: str):
 def _table(results: dict) -> str:
     """Aligned text table: one row per file; stress columns only when some file has stress."""
     with_stress = any(m.n_stress for m in results.values())
-    header = ["file", "configs", "E RMSE", "E MAE", "F RMSE", "F MAE"]
-    units = ["", "", "meV/atom", "meV/atom", "meV/Å", "meV/Å"]
+    header = ["file", "configs", "E RMSE", "E MAE", "E RMSE", "E MAE", "F RMSE", "F MAE"]
+    units = ["", "", "meV/atom", "meV/atom", "meV", "meV", "meV/Å", "meV/Å"]
     if with_stress:
         header += ["S RMSE", "S MAE"]
         units += ["meV/Å³", "meV/Å³"]
     rows = [header, units]
     for name, m in results.items():
-        values = [m.energy_rmse_mev_per_atom, m.energy_mae_mev_per_atom, m.force_rmse_mev_per_A, m.force_mae_mev_per_A]
+        values = [m.energy_rmse_mev_per_atom, m.energy_mae_mev_per_atom, m.energy_rmse_mev, m.energy_mae_mev,
+                  m.force_rmse_mev_per_A, m.force_mae_mev_per_A]
         if with_stress:
             values += [m.stress_rmse_mev_per_A3, m.stress_mae_mev_per_A3]
         rows.append([name, str(m.n_configs)] + ["-" if v is None else f"{v:.2f}" for v in values])
