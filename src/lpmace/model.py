@@ -3,9 +3,9 @@
     E = Σ_i [ E0(z_i) + scale · Σ_t readout_t(h_i^(t)) + shift ]        (summed in float64)
     h^(t) = Product_t( Interaction_t(h^(t-1), Y(r̂_ij), R(r_ij)), z ) (+ element-dependent skip)
 
-Forces are -∂E/∂r and stress (1/V) ∂E/∂ε by autograd (double backward when training). The model
-computes in the dtype of its parameters (``model.double()`` for fp64); blocks take their dtype from
-their inputs, so a precision policy can choose it from outside.
+Forces are -∂E/∂r and stress (1/V) ∂E/∂ε by autograd (double backward when training). Each block
+computes in the dtype the precision policy (lpmace.precision) names for it; the parameters are cast
+at the block boundaries and never changed, so the same weights run under any policy.
 """
 
 from __future__ import annotations
@@ -165,13 +165,13 @@ class MACE(torch.nn.Module):
             )
         return species
 
-    def site_energies(self, graph: Graph, positions, cell, policy: PrecisionPolicy) -> torch.Tensor:
+    def site_energies(self, graph: Graph, positions, cell, species, policy: PrecisionPolicy) -> torch.Tensor:
         """Interaction site energies scale·Σ_t readout_t + shift: [n_atoms] in the accumulate dtype.
 
-        positions [n_atoms, 3] and cell [n_graphs, 3, 3] in the geometry dtype.
+        positions [n_atoms, 3] and cell [n_graphs, 3, 3] in the geometry dtype; species [n_atoms]
+        element indices (from `species`).
         """
         c, p = self.config, policy
-        species = self.species(graph.numbers)
         one_hot = torch.nn.functional.one_hot(species, len(c.atomic_numbers)).to(p.linear)
         sender, receiver = graph.edge_index[0], graph.edge_index[1]
         edge_cell = torch.index_select(cell, 0, torch.index_select(graph.batch, 0, sender))
@@ -222,8 +222,9 @@ class MACE(torch.nn.Module):
             cell = cell + torch.bmm(cell, sym)
         else:
             positions_used = positions
-        node_inter = self.site_energies(graph, positions_used, cell, policy)
-        node_energy = node_inter.to(policy.energy) + self.e0s.to(policy.energy)[self.species(graph.numbers)]
+        species = self.species(graph.numbers)  # validates the elements once per call
+        node_inter = self.site_energies(graph, positions_used, cell, species, policy)
+        node_energy = node_inter.to(policy.energy) + self.e0s.to(policy.energy)[species]
         energy = torch.zeros(graph.num_graphs, dtype=policy.energy, device=node_energy.device)
         energy = energy.index_add(0, graph.batch, node_energy)
 
