@@ -17,7 +17,7 @@ from typing import Sequence
 
 from lpmace.errors import InputError
 
-COMMANDS = ("convert", "info", "train", "eval", "precision", "demo", "md")
+COMMANDS = ("convert", "info", "train", "eval", "precision", "demo", "md", "bench")
 EXIT_INPUT_ERROR = 2
 
 

@@ -1,0 +1,44 @@
+"""`lpmace bench`: speed, memory, accuracy against fp64, equivariance and NVE stability of one model
+under every precision and backend, side by side with mace-torch running the same weights.
+
+Sections (each a module, each returning JSON-ready rows that `report` renders):
+    workloads.py          the model sizes, W1/W2/W3 graphs (shared/ANCHORS.md) and the mace-torch twin
+    measure.py            CUDA-synchronised timing (median and spread), peak memory, the environment
+    speed.py              training-step and inference speed; scaling against system size (OOM reported)
+    roofline.py           achieved FLOP/s and bytes/s against a table of known device peaks
+    accuracy.py           error against an fp64 evaluation of the same weights; equivariance error
+    stability.py          NVE energy drift per precision (molecule and periodic cell), blow-ups reported
+    time_to_accuracy.py   W3: test force RMSE against training wall time per precision (+ mace_run_train)
+    report.py             report.md, self-contained report.html, PNG plots
+    runner.py             the matrix, the progress bar, results.json
+
+results.json (schema 1); every number is a float, int, or null where it was not measured, and every
+row names what produced it: ``code`` ("lpmace" or "mace-torch"), ``backend`` (lpmace: "reference",
+...; mace-torch: "e3nn" or "cueq") and ``precision`` (an lpmace preset, or "fp32"/"fp64" for
+mace-torch):
+
+    schema: 1
+    environment: {device, device_name, driver, cuda, torch, triton, e3nn, mace_torch, python, platform,
+                  lpmace, git_commit, date (ISO 8601 UTC), command}
+    settings: {model (description), model_config (dict), parameters, precisions, backends, workloads,
+               quick, repeats, warmup, seed}
+    speed: [{workload ("train W1" | "infer W2" | ...), code, backend, precision, atoms, edges, repeats,
+             median_ms, iqr_ms, min_ms, max_ms, atom_steps_per_s, peak_memory_mb, status ("ok" | "OOM" |
+             "error: ..."), }]
+    scaling: [{code, backend, precision, atoms, edges, median_ms, atom_steps_per_s, peak_memory_mb, status}]
+    accuracy: [{dataset, configs, atoms, code, backend, precision, energy_rmse_mev_per_atom,
+                energy_max_mev_per_atom, force_rmse_mev_per_A, force_max_mev_per_A, force_rel_rmse,
+                stress_rmse_mev_per_A3 (null without a periodic cell)}]   # all against fp64, same weights
+    equivariance: [{code, backend, precision, rotations, force_rel_rmse_rotation, force_rel_rmse_reflection,
+                    energy_rel_rotation}]
+    md: [{system, atoms, code, backend, precision, steps, steps_done, dt_fs, temperature_K,
+          drift_mev_per_atom_per_ps, fluctuation_mev_per_atom, drift_vs_fp64 (difference), stable,
+          unstable_step, reason, wall_s_per_step, trace: {time_fs: [...], total_mev_per_atom: [...]}}]
+    time_to_accuracy: {target_mev_per_A, budget_s, runs: [{code, backend, precision, metric
+                       ("test force RMSE" | "valid force RMSE"), curve: [{time_s, epoch, force_rmse_mev_per_A}],
+                       time_to_target_s, final_force_rmse_mev_per_A, status}]}
+    roofline: [{workload, code, backend, precision, flop, bytes, median_ms, achieved_tflop_per_s,
+                achieved_tb_per_s, peak_tflop_per_s, peak_tb_per_s, fraction_of_peak_flop,
+                fraction_of_peak_bandwidth}]
+    skipped: [{section, what, why}]    # what was not measured, and why (never silently absent)
+"""

@@ -1,0 +1,130 @@
+"""`lpmace bench` end to end on the CPU: the --quick report, and bad input refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from lpmace.cli import main
+
+SECTIONS = ("speed", "roofline", "accuracy", "equivariance", "scaling", "md")
+
+
+def _numbers(value, path="results"):
+    """Every (path, number) in a JSON tree."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _numbers(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _numbers(v, f"{path}[{i}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield path, value
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    status = main(["bench", "--quick", "--compare-mace-torch", "--out", str(out), "--no-progress"])
+    return status, out, json.loads((out / "results.json").read_text())
+
+
+def test_quick_report_has_every_section_with_finite_numbers(quick):
+    status, out, results = quick
+    assert status == 0 and results["complete"] is True
+    for section in SECTIONS:
+        assert results.get(section), f"section {section} is empty"
+    bad = [(p, v) for p, v in _numbers(results) if not math.isfinite(v)]
+    assert not bad, bad[:5]
+    for name in ("report.md", "report.html", "pareto.png", "scaling.png", "nve.png"):
+        assert (out / name).stat().st_size > 0, name
+    report = (out / "report.md").read_text()
+    assert "mace-torch" in report and "bf16-mixed" in report
+    # time-to-accuracy is not part of --quick, and the report says so rather than leaving a gap
+    assert {"section": "time_to_accuracy", "what": "time-to-accuracy", "why": "--quick leaves it out"} \
+        in results["skipped"]
+    assert "--quick leaves it out" in report
+
+
+def test_quick_report_measures_every_engine(quick):
+    _, _, results = quick
+    labels = {(r["code"], r["backend"], r["precision"]) for r in results["speed"]}
+    expected = {("lpmace", "reference", p) for p in ("fp64", "fp32", "bf16-mixed", "fp16-mixed")}
+    expected |= {("mace-torch", "e3nn", "fp32"), ("mace-torch", "e3nn", "fp64")}
+    assert labels == expected
+    assert {r["workload"] for r in results["speed"]} == {"train W1", "infer W2"}
+    assert all(r["status"] == "ok" and r["median_ms"] > 0 and r["repeats"] == 3 for r in results["speed"])
+
+
+def test_fp64_against_fp64_is_exactly_zero_in_the_report(quick):
+    _, _, results = quick
+    rows = [r for r in results["accuracy"] if r["code"] == "lpmace" and r["precision"] == "fp64"]
+    assert len(rows) == 2  # the 3BPA molecules and the W2 box
+    for row in rows:
+        assert row["energy_rmse_mev_per_atom"] == 0.0 and row["force_max_mev_per_A"] == 0.0
+        assert row["force_rel_rmse"] == 0.0
+    low = [r for r in results["accuracy"] if r["precision"] == "bf16-mixed"]
+    assert all(r["force_rel_rmse"] > 1e-4 for r in low)
+    md = [r for r in results["md"] if r["precision"] == "fp64"]
+    assert md and all(r["drift_vs_fp64"] == 0.0 for r in md)
+
+
+def test_mace_torch_fp64_agrees_with_lpmace_fp64(quick):
+    _, _, results = quick
+    rows = [r for r in results["accuracy"] if r["code"] == "mace-torch" and r["precision"] == "fp64"]
+    assert rows and all(r["force_rel_rmse"] < 1e-12 for r in rows)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workloads", "speed,warp"], "--workloads: unknown"),
+    (["--precisions", "fp32,fp7"], "fp7"),
+    (["--backends", "triton"], "--backends: 'triton' is not available"),
+    (["--model", "no/such/model.safetensors"], "no such file"),
+    (["--repeats", "0"], "--repeats must be at least 1"),
+    (["--md-dt", "nan"], "--md-dt must be a positive number"),
+])
+def test_bad_options_exit_2_and_write_nothing(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    assert main(["bench", "--quick", "--out", str(out), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_mace_torch_model_needs_explicit_trust(tmp_path, capsys):
+    model = tmp_path / "x.model"
+    model.write_bytes(b"not read")
+    out = tmp_path / "out"
+    assert main(["bench", "--quick", "--model", str(model), "--out", str(out)]) == 2
+    assert "--trust-mace-model" in capsys.readouterr().err
+    assert not out.exists()
+
+
+SILICON = ('2\nLattice="5 0 0 0 5 0 0 0 5" Properties=species:S:1:pos:R:3 pbc="T T T"\n'
+           "Si 0 0 0\nSi 1.3 1.3 1.3\n")
+
+
+def test_data_with_elements_a_given_model_lacks_is_refused(tmp_path, capsys, make_model):
+    import lpmace.io
+
+    model = lpmace.io.save(make_model(), tmp_path / "tiny.safetensors")
+    data = tmp_path / "si.xyz"
+    data.write_text(SILICON)
+    out = tmp_path / "out"
+    assert main(["bench", "--quick", "--model", str(model), "--data", str(data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(data) in err and "[14]" in err
+    assert not out.exists()
+
+
+def test_a_random_model_learns_the_elements_of_the_data(tmp_path):
+    from pathlib import Path
+
+    from lpmace.bench.runner import BenchOptions, check
+
+    data = tmp_path / "si.xyz"
+    data.write_text(SILICON)
+    plan = check(BenchOptions(out=Path(tmp_path / "out"), size="tiny", quick=True, data=(str(data),)))
+    assert plan.model.config.atomic_numbers == (1, 6, 7, 8, 14)
+    assert [name for name, _ in plan.data] == ["3BPA test_300K (5 molecules)", "si.xyz (1 structures)"]
