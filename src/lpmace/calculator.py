@@ -36,6 +36,8 @@ class Calculator(ASECalculator):
         precision: a preset name ("bf16-mixed", ...), a YAML policy file or a `PrecisionPolicy`;
             None: the model's default (fp64 for float64 weights, else fp32). Checked here, so a bad
             precision is an InputError at construction, not at the first energy.
+        backend: "auto" (triton on CUDA when available, else reference), "reference" or "triton"
+            (see `lpmace.kernels`); the chosen one is ``calculator.backend``.
         **kwargs: passed to `ase.calculators.calculator.Calculator` (e.g. ``label``).
 
     Results (ASE units: eV, Å): ``energy`` and ``free_energy`` (the same number; MACE has no
@@ -51,6 +53,7 @@ class Calculator(ASECalculator):
         model: MACE | str | os.PathLike,
         device: str | torch.device = "cpu",
         precision: str | os.PathLike | PrecisionPolicy | None = None,
+        backend: str = "auto",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -65,6 +68,10 @@ class Calculator(ASECalculator):
         self.r_max = float(model.config.r_max)
         self.atomic_numbers = tuple(int(z) for z in model.config.atomic_numbers)
         self.precision = resolve_policy(precision, default=model.default_precision)
+        from lpmace.kernels import resolve_backend
+
+        self.backend = resolve_backend(backend, self.device)  # checked here; "auto" resolved and kept
+        self.model.backend = self.backend
 
     def calculate(
         self,

@@ -18,6 +18,7 @@ import torch
 
 from lpmace.data.graph import Graph
 from lpmace.errors import InputError
+from lpmace.kernels import resolve_backend
 from lpmace.nn.interaction import Interaction
 from lpmace.nn.product import Product
 from lpmace.nn.radial import RadialEmbedding
@@ -114,6 +115,7 @@ class MACE(torch.nn.Module):
     def __init__(self, config: MACEConfig):
         super().__init__()
         self.config = c = config
+        self.backend = "reference"  # a run-time choice, not part of the state dict (lpmace.kernels)
         n_el = len(c.atomic_numbers)
         lookup = torch.full((119,), -1, dtype=torch.int64)
         lookup[list(c.atomic_numbers)] = torch.arange(n_el)
@@ -165,7 +167,8 @@ class MACE(torch.nn.Module):
             )
         return species
 
-    def site_energies(self, graph: Graph, positions, cell, species, policy: PrecisionPolicy) -> torch.Tensor:
+    def site_energies(self, graph: Graph, positions, cell, species, policy: PrecisionPolicy,
+                      backend: str = "reference", weight_grads: bool = True) -> torch.Tensor:
         """Interaction site energies scale·Σ_t readout_t + shift: [n_atoms] in the accumulate dtype.
 
         positions [n_atoms, 3] and cell [n_graphs, 3, 3] in the geometry dtype; species [n_atoms]
@@ -186,7 +189,7 @@ class MACE(torch.nn.Module):
         total = torch.zeros(positions.shape[0], dtype=p.accumulate, device=positions.device)
         for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
             a, sc = interaction(h, one_hot, edge_sh, edge_radial, graph.edge_index, p)
-            h = product(a, species, sc, p)
+            h = product(a, species, sc, p, backend, weight_grads)
             total = total + readout(h, p.readout).to(p.accumulate)
         return c.scale * total + c.shift
 
@@ -203,14 +206,20 @@ class MACE(torch.nn.Module):
         compute_forces: bool = True,
         compute_stress: bool = False,
         training: bool = False,
+        backend: Optional[str] = None,
     ) -> Dict[str, Optional[torch.Tensor]]:
         """Energy, forces and stress of `graph` under `precision` (a preset name, YAML path or policy;
-        default `default_precision`). The parameters are not changed: each block casts them."""
-        policy = resolve_policy(precision, default=self.default_precision)
-        with matmul_mode(policy):
-            return self._forward(graph, policy, compute_forces, compute_stress, training)
+        default `default_precision`). The parameters are not changed: each block casts them.
 
-    def _forward(self, graph, policy, compute_forces, compute_stress, training):
+        backend: "reference", "triton" or "auto" (see `lpmace.kernels`); None: ``self.backend``
+        ("reference" unless set). With training=False the fused path keeps no parameter gradients.
+        """
+        policy = resolve_policy(precision, default=self.default_precision)
+        backend = resolve_backend(backend or self.backend, graph.positions.device)
+        with matmul_mode(policy):
+            return self._forward(graph, policy, compute_forces, compute_stress, training, backend)
+
+    def _forward(self, graph, policy, compute_forces, compute_stress, training, backend="reference"):
         dtype = policy.geometry
         positions = graph.positions.to(dtype).detach().requires_grad_(compute_forces or compute_stress)
         cell = graph.cell.to(dtype)
@@ -223,7 +232,7 @@ class MACE(torch.nn.Module):
         else:
             positions_used = positions
         species = self.species(graph.numbers)  # validates the elements once per call
-        node_inter = self.site_energies(graph, positions_used, cell, species, policy)
+        node_inter = self.site_energies(graph, positions_used, cell, species, policy, backend, training)
         node_energy = node_inter.to(policy.energy) + self.e0s.to(policy.energy)[species]
         energy = torch.zeros(graph.num_graphs, dtype=policy.energy, device=node_energy.device)
         energy = energy.index_add(0, graph.batch, node_energy)

@@ -80,12 +80,14 @@ def test_mace_torch_fp64_agrees_with_lpmace_fp64(quick):
 @pytest.mark.parametrize("argv, message", [
     (["--workloads", "speed,warp"], "--workloads: unknown"),
     (["--precisions", "fp32,fp7"], "fp7"),
-    (["--backends", "triton"], "--backends: 'triton' is not available"),
+    (["--backends", "cuda-graphs"], "--backends: 'cuda-graphs' is not available"),
+    (["--backends", "triton"], "--backends triton on the CPU needs TRITON_INTERPRET=1"),
     (["--model", "no/such/model.safetensors"], "no such file"),
     (["--repeats", "0"], "--repeats must be at least 1"),
     (["--md-dt", "nan"], "--md-dt must be a positive number"),
 ])
-def test_bad_options_exit_2_and_write_nothing(tmp_path, capsys, argv, message):
+def test_bad_options_exit_2_and_write_nothing(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     out = tmp_path / "out"
     assert main(["bench", "--quick", "--out", str(out), *argv]) == 2
     assert message in capsys.readouterr().err

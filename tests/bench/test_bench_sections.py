@@ -110,8 +110,8 @@ def test_scaling_reports_out_of_memory_and_stops_the_series(model):
 
 
 def test_unknown_backend_is_refused(model):
-    with pytest.raises(ValueError, match="backend 'triton' is not available"):
-        engines.lpmace_engine(model, "fp32", "triton", "cpu")
+    with pytest.raises(ValueError, match="backend 'cuda-graphs' is not available"):
+        engines.lpmace_engine(model, "fp32", "cuda-graphs", "cpu")
 
 
 def test_mace_torch_twin_runs_the_same_function(model):

@@ -23,8 +23,8 @@ from lpmace.precision import resolve_policy
 
 __all__ = ["BACKENDS", "Engine", "lpmace_engine", "mace_torch_engines"]
 
-# lpmace's ways of computing the model. The fused-kernel issue adds its backends here.
-BACKENDS = ("reference",)
+# lpmace's ways of computing the model (lpmace.kernels; "auto" is one of these, resolved).
+BACKENDS = ("reference", "triton")
 FORCES_WEIGHT = 1000.0  # the MACE paper's 3BPA recipe: λE = 1, λF = 1000
 
 
@@ -59,7 +59,7 @@ def lpmace_engine(model: MACE, precision: str, backend: str, device: str) -> Eng
     weights = copy.deepcopy(model).to(device=device, dtype=policy.params)
 
     def infer(graph: Graph, compute_stress: bool) -> dict:
-        return weights(graph, precision=policy, compute_stress=compute_stress)
+        return weights(graph, precision=policy, compute_stress=compute_stress, backend=backend)
 
     def train_step(graph: Graph) -> Callable[[], None]:
         trained = copy.deepcopy(weights)
@@ -68,7 +68,7 @@ def lpmace_engine(model: MACE, precision: str, backend: str, device: str) -> Eng
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            out = trained(graph, precision=policy, training=True)
+            out = trained(graph, precision=policy, training=True, backend=backend)
             scaler.scale(_loss(out["energy"], out["forces"])).backward()
             scaler.step(optimizer)
             scaler.update()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -127,10 +128,17 @@ def check(options: BenchOptions) -> Plan:
         resolve_policy(p)  # InputError naming the preset
     if not options.precisions:
         raise InputError("--precisions: give at least one precision")
+    device = _device(options.device)
     for b in options.backends:
         if b not in engines.BACKENDS:
             raise InputError(f"--backends: {b!r} is not available (known: {', '.join(engines.BACKENDS)})")
-    _device(options.device)
+        if b == "triton":
+            from lpmace.kernels import resolve_backend
+
+            resolve_backend(b, device)  # InputError without triton
+            if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+                raise InputError("--backends triton on the CPU needs TRITON_INTERPRET=1 (Triton's interpreter, "
+                                 "slow: for checking, not for timing)")
     for name, value in (("--repeats", options.repeats), ("--md-steps", options.md_steps),
                         ("--max-atoms", options.max_atoms)):
         if value is not None and value < 1:

@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="allow loading a mace-torch .model file (a pickle: it can run code)")
     parser.add_argument("--precisions", type=_list, default=None, metavar="P,P,...",
                         help="presets to measure (default: fp64,fp32,bf16-mixed,fp16-mixed)")
-    parser.add_argument("--backends", type=_list, default=("reference",), metavar="B,B,...",
-                        help="lpmace backends (default: reference)")
+    parser.add_argument("--backends", type=_list, default=None, metavar="B,B,...",
+                        help="lpmace backends: reference, triton (default: both on CUDA with triton, else reference)")
     parser.add_argument("--workloads", type=_list, default=None, metavar="W,W,...",
                         help=f"sections among {','.join(SECTIONS)} (default: all; --quick: all but time-to-accuracy)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -67,9 +67,13 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     sections = args.workloads or tuple(s for s in SECTIONS if not (args.quick and s == "time-to-accuracy"))
     precisions = args.precisions or ("fp64", "fp32", "bf16-mixed", "fp16-mixed")
+    from lpmace.kernels import triton_available
+
+    backends = args.backends or (("reference", "triton") if device.startswith("cuda") and triton_available()
+                                 else ("reference",))
     options = BenchOptions(
         out=pathlib.Path(args.out), model=args.model, trust_mace_model=args.trust_mace_model,
-        size=args.size or ("tiny" if args.quick else "medium"), precisions=precisions, backends=args.backends,
+        size=args.size or ("tiny" if args.quick else "medium"), precisions=precisions, backends=backends,
         sections=sections, device=device, quick=args.quick, compare_mace_torch=args.compare_mace_torch,
         data=tuple(args.data), repeats=args.repeats, seed=args.seed, md_steps=args.md_steps, md_dt_fs=args.md_dt,
         tta_budget_s=args.tta_budget, tta_target=args.tta_target, max_atoms=args.max_atoms,

@@ -5,8 +5,10 @@ For each node i, channel c and output degree L:
     B_{i,c,LM} = Σ_{ν=1..correlation} Σ_k W^{(L,ν)}_{z_i,k,c} Σ_mono P^{(L,ν)}[mono, M, k] Π_{j∈mono} A_{i,c,j}
 
 P is the polynomial basis of lpmace.o3.symmetric_basis; the weights depend on the element z_i.
-This plain-PyTorch version forms the monomials explicitly ([n, C, n_mono]); it is the reference
-the fused kernels are tested against.
+The "reference" backend forms the monomials explicitly ([n, C, n_mono]); it is what the fused path
+is tested against. The "triton" backend folds weights and basis into one table per element,
+T[z, mono, LM, c] = Σ_k W[z, k, c] P[mono, LM, k], and evaluates B = Σ_mono Π A · T with
+`lpmace.kernels.polynomial_contraction` (monomials formed in registers; derivatives by the same op).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Optional
 
 import torch
 
+from lpmace.kernels.monomials import monomial_table
+from lpmace.kernels.polynomial import polynomial_contraction
 from lpmace.nn.linear import EquivariantLinear
 from lpmace.o3.symmetric_basis import symmetric_basis
 from lpmace.precision import PrecisionPolicy, widest
@@ -32,23 +36,33 @@ class SymmetricContraction(torch.nn.Module):
         self.lmax_out = lmax_out
         self.correlation = correlation
         self.weights = torch.nn.ParameterDict()
+        table = monomial_table((lmax_in + 1) ** 2, correlation)
+        self.register_buffer("fused_index", table.index, persistent=False)  # [R, ν] monomials of degree ≤ ν
         for L in range(lmax_out + 1):
             for nu in range(1, correlation + 1):
                 monos, coeffs = symmetric_basis(lmax_in, nu, L)
                 self.register_buffer(f"monos_L{L}_nu{nu}", monos, persistent=False)
+                self.register_buffer(f"rows_L{L}_nu{nu}", table.rows_of(monos), persistent=False)
                 self.register_buffer(f"coeffs_L{L}_nu{nu}", coeffs, persistent=False)
                 k = coeffs.shape[-1]
                 self.weights[f"L{L}_nu{nu}"] = torch.nn.Parameter(
                     torch.randn(num_elements, k, channels) / max(k, 1)
                 )
 
-    def forward(self, a: torch.Tensor, species: torch.Tensor, policy: Optional[PrecisionPolicy] = None):
+    def forward(self, a: torch.Tensor, species: torch.Tensor, policy: Optional[PrecisionPolicy] = None,
+                backend: str = "reference", weight_grads: bool = True):
         """A is rounded to the policy's contraction dtype, the weights too; the polynomial and its
         sums run in at least the accumulate dtype, with tables in the cg dtype. Output in that math
-        dtype (input dtype throughout when policy is None)."""
+        dtype (input dtype throughout when policy is None).
+
+        backend: "reference" or "triton" (same numbers up to summation order). weight_grads=False
+        (inference) leaves the weights out of the autograd graph of the fused path.
+        """
         operand = policy.contraction if policy else a.dtype
         math_dtype = widest(operand, policy.accumulate) if policy else a.dtype
         table_dtype = policy.cg if policy else a.dtype
+        if backend != "reference":
+            return self._fused(a, species, operand, math_dtype, table_dtype, backend, weight_grads)
         a = a.to(operand).to(math_dtype)
         n, c, _ = a.shape
         out = []
@@ -68,6 +82,34 @@ class SymmetricContraction(torch.nn.Module):
             out.append(b)
         return torch.cat(out, dim=-1)
 
+    def table(self, operand: torch.dtype, math_dtype: torch.dtype, table_dtype: torch.dtype,
+              weight_grads: bool = True) -> torch.Tensor:
+        """T [S, R, (lmax_out+1)², 1, C] = Σ_k W[z, k, c] P[mono, LM, k] over the fused monomial rows, in math_dtype."""
+        rows = self.fused_index.shape[0]
+        parts = []
+        for L in range(self.lmax_out + 1):
+            part = None
+            for nu in range(1, self.correlation + 1):
+                coeffs = getattr(self, f"coeffs_L{L}_nu{nu}").to(table_dtype).to(math_dtype)
+                if coeffs.shape[-1] == 0:
+                    continue
+                w = self.weights[f"L{L}_nu{nu}"]
+                w = (w if weight_grads else w.detach()).to(operand).to(math_dtype)
+                term = torch.einsum("rmk,skc->srmc", coeffs, w)
+                full = term.new_zeros(w.shape[0], rows, 2 * L + 1, w.shape[2])
+                full = full.index_add(1, getattr(self, f"rows_L{L}_nu{nu}"), term)
+                part = full if part is None else part + full
+            if part is None:
+                first = next(iter(self.weights.values()))
+                part = first.new_zeros(first.shape[0], rows, 2 * L + 1, first.shape[2], dtype=math_dtype)
+            parts.append(part)
+        return torch.cat(parts, dim=2).unsqueeze(3)
+
+    def _fused(self, a, species, operand, math_dtype, table_dtype, backend, weight_grads):
+        table = self.table(operand, math_dtype, table_dtype, weight_grads)
+        a = a.to(operand) if math_dtype != torch.float64 else a.to(operand).to(math_dtype)
+        return polynomial_contraction(a, species, self.fused_index, table, None, impl=backend).to(math_dtype)
+
 
 class Product(torch.nn.Module):
     """B = SymmetricContraction(A); h = Linear(B) (+ sc). Output [n, C, (lmax_out+1)²]."""
@@ -77,9 +119,11 @@ class Product(torch.nn.Module):
         self.contraction = SymmetricContraction(channels, lmax_in, lmax_out, correlation, num_elements)
         self.linear = EquivariantLinear([channels] * (lmax_out + 1), channels, lmax_out)
 
-    def forward(self, a, species, sc: Optional[torch.Tensor], policy: Optional[PrecisionPolicy] = None):
+    def forward(self, a, species, sc: Optional[torch.Tensor], policy: Optional[PrecisionPolicy] = None,
+                backend: str = "reference", weight_grads: bool = True):
         """The linear runs in the policy's linear dtype; the skip sum in the accumulate dtype."""
-        h = self.linear(self.contraction(a, species, policy), policy.linear if policy else None)
+        b = self.contraction(a, species, policy, backend, weight_grads)
+        h = self.linear(b, policy.linear if policy else None)
         if sc is None:
             return h
         acc = policy.accumulate if policy else h.dtype

@@ -44,6 +44,7 @@ class TrainConfig:
     model: Dict[str, Any] = field(default_factory=lambda: {"channels": 128, "max_L": 1, "correlation": 3})
     # precision
     precision: str = "fp32"
+    backend: str = "auto"  # lpmace.kernels: auto | reference | triton
     # optimisation
     epochs: int = 100
     batch_size: int = 5

@@ -66,6 +66,9 @@ class Trainer:
         state = load_checkpoint(last) if resume else None
         mcfg = MACEConfig.from_dict(state["model_config"]) if state else self.data.model_config
         self.model: MACE = build_model(mcfg, cfg.seed, self.policy.params, cfg.device)
+        from lpmace.kernels import resolve_backend
+
+        self.model.backend = resolve_backend(cfg.backend, cfg.device)
         self.optimizer = torch.optim.Adam(parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                           amsgrad=cfg.amsgrad)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -183,7 +186,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         n_params = sum(p.numel() for p in self.model.parameters())
-        self.log(f"model: {n_params:,} parameters; precision {self.policy.name}; device {cfg.device}")
+        self.log(f"model: {n_params:,} parameters; precision {self.policy.name}; backend {self.model.backend}; "
+                 f"device {cfg.device}")
         run_start = time.perf_counter()  # wall clock of this invocation (validation included)
         self.writer = None
         if cfg.tensorboard:

@@ -1,0 +1,228 @@
+"""Polynomial contraction: the one operation behind the fused symmetric contraction and its derivatives.
+
+For every node i and channel c, with m_r the monomials of `monomials.MonomialTable` evaluated on the
+node's features A[i, c, :] (D components), species s_i and an element-dependent coefficient table T:
+
+    out[i, c, o] = Σ_r m_r(A[i, c]) · Σ_q T[s_i, r, o, q, c] · G[i, c, q]            (1)
+
+The symmetric contraction B = Σ_ν Σ_k W[z, k, c] P_ν[mono, M, k] Π A is (1) with o = M, one q and
+G = 1 (T = P·W summed over the basis index k). Its derivatives are (1) again:
+
+    ∂/∂A: (1) over the monomials one degree lower, T' = derivative_table(T) with o = j (the component)
+          and q = (o, q) of the original, G' = grad_out ⊗ G;
+    ∂/∂G: (1) with the roles of o and q swapped and G = grad_out;
+    ∂/∂T: Σ_{i: s_i = z} m_r · grad_out[o] · G[q] (a segment sum; done in PyTorch).
+
+So `polynomial_contraction` registers its own backward in terms of itself, and the double backward
+that training needs (forces are ∂E/∂positions, and the loss differentiates them) comes for free.
+
+Numerics: A, T and G may be 16-bit; every load is converted to the accumulation dtype (float32, or
+float64 for float64 inputs) and the sums run there, as the precision policies require.
+
+Implementations: "reference" (PyTorch, forms [n, C, R] monomials) and "triton" (one program per
+(node, block of channels), monomials formed in registers, nothing [n, C, R] in memory). The Triton
+kernel runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (slow; for tests).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from lpmace.errors import InputError
+from lpmace.kernels.monomials import monomial_table
+
+__all__ = ["IMPLEMENTATIONS", "monomial_values", "polynomial_contraction", "polynomial_contraction_reference",
+           "triton_available"]
+
+IMPLEMENTATIONS = ("reference", "triton")
+
+
+def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def monomial_values(a: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """a [n, C, D], index [R, ν] (padded with D = the constant 1) -> monomials [n, C, R] (a's dtype)."""
+    if index.shape[1] == 0:  # degree 0: the constant
+        return a.new_ones(*a.shape[:-1], index.shape[0])
+    padded = torch.cat([a, a.new_ones(*a.shape[:-1], 1)], dim=-1)
+    values = padded.index_select(-1, index[:, 0])
+    for k in range(1, index.shape[1]):
+        values = values * padded.index_select(-1, index[:, k])
+    return values
+
+
+def polynomial_contraction_reference(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor,
+                                     table: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Equation (1) in plain, differentiable PyTorch; shapes as `polynomial_contraction`."""
+    acc = torch.promote_types(_accumulate_dtype(a.dtype), _accumulate_dtype(table.dtype))
+    values = monomial_values(a.to(acc), index)
+    table, g = table.to(acc), g.to(acc)
+    out = None
+    for z in range(table.shape[0]):
+        term = torch.einsum("icr,roqc,icq->ico", values, table[z], g) * (species == z).to(acc)[:, None, None]
+        out = term if out is None else out + term
+    return out
+
+
+# ---- Triton ----------------------------------------------------------------------------------------
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_KERNELS: dict = {}
+
+
+def _kernel(interpret: bool):
+    """The Triton kernel, compiled for the GPU or wrapped for the CPU interpreter (made on first use)."""
+    if interpret not in _KERNELS:
+        import triton
+        import triton.language as tl
+
+        def contraction(a_ptr, species_ptr, index_ptr, table_ptr, g_ptr, out_ptr, C, D, O,
+                        R: tl.constexpr, Q: tl.constexpr, NU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr,
+                        ACC: tl.constexpr):
+            node = tl.program_id(0).to(tl.int64)
+            c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+            c_ok = c < C
+            o = tl.arange(0, BLOCK_O)
+            o_ok = o < O
+            s = tl.load(species_ptr + node)
+            acc = tl.zeros((BLOCK_O, BLOCK_C), ACC)
+            for r0 in range(0, R, BLOCK_R):
+                r = r0 + tl.arange(0, BLOCK_R)
+                r_ok = r < R
+                mono = tl.full((BLOCK_R, BLOCK_C), 1.0, ACC)
+                for k in tl.static_range(NU):
+                    var = tl.load(index_ptr + r * NU + k, mask=r_ok, other=D)
+                    real = (var < D)[:, None] & c_ok[None, :]
+                    value = tl.load(a_ptr + (node * C + c[None, :]) * D + var[:, None], mask=real, other=1.0)
+                    mono = mono * value.to(ACC)
+                t_ok = r_ok[:, None, None] & o_ok[None, :, None] & c_ok[None, None, :]
+                for q in range(Q):
+                    gq = tl.load(g_ptr + (node * C + c) * Q + q, mask=c_ok, other=0.0).to(ACC)
+                    offset = (((s * R + r[:, None, None]) * O + o[None, :, None]) * Q + q) * C + c[None, None, :]
+                    t = tl.load(table_ptr + offset, mask=t_ok, other=0.0).to(ACC)
+                    acc += tl.sum(mono[:, None, :] * t, axis=0) * gq[None, :]
+            out = out_ptr + (node * C + c[None, :]) * O + o[:, None]
+            tl.store(out, acc, mask=o_ok[:, None] & c_ok[None, :])
+
+        # Loop bounds R and Q are compile-time constants: a handful of values occur (the monomial counts
+        # of each degree), and the interpreter cannot loop to a run-time bound under NumPy 2.
+        # Under TRITON_INTERPRET=1 (checked by the caller for CPU tensors) triton.jit gives the interpreter.
+        _KERNELS[interpret] = triton.jit(contraction)
+    return _KERNELS[interpret]
+
+
+def _next_power_of_2(x: int) -> int:
+    return 1 << max(int(x) - 1, 0).bit_length()
+
+
+def _triton(a, species, index, table, g, out_dtype):
+    import triton.language as tl
+
+    n, c, d = a.shape
+    s, r, o, q, _ = table.shape
+    out = torch.empty(n, c, o, dtype=out_dtype, device=a.device)
+    if n == 0 or c == 0 or o == 0:
+        return out.zero_()
+    if r == 0:
+        return out.zero_()
+    interpret = a.device.type != "cuda"
+    if interpret and os.environ.get("TRITON_INTERPRET") != "1":
+        raise InputError("backend 'triton' on the CPU runs the Triton interpreter only when TRITON_INTERPRET=1 "
+                         "is set before Python starts; use backend 'reference' on a CPU, or a CUDA device")
+    block_o = max(_next_power_of_2(o), 2)
+    block_c = min(max(_next_power_of_2(c), 2), 32)
+    block_r = max(2, min(16, 4096 // (block_o * block_c)))
+    block_r = 1 << (block_r.bit_length() - 1)
+    grid = (n, (c + block_c - 1) // block_c)
+    _kernel(interpret)[grid](
+        a.contiguous(), species.contiguous(), index.to(torch.int32).contiguous(), table.contiguous(),
+        g.contiguous(), out, c, d, o, R=r, Q=q, NU=index.shape[1], BLOCK_R=block_r, BLOCK_O=block_o,
+        BLOCK_C=block_c, ACC=tl.float64 if out_dtype == torch.float64 else tl.float32)
+    return out
+
+
+# ---- the operator, its shape function and its derivatives -------------------------------------------
+
+@torch.library.custom_op("lpmace::polynomial_contraction", mutates_args=())
+def _polynomial_contraction(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, table: torch.Tensor,
+                            g: torch.Tensor, impl: str) -> torch.Tensor:
+    out_dtype = torch.promote_types(_accumulate_dtype(a.dtype), _accumulate_dtype(table.dtype))
+    if impl == "triton":
+        return _triton(a, species, index, table, g, out_dtype)
+    with torch.no_grad():
+        return polynomial_contraction_reference(a, species, index, table, g).to(out_dtype)
+
+
+@_polynomial_contraction.register_fake
+def _(a, species, index, table, g, impl):
+    out_dtype = torch.promote_types(_accumulate_dtype(a.dtype), _accumulate_dtype(table.dtype))
+    return a.new_empty(a.shape[0], a.shape[1], table.shape[2], dtype=out_dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    a, species, index, table, g, impl = inputs
+    ctx.save_for_backward(a, species, index, table, g)
+    ctx.impl = impl
+
+
+def _backward(ctx, grad_out):
+    a, species, index, table, g = ctx.saved_tensors
+    n, c, d = a.shape
+    s, r, o, q, _ = table.shape
+    grad_a = grad_table = grad_g = None
+    if ctx.needs_input_grad[0]:
+        monomials = monomial_table(int(d), int(index.shape[1]))  # D and ν are fixed by the model
+        derivative = monomials.derivative_table(table.reshape(s, r, o * q, c))  # [S, R', D, O·Q, C]
+        if derivative.shape[1] == 0:
+            grad_a = torch.zeros_like(a)
+        else:
+            h = (grad_out[..., :, None] * g[..., None, :]).reshape(n, c, o * q)
+            grad_a = _polynomial_contraction(a, species, index[: derivative.shape[1]], derivative, h, ctx.impl)
+            grad_a = grad_a.to(a.dtype)
+    if ctx.needs_input_grad[4]:
+        swapped = table.transpose(2, 3).contiguous()  # out index q, summed index o
+        grad_g = _polynomial_contraction(a, species, index, swapped, grad_out, ctx.impl).to(g.dtype)
+    if ctx.needs_input_grad[3]:
+        acc = grad_out.dtype
+        values = monomial_values(a.to(acc), index)  # [n, C, R]
+        h = (grad_out[..., :, None] * g.to(acc)[..., None, :]).reshape(n, c, o * q)
+        onehot = torch.nn.functional.one_hot(species, s).to(acc)
+        grad_table = torch.einsum("iz,icr,icp->zrpc", onehot, values, h).reshape(s, r, o, q, c).to(table.dtype)
+    return grad_a, None, None, grad_table, grad_g, None
+
+
+_polynomial_contraction.register_autograd(_backward, setup_context=_setup_context)
+
+
+def polynomial_contraction(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, table: torch.Tensor,
+                           g: torch.Tensor | None = None, impl: str = "reference") -> torch.Tensor:
+    """Equation (1) of this module, differentiable to any order in `a`, `table` and `g`.
+
+    Args:
+        a: [n, C, D] node features (any float dtype; 16-bit allowed).
+        species: [n] int64 element index of each node, in [0, S).
+        index: [R, ν] int64 rows of a `MonomialTable` (a whole-degree prefix), padded with D.
+        table: [S, R, O, Q, C] coefficients (any float dtype).
+        g: [n, C, Q] weights of the q index; None means Q = 1 and g = 1.
+        impl: "reference" or "triton".
+
+    Returns:
+        [n, C, O] in float32 (float64 when `a` or `table` is float64).
+    """
+    if impl not in IMPLEMENTATIONS:
+        raise InputError(f"polynomial contraction implementation must be one of {IMPLEMENTATIONS}, got {impl!r}")
+    if impl == "triton" and not triton_available():
+        raise InputError("backend 'triton' needs the triton package (pip install triton)")
+    if g is None:
+        g = a.new_ones(a.shape[0], a.shape[1], table.shape[3], dtype=_accumulate_dtype(a.dtype))
+    return _polynomial_contraction(a, species, index, table, g, impl)
