@@ -26,7 +26,8 @@ from lpmace.model import MACE
 from lpmace.plots import parity_plot
 from lpmace.precision import PrecisionPolicy, resolve_policy
 
-__all__ = ["Metrics", "ForceError", "evaluate", "force_error_against", "parity_plot"]
+__all__ = ["Metrics", "ForceError", "evaluate", "force_error_against", "merge_metrics", "metrics_from_arrays",
+           "parity_plot"]
 
 Precision = Union[str, PrecisionPolicy, None]
 _MEV = 1000.0
@@ -183,14 +184,19 @@ def evaluate(
         name: np.concatenate(chunks).astype(np.float64) if chunks else np.zeros(shapes[name.split("_")[0]])
         for name, chunks in parts.items()
     }
+    return metrics_from_arrays(policy.name, sum(g.num_graphs for g in graphs), n_atoms, n_forces, arrays)
+
+
+def metrics_from_arrays(precision: str, n_configs: int, n_atoms: int, n_forces: int, arrays: dict) -> Metrics:
+    """`Metrics` from the prediction/reference arrays (`Metrics._ARRAYS`) and the counts."""
     energy_error = arrays["energy_pred"] - arrays["energy_ref"]
     e_rmse_atom, e_mae_atom = _rmse_mae(energy_error / arrays["energy_atoms"])
     e_rmse, e_mae = _rmse_mae(energy_error)
     f_rmse, f_mae = _rmse_mae(arrays["forces_pred"] - arrays["forces_ref"])
     s_rmse, s_mae = _rmse_mae(arrays["stress_pred"] - arrays["stress_ref"])
     return Metrics(
-        precision=policy.name,
-        n_configs=sum(g.num_graphs for g in graphs),
+        precision=precision,
+        n_configs=n_configs,
         n_atoms=n_atoms,
         n_energy=len(arrays["energy_pred"]),
         n_forces=n_forces,
@@ -205,6 +211,13 @@ def evaluate(
         stress_mae_mev_per_A3=s_mae,
         **arrays,
     )
+
+
+def merge_metrics(parts: Sequence[Metrics]) -> Metrics:
+    """The metrics of the union of the structures of `parts` (e.g. one per data-parallel rank)."""
+    arrays = {name: np.concatenate([getattr(m, name) for m in parts]) for name in Metrics._ARRAYS}
+    return metrics_from_arrays(parts[0].precision, sum(m.n_configs for m in parts), sum(m.n_atoms for m in parts),
+                               sum(m.n_forces for m in parts), arrays)
 
 
 @torch.no_grad()

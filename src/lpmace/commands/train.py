@@ -1,4 +1,7 @@
-"""`lpmace train CONFIG.yaml [key=value ...]`: train a MACE model (see lpmace.train)."""
+"""`lpmace train CONFIG.yaml [key=value ...]`: train a MACE model (see lpmace.train).
+
+Under torchrun (``torchrun --nproc_per_node N -m lpmace train CONFIG.yaml``) every process is one
+data-parallel rank (lpmace.train.distributed); the command line is the same."""
 
 from __future__ import annotations
 
@@ -28,5 +31,9 @@ def run(args: argparse.Namespace) -> int:
     if args.no_progress:
         extra.append("progress=false")
     cfg = load_train_config(args.config, tuple(args.overrides) + tuple(extra))
-    Trainer(cfg, resume=args.resume, log=lambda m: print(m, flush=True)).run()
+    trainer = Trainer(cfg, resume=args.resume, log=lambda m: print(m, flush=True))
+    try:
+        trainer.run()
+    finally:
+        trainer.dist.close()
     return 0

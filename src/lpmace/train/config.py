@@ -45,6 +45,7 @@ class TrainConfig:
     # precision
     precision: str = "fp32"
     backend: str = "auto"  # lpmace.kernels: auto | reference | triton
+    allreduce_dtype: str = "fp32"  # data-parallel gradient sum on the wire: fp32, or bf16 (half the bytes)
     # optimisation
     epochs: int = 100
     batch_size: int = 5
@@ -92,6 +93,7 @@ class TrainConfig:
             (self.e0s in ("isolated", "fit"), f"e0s must be 'isolated' or 'fit', got {self.e0s!r}"),
             (self.max_time is None or self.max_time > 0, "max_time must be positive"),
             (self.eval_interval >= 1, "eval_interval must be >= 1"),
+            (self.allreduce_dtype in ("fp32", "bf16"), f"allreduce_dtype must be fp32 or bf16, got {self.allreduce_dtype!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -10,6 +10,7 @@ leaves a non-finite weight restores the state from the start of the epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -20,13 +21,13 @@ import torch
 import yaml
 
 from lpmace.atomic import atomic_write_text
-from lpmace.data import GraphLoader
 from lpmace.errors import InputError
 from lpmace.io import save
 from lpmace.model import MACE, MACEConfig
 from lpmace.precision import resolve_policy
 from lpmace.train.checkpoint import load_checkpoint, save_checkpoint
 from lpmace.train.config import TrainConfig
+from lpmace.train.distributed import DistributedContext, GradientReducer, ShardedLoader
 from lpmace.train.ema import EMA
 from lpmace.train.loss import weighted_loss
 from lpmace.train.prepare import RunData, build_model, parameter_groups, prepare
@@ -52,7 +53,12 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print,
                  on_epoch: Optional[Callable] = None, fault: Optional[Callable] = None):
-        self.cfg, self.log, self.fault, self.on_epoch = cfg, log, fault, on_epoch
+        # Under torchrun: join the process group; each rank trains on its part of every global batch.
+        self.dist, device = DistributedContext.from_environment(cfg.device)
+        if device != cfg.device:
+            cfg = dataclasses.replace(cfg, device=device)
+        self.cfg, self.fault, self.on_epoch = cfg, fault, on_epoch
+        self.log = log if self.dist.is_main else (lambda message: None)
         self.out = Path(cfg.output_dir)
         self.policy = resolve_policy(cfg.precision)
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -62,13 +68,16 @@ class Trainer:
             raise InputError(f"{self.out} already holds a run: resume it (--resume) or choose another output_dir")
         if resume and not last.exists():
             raise InputError(f"{last}: no checkpoint to resume from")
-        self.data: RunData = prepare(cfg, log)
+        self.data: RunData = prepare(cfg, self.log)
         state = load_checkpoint(last) if resume else None
         mcfg = MACEConfig.from_dict(state["model_config"]) if state else self.data.model_config
         self.model: MACE = build_model(mcfg, cfg.seed, self.policy.params, cfg.device)
         from lpmace.kernels import resolve_backend
 
         self.model.backend = resolve_backend(cfg.backend, cfg.device)
+        self.dist.broadcast_parameters(self.model)
+        reduce_dtype = {"fp32": None, "bf16": torch.bfloat16}[cfg.allreduce_dtype]
+        self.reduce = GradientReducer(self.dist, reduce_dtype)
         self.optimizer = torch.optim.Adam(parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                           amsgrad=cfg.amsgrad)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -77,13 +86,15 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device_type, init_scale=cfg.loss_scale_init,
                                            enabled=self.policy.uses_fp16)
         self.ema = EMA(self.model, cfg.ema_decay)
-        self.loader = GraphLoader(self.data.train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        self.loader = ShardedLoader(self.data.train, cfg.batch_size, seed=cfg.seed, rank=self.dist.rank,
+                                    world_size=self.dist.world_size)
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         self.skipped, self.restored = 0, 0
         self.best = math.inf
         if state:
             self._load_state(state)
-            self._truncate_log()
+            if self.dist.is_main:
+                self._truncate_log()
             self.log(f"resumed from {last} after epoch {self.epoch}")
 
     # ---- state -------------------------------------------------------------------------------
@@ -130,20 +141,29 @@ class Trainer:
         opt_snapshot = self.optimizer.state_dict()
         total, count = 0.0, 0
         model.train()
-        for graph in self.loader:
-            graph = graph.to(cfg.device)
+        # With several ranks each loss term is normalised by the global batch's counts, so the rank
+        # losses (and gradients) add up to the single-process ones.
+        sharded = self.dist.world_size > 1
+        for graph, counts in self.loader:
             self.optimizer.zero_grad(set_to_none=True)
-            out = model(graph, precision=self.policy, training=True,
-                        compute_stress=bool(cfg.stress_weight and graph.stress is not None and graph.has_stress.any()))
-            loss = weighted_loss(out, graph, energy_weight=energy_w, forces_weight=forces_w,
-                                 stress_weight=cfg.stress_weight, kind=cfg.loss, delta=cfg.huber_delta)
-            if self.fault is not None:
-                loss = self.fault(self.epoch + 1, self.step, loss)
-            self.scaler.scale(loss).backward()
+            if graph is None:  # fewer structures in this global batch than ranks
+                loss = torch.zeros((), dtype=torch.float64, device=cfg.device)
+            else:
+                graph = graph.to(cfg.device)
+                out = model(graph, precision=self.policy, training=True,
+                            compute_stress=bool(cfg.stress_weight and graph.stress is not None
+                                                and graph.has_stress.any()))
+                loss = weighted_loss(out, graph, energy_weight=energy_w, forces_weight=forces_w,
+                                     stress_weight=cfg.stress_weight, kind=cfg.loss, delta=cfg.huber_delta,
+                                     counts=counts if sharded else None)
+                if self.fault is not None:
+                    loss = self.fault(self.epoch + 1, self.step, loss)
+                self.scaler.scale(loss).backward()
+            loss = self.reduce(model.parameters(), loss)  # sum over ranks (no-op on one)
             self.scaler.unscale_(self.optimizer)
             # One norm over all gradients: non-finite if any gradient is (one device sync per step).
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad or math.inf)
-            value = float(loss.detach())
+            value = float(loss)
             if math.isfinite(value) and bool(torch.isfinite(norm)):
                 self.scaler.step(self.optimizer)
                 self.ema.update(model)
@@ -166,12 +186,19 @@ class Trainer:
 
     # ---- validation / test -------------------------------------------------------------------
     def evaluate(self, graphs, batch_size=None) -> Dict[str, float]:
-        from lpmace.evaluate import evaluate
+        """Metrics of the EMA weights on `graphs`; with several ranks each evaluates every
+        world_size-th structure and all ranks merge the same predictions (a collective call)."""
+        from lpmace.evaluate import evaluate, merge_metrics
 
-        with self.ema.applied(self.model):
-            metrics = evaluate(self.model, graphs, precision=self.policy,
-                               batch_size=batch_size or self.cfg.valid_batch_size, device=self.cfg.device)
-        return metrics
+        mine = graphs[self.dist.rank::self.dist.world_size]
+        metrics = None
+        if mine:
+            with self.ema.applied(self.model):
+                metrics = evaluate(self.model, mine, precision=self.policy,
+                                   batch_size=batch_size or self.cfg.valid_batch_size, device=self.cfg.device)
+        if self.dist.world_size == 1:
+            return metrics
+        return merge_metrics([m for m in self.dist.gather(metrics) if m is not None])
 
     def _valid_loss(self, m: dict) -> float:
         e = m.get("energy_rmse_mev_per_atom") or 0.0
@@ -182,27 +209,28 @@ class Trainer:
     def run(self) -> dict:
         from tqdm import tqdm
 
-        cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        cfg, main = self.cfg, self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         n_params = sum(p.numel() for p in self.model.parameters())
         self.log(f"model: {n_params:,} parameters; precision {self.policy.name}; backend {self.model.backend}; "
                  f"device {cfg.device}")
         run_start = time.perf_counter()  # wall clock of this invocation (validation included)
         self.writer = None
-        if cfg.tensorboard:
+        if cfg.tensorboard and main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:
                 raise InputError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from err
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
         bar = None
-        if cfg.progress:
+        if cfg.progress and main:
             bar = tqdm(total=cfg.epochs * len(self.loader), initial=self.epoch * len(self.loader),
                        desc="train", unit="step", dynamic_ncols=True, leave=False)
         try:
             while self.epoch < cfg.epochs:
-                if cfg.max_time is not None and self.elapsed >= cfg.max_time:
+                if cfg.max_time is not None and self.dist.max(self.elapsed, cfg.device) >= cfg.max_time:
                     self.log(f"max_time {cfg.max_time:g} s reached after epoch {self.epoch}")
                     break
                 start = time.perf_counter()
@@ -222,25 +250,30 @@ class Trainer:
                     self.scheduler.step(vloss)
                     if vloss < self.best:
                         self.best = vloss
-                        with self.ema.applied(self.model):
-                            save(self.model, self.out / "best_model.safetensors")
+                        if main:
+                            with self.ema.applied(self.model):
+                                save(self.model, self.out / "best_model.safetensors")
                     if bar is not None:
                         bar.set_postfix(loss=f"{train_loss:.4g}", F=f"{metrics.get('force_rmse_mev_per_A', 0):.1f}")
-                self._write_log(row)
+                if main:
+                    self._write_log(row)
                 if self.on_epoch is not None:
                     self.on_epoch(self, row)
                 if self.writer is not None:
                     for key, value in row.items():
                         if isinstance(value, (int, float)) and key != "epoch":
                             self.writer.add_scalar(key, value, self.epoch)
-                save_checkpoint(self._state(), self.out / "checkpoints" / "last.pt")
+                if main:
+                    save_checkpoint(self._state(), self.out / "checkpoints" / "last.pt")
+                self.dist.barrier()  # no rank runs ahead of the checkpoint it would resume from
         finally:
             if bar is not None:
                 bar.close()
             if self.writer is not None:
                 self.writer.close()
-        with self.ema.applied(self.model):
-            save(self.model, self.out / "model.safetensors")
+        if main:
+            with self.ema.applied(self.model):
+                save(self.model, self.out / "model.safetensors")
         return self._test()
 
     def _write_log(self, row: dict):
@@ -262,6 +295,8 @@ class Trainer:
         for name, graphs in self.data.tests.items():
             metrics = self.evaluate(graphs)
             results[name] = metrics.to_dict()
+            if not self.dist.is_main:
+                continue
             stem = Path(name.replace("embedded:", "")).stem
             parity_plot(metrics, self.out / f"parity_{stem}.png", f"{stem} ({self.policy.name})")
             d = results[name]
@@ -270,5 +305,7 @@ class Trainer:
         summary = {"epochs": self.epoch, "steps": self.step, "train_time_s": self.elapsed,
                    "skipped_steps": self.skipped, "restored": self.restored, "precision": self.policy.name,
                    **peak_memory(self.cfg.device), "test": results}
-        atomic_write_text(self.out / "test_metrics.json", json.dumps(summary, indent=2))
+        if self.dist.is_main:
+            atomic_write_text(self.out / "test_metrics.json", json.dumps(summary, indent=2))
+        self.dist.barrier()
         return summary
