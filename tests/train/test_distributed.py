@@ -81,9 +81,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(out, data, epochs, ranks, resume=False):
+def _train(out, data, epochs, ranks, resume=False, extra=()):
     args = ["-m", "lpmace", "train", os.devnull, f"train_file={data}", f"epochs={epochs}", f"output_dir={out}",
-            *TINY] + (["--resume"] if resume else [])
+            *TINY, *extra] + (["--resume"] if resume else [])
     if ranks:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(ranks),
                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
@@ -128,3 +128,11 @@ def test_resume_with_a_different_number_of_ranks(tmp_path, small_train, single, 
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[-1]["train_loss"] == pytest.approx(one[-1]["train_loss"], rel=1e-9)
     _close(one_dir, out)
+
+
+def test_bf16_gradient_all_reduce_stays_close_to_fp32(tmp_path, small_train, single):
+    _, one = single
+    rows = _train(tmp_path / "bf16", small_train, 2, 2, extra=("allreduce_dtype=bf16",))
+    for a, b in zip(one, rows):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-2)  # gradients rounded to 8 bits
+        assert b["train_loss"] != a["train_loss"]  # ... and it does round them

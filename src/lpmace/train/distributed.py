@@ -173,13 +173,20 @@ class GradientReducer:
             return loss.detach()
         parameters = list(parameters)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-        flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1).to(grads[0].dtype)])
-        wire = flat if self.dtype is None else flat.to(self.dtype)
-        torch.distributed.all_reduce(wire)
-        flat = wire.to(flat.dtype)
+        loss = loss.detach().reshape(1).to(grads[0].dtype)
+        if self.dtype is None:  # the loss rides along with the gradients: one collective
+            flat = torch.cat([g.reshape(-1) for g in grads] + [loss])
+            torch.distributed.all_reduce(flat)
+            total = flat[-1]
+        else:  # compressed gradients; the loss (for the log) summed on its own at full precision
+            wire = torch.cat([g.reshape(-1) for g in grads]).to(self.dtype)
+            torch.distributed.all_reduce(wire)
+            flat = wire.to(grads[0].dtype)
+            torch.distributed.all_reduce(loss)
+            total = loss[0]
         offset = 0
         for p, g in zip(parameters, grads):
             n = g.numel()
             p.grad = flat[offset:offset + n].view_as(p).clone()
             offset += n
-        return flat[-1]
+        return total
