@@ -8,13 +8,13 @@ import pathlib
 import pytest
 import torch
 
-from lpmace import datasets
-from lpmace.model import MACE, MACEConfig
-
 # Without a GPU, the Triton kernels are tested under Triton's interpreter. It must be on before
-# anything imports triton (mace-torch and torch may), so it is set here, before the test modules load.
+# anything imports triton (lpmace, mace-torch and torch may), so it is set before lpmace is imported.
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = os.environ.get("TRITON_INTERPRET") or "1"
+
+from lpmace import datasets
+from lpmace.model import MACE, MACEConfig
 
 # Isolated-atom energies of 3BPA (eV), from the embedded iso_atoms.xyz.
 BPA_E0S = {1: -13.587222780835477, 6: -1029.4889999855063, 7: -1484.9814568572233, 8: -2041.9816003861047}

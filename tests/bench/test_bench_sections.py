@@ -129,3 +129,13 @@ def test_mace_torch_twin_runs_the_same_function(model):
     assert rows[1]["force_rel_rmse"] < 1e-12  # mace-torch fp64 = lpmace fp64 on converted weights
     assert 0 < rows[0]["force_rel_rmse"] < 1e-4  # its fp32: rounding only
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_fused_kernel_flops_are_counted():
+    from lpmace.kernels.monomials import monomial_table
+    from lpmace.kernels.polynomial import polynomial_contraction
+
+    index = monomial_table(4, 2).index[:15]
+    a, species, table = torch.randn(3, 2, 4), torch.tensor([0, 1, 0]), torch.randn(2, 15, 4, 1, 2)
+    flop, _ = roofline.count_flop_and_bytes(lambda: polynomial_contraction(a, species, index, table))
+    assert flop == 3 * 2 * 15 * (1 + 2 * 4)  # n·C·R·((ν−1) products + 2·O·Q multiply-adds)

@@ -19,7 +19,7 @@ __all__ = ["environment", "is_out_of_memory", "peak_memory_mb", "synchronize", "
 
 def synchronize(device: str) -> None:
     if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(torch.device(device))
 
 
 def timed(fn: Callable[[], object], device: str, repeats: int, warmup: int) -> dict:
@@ -43,14 +43,16 @@ def timed(fn: Callable[[], object], device: str, repeats: int, warmup: int) -> d
 
 def peak_memory_mb(fn: Callable[[], object], device: str) -> Optional[float]:
     """Peak memory allocated by torch on a CUDA device during one call of `fn`, in MiB (None on a CPU:
-    torch keeps no allocator statistics there)."""
+    torch keeps no allocator statistics there). It includes what is resident: the inputs and the
+    weights of every engine of the run (a few MB each for MACE), next to the call's own activations."""
     if not str(device).startswith("cuda"):
         return None
+    dev = torch.device(device)
     synchronize(device)
-    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.reset_peak_memory_stats(dev)
     fn()
     synchronize(device)
-    return torch.cuda.max_memory_allocated() / 2**20
+    return torch.cuda.max_memory_allocated(dev) / 2**20
 
 
 def is_out_of_memory(err: BaseException) -> bool:

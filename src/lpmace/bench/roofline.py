@@ -1,7 +1,8 @@
 """Roofline: the FLOP/s and bytes/s one inference achieves, against the device's peaks.
 
 FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode`, which counts matrix products
-(mm, bmm, addmm, einsum lowered to them, convolutions) and not elementwise work; bytes are the sizes
+(mm, bmm, addmm, einsum lowered to them, convolutions) and lpmace's fused kernels (their own
+formula), not elementwise work; bytes are the sizes
 of every operator's tensor inputs and outputs (views excluded), i.e. the traffic with no cache reuse
 and no fusion. Both are counted once on the host-side dispatch of one call, so they hold for any
 device. Achieved rates divide them by the measured median time.
@@ -47,9 +48,28 @@ class _ByteCounter(TorchDispatchMode):
         return out
 
 
+_REGISTERED = []
+
+
+def _count_fused_ops() -> None:
+    """Teach FlopCounterMode the fused kernels' FLOPs (once; imported here, not at lpmace's import,
+    because the flop counter imports triton, whose interpreter mode must be chosen before that)."""
+    if _REGISTERED:
+        return
+    from torch.utils.flop_counter import register_flop_formula
+
+    from lpmace.kernels.polynomial import flop_count
+
+    register_flop_formula(torch.ops.lpmace.polynomial_contraction)(flop_count)
+    _REGISTERED.append(True)
+
+
 def count_flop_and_bytes(fn: Callable[[], object]) -> tuple[int, int]:
-    """(matrix-product FLOPs, operator bytes) of one call of `fn` (forward and any autograd inside it)."""
+    """(FLOPs of matrix products and fused kernels, operator bytes) of one call of `fn` (forward and
+    any autograd inside it)."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    _count_fused_ops()
 
     counter = _ByteCounter()
     with FlopCounterMode(display=False) as flops, counter:

@@ -149,6 +149,8 @@ def check(options: BenchOptions) -> Plan:
         raise InputError(f"--md-dt must be a positive number, got {options.md_dt_fs}")
     if options.out.exists() and not options.out.is_dir():
         raise InputError(f"--out {options.out}: exists and is not a folder")
+    if "time-to-accuracy" in options.sections and (options.out / "time_to_accuracy").exists():
+        raise InputError(f"--out {options.out}: holds time-to-accuracy runs already; choose another folder")
 
     # labels are not needed: accuracy is measured against fp64 on the same structures
     given = [(file, read_configurations(file, energy_key=None, forces_key=None, stress_key=None, virials_key=None))
@@ -193,8 +195,19 @@ def _md_systems(plan: Plan) -> list:
     return systems
 
 
+def _finite(value):
+    """results.json is strict JSON: NaN and infinities become null (the report shows them as "—")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _save(results: dict, out: Path) -> None:
-    atomic_write_text(out / "results.json", json.dumps(results, indent=1, allow_nan=True) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(_finite(results), indent=1, allow_nan=False) + "\n")
 
 
 def run_bench(options: BenchOptions, plan: Optional[Plan] = None, log: Callable[[str], None] = print) -> dict:
@@ -233,14 +246,23 @@ def run_bench(options: BenchOptions, plan: Optional[Plan] = None, log: Callable[
     md_precisions = list(dict.fromkeys(["fp64", *o.precisions]))
     total = {"train": len(everyone), "infer": len(everyone), "roofline": len(everyone),
              "accuracy": len(everyone) * (len(plan.data) + 1), "equivariance": len(everyone),
-             "scaling": len(everyone) * len(sizes), "md": 2 * len(md_precisions),
-             "time-to-accuracy": len(o.precisions) + int(o.compare_mace_torch)}
+             "scaling": len(everyone) * len(sizes), "md": 2 * len(md_precisions) * len(o.backends),
+             "time-to-accuracy": len(o.precisions) * len(o.backends) + int(o.compare_mace_torch)}
     bar = tqdm(total=sum(total[s] for s in o.sections), desc="bench", unit="run", disable=not o.progress,
                dynamic_ncols=True)
 
     def tick(what: str) -> None:
         bar.set_postfix_str(what[:60], refresh=False)
         bar.update(1)
+
+    def guarded(section: str, what: str, fn, default=None):
+        """fn(), or `default` with a skipped row saying why (an OOM or error ends this part, not the run)."""
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 — reported in the results, the rest is still measured
+            why = "OOM" if measure.is_out_of_memory(err) else f"{type(err).__name__}: {err}"
+            skipped.append({"section": section, "what": what, "why": why[:300]})
+            return default
 
     try:
         chosen = [w for w in loads if w.kind in o.sections]
@@ -249,7 +271,8 @@ def run_bench(options: BenchOptions, plan: Optional[Plan] = None, log: Callable[
                                                 tick=tick)
             _save(results, o.out)
         if "roofline" in o.sections:
-            results["roofline"] = _roofline(everyone, loads, results.get("speed", []), results["environment"], tick)
+            results["roofline"] = _roofline(everyone, loads, results.get("speed", []), results["environment"], tick,
+                                            guarded)
             name = results["environment"]["device_name"]
             if roofline.device_peaks(name) is None:
                 skipped.append({"section": "roofline", "what": "peak FLOP/s and bandwidth",
@@ -258,7 +281,8 @@ def run_bench(options: BenchOptions, plan: Optional[Plan] = None, log: Callable[
             sets = [(name, [graph_from_configuration(c, cfg.r_max) for c in configs]) for name, configs in plan.data]
             w2 = next(w for w in loads if w.kind == "infer")
             sets.append((f"W2 box ({w2.graph.num_atoms} atoms)", [w2.graph]))
-            results["accuracy"] = accuracy.accuracy_rows(everyone, reference, sets, tick=tick)
+            results["accuracy"] = guarded("accuracy", "accuracy against fp64",
+                                          lambda: accuracy.accuracy_rows(everyone, reference, sets, tick=tick), [])
             _save(results, o.out)
         if "equivariance" in o.sections:
             first = plan.data[0][1][0] if plan.data else None
@@ -266,7 +290,10 @@ def run_bench(options: BenchOptions, plan: Optional[Plan] = None, log: Callable[
             results["equivariance"] = []
             for engine in everyone:
                 tick(f"equivariance {engine.label}")
-                results["equivariance"].append(accuracy.equivariance_row(engine, graph, seed=o.seed))
+                row = guarded("equivariance", engine.label,
+                              lambda e=engine: accuracy.equivariance_row(e, graph, seed=o.seed))
+                if row is not None:
+                    results["equivariance"].append(row)
             _save(results, o.out)
         if "scaling" in o.sections:
             results["scaling"] = speed.scaling_rows(everyone, cfg, sizes, device, repeats=min(o.n_repeats, 5),
@@ -276,22 +303,26 @@ def run_bench(options: BenchOptions, plan: Optional[Plan] = None, log: Callable[
             from lpmace.bench.stability import md_stability
 
             steps = o.md_steps or (20 if o.quick else (1000 if device.startswith("cuda") else 200))
-            results["md"] = md_stability(model, md_precisions, device=device, systems=_md_systems(plan),
-                                         steps=steps, dt_fs=o.md_dt_fs, seed=o.seed, progress=tick)
+            results["md"] = []
+            for backend in o.backends:
+                results["md"] += guarded("md", f"NVE runs, backend {backend}", lambda b=backend: md_stability(
+                    model, md_precisions, device=device, systems=_md_systems(plan), steps=steps, dt_fs=o.md_dt_fs,
+                    seed=o.seed, progress=tick, backend=b), [])
             _save(results, o.out)
         if "time-to-accuracy" in o.sections:
-            results["time_to_accuracy"] = _time_to_accuracy(plan, tick)
+            results["time_to_accuracy"] = guarded("time_to_accuracy", "time-to-accuracy",
+                                                  lambda: _time_to_accuracy(plan, tick))
             _save(results, o.out)
         results["complete"] = True
     finally:
         bar.close()
         _save(results, o.out)
-    written = write_report(results, o.out)
+        written = write_report(results, o.out)  # also after an interruption: the report of what was measured
     log(f"wrote {o.out / 'results.json'}, " + ", ".join(str(p) for p in written.values()))
     return results
 
 
-def _roofline(everyone, loads, speed_rows, env, tick) -> list:
+def _roofline(everyone, loads, speed_rows, env, tick, guarded) -> list:
     rows = []
     infer = next(w for w in loads if w.kind == "infer")
     for engine in everyone:
@@ -300,9 +331,10 @@ def _roofline(everyone, loads, speed_rows, env, tick) -> list:
                       and r["backend"] == engine.backend and r["precision"] == engine.precision), None)
         if timed is None or timed["status"] != "ok":
             continue
-        inputs = engine.prepare(infer.graph)
-        flop, nbytes = roofline.count_flop_and_bytes(lambda e=engine, x=inputs: e.infer(x, False))
-        rows.append(roofline.roofline_row(timed, flop, nbytes, env["device_name"]))
+        counted = guarded("roofline", engine.label, lambda e=engine: roofline.count_flop_and_bytes(
+            lambda x=e.prepare(infer.graph): e.infer(x, False)))
+        if counted is not None:
+            rows.append(roofline.roofline_row(timed, *counted, env["device_name"]))
     return rows
 
 
@@ -311,13 +343,14 @@ def _time_to_accuracy(plan: Plan, tick) -> dict:
 
     o, cfg = plan.options, plan.model.config
     budget = o.tta_budget_s or (120.0 if o.device.startswith("cuda") else 60.0)
-    overrides = [f"model.r_max={cfg.r_max}", f"model.num_bessel={cfg.num_bessel}", f"model.channels={cfg.channels}", f"model.max_L={cfg.max_L}", f"model.max_ell={cfg.max_ell}",
+    overrides = [f"model.r_max={cfg.r_max}", f"model.num_bessel={cfg.num_bessel}", f"model.channels={cfg.channels}",
+                 f"model.max_L={cfg.max_L}", f"model.max_ell={cfg.max_ell}",
                  f"model.correlation={cfg.correlation[0]}", f"model.num_interactions={cfg.num_interactions}",
                  f"model.radial_mlp={list(cfg.radial_mlp)}", f"model.readout_mlp={cfg.readout_mlp}"]
     return time_to_accuracy(list(o.precisions), device=o.device, budget_s=budget, out_dir=o.out / "time_to_accuracy",
                             overrides=overrides, target_mev_per_A=o.tta_target,
                             compare_mace_torch=o.compare_mace_torch, progress=tick,
-                            test_limit=100 if o.quick else None)
+                            test_limit=100 if o.quick else None, backends=list(o.backends))
 
 
 def options_dict(options: BenchOptions) -> dict:

@@ -14,6 +14,7 @@ Units: fs, K, meV/atom, meV/atom/ps, s.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 
@@ -95,7 +96,8 @@ def md_stability(
     for system, atoms in systems:
         reference_drift = None
         for precision in order:
-            calculator = Calculator(model, device=device, precision=precision)
+            # a copy: the calculator moves the model and sets its backend
+            calculator = Calculator(copy.deepcopy(model), device=device, precision=precision, backend=backend)
             row = nve_row(system, atoms, calculator, code="lpmace", backend=backend, precision=precision,
                           steps=steps, dt_fs=dt_fs, temperature_K=temperature_K, seed=seed)
             drift = row["drift_mev_per_atom_per_ps"]

@@ -69,6 +69,7 @@ def time_to_accuracy(
     target_mev_per_A: float = 31.5,
     compare_mace_torch: bool = False,
     progress: Callable[[str], None] | None = None,
+    backends: Sequence[str] = ("reference",),
 ) -> dict:
     """Train once per precision for `budget_s` seconds of training time and record the test force RMSE.
 
@@ -86,6 +87,8 @@ def time_to_accuracy(
         compare_mace_torch: also run ``mace_run_train`` in float32, and in float64 if "fp64" is in
             `precisions` (status "not run: ..." when it is not installed).
         progress: gets one short line per finished run.
+        backends: lpmace backends to train with (one run per backend and precision; with more than one
+            backend the runs write to ``out_dir/<precision>-<backend>``).
 
     Returns:
         {target_mev_per_A, budget_s, runs: [{code, backend, precision, metric, curve: [{time_s, epoch,
@@ -93,7 +96,9 @@ def time_to_accuracy(
         with a ``note``. A run that fails part-way keeps its curve, with status "OOM" or "error: ...".
     """
     out_dir = Path(out_dir)
-    configs = {p: _train_config(p, device, budget_s, out_dir / p, overrides) for p in precisions}
+    configs = {(b, p): _train_config(p, device, budget_s, out_dir / (p if len(backends) == 1 else f"{p}-{b}"),
+                                     (*overrides, f"backend={b}"))
+               for b in backends for p in precisions}
     first = next(iter(configs.values()), None) or _train_config("fp32", device, budget_s, out_dir, overrides)
     runs = []
     if configs:
@@ -154,13 +159,12 @@ def _lpmace_run(cfg: TrainConfig, test, target: float) -> dict:
         curve.append({"time_s": float(row["train_time_s"]), "epoch": int(row["epoch"]),
                       "force_rmse_mev_per_A": _finite(metrics.force_rmse_mev_per_A)})
 
-    trainer = Trainer(cfg, log=lambda message: None, on_epoch=on_epoch)
     status = "ok"
     try:
-        trainer.run()
+        Trainer(cfg, log=lambda message: None, on_epoch=on_epoch).run()
     except Exception as err:  # noqa: BLE001 — the curve so far is still a result; the status says why it ended
         status = "OOM" if is_out_of_memory(err) else f"error: {type(err).__name__}: {err}"
-    return _run("lpmace", "reference", cfg.precision, "test force RMSE", curve, target, status)
+    return _run("lpmace", cfg.backend, cfg.precision, "test force RMSE", curve, target, status)
 
 
 def _run(code, backend, precision, metric, curve, target, status, **extra) -> dict:

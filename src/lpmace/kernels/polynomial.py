@@ -26,6 +26,7 @@ kernel runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (slow; f
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -144,10 +145,12 @@ def _triton(a, species, index, table, g, out_dtype):
     block_r = max(2, min(16, 4096 // (block_o * block_c)))
     block_r = 1 << (block_r.bit_length() - 1)
     grid = (n, (c + block_c - 1) // block_c)
-    _kernel(interpret)[grid](
-        a.contiguous(), species.contiguous(), index.to(torch.int32).contiguous(), table.contiguous(),
-        g.contiguous(), out, c, d, o, R=r, Q=q, NU=index.shape[1], BLOCK_R=block_r, BLOCK_O=block_o,
-        BLOCK_C=block_c, ACC=tl.float64 if out_dtype == torch.float64 else tl.float32)
+    launch = torch.cuda.device(a.device) if a.device.type == "cuda" else contextlib.nullcontext()
+    with launch:  # Triton launches on the current device; make it a's
+        _kernel(interpret)[grid](
+            a.contiguous(), species.contiguous(), index.to(torch.int32).contiguous(), table.contiguous(),
+            g.contiguous(), out, c, d, o, R=r, Q=q, NU=index.shape[1], BLOCK_R=block_r, BLOCK_O=block_o,
+            BLOCK_C=block_c, ACC=tl.float64 if out_dtype == torch.float64 else tl.float32)
     return out
 
 
@@ -182,7 +185,8 @@ def _backward(ctx, grad_out):
     grad_a = grad_table = grad_g = None
     if ctx.needs_input_grad[0]:
         monomials = monomial_table(int(d), int(index.shape[1]))  # D and ν are fixed by the model
-        derivative = monomials.derivative_table(table.reshape(s, r, o * q, c))  # [S, R', D, O·Q, C]
+        wide = table.reshape(s, r, o * q, c).to(_accumulate_dtype(table.dtype))  # k·T exact, not 16-bit
+        derivative = monomials.derivative_table(wide)  # [S, R', D, O·Q, C]
         if derivative.shape[1] == 0:
             grad_a = torch.zeros_like(a)
         else:
@@ -202,6 +206,16 @@ def _backward(ctx, grad_out):
 
 
 _polynomial_contraction.register_autograd(_backward, setup_context=_setup_context)
+
+
+def flop_count(a_shape, species_shape, index_shape, table_shape, g_shape, impl, out_shape=None, **kwargs) -> int:
+    """FLOPs of one call, for torch.utils.flop_counter (lpmace bench's roofline registers it): the
+    monomials (ν−1 products per node, channel and row) and the contraction (2 per node, channel, row,
+    output and q)."""
+    n, c, _ = a_shape
+    r, nu = index_shape
+    _, _, o, q, _ = table_shape
+    return n * c * r * (max(nu - 1, 0) + 2 * o * q)
 
 
 def polynomial_contraction(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, table: torch.Tensor,

@@ -7,7 +7,8 @@ across ranks by atoms (`shard`: largest structure first to the rank with the few
 loss term is normalised by the global batch's counts (`batch_counts`), and the gradients (with the
 loss value appended) are summed across ranks in one all-reduce of a flat buffer in the parameters'
 dtype, float32 for the mixed policies (`GradientReducer`; with ``allreduce_dtype: bf16`` the buffer
-travels in bfloat16, half the bytes, at the price of rounding the gradient sum). That keeps double
+travels in bfloat16, half the bytes, at the price of rounding the gradient sum; the logged loss is summed in the
+parameters' dtype, float32 for the mixed policies). That keeps double
 backward and loss scaling outside DDP's hooks: the step is the single-process step plus one
 collective. Validation and test structures are split across ranks and their predictions gathered,
 so every rank computes the same metrics. Rank 0 alone writes logs, checkpoints and models.
@@ -171,22 +172,26 @@ class GradientReducer:
         """Sums gradients in place; returns the summed loss (a 0-d tensor)."""
         if not (self.context.enabled and self.context.world_size > 1):
             return loss.detach()
-        parameters = list(parameters)
+        parameters = [p for p in parameters if p.requires_grad]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+        # 1 where this rank has a gradient: a parameter no rank touched keeps grad None (as on one rank)
+        present = torch.tensor([p.grad is not None for p in parameters], dtype=grads[0].dtype,
+                               device=grads[0].device)
         loss = loss.detach().reshape(1).to(grads[0].dtype)
-        if self.dtype is None:  # the loss rides along with the gradients: one collective
-            flat = torch.cat([g.reshape(-1) for g in grads] + [loss])
+        if self.dtype is None:  # the loss and the flags ride along with the gradients: one collective
+            flat = torch.cat([g.reshape(-1) for g in grads] + [present, loss])
             torch.distributed.all_reduce(flat)
-            total = flat[-1]
+            present, total = flat[-1 - len(parameters):-1], flat[-1]
         else:  # compressed gradients; the loss (for the log) summed on its own at full precision
             wire = torch.cat([g.reshape(-1) for g in grads]).to(self.dtype)
             torch.distributed.all_reduce(wire)
             flat = wire.to(grads[0].dtype)
-            torch.distributed.all_reduce(loss)
-            total = loss[0]
+            tail = torch.cat([present, loss])
+            torch.distributed.all_reduce(tail)
+            present, total = tail[:-1], tail[-1]
         offset = 0
-        for p, g in zip(parameters, grads):
+        for p, g, used in zip(parameters, grads, present.tolist()):
             n = g.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
+            p.grad = flat[offset:offset + n].view_as(p).clone() if used else None
             offset += n
         return total

@@ -10,6 +10,7 @@ leaves a non-finite weight restores the state from the start of the epoch.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -76,6 +77,11 @@ class Trainer:
 
         self.model.backend = resolve_backend(cfg.backend, cfg.device)
         self.dist.broadcast_parameters(self.model)
+        if cfg.tensorboard:  # checked on every rank, so that rank 0 cannot fail alone later
+            try:
+                from torch.utils import tensorboard  # noqa: F401
+            except ImportError as err:
+                raise InputError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from err
         reduce_dtype = {"fp32": None, "bf16": torch.bfloat16}[cfg.allreduce_dtype]
         self.reduce = GradientReducer(self.dist, reduce_dtype)
         self.optimizer = torch.optim.Adam(parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr,
@@ -138,7 +144,7 @@ class Trainer:
         cfg, model = self.cfg, self.model
         energy_w, forces_w = self._weights(self.epoch + 1)
         snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        opt_snapshot = self.optimizer.state_dict()
+        opt_snapshot = copy.deepcopy(self.optimizer.state_dict())  # state_dict() holds the live moments
         total, count = 0.0, 0
         model.train()
         # With several ranks each loss term is normalised by the global batch's counts, so the rank
@@ -148,6 +154,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             if graph is None:  # fewer structures in this global batch than ranks
                 loss = torch.zeros((), dtype=torch.float64, device=cfg.device)
+                self.scaler.scale(loss)  # GradScaler sets up its scale on first use; every rank must
             else:
                 graph = graph.to(cfg.device)
                 out = model(graph, precision=self.policy, training=True,
@@ -190,14 +197,16 @@ class Trainer:
         world_size-th structure and all ranks merge the same predictions (a collective call)."""
         from lpmace.evaluate import evaluate, merge_metrics
 
+        if self.dist.world_size == 1:
+            with self.ema.applied(self.model):
+                return evaluate(self.model, graphs, precision=self.policy,
+                                batch_size=batch_size or self.cfg.valid_batch_size, device=self.cfg.device)
         mine = graphs[self.dist.rank::self.dist.world_size]
         metrics = None
         if mine:
             with self.ema.applied(self.model):
                 metrics = evaluate(self.model, mine, precision=self.policy,
                                    batch_size=batch_size or self.cfg.valid_batch_size, device=self.cfg.device)
-        if self.dist.world_size == 1:
-            return metrics
         return merge_metrics([m for m in self.dist.gather(metrics) if m is not None])
 
     def _valid_loss(self, m: dict) -> float:
