@@ -184,3 +184,33 @@ def test_tensorboard_without_the_package_is_a_clear_error_or_writes_events(tmp_p
     else:
         Trainer(cfg, log=lambda m: None).run()
         assert any((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_precision_schedule_switches_at_its_epoch_and_survives_resume(tmp_path):
+    schedule = ("precision=bf16-mixed", "precision_schedule={3: fp32}")
+    whole = Trainer(small_config(tmp_path / "whole", "epochs=4", *schedule), log=lambda m: None)
+    whole.run()
+    rows = [json.loads(line) for line in (tmp_path / "whole" / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["precision"] for r in rows] == ["bf16-mixed", "bf16-mixed", "fp32", "fp32"]
+    # stop after epoch 3 (already switched), resume to 4: same schedule, same weights as uninterrupted
+    Trainer(small_config(tmp_path / "parts", "epochs=3", *schedule), log=lambda m: None).run()
+    resumed = Trainer(small_config(tmp_path / "parts", "epochs=4", *schedule), resume=True, log=lambda m: None)
+    assert resumed.policy.name == "fp32"
+    resumed.run()
+    rows = [json.loads(line) for line in (tmp_path / "parts" / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["precision"] for r in rows] == ["bf16-mixed", "bf16-mixed", "fp32", "fp32"]
+    a = load(tmp_path / "whole" / "run" / "model.safetensors").state_dict()
+    b = load(tmp_path / "parts" / "run" / "model.safetensors").state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("schedule, match", [
+    ("{3: fp7}", "fp7"),
+    ("{0: fp32}", "epoch 0 must be an integer >= 1"),
+    ("{3: fp64}", "cannot change the master weights' dtype"),
+    ("fp32", "must be a mapping"),
+])
+def test_bad_precision_schedules_are_refused(tmp_path, schedule, match):
+    with pytest.raises(InputError, match=match):
+        small_config(tmp_path, f"precision_schedule={schedule}")

@@ -44,6 +44,9 @@ class TrainConfig:
     model: Dict[str, Any] = field(default_factory=lambda: {"channels": 128, "max_L": 1, "correlation": 3})
     # precision
     precision: str = "fp32"
+    # {epoch: preset}: from that epoch (1-based) on, train with that preset; `precision` until the first
+    # (e.g. {31: fp32} after 30 epochs of bf16-mixed). All must keep the same parameter dtype.
+    precision_schedule: Optional[Dict[int, str]] = None
     backend: str = "auto"  # lpmace.kernels: auto | reference | triton
     allreduce_dtype: str = "fp32"  # data-parallel gradient sum on the wire: fp32, or bf16 (half the bytes)
     # optimisation
@@ -98,6 +101,35 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise InputError(f"training config: {message}")
+        if self.precision_schedule is not None:
+            self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        from lpmace.precision import resolve_policy
+
+        if not isinstance(self.precision_schedule, dict) or not self.precision_schedule:
+            raise InputError("training config: precision_schedule must be a mapping {epoch: preset}, "
+                             f"got {self.precision_schedule!r}")
+        schedule = {}
+        base = resolve_policy(self.precision)
+        for epoch, preset in self.precision_schedule.items():
+            if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+                raise InputError(f"training config: precision_schedule epoch {epoch!r} must be an integer >= 1")
+            policy = resolve_policy(preset)
+            if policy.params != base.params:
+                raise InputError(f"training config: precision_schedule {epoch}: {preset} keeps parameters in "
+                                 f"{policy.params}, but precision {self.precision} in {base.params}; "
+                                 "a schedule cannot change the master weights' dtype")
+            schedule[epoch] = str(preset)
+        object.__setattr__(self, "precision_schedule", dict(sorted(schedule.items())))
+
+    def precision_at(self, epoch: int) -> str:
+        """The preset that trains epoch `epoch` (1-based)."""
+        current = self.precision
+        for start, preset in (self.precision_schedule or {}).items():
+            if epoch >= start:
+                current = preset
+        return current
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

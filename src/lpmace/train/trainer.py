@@ -89,8 +89,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=cfg.scheduler_factor, patience=cfg.scheduler_patience)
         device_type = torch.device(cfg.device).type
+        presets = [cfg.precision, *(cfg.precision_schedule or {}).values()]
         self.scaler = torch.amp.GradScaler(device_type, init_scale=cfg.loss_scale_init,
-                                           enabled=self.policy.uses_fp16)
+                                           enabled=any(resolve_policy(p).uses_fp16 for p in presets))
         self.ema = EMA(self.model, cfg.ema_decay)
         self.loader = ShardedLoader(self.data.train, cfg.batch_size, seed=cfg.seed, rank=self.dist.rank,
                                     world_size=self.dist.world_size)
@@ -102,6 +103,7 @@ class Trainer:
             if self.dist.is_main:
                 self._truncate_log()
             self.log(f"resumed from {last} after epoch {self.epoch}")
+        self.policy = resolve_policy(cfg.precision_at(self.epoch + 1))  # the schedule's, also after a resume
 
     # ---- state -------------------------------------------------------------------------------
     def _state(self) -> dict:
@@ -242,13 +244,17 @@ class Trainer:
                 if cfg.max_time is not None and self.dist.max(self.elapsed, cfg.device) >= cfg.max_time:
                     self.log(f"max_time {cfg.max_time:g} s reached after epoch {self.epoch}")
                     break
+                scheduled = resolve_policy(cfg.precision_at(self.epoch + 1))
+                if scheduled.name != self.policy.name:
+                    self.log(f"epoch {self.epoch + 1}: precision {self.policy.name} -> {scheduled.name}")
+                    self.policy = scheduled
                 start = time.perf_counter()
                 train_loss = self._train_epoch(bar)
                 self.elapsed += time.perf_counter() - start
                 self.epoch += 1
                 row = {"epoch": self.epoch, "step": self.step, "train_time_s": round(self.elapsed, 3),
                        "wall_time_s": round(time.perf_counter() - run_start, 3),
-                       "train_loss": train_loss,
+                       "train_loss": train_loss, "precision": self.policy.name,
                        "lr": self.optimizer.param_groups[0]["lr"], "loss_scale": self.scaler.get_scale()
                        if self.scaler.is_enabled() else None, "skipped_steps": self.skipped,
                        "restored": self.restored}
