@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["environment", "is_out_of_memory", "peak_memory_mb", "synchronize", "timed"]
+__all__ = ["environment", "is_out_of_memory", "peak_memory_mb", "release_memory", "synchronize", "timed"]
 
 
 def synchronize(device: str) -> None:
@@ -53,6 +53,16 @@ def peak_memory_mb(fn: Callable[[], object], device: str) -> Optional[float]:
     fn()
     synchronize(device)
     return torch.cuda.max_memory_allocated(dev) / 2**20
+
+
+def release_memory(device: str) -> None:
+    """Drop unreferenced tensors and return torch's cached CUDA blocks (between measurements, and
+    before a subprocess shares the GPU)."""
+    import gc
+
+    gc.collect()
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def is_out_of_memory(err: BaseException) -> bool:

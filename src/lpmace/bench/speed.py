@@ -7,25 +7,17 @@ atom·steps/s = atoms / median time. Peak memory is torch's allocator peak on CU
 
 from __future__ import annotations
 
-import gc
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-import torch
 
 from lpmace.bench.engines import Engine
-from lpmace.bench.measure import is_out_of_memory, peak_memory_mb, timed
+from lpmace.bench.measure import is_out_of_memory, peak_memory_mb, release_memory, timed
 from lpmace.bench.workloads import Workload, random_bulk
 from lpmace.data import graph_from_configuration
 from lpmace.model import MACEConfig
 
 __all__ = ["scaling_rows", "scaling_sizes", "speed_rows"]
-
-
-def _release(device: str) -> None:
-    gc.collect()
-    if str(device).startswith("cuda"):
-        torch.cuda.empty_cache()
 
 
 def _measure(engine: Engine, workload: Workload, device: str, repeats: int, warmup: int) -> dict:
@@ -51,7 +43,7 @@ def _row(engine: Engine, workload: Workload, device: str, repeats: int, warmup: 
                    status="ok")
     except Exception as err:
         row.update(empty, status="OOM" if is_out_of_memory(err) else f"error: {type(err).__name__}: {err}"[:300])
-    _release(device)
+    release_memory(device)
     return row
 
 

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from lpmace.bench.measure import is_out_of_memory
+from lpmace.bench.measure import is_out_of_memory, release_memory
 from lpmace.data import (
     graph_from_configuration,
     isolated_atom_energies,
@@ -109,7 +109,7 @@ def time_to_accuracy(
             runs.append(_lpmace_run(cfg, test, target_mev_per_A))
             _report(progress, runs[-1])
     if compare_mace_torch:
-        _release_cuda_cache()  # the subprocess shares the device with this process's cached blocks
+        release_memory(device)  # the subprocess shares the device with this process's cached blocks
         for name in ["fp32"] + (["fp64"] if "fp64" in precisions else []):
             runs.append(_mace_torch_run(first, name, device=device, budget_s=budget_s,
                                         work_dir=out_dir / f"mace-torch-{name}", target_mev_per_A=target_mev_per_A))
@@ -318,16 +318,6 @@ def _end(process: subprocess.Popen) -> None:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
-
-def _release_cuda_cache() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
 
 def _timestamp(text: str) -> datetime.datetime:
     return datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f")

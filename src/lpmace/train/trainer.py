@@ -199,16 +199,15 @@ class Trainer:
         world_size-th structure and all ranks merge the same predictions (a collective call)."""
         from lpmace.evaluate import evaluate, merge_metrics
 
-        if self.dist.world_size == 1:
-            with self.ema.applied(self.model):
-                return evaluate(self.model, graphs, precision=self.policy,
-                                batch_size=batch_size or self.cfg.valid_batch_size, device=self.cfg.device)
-        mine = graphs[self.dist.rank::self.dist.world_size]
+        single = self.dist.world_size == 1
+        mine = graphs if single else graphs[self.dist.rank::self.dist.world_size]
         metrics = None
-        if mine:
+        if mine or single:  # one rank with no structures: evaluate's own error
             with self.ema.applied(self.model):
                 metrics = evaluate(self.model, mine, precision=self.policy,
                                    batch_size=batch_size or self.cfg.valid_batch_size, device=self.cfg.device)
+        if single:
+            return metrics
         return merge_metrics([m for m in self.dist.gather(metrics) if m is not None])
 
     def _valid_loss(self, m: dict) -> float:
