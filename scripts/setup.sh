@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create (or update) .venv in this checkout with lpmace installed editable, its test tools, and
+# Create (or update) .venv in this checkout with lpmace installed editable, its test tools, torchao
+# (quantized readouts), and
 # mace-torch for the interop tests and `lpmace convert`. The README's commands and .ci/run both
 # start with this script, so they cannot drift apart. Safe to run again.
 #
@@ -27,7 +28,7 @@ pip() { .venv/bin/python -m pip "$@"; }
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     pip install torch==2.13.0
 fi
-pip install -e '.[test]'
+pip install -e '.[test,quant]'
 pip install -r requirements-interop.txt
 pip install --no-deps mace-torch==0.3.16
 .venv/bin/python -c "import lpmace, mace.modules; print('setup: lpmace', lpmace.__version__, 'ready in .venv')"

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from lpmace.errors import InputError
 
-COMMANDS = ("convert", "info", "train", "eval", "precision", "demo", "md", "bench")
+COMMANDS = ("convert", "info", "train", "eval", "precision", "demo", "md", "bench", "quantize")
 EXIT_INPUT_ERROR = 2
 
 

@@ -8,6 +8,8 @@ Metadata keys (all strings, as safetensors requires):
     format_version  "1"
     lpmace_version  the package version that wrote the file
     config          json.dumps(model.config.to_dict())
+    readout_quantization  (quantized readouts only) json of `lpmace.quantize.quantization_info`:
+                    a quantized layer NAME.weight is stored as NAME.weight.qdata and NAME.weight.scale
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from lpmace.atomic import atomic_open
 from lpmace.errors import InputError
 from lpmace.model import MACE, MACEConfig
+from lpmace import quantize
 
 __all__ = ["save", "load", "read_config", "FORMAT", "FORMAT_VERSION"]
 
@@ -45,7 +48,7 @@ def save(model: MACE, path: str | os.PathLike) -> pathlib.Path:
 
     tensors = {
         name: value.detach().to("cpu").contiguous().clone()  # clone: safetensors refuses shared storage
-        for name, value in model.state_dict().items()
+        for name, value in quantize.packed_state(model).items()
     }
     metadata = {
         "format": FORMAT,
@@ -53,6 +56,9 @@ def save(model: MACE, path: str | os.PathLike) -> pathlib.Path:
         "lpmace_version": __version__,
         "config": json.dumps(model.config.to_dict()),
     }
+    quantization = quantize.quantization_info(model)
+    if quantization is not None:
+        metadata["readout_quantization"] = json.dumps(quantization)
     payload = safetensors.torch.save(tensors, metadata=metadata)
 
     with atomic_open(path, "wb") as f:
@@ -136,7 +142,31 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> MACE:
     except (InputError, TypeError, ValueError) as err:
         raise InputError(f"{path}: bad model config: {err}") from None
 
-    expected = model.state_dict()
+    quantization = None
+    if "readout_quantization" in metadata:
+        try:
+            quantization = json.loads(metadata["readout_quantization"])
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}: malformed 'readout_quantization' metadata ({err})") from None
+        quantize.swap_readouts(model)
+        layer_modes = quantize.layer_modes_from_info(quantization, model, str(path))
+        expected = quantize.packed_shapes(model, layer_modes)
+    else:
+        expected = {name: (tuple(t.shape), None) for name, t in model.state_dict().items()}
+    _check_tensors(path, expected, tensors)
+    if quantization is not None:
+        try:
+            return quantize.load_packed(model, layer_modes, tensors, device, str(quantization.get("readout")))
+        except InputError as err:
+            raise InputError(f"{path}: {err}") from None
+
+    # assign=True keeps the saved dtypes, so a save/load round trip is bit-identical.
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return model.to(device)
+
+
+def _check_tensors(path: pathlib.Path, expected: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """InputError naming `path` unless `tensors` are exactly the `expected` {name: (shape, dtype or None)}."""
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
@@ -147,13 +177,13 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> MACE:
             parts.append(f"unexpected tensor(s) {', '.join(extra)}")
         raise InputError(f"{path}: tensors do not match the config: {'; '.join(parts)}")
     wrong = [
-        f"{name} {tuple(tensors[name].shape)} (expected {tuple(ref.shape)})"
-        for name, ref in expected.items()
-        if tensors[name].shape != ref.shape
+        f"{name} {tuple(tensors[name].shape)} (expected {shape})"
+        for name, (shape, _) in expected.items()
+        if tuple(tensors[name].shape) != shape
     ]
     if wrong:
         raise InputError(f"{path}: tensor shapes do not match the config: {', '.join(wrong)}")
-
-    # assign=True keeps the saved dtypes, so a save/load round trip is bit-identical.
-    model.load_state_dict(tensors, strict=True, assign=True)
-    return model.to(device)
+    wrong = [f"{name} {tensors[name].dtype} (expected {dtype})" for name, (_, dtype) in expected.items()
+             if dtype is not None and tensors[name].dtype != dtype]
+    if wrong:
+        raise InputError(f"{path}: tensor dtypes do not match the quantization: {', '.join(wrong)}")

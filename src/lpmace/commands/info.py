@@ -13,6 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import lpmace.io
+    from lpmace.quantize import quantization_info
 
     model = lpmace.io.load(args.model)
     parameters = list(model.parameters())
@@ -20,6 +21,10 @@ def run(args: argparse.Namespace) -> int:
     dtypes = ", ".join(sorted({str(p.dtype).removeprefix("torch.") for p in parameters}))
     print(f"file: {args.model}")
     print(f"parameters: {n_parameters:,} ({dtypes or 'none'})")
+    quantization = quantization_info(model)
+    if quantization is not None:
+        layers = ", ".join(f"{name}: {mode}" for name, mode in quantization["layers"].items())
+        print(f"readout quantization: {quantization['readout']} (torchao {quantization['torchao']}; {layers})")
     print("config:")
     for key, value in model.config.to_dict().items():
         print(f"  {key}: {value}")
