@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Create (or update) .venv in this checkout with lpmace installed editable, its test tools, torchao
-# (quantized readouts), and
-# mace-torch for the interop tests and `lpmace convert`. The README's commands and .ci/run both
-# start with this script, so they cannot drift apart. Safe to run again.
+# (quantized readouts) and mace-torch for the interop tests and `lpmace convert`. The README's
+# commands and .ci/run both start with this script, so they cannot drift apart. Safe to run again.
 #
 #   PYTHON=python3.12 scripts/setup.sh     # pick the interpreter (default: python3, >= 3.11)
 set -euo pipefail

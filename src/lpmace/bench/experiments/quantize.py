@@ -1,0 +1,210 @@
+"""Experiment "quantize": what int8 / float8 readouts (torchao, `lpmace.quantize`) do to accuracy,
+model bytes and speed.
+
+One model, every readout mode (none = the float32 model, int8, int8-dynamic, fp8, fp8-dynamic),
+each evaluated on 3BPA test configurations (300 K, embedded) under the fp32 policy:
+    - energy and force RMSE against the DFT labels;
+    - the change against the unquantized model: RMS energy change (meV/atom) and force change
+      (RMSE relative to the RMS force, and the largest component, meV/Å);
+    - bytes of the model file and of its readout tensors;
+    - inference time per configuration (energy + forces, one configuration per call, median);
+    - the readout alone at a real MACE size (128 channels -> 16 -> 1, 4096 atoms, forward and the
+      input gradient the forces need), where the readout matrices are as large as they get.
+A mode that cannot run on the device (fp8-dynamic without an sm_89+ GPU) is a row saying why.
+
+quick: a random tiny model (16 channels, readout MLP 16, 3BPA E0s), 20 test configurations.
+full: a model of the demo's size (32 channels, L = 1, correlation 3) trained for a few epochs on the
+embedded 3BPA training set, or the model file given as `model=`; all 300 test configurations.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import tempfile
+from typing import Optional
+
+import numpy as np
+import torch
+
+NAME = "quantize"
+MODES = ("none", "int8", "int8-dynamic", "fp8", "fp8-dynamic")
+COLUMNS = [
+    "mode", "supported", "converted", "E_rmse_meV_atom", "F_rmse_meV_A", "dE_rms_meV_atom", "dF_rel_rmse",
+    "dF_max_meV_A", "model_bytes", "readout_bytes", "ms_per_config", "readout_ms_4096x128", "note",
+]
+_TINY = dict(r_max=4.0, num_bessel=4, max_ell=2, channels=16, max_L=1, correlation=(2, 2), readout_mlp=16,
+             radial_mlp=(16, 16), avg_num_neighbors=8.0)
+_TRAIN = ("model.channels=32", "model.max_L=1", "model.correlation=3", "batch_size=5", "valid_batch_size=32")
+
+
+def _quick_model(seed: int):
+    from lpmace import datasets
+    from lpmace.data import isolated_atom_energies, read_configurations
+    from lpmace.model import MACE, MACEConfig
+
+    e0s = isolated_atom_energies(read_configurations(datasets.path("3bpa/iso_atoms.xyz"), forces_key=None))
+    torch.manual_seed(seed)
+    zs = tuple(sorted(e0s))
+    return MACE(MACEConfig(atomic_numbers=zs, E0s=tuple(e0s[z] for z in zs), **_TINY)).float()
+
+
+def _trained_model(device: str, seed: int, progress: bool, folder: pathlib.Path, epochs: int = 8):
+    from lpmace.io import load
+    from lpmace.train.config import load_train_config
+    from lpmace.train.trainer import Trainer
+
+    cfg = load_train_config(None, (*_TRAIN, f"epochs={epochs}", f"seed={seed + 1}", f"device={device}",
+                                   f"output_dir={folder / 'train'}", "test_files=[]", f"progress={progress}"))
+    Trainer(cfg, log=print if progress else (lambda message: None)).run()
+    return load(folder / "train" / "model.safetensors", device=device)
+
+
+def _readout_bytes(model) -> int:
+    from lpmace.quantize import packed_state
+
+    return sum(t.numel() * t.element_size() for n, t in packed_state(model).items() if n.startswith("readouts."))
+
+
+def _predict(model, graphs, device):
+    """Energies per atom [n_configs] and forces [n_atoms, 3] (float64 numpy) under fp32."""
+    from lpmace.evaluate import evaluate
+
+    m = evaluate(model, graphs, precision="fp32", batch_size=16, device=device)
+    return m, m.energy_per_atom_pred, m.forces_pred
+
+
+def _interleaved_medians(calls: dict, device: str, repeats: int, warmup: int = 2) -> dict:
+    """{name: median ms} of each zero-argument call, timed round-robin (one of each per round) so that
+    load from other processes on a shared machine falls on every mode alike."""
+    from lpmace.bench.measure import timed
+
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            times[name].append(timed(call, device, repeats=1, warmup=0)["median_ms"])
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def _model_pass(model, graphs: list):
+    """One call per configuration: energy and forces under fp32."""
+    def one_pass():
+        for g in graphs:
+            with torch.enable_grad():
+                model(g, precision="fp32", compute_forces=True)
+
+    return one_pass
+
+
+def _readout_step(mode: str, device: str, seed: int):
+    """The last readout of a 128-channel model (128 -> 16 -> 1) on 4096 atoms: forward and the
+    gradient with respect to its input (what forces need)."""
+    from lpmace.model import MACE, MACEConfig
+    from lpmace.quantize import quantize_readouts
+
+    torch.manual_seed(seed)
+    model = MACE(MACEConfig(atomic_numbers=(1,), channels=128, max_L=0, max_ell=1, correlation=1, readout_mlp=16,
+                            radial_mlp=(8,))).float().to(device)
+    readout = model.readouts[-1] if mode == "none" else quantize_readouts(model, mode, log=lambda m: None).readouts[-1]
+    h = torch.randn(4096, 128, 1, device=device, requires_grad=True)
+
+    def step():
+        torch.autograd.grad(readout(h, torch.float32).sum(), h)
+
+    return step
+
+
+def _row(mode, **values) -> dict:
+    row = {c: None for c in COLUMNS}
+    row.update(mode=mode, **values)
+    return row
+
+
+def run(*, device: str, quick: bool, progress: bool, seed: int = 0, model: Optional[str] = None) -> dict:
+    from lpmace import datasets
+    from lpmace.data import graph_from_configuration, read_configurations
+    from lpmace.errors import InputError
+    from lpmace.io import load, save
+    from lpmace.quantize import quantization_info, quantize_readouts, unsupported_reason
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = pathlib.Path(tmp)
+        if model is not None:
+            base, origin = load(model, device=device), f"model file {model}"
+        elif quick:
+            base, origin = _quick_model(seed).to(device), "random tiny model (16 channels, readout MLP 16)"
+        else:
+            base, origin = _trained_model(device, seed, progress, folder), "32-channel model trained 8 epochs"
+        if quantization_info(base) is not None:
+            raise InputError(f"{model}: its readouts are already quantized; give the unquantized model")
+        base = base.float()
+        configs = read_configurations(datasets.path("3bpa/test_300K.xyz"))[: 20 if quick else None]
+        graphs = [graph_from_configuration(c, base.config.r_max) for c in configs]
+        timing_graphs = [g.to(device) for g in graphs[: 5 if quick else 20]]
+        repeats = 3 if quick else 7
+
+        rows, reference, passes, readout_steps = [], None, {}, {}
+        for mode in MODES:
+            reason = None if mode == "none" else unsupported_reason(mode, device)
+            if reason:
+                rows.append(_row(mode, supported=False, note=reason))
+                continue
+            messages = []
+            current = base if mode == "none" else quantize_readouts(base, mode, log=messages.append)
+            metrics, energy, forces = _predict(current, graphs, device)
+            if reference is None:
+                reference = (energy, forces)
+            d_energy, d_forces = energy - reference[0], forces - reference[1]
+            path = save(current, folder / f"{mode}.safetensors")
+            info = quantization_info(current)
+            converted = "0/0" if info is None else (
+                f"{sum(m != 'none' for m in info['layers'].values())}/{len(info['layers'])}")
+            rows.append(_row(
+                mode, supported=True, converted=converted,
+                E_rmse_meV_atom=metrics.energy_rmse_mev_per_atom, F_rmse_meV_A=metrics.force_rmse_mev_per_A,
+                dE_rms_meV_atom=1000 * math.sqrt(float(np.mean(d_energy**2))),
+                dF_rel_rmse=math.sqrt(float(np.mean(d_forces**2)) / float(np.mean(reference[1] ** 2))),
+                dF_max_meV_A=1000 * float(np.abs(d_forces).max()),
+                model_bytes=path.stat().st_size, readout_bytes=_readout_bytes(current),
+                note="; ".join(messages),
+            ))
+            passes[mode] = _model_pass(current, timing_graphs)
+            readout_steps[mode] = _readout_step(mode, device, seed)
+            if progress:
+                print(f"quantize: {mode} evaluated")
+        per_pass = _interleaved_medians(passes, device, repeats)
+        readout_ms = _interleaved_medians(readout_steps, device, 5 * repeats)
+        for row in rows:
+            if row["supported"]:
+                row["ms_per_config"] = per_pass[row["mode"]] / len(timing_graphs)
+                row["readout_ms_4096x128"] = readout_ms[row["mode"]]
+    return {"rows": rows, "columns": COLUMNS,
+            "summary": _summary(rows, origin, len(graphs), device)}
+
+
+def _summary(rows: list, origin: str, n_configs: int, device: str) -> str:
+    ok = {r["mode"]: r for r in rows if r["supported"]}
+    none = ok["none"]
+    lines = [f"{origin}, {n_configs} 3BPA test configurations (300 K), fp32 policy, device {device}."]
+    for mode, r in ok.items():
+        if mode == "none":
+            continue
+        lines.append(
+            f"- {mode} (converted {r['converted']} readout layers): force change {r['dF_rel_rmse']:.1e} of the "
+            f"RMS force (max {r['dF_max_meV_A']:.2f} meV/Å), energy change {r['dE_rms_meV_atom']:.3f} meV/atom; "
+            f"test F RMSE {r['F_rmse_meV_A']:.1f} vs {none['F_rmse_meV_A']:.1f} meV/Å; readout tensors "
+            f"{r['readout_bytes']} vs {none['readout_bytes']} bytes, file {r['model_bytes']} vs "
+            f"{none['model_bytes']} bytes; {r['ms_per_config']:.1f} vs {none['ms_per_config']:.1f} ms per "
+            f"configuration; readout alone (4096 atoms, 128->16->1, fwd + input grad) "
+            f"{r['readout_ms_4096x128']:.2f} vs {none['readout_ms_4096x128']:.2f} ms."
+        )
+    lines += [f"- {r['mode']}: not run ({r['note']})." for r in rows if not r["supported"]]
+    lines.append(
+        "The readouts hold a few thousand of the model's parameters, so quantizing them barely changes the "
+        "file, and their matrices (C x 16, 16 x 1) are far below the sizes where 8-bit GEMMs pay off: the "
+        "quantized readouts are not faster."
+    )
+    return "\n".join(lines)
