@@ -142,7 +142,7 @@ def quantize_layers(model: torch.nn.Module, layer_modes: Dict[str, str]) -> None
         selected = {fqn for fqn, m in layer_modes.items() if m == name}
         for fqn in selected:
             model.get_submodule(fqn).float()
-        q.quantize_(model, _torchao_config(MODES[name]), filter_fn=lambda module, fqn: fqn in selected)
+        q.quantize_(model, _torchao_config(MODES[name]), filter_fn=lambda module, fqn, chosen=selected: fqn in chosen)
     for fqn, name in layer_modes.items():
         readout_name, _, index = fqn.rpartition(".layers.")
         readout = model.get_submodule(readout_name)
