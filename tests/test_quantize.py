@@ -10,7 +10,8 @@ in), symmetric per-channel rounding moves each weight by at most δW:
                       the second term covers subnormals)
     int8 activations (dynamic): |Δx_c| <= max_c |x_c| / 254.
 With φ = scaled SiLU, L1 = sup|φ'|, L2 = sup|φ''|, a readout x -> Σ_k W2_k φ(Σ_c W1_kc x_c) changes by
-    |Δe| <= Σ_k (|W2_k| + δW2_k) L1 Δz_k + Σ_k |φ(z_k)| δW2_k,   Δz_k = Σ_c (|x_c| δW1_kc + δx_c (|W1_kc| + δW1_kc))
+    |Δe| <= Σ_k (|W2_k| + δW2_k) L1 Δz_k + Σ_k |φ(z_k)| δW2_k,
+    Δz_k = Σ_c (|x_c| δW1_kc + δx_c (|W1_kc| + δW1_kc))
 and its input gradient g_c = Σ_k W1_kc φ'(z_k) W2_k by
     |Δg_c| <= Σ_k [δW1_kc L1 (|W2_k| + δW2_k) + |W1_kc| L2 Δz_k (|W2_k| + δW2_k) + |W1_kc| |φ'(z_k)| δW2_k]
 (a linear readout is the case without φ). Energies move by at most scale · Σ_atoms Σ_t |Δe|, forces
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import safetensors
@@ -43,7 +45,8 @@ pytest.importorskip("torchao")
 _GRID = torch.linspace(-30, 30, 600001, dtype=torch.float64, requires_grad=True)
 _D1 = torch.autograd.grad(scaled_silu(_GRID).sum(), _GRID, create_graph=True)[0]
 _D2 = torch.autograd.grad(_D1.sum(), _GRID)[0]
-L1, L2 = 1.01 * float(_D1.detach().abs().max()), 1.01 * float(_D2.abs().max())  # sup|φ'|, sup|φ''| (+1 % for the grid)
+# sup|φ'| and sup|φ''| on a fine grid, +1 % for what the grid misses
+L1, L2 = 1.01 * float(_D1.detach().abs().max()), 1.01 * float(_D2.abs().max())
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +160,8 @@ def test_readout_layers_compute_what_the_readouts_compute(model):
     for readout in model.readouts:
         swapped = ReadoutLayers.from_readout(readout)
         for dtype in (torch.float64, torch.float32):
-            torch.testing.assert_close(swapped(h, dtype), readout(h, dtype), rtol=1e-6 if dtype == torch.float32 else 1e-13,
-                                       atol=0)
+            rtol = 1e-6 if dtype == torch.float32 else 1e-13
+            torch.testing.assert_close(swapped(h, dtype), readout(h, dtype), rtol=rtol, atol=0)
 
 
 def test_only_readouts_change_and_the_energy_sum_stays_float64(make_model, molecule):
@@ -224,6 +227,20 @@ def test_damaged_quantized_files_are_refused(make_model, tmp_path):
     safetensors.torch.save_file(wrong, str(bad), metadata=metadata)
     with pytest.raises(InputError, match="readouts.0.layers.0.weight.qdata torch.float32 \\(expected torch.int8\\)"):
         lpmace.io.load(bad)
+
+
+def test_without_torchao_plain_models_still_load_and_quantize_says_what_to_install(make_model, tmp_path,
+                                                                                   monkeypatch):
+    model = _model(make_model)
+    quantized_path = lpmace.io.save(quantize_readouts(model, "int8"), tmp_path / "q.safetensors")
+    for name in ("torchao", "torchao.quantization"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if it were not installed
+    plain = lpmace.io.load(lpmace.io.save(model, tmp_path / "m.safetensors"))
+    assert quantization_info(plain) is None
+    with pytest.raises(InputError, match="need torchao: pip install 'torchao==0.18.0'"):
+        quantize_readouts(model, "int8")
+    with pytest.raises(InputError, match="q.safetensors: quantized readouts need torchao"):
+        lpmace.io.load(quantized_path)
 
 
 def test_fp8_dynamic_is_refused_without_a_float8_gpu(make_model):
