@@ -269,6 +269,9 @@ def test_cli_quantize_writes_a_model_that_eval_runs(saved, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "converted 3/3 readout layers to fp8" in printed and f"wrote {out}" in printed
     assert quantization_info(lpmace.io.load(out))["readout"] == "fp8"
+    assert main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "readout quantization: fp8 (torchao " in info and "readouts.0.layers.0: fp8" in info
     data = tmp_path / "two.xyz"
     data.write_text("".join(datasets.path("3bpa/test_300K.xyz").read_text().splitlines(True)[:58]))
     assert main(["eval", str(out), str(data)]) == 0
