@@ -308,9 +308,11 @@ def test_quick_experiment_rows():
     assert list(rows) == list(experiment.MODES) and all(set(r) == set(result["columns"]) for r in rows.values())
     none, int8, fp8 = rows["none"], rows["int8"], rows["fp8"]
     assert none["dE_rms_meV_atom"] == 0 and none["dF_rel_rmse"] == 0
+    assert none["time_ratio"] == 1 and none["readout_time_ratio"] == 1
     for row in (none, int8, rows["int8-dynamic"], fp8):
         assert row["supported"] and all(math.isfinite(row[c]) and row[c] >= 0 for c in
-                                        ("E_rmse_meV_atom", "F_rmse_meV_A", "ms_per_config", "readout_ms_4096x128"))
+                                        ("E_rmse_meV_atom", "F_rmse_meV_A", "ms_per_config", "time_ratio",
+                                         "readout_ms_4096x128", "readout_time_ratio"))
     # int8 rounds each weight by <= 1/254 of its channel's largest: forces move, by well under 1 %
     assert 0 < int8["dF_rel_rmse"] < 1e-2
     # float8_e4m3fn keeps 3 mantissa bits (relative step 1/16) against int8's 1/255 of the channel maximum

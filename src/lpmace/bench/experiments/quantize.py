@@ -7,7 +7,8 @@ each evaluated on 3BPA test configurations (300 K, embedded) under the fp32 poli
     - the change against the unquantized model: RMS energy change (meV/atom) and force change
       (RMSE relative to the RMS force, and the largest component, meV/Å);
     - bytes of the model file and of its readout tensors;
-    - inference time per configuration (energy + forces, one configuration per call, median);
+    - inference time per configuration (energy + forces, one configuration per call, median) and
+      its ratio to the unquantized model's (median of ratios over interleaved rounds);
     - the readout alone at a real MACE size (128 channels -> 16 -> 1, 4096 atoms, forward and the
       input gradient the forces need), where the readout matrices are as large as they get.
 A mode that cannot run on the device (fp8-dynamic without an sm_89+ GPU) is a row saying why.
@@ -31,7 +32,8 @@ NAME = "quantize"
 MODES = ("none", "int8", "int8-dynamic", "fp8", "fp8-dynamic")
 COLUMNS = [
     "mode", "supported", "converted", "E_rmse_meV_atom", "F_rmse_meV_A", "dE_rms_meV_atom", "dF_rel_rmse",
-    "dF_max_meV_A", "model_bytes", "readout_bytes", "ms_per_config", "readout_ms_4096x128", "note",
+    "dF_max_meV_A", "model_bytes", "readout_bytes", "ms_per_config", "time_ratio", "readout_ms_4096x128",
+    "readout_time_ratio", "note",
 ]
 _TINY = dict(r_max=4.0, num_bessel=4, max_ell=2, channels=16, max_L=1, correlation=(2, 2), readout_mlp=16,
              radial_mlp=(16, 16), avg_num_neighbors=8.0)
@@ -74,19 +76,25 @@ def _predict(model, graphs, device):
     return m, m.energy_per_atom_pred, m.forces_pred
 
 
-def _interleaved_medians(calls: dict, device: str, repeats: int, warmup: int = 2) -> dict:
-    """{name: median ms} of each zero-argument call, timed round-robin (one of each per round) so that
-    load from other processes on a shared machine falls on every mode alike."""
+def _interleaved_times(calls: dict, device: str, rounds: int, seed: int, warmup: int = 2) -> dict:
+    """{name: (median ms, median over rounds of ms / ms of the first call)} of zero-argument calls.
+
+    Each round times every call once, in a shuffled order, so that load from other processes on a
+    shared machine falls on all of them alike; the per-round ratio to the first call (the
+    unquantized model) is the steadier number when that load drifts.
+    """
     from lpmace.bench.measure import timed
 
     for call in calls.values():
         for _ in range(warmup):
             call()
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            times[name].append(timed(call, device, repeats=1, warmup=0)["median_ms"])
-    return {name: float(np.median(t)) for name, t in times.items()}
+    names, rng = list(calls), np.random.default_rng(seed)
+    times = {name: [] for name in names}
+    for _ in range(rounds):
+        for i in rng.permutation(len(names)):
+            times[names[i]].append(timed(calls[names[i]], device, repeats=1, warmup=0)["median_ms"])
+    first = np.array(times[names[0]])
+    return {name: (float(np.median(t)), float(np.median(np.array(t) / first))) for name, t in times.items()}
 
 
 def _model_pass(model, graphs: list):
@@ -144,8 +152,8 @@ def run(*, device: str, quick: bool, progress: bool, seed: int = 0, model: Optio
         base = base.float()
         configs = read_configurations(datasets.path("3bpa/test_300K.xyz"))[: 20 if quick else None]
         graphs = [graph_from_configuration(c, base.config.r_max) for c in configs]
-        timing_graphs = [g.to(device) for g in graphs[: 5 if quick else 20]]
-        repeats = 3 if quick else 7
+        timing_graphs = [g.to(device) for g in graphs[: 5 if quick else 10]]
+        repeats = 3 if quick else 11
 
         rows, reference, passes, readout_steps = [], None, {}, {}
         for mode in MODES:
@@ -176,12 +184,13 @@ def run(*, device: str, quick: bool, progress: bool, seed: int = 0, model: Optio
             readout_steps[mode] = _readout_step(mode, device, seed)
             if progress:
                 print(f"quantize: {mode} evaluated")
-        per_pass = _interleaved_medians(passes, device, repeats)
-        readout_ms = _interleaved_medians(readout_steps, device, 5 * repeats)
+        per_pass = _interleaved_times(passes, device, repeats, seed)
+        readout = _interleaved_times(readout_steps, device, 5 * repeats, seed)
         for row in rows:
             if row["supported"]:
-                row["ms_per_config"] = per_pass[row["mode"]] / len(timing_graphs)
-                row["readout_ms_4096x128"] = readout_ms[row["mode"]]
+                ms, row["time_ratio"] = per_pass[row["mode"]]
+                row["ms_per_config"] = ms / len(timing_graphs)
+                row["readout_ms_4096x128"], row["readout_time_ratio"] = readout[row["mode"]]
     return {"rows": rows, "columns": COLUMNS,
             "summary": _summary(rows, origin, len(graphs), device)}
 
@@ -196,8 +205,7 @@ def _summary(rows: list, origin: str, n_configs: int, device: str) -> str:
     for mode, r in ok.items():
         if mode == "none":
             continue
-        speed = r["ms_per_config"] / none["ms_per_config"]
-        readout = r["readout_ms_4096x128"] / none["readout_ms_4096x128"]
+        speed, readout = r["time_ratio"], r["readout_time_ratio"]
         lines.append(
             f"- {mode} (converted {r['converted']} readout layers): forces move by {r['dF_rel_rmse']:.1e} of "
             f"their RMS (max {r['dF_max_meV_A']:.2f} meV/Å), energies by {r['dE_rms_meV_atom']:.3f} meV/atom "
