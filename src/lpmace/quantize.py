@@ -143,11 +143,12 @@ def quantize_layers(model: torch.nn.Module, layer_modes: Dict[str, str]) -> None
         for fqn in selected:
             model.get_submodule(fqn).float()
         q.quantize_(model, _torchao_config(MODES[name]), filter_fn=lambda module, fqn, chosen=selected: fqn in chosen)
-    for fqn, name in layer_modes.items():
+    for fqn, name in layer_modes.items():  # what torchao converted, not what was asked
         readout_name, _, index = fqn.rpartition(".layers.")
         readout = model.get_submodule(readout_name)
-        readout.modes[int(index)] = name
-        readout.dynamic[int(index)] = name != "none" and MODES[name].dynamic
+        converted = name != "none" and is_quantized(model.get_submodule(fqn).weight)
+        readout.modes[int(index)] = name if converted else "none"
+        readout.dynamic[int(index)] = converted and MODES[name].dynamic
 
 
 def quantize_readouts(model: torch.nn.Module, mode: str, *,
@@ -184,7 +185,7 @@ def quantization_info(model: torch.nn.Module) -> Optional[dict]:
     if not any(isinstance(r, ReadoutLayers) for r in model.readouts):
         return None
     layers = {f"readouts.{t}.layers.{i}": mode for t, r in enumerate(model.readouts) for i, mode in enumerate(r.modes)}
-    requested = {getattr(r, "requested", "none") for r in model.readouts}
+    requested = {r.requested for r in model.readouts}
     return {"readout": "/".join(sorted(requested)), "layers": layers, "torchao": _torchao_version()}
 
 
@@ -254,6 +255,9 @@ def load_packed(model: torch.nn.Module, layer_modes: Dict[str, str], tensors: Di
     quantize_layers(model, layer_modes)
     for name, fqn in packed.items():
         weight = model.get_submodule(fqn).weight
+        if not is_quantized(weight):
+            raise InputError(f"{fqn}: torchao {_torchao_version()} did not quantize this layer as "
+                             f"{layer_modes[fqn]}, as the file says it was")
         for part in ("qdata", "scale"):
             stored, built = tensors[f"{name}.{part}"], getattr(weight, part)
             if stored.shape != built.shape or stored.dtype != built.dtype:
