@@ -19,6 +19,7 @@ import torch
 from lpmace.data.graph import Graph
 from lpmace.errors import InputError
 from lpmace.kernels import resolve_backend
+from lpmace.kernels.convolution import edge_segments
 from lpmace.nn.interaction import Interaction
 from lpmace.nn.product import Product
 from lpmace.nn.radial import RadialEmbedding
@@ -186,9 +187,10 @@ class MACE(torch.nn.Module):
 
         emb = scaled_weight(self.embedding, self.embedding.shape[0], p.linear)
         h = (one_hot @ emb)[:, :, None]  # [n, C, 1]
+        segments = edge_segments(graph.edge_index, positions.shape[0]) if backend != "reference" else None
         total = torch.zeros(positions.shape[0], dtype=p.accumulate, device=positions.device)
         for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
-            a, sc = interaction(h, one_hot, edge_sh, edge_radial, graph.edge_index, p)
+            a, sc = interaction(h, one_hot, edge_sh, edge_radial, graph.edge_index, p, backend, segments)
             h = product(a, species, sc, p, backend, weight_grads)
             total = total + readout(h, p.readout).to(p.accumulate)
         return c.scale * total + c.shift
