@@ -1,0 +1,1 @@
+"""Experiments of `lpmace bench --experiment NAME`: one module each, exposing NAME and run()."""
