@@ -9,6 +9,12 @@ The "reference" backend forms the monomials explicitly ([n, C, n_mono]); it is w
 is tested against. The "triton" backend folds weights and basis into one table per element,
 T[z, mono, LM, c] = Σ_k W[z, k, c] P[mono, LM, k], and evaluates B = Σ_mono Π A · T with
 `lpmace.kernels.polynomial_contraction` (monomials formed in registers; derivatives by the same op).
+
+``active_correlation`` (≤ correlation; a run-time attribute, not in the state dict) leaves the terms
+of higher order out of both paths: their weights get no gradient, and the fused path evaluates only
+the monomials of degree ≤ the active order. Progressive training (lpmace.train.correlation) keeps
+those weights at zero while they are inactive, so a saved model computes the same function at any
+order.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ class SymmetricContraction(torch.nn.Module):
         super().__init__()
         self.lmax_out = lmax_out
         self.correlation = correlation
+        self.active_correlation = correlation
         self.weights = torch.nn.ParameterDict()
         table = monomial_table((lmax_in + 1) ** 2, correlation)
+        self.rows_up_to = table.rows_up_to  # monomials of degree ≤ d: the first rows_up_to[d] rows
         self.register_buffer("fused_index", table.index, persistent=False)  # [R, ν] monomials of degree ≤ ν
         for L in range(lmax_out + 1):
             for nu in range(1, correlation + 1):
@@ -68,7 +76,7 @@ class SymmetricContraction(torch.nn.Module):
         out = []
         for L in range(self.lmax_out + 1):
             b = a.new_zeros(n, c, 2 * L + 1)
-            for nu in range(1, self.correlation + 1):
+            for nu in range(1, self.active_correlation + 1):
                 monos = getattr(self, f"monos_L{L}_nu{nu}")
                 coeffs = getattr(self, f"coeffs_L{L}_nu{nu}").to(table_dtype).to(math_dtype)
                 if coeffs.shape[-1] == 0:
@@ -84,12 +92,13 @@ class SymmetricContraction(torch.nn.Module):
 
     def table(self, operand: torch.dtype, math_dtype: torch.dtype, table_dtype: torch.dtype,
               weight_grads: bool = True) -> torch.Tensor:
-        """T [S, R, (lmax_out+1)², 1, C] = Σ_k W[z, k, c] P[mono, LM, k] over the fused monomial rows, in math_dtype."""
-        rows = self.fused_index.shape[0]
+        """T [S, R, (lmax_out+1)², 1, C] = Σ_k W[z, k, c] P[mono, LM, k] over the fused monomial rows of
+        degree ≤ active_correlation (R of them), in math_dtype."""
+        rows = self.rows_up_to[self.active_correlation]
         parts = []
         for L in range(self.lmax_out + 1):
             part = None
-            for nu in range(1, self.correlation + 1):
+            for nu in range(1, self.active_correlation + 1):
                 coeffs = getattr(self, f"coeffs_L{L}_nu{nu}").to(table_dtype).to(math_dtype)
                 if coeffs.shape[-1] == 0:
                     continue
@@ -108,7 +117,8 @@ class SymmetricContraction(torch.nn.Module):
     def _fused(self, a, species, operand, math_dtype, table_dtype, backend, weight_grads):
         table = self.table(operand, math_dtype, table_dtype, weight_grads)
         a = a.to(operand) if math_dtype != torch.float64 else a.to(operand).to(math_dtype)
-        return polynomial_contraction(a, species, self.fused_index, table, None, impl=backend).to(math_dtype)
+        index = self.fused_index[: table.shape[1]]  # a whole-degree prefix: the active orders' monomials
+        return polynomial_contraction(a, species, index, table, None, impl=backend).to(math_dtype)
 
 
 class Product(torch.nn.Module):
