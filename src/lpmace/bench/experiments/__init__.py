@@ -1,0 +1,1 @@
+"""Bench experiments: one module per experiment (NAME, run(*, device, quick, progress, seed) -> dict)."""
