@@ -161,10 +161,8 @@ def test_int8_embedding_is_int8_within_half_a_step_and_close(make_model, graphs)
     (dict(int8_embedding="yes"), "int8_embedding must be true or false, got 'yes'"),
 ])
 def test_bad_compression_settings_are_named(make_model, bad, match):
-    from conftest import tiny_config
-
     with pytest.raises(InputError, match=match):
-        tiny_config(**bad)
+        dataclasses.replace(make_model().config, **bad)
     if "species_rank" in bad:
         with pytest.raises(InputError, match=match):
             compress(make_model(), bad["species_rank"])
