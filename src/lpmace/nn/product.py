@@ -25,6 +25,7 @@ import torch
 
 from lpmace.kernels.monomials import monomial_table
 from lpmace.kernels.polynomial import polynomial_contraction
+from lpmace.nn.element_weights import element_weight
 from lpmace.nn.linear import EquivariantLinear
 from lpmace.o3.symmetric_basis import symmetric_basis
 from lpmace.precision import PrecisionPolicy, widest
@@ -34,7 +35,7 @@ class SymmetricContraction(torch.nn.Module):
     """A [n, C, (lmax_in+1)²], species [n] (indices) -> B [n, C, (lmax_out+1)²].
 
     Parameters ``weights["L{L}_nu{ν}"]``: [n_elements, n_basis(L, ν), C], initialised N(0,1)/n_basis
-    like mace-torch.
+    like mace-torch, or their low-rank form; both paths read them through `element_weight`.
     """
 
     def __init__(self, channels: int, lmax_in: int, lmax_out: int, correlation: int, num_elements: int):
@@ -85,7 +86,8 @@ class SymmetricContraction(torch.nn.Module):
                 for j in range(1, nu):
                     mono = mono * torch.index_select(a, 2, monos[:, j])  # [n, C, n_mono]
                 y = (mono @ coeffs.reshape(coeffs.shape[0], -1)).view(n, c, 2 * L + 1, -1)
-                w = torch.index_select(self.weights[f"L{L}_nu{nu}"].to(operand).to(math_dtype), 0, species)
+                w = element_weight(self.weights[f"L{L}_nu{nu}"])
+                w = torch.index_select(w.to(operand).to(math_dtype), 0, species)
                 b = b + torch.einsum("ncmk,nkc->ncm", y, w)
             out.append(b)
         return torch.cat(out, dim=-1)
@@ -102,14 +104,14 @@ class SymmetricContraction(torch.nn.Module):
                 coeffs = getattr(self, f"coeffs_L{L}_nu{nu}").to(table_dtype).to(math_dtype)
                 if coeffs.shape[-1] == 0:
                     continue
-                w = self.weights[f"L{L}_nu{nu}"]
+                w = element_weight(self.weights[f"L{L}_nu{nu}"])
                 w = (w if weight_grads else w.detach()).to(operand).to(math_dtype)
                 term = torch.einsum("rmk,skc->srmc", coeffs, w)
                 full = term.new_zeros(w.shape[0], rows, 2 * L + 1, w.shape[2])
                 full = full.index_add(1, getattr(self, f"rows_L{L}_nu{nu}"), term)
                 part = full if part is None else part + full
             if part is None:
-                first = next(iter(self.weights.values()))
+                first = element_weight(next(iter(self.weights.values())))
                 part = first.new_zeros(first.shape[0], rows, 2 * L + 1, first.shape[2], dtype=math_dtype)
             parts.append(part)
         return torch.cat(parts, dim=2).unsqueeze(3)

@@ -22,7 +22,7 @@ EMBEDDED = "embedded:"
 # Model hyperparameters a training config may set (MACEConfig fields that are not data statistics).
 MODEL_KEYS = {
     "r_max", "num_bessel", "num_polynomial_cutoff", "max_ell", "channels", "max_L", "correlation",
-    "num_interactions", "readout_mlp", "radial_mlp", "first_interaction",
+    "num_interactions", "readout_mlp", "radial_mlp", "first_interaction", "species_rank", "int8_embedding",
 }
 
 
