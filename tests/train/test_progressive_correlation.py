@@ -198,3 +198,11 @@ def test_quick_experiment_rows():
     # the orders each run trained at, from its log: ν = 3 throughout, or 1, 2 and 3 in turn
     assert set(rows["fixed"]["seconds_per_epoch"]) == {"3"}
     assert list(rows["progressive"]["seconds_per_epoch"]) == ["1", "2", "3"]
+
+
+def test_schedule_with_low_rank_species_is_refused():
+    from lpmace.errors import InputError
+    from lpmace.train import load_train_config
+
+    with pytest.raises(InputError, match="species_rank"):
+        load_train_config(None, ("correlation_schedule={2: 3}", "model={correlation: 3, species_rank: 2}"))

@@ -133,6 +133,9 @@ class TrainConfig:
         given = self.correlation_schedule
         if not isinstance(given, dict) or not given:
             raise InputError(f"training config: correlation_schedule must be a mapping {{epoch: order}}, got {given!r}")
+        if self.model.get("species_rank") is not None:
+            raise InputError("training config: correlation_schedule and model.species_rank cannot be combined yet "
+                             "(the schedule zeroes full contraction weights; low-rank ones are factors)")
         correlation = self.model.get("correlation", MACEConfig.correlation)
         try:
             top = max(int(c) for c in (correlation if isinstance(correlation, (list, tuple)) else [correlation]))
