@@ -1,6 +1,12 @@
-"""GPU check of the fused symmetric contraction at real sizes (the CPU tests use Triton's interpreter on
-small shapes): backend="triton" against "reference" on the medium model (L = 1, 128 channels,
-max_ell 3, correlation 3) and ANCHORS.md's W1 batch, per precision:
+"""GPU check of the fused kernels at real sizes (the CPU tests use Triton's interpreter on small
+shapes).
+
+The conv tensor product alone, on the W2 box's edges (128 channels, L = 1 input, max_ell 3): the
+Triton operator against its PyTorch implementation, forward, first and second derivatives, with
+fp32, bf16 and fp16 operands (relative max difference; both sum in fp32, in different orders).
+
+The model: backend="triton" against "reference" on the medium model (L = 1, 128 channels, max_ell 3,
+correlation 3) and ANCHORS.md's W1 batch, per precision:
 
 - force error against an fp64 evaluation of the same weights, for both backends (the kernel may be
   at most 2× the reference path's, flash-attention's rule);
@@ -19,14 +25,42 @@ import torch
 
 from lpmace.bench.accuracy import random_rotation
 from lpmace.bench.workloads import build_model, rotate_graph, workloads
+from lpmace.kernels.convolution import conv_tensor_product, edge_segments
+
+
+def check_conv_operator(model, graph) -> int:
+    """Triton against reference for the conv operator and two derivatives; returns the failures."""
+    interaction = model.interactions[1]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    n, e = graph.positions.shape[0], graph.edge_index.shape[1]
+    seg = edge_segments(graph.edge_index, n)
+    i, q, p, c = (interaction.lmax_in + 1) ** 2, interaction.coupling.shape[2], len(interaction.paths), interaction.channels
+    failures = 0
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        x = torch.randn(n, c, i, device="cuda", generator=gen).to(dtype).requires_grad_()
+        t = torch.randn(e, i, q, device="cuda", generator=gen).requires_grad_()
+        w = torch.randn(e, p, c, device="cuda", generator=gen).to(dtype).requires_grad_()
+        found = {}
+        for impl in ("reference", "triton"):
+            out = conv_tensor_product(x, t, w, interaction.path_of_column, seg, impl)
+            first = torch.autograd.grad((out * out.detach()).sum(), (x, t, w), create_graph=True)
+            second = torch.autograd.grad(sum((g.float() ** 2).sum() for g in first), (x, t, w))
+            found[impl] = [out, *first, *second]
+        worst = max(float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
+                    for a, b in zip(found["triton"], found["reference"]))
+        limit = 1e-5 if dtype == torch.float32 else 1e-2  # 16-bit: derivatives are rounded to 16 bits
+        failures += not worst < limit
+        print(f"conv operator {dtype}: {n} nodes {e} edges, max relative difference triton vs reference over "
+              f"forward, 1st and 2nd derivatives {worst:.2e} ({'ok' if worst < limit else 'FAIL'})", flush=True)
+    return failures
 
 
 def main() -> int:
     model = build_model("medium").cuda()
     graph = workloads(model.config, quick=False)[0].graph.to("cuda")
+    failures = check_conv_operator(model, workloads(model.config, quick=False)[1].graph.to("cuda"))
     reference = model(graph, precision="fp64", backend="reference")["forces"].double()
     rms = reference.pow(2).mean().sqrt()
-    failures = 0
     for precision in ("fp64", "fp32", "bf16-mixed", "fp16-mixed"):
         errors, grads = {}, {}
         for backend in ("reference", "triton"):

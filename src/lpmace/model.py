@@ -16,9 +16,12 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
+from lpmace.compress import compress_element_weights
 from lpmace.data.graph import Graph
 from lpmace.errors import InputError
 from lpmace.kernels import resolve_backend
+from lpmace.kernels.convolution import edge_segments
+from lpmace.nn.element_weights import check_species_rank, element_weight
 from lpmace.nn.interaction import Interaction
 from lpmace.nn.product import Product
 from lpmace.nn.radial import RadialEmbedding
@@ -44,6 +47,10 @@ class MACEConfig:
     radial_mlp (hidden widths), avg_num_neighbors, scale, shift (site energy = scale · x + shift).
     first_interaction: "residual" (mace-torch's default RealAgnosticResidualInteractionBlock) or
         "plain" (RealAgnosticInteractionBlock: an isolated atom then has energy E0 + shift).
+    species_rank: None (full element weights) or r in 1..len(atomic_numbers): every element-dependent
+        weight (embedding, skip connections, contraction weights) stored as W[z] = A[z]·B of rank r.
+    int8_embedding: hold the embedding's per-element table in int8, one scale per element (the
+        table, or its coordinates A with species_rank; not trained). See lpmace.nn.element_weights.
     """
 
     atomic_numbers: Tuple[int, ...]
@@ -62,6 +69,8 @@ class MACEConfig:
     scale: float = 1.0
     shift: float = 0.0
     first_interaction: str = "residual"
+    species_rank: Optional[int] = None
+    int8_embedding: bool = False
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -87,9 +96,17 @@ class MACEConfig:
             raise InputError("r_max and avg_num_neighbors must be positive")
         if not (0 <= self.max_L <= self.max_ell):
             raise InputError(f"need 0 <= max_L <= max_ell, got max_L={self.max_L}, max_ell={self.max_ell}")
+        check_species_rank(self.species_rank, len(zs))
+        if not isinstance(self.int8_embedding, bool):
+            raise InputError(f"int8_embedding must be true or false, got {self.int8_embedding!r}")
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """Compression keys are written only when used, so uncompressed model files stay as they were."""
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        for key in ("species_rank", "int8_embedding"):
+            if d[key] == getattr(MACEConfig, key):
+                del d[key]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "MACEConfig":
@@ -143,6 +160,8 @@ class MACE(torch.nn.Module):
             self.products.append(Product(c.channels, c.max_ell, lmax_out, c.correlation[t], n_el))
             mlp = t == last and c.num_interactions > 1
             self.readouts.append(MLPReadout(c.channels, c.readout_mlp) if mlp else LinearReadout(c.channels))
+        if c.species_rank is not None or c.int8_embedding:
+            compress_element_weights(self, c.species_rank, c.int8_embedding, how="random")
 
     def _apply(self, fn, recurse=True):
         # .float()/.half()/.to(dtype) cast floating buffers too; E0s (~1e3 eV) stay float64 (rule 1).
@@ -152,7 +171,7 @@ class MACE(torch.nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.embedding.dtype
+        return next(self.parameters()).dtype
 
     def species(self, numbers: torch.Tensor) -> torch.Tensor:
         """Atomic numbers [n] -> element indices [n]; unknown elements are an InputError."""
@@ -184,11 +203,13 @@ class MACE(torch.nn.Module):
         edge_sh = self.spherical_harmonics(vectors.to(p.spherical_harmonics))
         edge_radial = self.radial(lengths.to(p.radial))
 
-        emb = scaled_weight(self.embedding, self.embedding.shape[0], p.linear)
+        emb = element_weight(self.embedding)
+        emb = scaled_weight(emb, emb.shape[0], p.linear)
         h = (one_hot @ emb)[:, :, None]  # [n, C, 1]
+        segments = edge_segments(graph.edge_index, positions.shape[0]) if backend != "reference" else None
         total = torch.zeros(positions.shape[0], dtype=p.accumulate, device=positions.device)
         for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
-            a, sc = interaction(h, one_hot, edge_sh, edge_radial, graph.edge_index, p)
+            a, sc = interaction(h, one_hot, edge_sh, edge_radial, graph.edge_index, p, backend, segments)
             h = product(a, species, sc, p, backend, weight_grads)
             total = total + readout(h, p.readout).to(p.accumulate)
         return c.scale * total + c.shift

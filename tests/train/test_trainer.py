@@ -89,7 +89,7 @@ def _run_cli(cfg_path, out, *args):
 def test_sigkill_mid_epoch_then_resume_ends_with_the_same_epochs(tmp_path):
     import yaml
 
-    cfg = small_config(tmp_path, "epochs=4")
+    cfg = small_config(tmp_path, "epochs=8")  # epochs take ~0.1 s: many, so the kill lands mid-run
     cfg_path = tmp_path / "cfg.yaml"
     d = cfg.to_dict()
     d.pop("output_dir")
@@ -99,16 +99,15 @@ def test_sigkill_mid_epoch_then_resume_ends_with_the_same_epochs(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
         time.sleep(0.05)
-    time.sleep(0.3)  # now inside epoch 3
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signal.SIGKILL)  # inside epoch 3 (or a few epochs later on a slow machine)
     proc.wait()
     done_before_kill = len(log.read_text().splitlines())
-    assert 2 <= done_before_kill < 4, "the kill should land mid-run"
+    assert 2 <= done_before_kill < 8, "the kill should land mid-run"
     resumed = _run_cli(cfg_path, tmp_path / "killed", "--resume")
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
-    assert epochs == [1, 2, 3, 4]
+    assert epochs == list(range(1, 9))
 
     straight = _run_cli(cfg_path, tmp_path / "straight")
     _, err = straight.communicate(timeout=300)

@@ -58,9 +58,10 @@ def _count_fused_ops() -> None:
         return
     from torch.utils.flop_counter import register_flop_formula
 
-    from lpmace.kernels.polynomial import flop_count
+    from lpmace.kernels import convolution, polynomial
 
-    register_flop_formula(torch.ops.lpmace.polynomial_contraction)(flop_count)
+    register_flop_formula(torch.ops.lpmace.polynomial_contraction)(polynomial.flop_count)
+    register_flop_formula(torch.ops.lpmace.conv_node)(convolution.flop_count)
     _REGISTERED.append(True)
 
 

@@ -53,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-atoms", type=int, default=None, metavar="N", help="largest system of the scaling curve")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and structures (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from lpmace.bench.experiments import EXPERIMENTS
+
+    parser.add_argument("--experiment", type=_list, default=None, metavar="NAME,...",
+                        help="run the seed's experiments instead of the workloads: " + ", ".join(EXPERIMENTS)
+                             + " (writes experiments.json and experiments.md into --out)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,6 +70,16 @@ def run(args: argparse.Namespace) -> int:
     from lpmace.bench.runner import SECTIONS, BenchOptions, check, run_bench
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.experiment is not None:
+        from lpmace.bench.experiments import check_names, run_experiments
+        from lpmace.errors import InputError
+
+        if args.workloads or args.model or args.compare_mace_torch:
+            raise InputError("--experiment runs on its own: leave out --workloads, --model and --compare-mace-torch")
+        names = check_names(args.experiment)
+        run_experiments(names, pathlib.Path(args.out), device=device, quick=args.quick, progress=not args.no_progress,
+                        seed=args.seed, command=" ".join(["lpmace", *map(shlex.quote, sys.argv[1:])]))
+        return 0
     sections = args.workloads or tuple(s for s in SECTIONS if not (args.quick and s == "time-to-accuracy"))
     precisions = args.precisions or ("fp64", "fp32", "bf16-mixed", "fp16-mixed")
     from lpmace.kernels import triton_available

@@ -5,8 +5,10 @@ whatever the backend, so it is a run-time choice (`MACE.forward(..., backend=...
 the trainer config, `lpmace bench --backends`):
 
     reference   plain PyTorch (the definition every fast path is tested against);
-    triton      the symmetric contraction as one Triton kernel (`polynomial_contraction`), forward
-                and all derivatives; on the CPU only under TRITON_INTERPRET=1 (slow, for tests);
+    triton      the conv tensor product (`convolution.conv_tensor_product`: neighbour sums without
+                [edges, channels, paths] tensors) and the symmetric contraction
+                (`polynomial_contraction`) as Triton kernels, forward and all derivatives; on the CPU
+                only under TRITON_INTERPRET=1 (slow, for tests);
     auto        triton on CUDA when triton imports, else reference.
 
 An explicitly requested backend never falls back: "triton" without triton, or on a CPU without

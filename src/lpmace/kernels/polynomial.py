@@ -26,22 +26,18 @@ kernel runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (slow; f
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
 
 from lpmace.errors import InputError
+from lpmace.kernels.launch import accumulate_dtype as _accumulate_dtype
+from lpmace.kernels.launch import launch_context, require_interpreter, triton_available
+from lpmace.kernels.launch import next_power_of_2 as _next_power_of_2
 from lpmace.kernels.monomials import monomial_table
 
 __all__ = ["IMPLEMENTATIONS", "monomial_values", "polynomial_contraction", "polynomial_contraction_reference",
            "triton_available"]
 
 IMPLEMENTATIONS = ("reference", "triton")
-
-
-def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def monomial_values(a: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -69,14 +65,6 @@ def polynomial_contraction_reference(a: torch.Tensor, species: torch.Tensor, ind
 
 
 # ---- Triton ----------------------------------------------------------------------------------------
-
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
 
 _KERNELS: dict = {}
 
@@ -122,10 +110,6 @@ def _kernel(interpret: bool):
     return _KERNELS[interpret]
 
 
-def _next_power_of_2(x: int) -> int:
-    return 1 << max(int(x) - 1, 0).bit_length()
-
-
 def _triton(a, species, index, table, g, out_dtype):
     import triton.language as tl
 
@@ -137,16 +121,13 @@ def _triton(a, species, index, table, g, out_dtype):
     if r == 0:
         return out.zero_()
     interpret = a.device.type != "cuda"
-    if interpret and os.environ.get("TRITON_INTERPRET") != "1":
-        raise InputError("backend 'triton' on the CPU runs the Triton interpreter only when TRITON_INTERPRET=1 "
-                         "is set before Python starts; use backend 'reference' on a CPU, or a CUDA device")
+    require_interpreter(a.device)
     block_o = max(_next_power_of_2(o), 2)
     block_c = min(max(_next_power_of_2(c), 2), 32)
     block_r = max(2, min(16, 4096 // (block_o * block_c)))
     block_r = 1 << (block_r.bit_length() - 1)
     grid = (n, (c + block_c - 1) // block_c)
-    launch = torch.cuda.device(a.device) if a.device.type == "cuda" else contextlib.nullcontext()
-    with launch:  # Triton launches on the current device; make it a's
+    with launch_context(a.device):
         _kernel(interpret)[grid](
             a.contiguous(), species.contiguous(), index.to(torch.int32).contiguous(), table.contiguous(),
             g.contiguous(), out, c, d, o, R=r, Q=q, NU=index.shape[1], BLOCK_R=block_r, BLOCK_O=block_o,

@@ -8,6 +8,10 @@ sum over paths (l1, l2, l3) with natural parity ('uvu' tensor product: channel-w
 edge, channel and path). Paths are ordered as mace-torch orders them (by l3, then l1, l2), so radial
 MLP columns map one to one.
 
+The "reference" backend forms per-edge products ([E, C, Q]) in PyTorch; the "triton" backend
+computes the neighbour sum with `lpmace.kernels.convolution` (one kernel per node, nothing
+[E, C, Q] in memory, derivatives by the same kernels).
+
 Two flavours, as in mace-torch:
 - residual (RealAgnosticResidualInteractionBlock): also returns the element-dependent skip
   connection sc = ElementLinear(h), added after the product block;
@@ -21,6 +25,7 @@ from typing import List, Optional, Sequence, Tuple  # noqa: F401
 
 import torch
 
+from lpmace.kernels.convolution import EdgeSegments, conv_tensor_product, edge_segments
 from lpmace.nn.linear import ElementLinear, EquivariantLinear
 from lpmace.nn.radial import RadialMLP
 from lpmace.o3.clebsch_gordan import coupling_allowed, wigner_3j
@@ -93,13 +98,19 @@ class Interaction(torch.nn.Module):
         else:
             self.skip = ElementLinear(channels, channels, max_ell, max_ell, num_elements)
 
-    def message(self, h, edge_sh, edge_radial, edge_index, policy: Optional[PrecisionPolicy] = None):
+    def message(self, h, edge_sh, edge_radial, edge_index, policy: Optional[PrecisionPolicy] = None,
+                backend: str = "reference", segments: Optional[EdgeSegments] = None):
         """Σ_j of per-edge tensor products: [n, C, Q] (one block of 2 l3 + 1 columns per path).
 
         Operands (h, radial weights) are rounded to the policy's tensor_product dtype; the products
         with Y and the CG table and the neighbour sum run in at least the accumulate dtype (what a
         fused kernel does in registers). Output in that math dtype.
+
+        backend "triton" uses the fused kernel; `segments` (`edge_segments(edge_index, n)`) is made
+        here when not given (the model makes it once per graph).
         """
+        if backend != "reference":
+            return self._fused_message(h, edge_sh, edge_radial, edge_index, policy, backend, segments)
         operand = policy.tensor_product if policy else h.dtype
         math_dtype = widest(operand, policy.accumulate) if policy else h.dtype
         table_dtype = policy.cg if policy else h.dtype
@@ -119,12 +130,26 @@ class Interaction(torch.nn.Module):
         out = torch.zeros(n, c, tp.shape[-1], dtype=tp.dtype, device=tp.device)
         return out.index_add_(0, receiver, tp)
 
-    def forward(self, node_feats, one_hot, edge_sh, edge_radial, edge_index, policy: Optional[PrecisionPolicy] = None):
+    def _fused_message(self, h, edge_sh, edge_radial, edge_index, policy, backend, segments):
+        operand = policy.tensor_product if policy else h.dtype
+        math_dtype = widest(operand, policy.accumulate) if policy else h.dtype
+        table_dtype = policy.cg if policy else h.dtype
+        if segments is None:
+            segments = edge_segments(edge_index, h.shape[0])
+        radial = self.radial_mlp(edge_radial, policy.radial_mlp if policy else None)
+        # Operands rounded to the operand dtype but not widened: the kernel widens each load.
+        weights = radial.to(operand).view(-1, len(self.paths), h.shape[1])  # [E, P, C]
+        y_table = torch.einsum("ej,ijq->eiq", edge_sh.to(math_dtype), self.coupling.to(table_dtype).to(math_dtype))
+        return conv_tensor_product(h.to(operand), y_table, weights, self.path_of_column, segments,
+                                   backend).to(math_dtype)
+
+    def forward(self, node_feats, one_hot, edge_sh, edge_radial, edge_index, policy: Optional[PrecisionPolicy] = None,
+                backend: str = "reference", segments: Optional[EdgeSegments] = None):
         """See the class docstring; `policy` None computes everything in node_feats' dtype."""
         linear_dtype = policy.linear if policy else None
         sc = self.skip(node_feats, one_hot, linear_dtype) if self.residual else None
         h = self.linear_up(node_feats, linear_dtype)
-        summed = self.message(h, edge_sh, edge_radial, edge_index, policy)
+        summed = self.message(h, edge_sh, edge_radial, edge_index, policy, backend, segments)
         per_degree, start = [[] for _ in range(self.max_ell + 1)], 0
         for _, _, l3 in self.paths:
             per_degree[l3].append(summed[:, :, start : start + 2 * l3 + 1])

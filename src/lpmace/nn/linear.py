@@ -13,6 +13,7 @@ import torch
 
 from lpmace.precision import scaled_weight
 
+from lpmace.nn.element_weights import element_weight
 from lpmace.o3.irreps import l_slice
 
 
@@ -55,6 +56,7 @@ class ElementLinear(torch.nn.Module):
     one-hot species): y_l[n] = x_l[n]ᵀ W_l[z_n] / sqrt(c_in · n_elements).
 
     Degrees l <= min(lmax_in, lmax_out) have weights; higher output degrees are zero (no path).
+    ``weights[l]`` is [n_elements, C_in, C_out], or its low-rank form (lpmace.nn.element_weights).
     Input x [n, C_in, (lmax_in+1)**2], one-hot species [n, n_elements] (same dtype as x).
     Output [n, C_out, (lmax_out+1)**2].
     """
@@ -76,6 +78,7 @@ class ElementLinear(torch.nn.Module):
         n = x.shape[0]
         out = []
         for l, w in enumerate(self.weights):
+            w = element_weight(w)
             z, c_in, c_out = w.shape
             xl = x[:, :, l_slice(l)]
             xz = (one_hot[:, :, None, None] * xl[:, None]).reshape(n, z * c_in, 2 * l + 1)
@@ -83,6 +86,6 @@ class ElementLinear(torch.nn.Module):
             out.append(torch.einsum("nkm,kd->ndm", xz, w))
         missing = (self.lmax_out + 1) ** 2 - sum(o.shape[-1] for o in out)
         if missing:
-            c_out = self.weights[0].shape[-1]
+            c_out = element_weight(self.weights[0]).shape[-1]
             out.append(x.new_zeros(n, c_out, missing))
         return torch.cat(out, dim=-1)

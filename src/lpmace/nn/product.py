@@ -9,6 +9,12 @@ The "reference" backend forms the monomials explicitly ([n, C, n_mono]); it is w
 is tested against. The "triton" backend folds weights and basis into one table per element,
 T[z, mono, LM, c] = Σ_k W[z, k, c] P[mono, LM, k], and evaluates B = Σ_mono Π A · T with
 `lpmace.kernels.polynomial_contraction` (monomials formed in registers; derivatives by the same op).
+
+``active_correlation`` (≤ correlation; a run-time attribute, not in the state dict) leaves the terms
+of higher order out of both paths: their weights get no gradient, and the fused path evaluates only
+the monomials of degree ≤ the active order. Progressive training (lpmace.train.correlation) keeps
+those weights at zero while they are inactive, so a saved model computes the same function at any
+order.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 
 from lpmace.kernels.monomials import monomial_table
 from lpmace.kernels.polynomial import polynomial_contraction
+from lpmace.nn.element_weights import element_weight
 from lpmace.nn.linear import EquivariantLinear
 from lpmace.o3.symmetric_basis import symmetric_basis
 from lpmace.precision import PrecisionPolicy, widest
@@ -28,15 +35,17 @@ class SymmetricContraction(torch.nn.Module):
     """A [n, C, (lmax_in+1)²], species [n] (indices) -> B [n, C, (lmax_out+1)²].
 
     Parameters ``weights["L{L}_nu{ν}"]``: [n_elements, n_basis(L, ν), C], initialised N(0,1)/n_basis
-    like mace-torch.
+    like mace-torch, or their low-rank form; both paths read them through `element_weight`.
     """
 
     def __init__(self, channels: int, lmax_in: int, lmax_out: int, correlation: int, num_elements: int):
         super().__init__()
         self.lmax_out = lmax_out
         self.correlation = correlation
+        self.active_correlation = correlation
         self.weights = torch.nn.ParameterDict()
         table = monomial_table((lmax_in + 1) ** 2, correlation)
+        self.rows_up_to = table.rows_up_to  # monomials of degree ≤ d: the first rows_up_to[d] rows
         self.register_buffer("fused_index", table.index, persistent=False)  # [R, ν] monomials of degree ≤ ν
         for L in range(lmax_out + 1):
             for nu in range(1, correlation + 1):
@@ -68,7 +77,7 @@ class SymmetricContraction(torch.nn.Module):
         out = []
         for L in range(self.lmax_out + 1):
             b = a.new_zeros(n, c, 2 * L + 1)
-            for nu in range(1, self.correlation + 1):
+            for nu in range(1, self.active_correlation + 1):
                 monos = getattr(self, f"monos_L{L}_nu{nu}")
                 coeffs = getattr(self, f"coeffs_L{L}_nu{nu}").to(table_dtype).to(math_dtype)
                 if coeffs.shape[-1] == 0:
@@ -77,30 +86,32 @@ class SymmetricContraction(torch.nn.Module):
                 for j in range(1, nu):
                     mono = mono * torch.index_select(a, 2, monos[:, j])  # [n, C, n_mono]
                 y = (mono @ coeffs.reshape(coeffs.shape[0], -1)).view(n, c, 2 * L + 1, -1)
-                w = torch.index_select(self.weights[f"L{L}_nu{nu}"].to(operand).to(math_dtype), 0, species)
+                w = element_weight(self.weights[f"L{L}_nu{nu}"])
+                w = torch.index_select(w.to(operand).to(math_dtype), 0, species)
                 b = b + torch.einsum("ncmk,nkc->ncm", y, w)
             out.append(b)
         return torch.cat(out, dim=-1)
 
     def table(self, operand: torch.dtype, math_dtype: torch.dtype, table_dtype: torch.dtype,
               weight_grads: bool = True) -> torch.Tensor:
-        """T [S, R, (lmax_out+1)², 1, C] = Σ_k W[z, k, c] P[mono, LM, k] over the fused monomial rows, in math_dtype."""
-        rows = self.fused_index.shape[0]
+        """T [S, R, (lmax_out+1)², 1, C] = Σ_k W[z, k, c] P[mono, LM, k] over the fused monomial rows of
+        degree ≤ active_correlation (R of them), in math_dtype."""
+        rows = self.rows_up_to[self.active_correlation]
         parts = []
         for L in range(self.lmax_out + 1):
             part = None
-            for nu in range(1, self.correlation + 1):
+            for nu in range(1, self.active_correlation + 1):
                 coeffs = getattr(self, f"coeffs_L{L}_nu{nu}").to(table_dtype).to(math_dtype)
                 if coeffs.shape[-1] == 0:
                     continue
-                w = self.weights[f"L{L}_nu{nu}"]
+                w = element_weight(self.weights[f"L{L}_nu{nu}"])
                 w = (w if weight_grads else w.detach()).to(operand).to(math_dtype)
                 term = torch.einsum("rmk,skc->srmc", coeffs, w)
                 full = term.new_zeros(w.shape[0], rows, 2 * L + 1, w.shape[2])
                 full = full.index_add(1, getattr(self, f"rows_L{L}_nu{nu}"), term)
                 part = full if part is None else part + full
             if part is None:
-                first = next(iter(self.weights.values()))
+                first = element_weight(next(iter(self.weights.values())))
                 part = first.new_zeros(first.shape[0], rows, 2 * L + 1, first.shape[2], dtype=math_dtype)
             parts.append(part)
         return torch.cat(parts, dim=2).unsqueeze(3)
@@ -108,7 +119,8 @@ class SymmetricContraction(torch.nn.Module):
     def _fused(self, a, species, operand, math_dtype, table_dtype, backend, weight_grads):
         table = self.table(operand, math_dtype, table_dtype, weight_grads)
         a = a.to(operand) if math_dtype != torch.float64 else a.to(operand).to(math_dtype)
-        return polynomial_contraction(a, species, self.fused_index, table, None, impl=backend).to(math_dtype)
+        index = self.fused_index[: table.shape[1]]  # a whole-degree prefix: the active orders' monomials
+        return polynomial_contraction(a, species, index, table, None, impl=backend).to(math_dtype)
 
 
 class Product(torch.nn.Module):

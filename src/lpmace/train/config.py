@@ -22,7 +22,7 @@ EMBEDDED = "embedded:"
 # Model hyperparameters a training config may set (MACEConfig fields that are not data statistics).
 MODEL_KEYS = {
     "r_max", "num_bessel", "num_polynomial_cutoff", "max_ell", "channels", "max_L", "correlation",
-    "num_interactions", "readout_mlp", "radial_mlp", "first_interaction",
+    "num_interactions", "readout_mlp", "radial_mlp", "first_interaction", "species_rank", "int8_embedding",
 }
 
 
@@ -47,6 +47,10 @@ class TrainConfig:
     # {epoch: preset}: from that epoch (1-based) on, train with that preset; `precision` until the first
     # (e.g. {31: fp32} after 30 epochs of bf16-mixed). All must keep the same parameter dtype.
     precision_schedule: Optional[Dict[int, str]] = None
+    # {epoch: ν}: from that epoch (1-based; 0 also means the first) on, the symmetric contraction uses
+    # body orders 1..ν (ν = 1 before the first), newly active weights starting at zero (progressive
+    # correlation order, lpmace.train.correlation). ν increases and stays <= model.correlation.
+    correlation_schedule: Optional[Dict[int, int]] = None
     backend: str = "auto"  # lpmace.kernels: auto | reference | triton
     allreduce_dtype: str = "fp32"  # data-parallel gradient sum on the wire: fp32, or bf16 (half the bytes)
     # optimisation
@@ -103,6 +107,8 @@ class TrainConfig:
                 raise InputError(f"training config: {message}")
         if self.precision_schedule is not None:
             self._check_schedule()
+        if self.correlation_schedule is not None:
+            self._check_correlation_schedule()
 
     def _check_schedule(self) -> None:
         from lpmace.precision import resolve_policy
@@ -122,6 +128,43 @@ class TrainConfig:
                                  "a schedule cannot change the master weights' dtype")
             schedule[epoch] = str(preset)
         object.__setattr__(self, "precision_schedule", dict(sorted(schedule.items())))
+
+    def _check_correlation_schedule(self) -> None:
+        given = self.correlation_schedule
+        if not isinstance(given, dict) or not given:
+            raise InputError(f"training config: correlation_schedule must be a mapping {{epoch: order}}, got {given!r}")
+        if self.model.get("species_rank") is not None:
+            raise InputError("training config: correlation_schedule and model.species_rank cannot be combined yet "
+                             "(the schedule zeroes full contraction weights; low-rank ones are factors)")
+        correlation = self.model.get("correlation", MACEConfig.correlation)
+        try:
+            top = max(int(c) for c in (correlation if isinstance(correlation, (list, tuple)) else [correlation]))
+        except (TypeError, ValueError) as err:
+            raise InputError(f"training config: model.correlation {correlation!r} is not an order") from err
+        integer = lambda x: isinstance(x, int) and not isinstance(x, bool)  # noqa: E731
+        for epoch, nu in given.items():
+            if not integer(epoch) or epoch < 0:
+                raise InputError(f"training config: correlation_schedule epoch {epoch!r} must be an integer >= 0")
+            if not integer(nu) or not 1 <= nu <= top:
+                raise InputError(f"training config: correlation_schedule {epoch}: order {nu!r} must be an integer "
+                                 f"in 1..{top} (model.correlation)")
+        if 0 in given and 1 in given:
+            raise InputError("training config: correlation_schedule epochs 0 and 1 both name the first epoch")
+        schedule = dict(sorted(given.items()))
+        orders = list(schedule.values())
+        if any(b <= a for a, b in zip(orders, orders[1:], strict=False)):
+            raise InputError(f"training config: correlation_schedule {schedule}: the order must increase with the epoch")
+        object.__setattr__(self, "correlation_schedule", schedule)
+
+    def correlation_at(self, epoch: int) -> Optional[int]:
+        """The body order that trains epoch `epoch` (1-based); None without a correlation_schedule."""
+        if self.correlation_schedule is None:
+            return None
+        current = 1
+        for start, nu in self.correlation_schedule.items():
+            if epoch >= start:
+                current = nu
+        return current
 
     def precision_at(self, epoch: int) -> str:
         """The preset that trains epoch `epoch` (1-based)."""

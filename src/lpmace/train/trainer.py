@@ -28,6 +28,7 @@ from lpmace.model import MACE, MACEConfig
 from lpmace.precision import resolve_policy
 from lpmace.train.checkpoint import load_checkpoint, save_checkpoint
 from lpmace.train.config import TrainConfig
+from lpmace.train.correlation import active_correlation, set_correlation
 from lpmace.train.distributed import DistributedContext, GradientReducer, ShardedLoader
 from lpmace.train.ema import EMA
 from lpmace.train.loss import weighted_loss
@@ -104,6 +105,10 @@ class Trainer:
                 self._truncate_log()
             self.log(f"resumed from {last} after epoch {self.epoch}")
         self.policy = resolve_policy(cfg.precision_at(self.epoch + 1))  # the schedule's, also after a resume
+        # the order of the last finished epoch (of the first, in a fresh run); run() raises it on schedule
+        self.correlation = cfg.correlation_at(max(self.epoch, 1))
+        if self.correlation is not None:
+            set_correlation(self.model, self.correlation, ema=self.ema, optimizer=self.optimizer)
 
     # ---- state -------------------------------------------------------------------------------
     def _state(self) -> dict:
@@ -225,7 +230,7 @@ class Trainer:
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         n_params = sum(p.numel() for p in self.model.parameters())
         self.log(f"model: {n_params:,} parameters; precision {self.policy.name}; backend {self.model.backend}; "
-                 f"device {cfg.device}")
+                 f"device {cfg.device}" + (f"; correlation order {self.correlation}" if self.correlation else ""))
         run_start = time.perf_counter()  # wall clock of this invocation (validation included)
         self.writer = None
         if cfg.tensorboard and main:
@@ -247,6 +252,11 @@ class Trainer:
                 if scheduled.name != self.policy.name:
                     self.log(f"epoch {self.epoch + 1}: precision {self.policy.name} -> {scheduled.name}")
                     self.policy = scheduled
+                nu = cfg.correlation_at(self.epoch + 1)
+                if nu != self.correlation:
+                    self.log(f"epoch {self.epoch + 1}: correlation order {self.correlation} -> {nu}")
+                    set_correlation(self.model, nu, ema=self.ema, optimizer=self.optimizer)
+                    self.correlation = nu
                 start = time.perf_counter()
                 train_loss = self._train_epoch(bar)
                 self.elapsed += time.perf_counter() - start
@@ -254,6 +264,7 @@ class Trainer:
                 row = {"epoch": self.epoch, "step": self.step, "train_time_s": round(self.elapsed, 3),
                        "wall_time_s": round(time.perf_counter() - run_start, 3),
                        "train_loss": train_loss, "precision": self.policy.name,
+                       "correlation": active_correlation(self.model),
                        "lr": self.optimizer.param_groups[0]["lr"], "loss_scale": self.scaler.get_scale()
                        if self.scaler.is_enabled() else None, "skipped_steps": self.skipped,
                        "restored": self.restored}

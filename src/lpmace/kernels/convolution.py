@@ -1,0 +1,376 @@
+"""Convolution tensor product: the neighbour sum of MACE Eq. 8 as one 4-linear form, and its kernels.
+
+Edges e run from src_e to dst_e. With node features X [N, C, I], per-edge coupling tables
+T [E, I, O] (T[e, i, o] = Σ_b Y_b(r̂_e) CG[i, b, o]: spherical harmonics contracted with the
+Clebsch–Gordan table of every path) and radial weights W [E, P, C] (one per edge, path and channel;
+output column o belongs to path p(o)), the interaction's message is
+
+    M[n, c, o] = Σ_{e: dst_e = n} W[e, p(o), c] Σ_i X[src_e, c, i] T[e, i, o]                     (1)
+
+(1) is ∂L/∂G of the 4-linear form
+
+    L(G, X, T, W) = Σ_e Σ_c Σ_{i, o} G[dst_e, c, o] X[src_e, c, i] T[e, i, o] W[e, p(o), c]        (2)
+
+and every derivative of (1), to any order, is a partial derivative of (2) with some arguments
+replaced by cotangents:
+
+    conv_node(to_src=False)   ∂L/∂G, node output summed over the edges into each node   (= (1))
+    conv_node(to_src=True)    ∂L/∂X, node output summed over the edges out of each node
+    conv_edge                 ∂L/∂T [E, I, O] and ∂L/∂W [E, P, C], one output row per edge
+
+Each operator registers its backward in terms of the two (see `_node_backward`, `_edge_backward`),
+so forces (first derivative) and the force loss's parameter gradients (second derivative) run
+through the same kernels, and no [E, C, O] tensor is ever formed.
+
+The node sums walk each node's edges in a fixed order (CSR segments, `EdgeSegments`): no atomics,
+the same result every run.
+
+Numerics: X and W may be 16-bit; every load is converted to the accumulation dtype (float32, or
+float64 when an input is float64), T is at least float32 (it holds the spherical harmonics and CG
+coefficients), and outputs come in the accumulation dtype.
+
+Implementations: "reference" (PyTorch, forms [E, C, O] products; the definition the kernels are
+tested against) and "triton" (node sums: one program per (node, block of channels); edge outputs:
+one program per edge). The Triton kernels run on CUDA tensors, or on CPU tensors under
+TRITON_INTERPRET=1 (slow; for tests).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from lpmace.errors import InputError
+from lpmace.kernels.launch import launch_context, require_interpreter
+from lpmace.kernels.launch import next_power_of_2 as _next_power_of_2
+
+__all__ = ["EdgeSegments", "conv_edge", "conv_node", "conv_tensor_product", "edge_segments"]
+
+
+class EdgeSegments(NamedTuple):
+    """The edges of a graph grouped by receiving and by sending node (CSR): edge ids
+    dst_perm[dst_ptr[n]:dst_ptr[n+1]] end at node n, src_perm[src_ptr[n]:src_ptr[n+1]] start there."""
+
+    src: torch.Tensor
+    dst: torch.Tensor
+    dst_ptr: torch.Tensor
+    dst_perm: torch.Tensor
+    src_ptr: torch.Tensor
+    src_perm: torch.Tensor
+
+
+def _segments(index: torch.Tensor, num_nodes: int):
+    perm = torch.argsort(index, stable=True)
+    ptr = torch.zeros(num_nodes + 1, dtype=torch.int64, device=index.device)
+    torch.cumsum(torch.bincount(index, minlength=num_nodes), 0, out=ptr[1:])
+    return ptr, perm
+
+
+def edge_segments(edge_index: torch.Tensor, num_nodes: int) -> EdgeSegments:
+    """CSR groupings of edge_index [2, E] (row 0 senders, row 1 receivers) over num_nodes nodes."""
+    src, dst = edge_index[0], edge_index[1]
+    return EdgeSegments(src, dst, *_segments(dst, num_nodes), *_segments(src, num_nodes))
+
+
+def _out_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    wide = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    return wide
+
+
+# ---- reference ---------------------------------------------------------------------------------------
+
+def _expand(w: torch.Tensor, pcol: torch.Tensor) -> torch.Tensor:
+    """W [E, P, C] -> [E, C, O]: the weight of each output column's path."""
+    return torch.index_select(w, 1, pcol).transpose(1, 2)
+
+
+def node_reference(f, t, w, pcol, seg: EdgeSegments, to_src: bool) -> torch.Tensor:
+    """conv_node in plain PyTorch (differentiable; forms [E, C, ·] products)."""
+    acc = _out_dtype(f, t, w)
+    f, t, w = f.to(acc), t.to(acc), w.to(acc)
+    n = seg.dst_ptr.shape[0] - 1
+    if to_src:  # f = G [N, C, O]: out[n, c, i] = Σ_{e: src=n} Σ_o G[dst,c,o] W[e,p(o),c] T[e,i,o]
+        gw = torch.index_select(f, 0, seg.dst) * _expand(w, pcol)
+        per_edge = torch.bmm(gw, t.transpose(1, 2))
+        return torch.zeros(n, f.shape[1], t.shape[1], dtype=acc, device=f.device).index_add(0, seg.src, per_edge)
+    per_edge = torch.bmm(torch.index_select(f, 0, seg.src), t) * _expand(w, pcol)
+    return torch.zeros(n, f.shape[1], t.shape[2], dtype=acc, device=f.device).index_add(0, seg.dst, per_edge)
+
+
+def edge_reference(g, x, t, w, pcol, seg: EdgeSegments, want_t: bool, want_w: bool):
+    """conv_edge in plain PyTorch: (∂L/∂T [E, I, O] or empty, ∂L/∂W [E, P, C] or empty)."""
+    acc = _out_dtype(g, x, t, w)
+    g, x, t, w = g.to(acc), x.to(acc), t.to(acc), w.to(acc)
+    g_e, x_e = torch.index_select(g, 0, seg.dst), torch.index_select(x, 0, seg.src)
+    d_t = d_w = g.new_zeros(0)
+    if want_t:
+        d_t = torch.einsum("eci,eco->eio", x_e, g_e * _expand(w, pcol))
+    if want_w:
+        v = g_e * torch.bmm(x_e, t)  # [E, C, O]
+        d_w = torch.zeros(w.shape[0], w.shape[2], w.shape[1], dtype=acc, device=w.device)
+        d_w = d_w.index_add(2, pcol, v).transpose(1, 2).contiguous()
+    return d_t, d_w
+
+
+# ---- Triton ------------------------------------------------------------------------------------------
+
+_KERNELS: dict = {}
+
+
+def _kernels():
+    """(node kernel, edge kernel), made on first use (triton.jit gives the interpreter under TRITON_INTERPRET=1)."""
+    if not _KERNELS:
+        import triton
+        import triton.language as tl
+
+        # Plain multiply-and-sum loops, no tl.dot: tl.dot needs every dimension >= 16 (most here are 1-16)
+        # and has no float64 path on every GPU; a tl.dot version measured slower on an H100.
+
+        def node(f_ptr, t_ptr, w_ptr, pcol_ptr, gather_ptr, seg_ptr, perm_ptr, out_ptr, C, P, st_e, st_in, st_out,
+                 K_IN: tl.constexpr, K_OUT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+                 W_ON_IN: tl.constexpr, ACC: tl.constexpr):
+            n = tl.program_id(0).to(tl.int64)
+            c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+            c_ok = c < C
+            k = tl.arange(0, BLOCK_K)
+            k_ok = k < K_OUT
+            tile_ok = c_ok[:, None] & k_ok[None, :]
+            p_out = tl.load(pcol_ptr + k, mask=k_ok, other=0).to(tl.int64)
+            acc = tl.zeros((BLOCK_C, BLOCK_K), ACC)
+            j = tl.load(seg_ptr + n)
+            end = tl.load(seg_ptr + n + 1)
+            while j < end:  # a while loop: the interpreter cannot run `for` to a loaded bound
+                e = tl.load(perm_ptr + j).to(tl.int64)
+                g = tl.load(gather_ptr + e).to(tl.int64)
+                z = tl.zeros((BLOCK_C, BLOCK_K), ACC)
+                for i in range(K_IN):
+                    f = tl.load(f_ptr + (g * C + c) * K_IN + i, mask=c_ok, other=0.0).to(ACC)
+                    if W_ON_IN:  # ∂X: the weight of input column i's path
+                        p = tl.load(pcol_ptr + i).to(tl.int64)
+                        f = f * tl.load(w_ptr + (e * P + p) * C + c, mask=c_ok, other=0.0).to(ACC)
+                    t = tl.load(t_ptr + e * st_e + i * st_in + k * st_out, mask=k_ok, other=0.0).to(ACC)
+                    z += f[:, None] * t[None, :]
+                if not W_ON_IN:  # the message: the weight of output column k's path
+                    z = z * tl.load(w_ptr + (e * P + p_out[None, :]) * C + c[:, None], mask=tile_ok, other=0.0).to(ACC)
+                acc += z
+                j += 1
+            tl.store(out_ptr + (n * C + c[:, None]) * K_OUT + k[None, :], acc, mask=tile_ok)
+
+        def edge(g_ptr, x_ptr, t_ptr, w_ptr, pcol_ptr, src_ptr, dst_ptr, dt_ptr, dw_ptr, C,
+                 P: tl.constexpr, I: tl.constexpr, O: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr,
+                 WANT_T: tl.constexpr, WANT_W: tl.constexpr, ACC: tl.constexpr):
+            e = tl.program_id(0).to(tl.int64)
+            s = tl.load(src_ptr + e).to(tl.int64)
+            d = tl.load(dst_ptr + e).to(tl.int64)
+            o = tl.arange(0, BLOCK_O)
+            o_ok = o < O
+            p_o = tl.load(pcol_ptr + o, mask=o_ok, other=0).to(tl.int64)
+            c0 = 0
+            while c0 < C:  # one pass when BLOCK_C >= C (the launcher's choice up to 256 channels)
+                c = c0 + tl.arange(0, BLOCK_C)
+                c_ok = c < C
+                tile_ok = c_ok[:, None] & o_ok[None, :]
+                gt = tl.load(g_ptr + (d * C + c[:, None]) * O + o[None, :], mask=tile_ok, other=0.0).to(ACC)
+                if WANT_T:  # ∂T[e, i, o] = Σ_c X[s, c, i] G[d, c, o] W[e, p(o), c]
+                    gw = gt * tl.load(w_ptr + (e * P + p_o[None, :]) * C + c[:, None], mask=tile_ok, other=0.0).to(ACC)
+                    for i in range(I):
+                        xi = tl.load(x_ptr + (s * C + c) * I + i, mask=c_ok, other=0.0).to(ACC)
+                        row = tl.sum(xi[:, None] * gw, axis=0)
+                        out = dt_ptr + (e * I + i) * O + o
+                        if c0 > 0:  # later channel blocks add to what this program stored
+                            row += tl.load(out, mask=o_ok, other=0.0)
+                        tl.store(out, row, mask=o_ok)
+                if WANT_W:  # ∂W[e, p, c] = Σ_{o: p(o)=p} G[d, c, o] Σ_i X[s, c, i] T[e, i, o]
+                    z = tl.zeros((BLOCK_C, BLOCK_O), ACC)
+                    for i in range(I):
+                        xi = tl.load(x_ptr + (s * C + c) * I + i, mask=c_ok, other=0.0).to(ACC)
+                        ti = tl.load(t_ptr + (e * I + i) * O + o, mask=o_ok, other=0.0).to(ACC)
+                        z += xi[:, None] * ti[None, :]
+                    v = z * gt
+                    for p in range(P):
+                        total = tl.sum(tl.where((p_o == p)[None, :], v, 0.0), axis=1)
+                        tl.store(dw_ptr + (e * P + p) * C + c, total, mask=c_ok)
+                c0 += BLOCK_C
+
+        _KERNELS["node"], _KERNELS["edge"] = triton.jit(node), triton.jit(edge)
+    return _KERNELS["node"], _KERNELS["edge"]
+
+
+def _tl_dtype(dtype: torch.dtype):
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def node_triton(f, t, w, pcol, seg: EdgeSegments, to_src: bool) -> torch.Tensor:
+    acc = _out_dtype(f, t, w)
+    n, c = seg.dst_ptr.shape[0] - 1, f.shape[1]
+    k_in, k_out = (t.shape[2], t.shape[1]) if to_src else (t.shape[1], t.shape[2])
+    out = torch.zeros(n, c, k_out, dtype=acc, device=f.device)
+    if n == 0 or c == 0 or k_out == 0 or t.shape[0] == 0:
+        return out
+    require_interpreter(f.device)
+    st_e, st_i, st_o = t.stride()
+    block_k = max(_next_power_of_2(k_out), 2)
+    block_c = max(2, min(_next_power_of_2(c), 32, 4096 // block_k))
+    gather, ptr, perm = (seg.dst, seg.src_ptr, seg.src_perm) if to_src else (seg.src, seg.dst_ptr, seg.dst_perm)
+    node_kernel, _ = _kernels()
+    with launch_context(f.device):
+        node_kernel[(n, (c + block_c - 1) // block_c)](
+            f.contiguous(), t, w.contiguous(), pcol, gather, ptr, perm, out, c, w.shape[1], st_e,
+            st_o if to_src else st_i, st_i if to_src else st_o, K_IN=k_in, K_OUT=k_out, BLOCK_K=block_k,
+            BLOCK_C=block_c, W_ON_IN=to_src, ACC=_tl_dtype(acc))
+    return out
+
+
+def edge_triton(g, x, t, w, pcol, seg: EdgeSegments, want_t: bool, want_w: bool):
+    acc = _out_dtype(g, x, t, w)
+    e, i, o = t.shape
+    p, c = w.shape[1], w.shape[2]
+    d_t = torch.zeros(e, i, o, dtype=acc, device=t.device) if want_t else g.new_zeros(0, dtype=acc)
+    d_w = torch.zeros(e, p, c, dtype=acc, device=t.device) if want_w else g.new_zeros(0, dtype=acc)
+    if e == 0 or c == 0 or o == 0 or not (want_t or want_w):
+        return d_t, d_w
+    require_interpreter(t.device)
+    block_o = max(_next_power_of_2(o), 2)
+    block_c = max(2, min(_next_power_of_2(c), 256, 16384 // block_o))
+    _, edge_kernel = _kernels()
+    with launch_context(t.device):
+        edge_kernel[(e,)](
+            g.contiguous(), x.contiguous(), t.contiguous(), w.contiguous(), pcol, seg.src, seg.dst, d_t, d_w, c,
+            P=p, I=i, O=o, BLOCK_O=block_o, BLOCK_C=block_c, WANT_T=want_t, WANT_W=want_w, ACC=_tl_dtype(acc),
+            num_warps=8 if block_c * block_o >= 8192 else 4)
+    return d_t, d_w
+
+
+# ---- the operators and their derivatives --------------------------------------------------------------
+
+@torch.library.custom_op("lpmace::conv_node", mutates_args=())
+def _conv_node(f: torch.Tensor, t: torch.Tensor, w: torch.Tensor, pcol: torch.Tensor, src: torch.Tensor,
+               dst: torch.Tensor, dst_ptr: torch.Tensor, dst_perm: torch.Tensor, src_ptr: torch.Tensor,
+               src_perm: torch.Tensor, to_src: bool, impl: str) -> torch.Tensor:
+    seg = EdgeSegments(src, dst, dst_ptr, dst_perm, src_ptr, src_perm)
+    if impl == "triton":
+        return node_triton(f, t, w, pcol, seg, to_src)
+    with torch.no_grad():
+        return node_reference(f, t, w, pcol, seg, to_src)
+
+
+@_conv_node.register_fake
+def _(f, t, w, pcol, src, dst, dst_ptr, dst_perm, src_ptr, src_perm, to_src, impl):
+    k_out = t.shape[1] if to_src else t.shape[2]
+    return f.new_empty(dst_ptr.shape[0] - 1, f.shape[1], k_out, dtype=_out_dtype(f, t, w))
+
+
+@torch.library.custom_op("lpmace::conv_edge", mutates_args=())
+def _conv_edge(g: torch.Tensor, x: torch.Tensor, t: torch.Tensor, w: torch.Tensor, pcol: torch.Tensor,
+               src: torch.Tensor, dst: torch.Tensor, dst_ptr: torch.Tensor, dst_perm: torch.Tensor,
+               src_ptr: torch.Tensor, src_perm: torch.Tensor, want_t: bool, want_w: bool,
+               impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+    seg = EdgeSegments(src, dst, dst_ptr, dst_perm, src_ptr, src_perm)
+    if impl == "triton":
+        return edge_triton(g, x, t, w, pcol, seg, want_t, want_w)
+    with torch.no_grad():
+        return edge_reference(g, x, t, w, pcol, seg, want_t, want_w)
+
+
+@_conv_edge.register_fake
+def _(g, x, t, w, pcol, src, dst, dst_ptr, dst_perm, src_ptr, src_perm, want_t, want_w, impl):
+    acc = _out_dtype(g, x, t, w)
+    d_t = t.new_empty(t.shape, dtype=acc) if want_t else t.new_empty(0, dtype=acc)
+    d_w = w.new_empty(w.shape, dtype=acc) if want_w else w.new_empty(0, dtype=acc)
+    return d_t, d_w
+
+
+def _node_setup(ctx, inputs, output):
+    f, t, w, pcol, *seg, to_src, impl = inputs
+    ctx.save_for_backward(f, t, w, pcol, *seg)
+    ctx.to_src, ctx.impl = to_src, impl
+
+
+def _node_backward(ctx, grad):
+    f, t, w, pcol, *seg = ctx.saved_tensors
+    d_f = d_t = d_w = None
+    need_f, need_t, need_w = ctx.needs_input_grad[:3]
+    if need_f:  # the other node output of (2), with the cotangent in this output's slot
+        d_f = _conv_node(grad, t, w, pcol, *seg, not ctx.to_src, ctx.impl).to(f.dtype)
+    if need_t or need_w:
+        g, x = (f, grad) if ctx.to_src else (grad, f)
+        d_t, d_w = _conv_edge(g, x, t, w, pcol, *seg, need_t, need_w, ctx.impl)
+        d_t = d_t.to(t.dtype) if need_t else None
+        d_w = d_w.to(w.dtype) if need_w else None
+    return d_f, d_t, d_w, None, None, None, None, None, None, None, None, None
+
+
+def _edge_setup(ctx, inputs, output):
+    g, x, t, w, pcol, *seg, want_t, want_w, impl = inputs
+    ctx.save_for_backward(g, x, t, w, pcol, *seg)
+    ctx.want_t, ctx.want_w, ctx.impl = want_t, want_w, impl
+
+
+def _edge_backward(ctx, grad_t, grad_w):
+    """(2) with T := grad_t (from the ∂T output) and W := grad_w (from the ∂W output)."""
+    g, x, t, w, pcol, *seg = ctx.saved_tensors
+    need_g, need_x, need_t, need_w = ctx.needs_input_grad[:4]
+    terms = []  # (T, W) pairs whose forms are summed
+    if ctx.want_t:
+        terms.append((grad_t, w))
+    if ctx.want_w:
+        terms.append((t, grad_w))
+    d_g = d_x = d_t = d_w = None
+    if need_g:
+        d_g = sum(_conv_node(x, tt, ww, pcol, *seg, False, ctx.impl) for tt, ww in terms).to(g.dtype)
+    if need_x:
+        d_x = sum(_conv_node(g, tt, ww, pcol, *seg, True, ctx.impl) for tt, ww in terms).to(x.dtype)
+    if need_t and ctx.want_w:
+        d_t = _conv_edge(g, x, t, grad_w, pcol, *seg, True, False, ctx.impl)[0].to(t.dtype)
+    if need_w and ctx.want_t:
+        d_w = _conv_edge(g, x, grad_t, w, pcol, *seg, False, True, ctx.impl)[1].to(w.dtype)
+    if need_t and d_t is None:
+        d_t = torch.zeros_like(t)
+    if need_w and d_w is None:
+        d_w = torch.zeros_like(w)
+    return (d_g, d_x, d_t, d_w) + (None,) * 10
+
+
+_conv_node.register_autograd(_node_backward, setup_context=_node_setup)
+_conv_edge.register_autograd(_edge_backward, setup_context=_edge_setup)
+
+
+def conv_node(f, t, w, pcol, seg: EdgeSegments, to_src: bool = False, impl: str = "reference") -> torch.Tensor:
+    """A node output of form (2): ∂L/∂G [N, C, O] (to_src=False, f = X [N, C, I]) or ∂L/∂X [N, C, I]
+    (to_src=True, f = G [N, C, O]); t [E, I, O], w [E, P, C], pcol [O] int64 path of each column."""
+    return _conv_node(f, t, w, pcol, *seg, to_src, impl)
+
+
+def conv_edge(g, x, t, w, pcol, seg: EdgeSegments, want_t: bool = True, want_w: bool = True,
+              impl: str = "reference"):
+    """The edge outputs of form (2): (∂L/∂T [E, I, O], ∂L/∂W [E, P, C]); an unwanted one is empty."""
+    return _conv_edge(g, x, t, w, pcol, *seg, want_t, want_w, impl)
+
+
+def conv_tensor_product(x: torch.Tensor, t: torch.Tensor, w: torch.Tensor, pcol: torch.Tensor,
+                        seg: EdgeSegments, impl: str = "reference") -> torch.Tensor:
+    """Equation (1): the message [N, C, O], differentiable to any order in x, t and w.
+
+    Args:
+        x: [N, C, I] sender features (16-bit allowed).
+        t: [E, I, O] coupling tables (float32 or float64).
+        w: [E, P, C] radial weights per path (16-bit allowed).
+        pcol: [O] int64, the path of each output column.
+        seg: `edge_segments(edge_index, N)`.
+        impl: "reference" or "triton".
+
+    Returns:
+        [N, C, O] in float32 (float64 when an input is float64).
+    """
+    if impl not in ("reference", "triton"):
+        raise InputError(f"conv tensor product implementation must be 'reference' or 'triton', got {impl!r}")
+    return _conv_node(x, t, w, pcol, *seg, False, impl)
+
+
+def flop_count(f_shape, t_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of one conv_node call (2 per edge, channel, input and output column, plus the weight)."""
+    e, i, o = t_shape
+    return e * f_shape[1] * (2 * i * o + o)
