@@ -206,6 +206,14 @@ def test_save_load_round_trip_is_bit_identical(make_model, molecule, tmp_path, m
     assert torch.equal(before["energy"], after["energy"]) and torch.equal(before["forces"], after["forces"])
 
 
+def test_a_model_with_compressed_species_weights_quantizes_and_round_trips(make_model, molecule, tmp_path):
+    model = make_model(torch.float32, readout_mlp=8, species_rank=2, int8_embedding=True)
+    quantized = quantize_readouts(model, "int8")
+    loaded = lpmace.io.load(lpmace.io.save(quantized, tmp_path / "q.safetensors"))
+    assert torch.equal(loaded(molecule)["forces"], quantized(molecule)["forces"])
+    assert 0 < float((quantized(molecule)["energy"] - model(molecule)["energy"]).detach().abs()) < 1
+
+
 def test_calculator_runs_a_quantized_file(make_model, bpa_atoms, tmp_path):
     from lpmace.calculator import Calculator
 

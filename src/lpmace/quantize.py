@@ -87,6 +87,11 @@ def unsupported_reason(mode: str, device: torch.device | str) -> Optional[str]:
     return None
 
 
+def _device(model: torch.nn.Module) -> torch.device:
+    """Where the model's readouts live (the device their quantized kernels will run on)."""
+    return next(model.readouts.parameters()).device
+
+
 def _torchao():
     """torchao.quantization, imported on first use (quiet about its CUDA-only extensions on a CPU)."""
     quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
@@ -135,7 +140,7 @@ def quantize_layers(model: torch.nn.Module, layer_modes: Dict[str, str]) -> None
     their weights are first made float32 (the dtype the quantized layers compute in).
     """
     for name in layer_modes.values():
-        if name != "none" and (reason := unsupported_reason(name, model.embedding.device)):
+        if name != "none" and (reason := unsupported_reason(name, _device(model))):
             raise InputError(reason)
     q = _torchao()
     for name in sorted(set(layer_modes.values()) - {"none"}):
@@ -160,7 +165,7 @@ def quantize_readouts(model: torch.nn.Module, mode: str, *,
     spec = readout_mode(mode)
     if quantization_info(model) is not None:
         raise InputError("the model's readouts are already quantized: quantize the unquantized model")
-    reason = unsupported_reason(mode, model.embedding.device)
+    reason = unsupported_reason(mode, _device(model))
     if reason:
         raise InputError(reason)
     quantized = copy.deepcopy(model)
