@@ -62,7 +62,7 @@ MODES: Dict[str, ReadoutMode] = {
         ReadoutMode("int8", "int8 weight-only", torch.int8, False, 1),
         ReadoutMode("int8-dynamic", "int8 weights and dynamic int8 activations", torch.int8, True, 8),
         ReadoutMode("fp8", "float8_e4m3fn weight-only", torch.float8_e4m3fn, False, 1),
-        ReadoutMode("fp8-dynamic", "float8_e4m3fn weights and dynamic float8 activations",
+        ReadoutMode("fp8-dynamic", "float8_e4m3fn weights and dynamic float8 activations (per-tensor scales)",
                     torch.float8_e4m3fn, True, 16),
     )
 }
@@ -118,7 +118,9 @@ def _torchao_config(mode: ReadoutMode):
         return q.Int8DynamicActivationInt8WeightConfig(granularity=q.PerRow(), set_inductor_config=False, version=2)
     if mode.name == "fp8":
         return q.Float8WeightOnlyConfig(granularity=q.PerRow(), set_inductor_config=False, version=2)
-    return q.Float8DynamicActivationFloat8WeightConfig(granularity=q.PerRow(), set_inductor_config=False, version=2)
+    # PerTensor: torchao's PerRow float8 GEMM accepts only bfloat16 weights (H100, torchao 0.18), and
+    # the readouts' master weights are float32.
+    return q.Float8DynamicActivationFloat8WeightConfig(granularity=q.PerTensor(), set_inductor_config=False, version=2)
 
 
 def swap_readouts(model: torch.nn.Module) -> None:

@@ -162,8 +162,14 @@ def run(*, device: str, quick: bool, progress: bool, seed: int = 0, model: Optio
                 rows.append(_row(mode, supported=False, note=reason))
                 continue
             messages = []
-            current = base if mode == "none" else quantize_readouts(base, mode, log=messages.append)
-            metrics, energy, forces = _predict(current, graphs, device)
+            try:
+                current = base if mode == "none" else quantize_readouts(base, mode, log=messages.append)
+                metrics, energy, forces = _predict(current, graphs, device)
+            except Exception as error:  # a mode torchao cannot run here is a row, not the end of the experiment
+                if mode == "none":
+                    raise
+                rows.append(_row(mode, supported=False, note=f"failed: {type(error).__name__}: {error}"))
+                continue
             if reference is None:
                 reference = (energy, forces)
             d_energy, d_forces = energy - reference[0], forces - reference[1]
