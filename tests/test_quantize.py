@@ -337,3 +337,26 @@ def test_quick_experiment_rows():
     assert int8["converted"] == "3/3" and rows["int8-dynamic"]["converted"] == "1/3"
     assert rows["fp8-dynamic"]["supported"] is False and "compute capability" in rows["fp8-dynamic"]["note"]
     assert "int8" in result["summary"]
+
+
+def test_fp8_dynamic_file_has_one_scale_per_tensor_and_passes_the_shape_check(make_model, tmp_path):
+    """fp8-dynamic stores a per-tensor scale [1, 1]; its file must pass load's shape check (on a CPU
+    load then refuses the mode itself, naming the GPU it needs)."""
+    from torchao.quantization import PerTensor
+    from torchao.quantization.quantize_.workflows import Float8Tensor
+
+    from lpmace import quantize as q
+
+    model = make_model(torch.float32, readout_mlp=16, channels=16)
+    q.swap_readouts(model)
+    layer = model.get_submodule("readouts.1.layers.0")  # the C -> 16 layer fp8-dynamic converts
+    layer.weight = torch.nn.Parameter(Float8Tensor.from_hp(layer.weight.detach(), granularity=PerTensor()),
+                                      requires_grad=False)
+    model.readouts[1].modes[0], model.readouts[1].dynamic[0] = "fp8-dynamic", True
+    for readout in model.readouts:
+        readout.requested = "fp8-dynamic"
+    path = lpmace.io.save(model, tmp_path / "fp8dyn.safetensors")
+    with safetensors.safe_open(str(path), "pt") as f:
+        assert tuple(f.get_tensor("readouts.1.layers.0.weight.scale").shape) == (1, 1)
+    with pytest.raises(InputError, match="compute capability"):
+        lpmace.io.load(path)

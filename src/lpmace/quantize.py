@@ -5,7 +5,7 @@ Two steps, as gpt-fast and torchtitan do it: a module swap (`ReadoutLayers.from_
 readout as `nn.Linear` layers), then torchao's ``quantize_`` with a filter that names the readout
 layers it may convert. What was converted is logged as "converted N/M readout layers".
 
-Modes (`MODES`; the scales are per output channel and symmetric, s_j = max_i |W_ij| / 127.5 for
+Modes (`MODES`; the scales are per output channel (per tensor for fp8-dynamic) and symmetric, s_j = max_i |W_ij| / 127.5 for
 int8 and max_i |W_ij| / 448 for float8_e4m3fn):
 
     int8          int8 weights, float32 activations: y = (x @ qᵀ) · s   (torchao Int8WeightOnlyConfig)
@@ -21,7 +21,7 @@ Dynamic modes round the activations, so their forces are straight-through deriva
 `lpmace.nn.quantized_readout`), not the exact gradient of the energy they report.
 
 Model files (`lpmace.io`) store a quantized layer's weight as two tensors, NAME.qdata (int8 or
-float8_e4m3fn, [out, in]) and NAME.scale (float32, [out, 1]), and the metadata key
+float8_e4m3fn, [out, in]) and NAME.scale (float32, [out, 1]; [1, 1] for fp8-dynamic), and the metadata key
 "readout_quantization" = {"readout": MODE, "layers": {layer name: mode or "none"}, "torchao": version}.
 """
 
@@ -211,7 +211,7 @@ def packed_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
 
 
 def unpacked_weight(qdata: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The float32 weight [out, in] that int8/float8 `qdata` [out, in] and `scale` [out, 1] stand for."""
+    """The float32 weight [out, in] that int8/float8 `qdata` [out, in] and `scale` [out, 1] (or [1, 1]) stand for."""
     return qdata.to(torch.float32) * scale.to(torch.float32)
 
 
@@ -232,6 +232,11 @@ def layer_modes_from_info(info: object, model: torch.nn.Module, where: str) -> D
     return {name: layers[name] for name in names}
 
 
+def scale_shape(mode: str, out_features: int) -> tuple:
+    """Shape of a layer's stored scale: one per output channel, or one per tensor for fp8-dynamic."""
+    return (1, 1) if mode == "fp8-dynamic" else (out_features, 1)
+
+
 def packed_shapes(model: torch.nn.Module, layer_modes: Dict[str, str]) -> Dict[str, tuple]:
     """{tensor name: (shape, dtype or None for any)} of the file of a swapped `model` quantized as
     `layer_modes` says."""
@@ -241,7 +246,7 @@ def packed_shapes(model: torch.nn.Module, layer_modes: Dict[str, str]) -> Dict[s
             continue
         shape, _ = expected.pop(fqn + ".weight")
         expected[fqn + ".weight.qdata"] = (shape, MODES[mode].weight_dtype)
-        expected[fqn + ".weight.scale"] = ((shape[0], 1), torch.float32)
+        expected[fqn + ".weight.scale"] = (scale_shape(mode, shape[0]), torch.float32)
     return expected
 
 

@@ -136,3 +136,12 @@ def test_channels_beyond_one_block_accumulate(interpret):
     grads = torch.autograd.grad((_plain(x, t, w, pcol, seg) * g).sum(), (t, w))
     assert torch.allclose(d_t, grads[0], rtol=1e-12, atol=1e-12)
     assert torch.allclose(d_w, grads[1], rtol=1e-12, atol=1e-12)
+
+
+def test_edge_index_that_is_a_transposed_view(interpret):
+    """edge_index [2, E] as a view of an [E, 2] tensor (rows of stride 2) gives the same message."""
+    x, t, w, pcol, seg = _problem(5, 9, 3, 1, 1)
+    pairs = torch.stack([seg.src, seg.dst], dim=1)  # [E, 2]
+    strided = edge_segments(pairs.t(), 5)
+    assert torch.allclose(conv_tensor_product(x, t, w, pcol, strided, "triton"), _plain(x, t, w, pcol, seg),
+                          rtol=1e-12, atol=1e-12)

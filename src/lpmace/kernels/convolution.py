@@ -69,7 +69,7 @@ def _segments(index: torch.Tensor, num_nodes: int):
 
 def edge_segments(edge_index: torch.Tensor, num_nodes: int) -> EdgeSegments:
     """CSR groupings of edge_index [2, E] (row 0 senders, row 1 receivers) over num_nodes nodes."""
-    src, dst = edge_index[0], edge_index[1]
+    src, dst = edge_index[0].contiguous(), edge_index[1].contiguous()  # the kernels read them with stride 1
     return EdgeSegments(src, dst, *_segments(dst, num_nodes), *_segments(src, num_nodes))
 
 

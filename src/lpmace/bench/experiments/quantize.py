@@ -174,6 +174,9 @@ def run(*, device: str, quick: bool, progress: bool, seed: int = 0, model: Optio
                 reference = (energy, forces)
             d_energy, d_forces = energy - reference[0], forces - reference[1]
             path = save(current, folder / f"{mode}.safetensors")
+            reloaded = _predict(load(path, device=device), graphs[:2], device)[1]
+            if not np.allclose(reloaded, energy[: len(reloaded)], rtol=1e-6, atol=1e-9):
+                raise RuntimeError(f"{mode}: the saved file does not give the evaluated energies back")
             info = quantization_info(current)
             converted = "0/0" if info is None else (
                 f"{sum(m != 'none' for m in info['layers'].values())}/{len(info['layers'])}")
