@@ -4,6 +4,7 @@ and the environment every result is reported with (device, driver, versions, git
 from __future__ import annotations
 
 import datetime
+import math
 import platform
 import statistics
 import subprocess
@@ -122,3 +123,14 @@ def environment(device: str, command: str) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
     }
+
+
+def strict_json(value):
+    """results.json is strict JSON: NaN and infinities become null (the reports show them as "—")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value

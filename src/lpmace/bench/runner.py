@@ -195,19 +195,8 @@ def _md_systems(plan: Plan) -> list:
     return systems
 
 
-def _finite(value):
-    """results.json is strict JSON: NaN and infinities become null (the report shows them as "—")."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _save(results: dict, out: Path) -> None:
-    atomic_write_text(out / "results.json", json.dumps(_finite(results), indent=1, allow_nan=False) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(measure.strict_json(results), indent=1, allow_nan=False) + "\n")
 
 
 def run_bench(options: BenchOptions, plan: Optional[Plan] = None, log: Callable[[str], None] = print) -> dict:

@@ -12,6 +12,8 @@ import pathlib
 import re
 import warnings
 
+from lpmace.commands import check_model_paths
+
 HELP = "convert a mace-torch .model file (a pickle: trusted input only) to .safetensors"
 
 
@@ -26,14 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from lpmace.errors import InputError
 
     source, target = pathlib.Path(args.input), pathlib.Path(args.output)
-    if not source.is_file():
-        open(source, "rb").close()  # the OS's own words: no such file, is a directory, ...
-    if target.suffix != ".safetensors":
-        raise InputError(f"{target}: the output file name must end in .safetensors")
-    if target.exists() and not args.force:
-        raise InputError(f"{target}: exists; pass --force to overwrite it")
-    if not target.parent.is_dir():
-        raise InputError(f"{target}: folder {target.parent} does not exist")
+    check_model_paths(source, target, args.force)
 
     import lpmace.interop
     import lpmace.io

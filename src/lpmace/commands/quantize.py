@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from lpmace.commands import check_model_paths
+
 HELP = "quantize a model's readouts (int8 / float8 weights, torchao) into a new model file"
 READOUT_MODES = ("int8", "int8-dynamic", "fp8", "fp8-dynamic")
 
@@ -32,14 +34,7 @@ def run(args: argparse.Namespace) -> int:
     source, target = pathlib.Path(args.model), pathlib.Path(args.output)
     if args.readout not in READOUT_MODES:
         raise InputError(f"--readout {args.readout!r}: unknown mode (use one of {', '.join(READOUT_MODES)})")
-    if not source.is_file():
-        open(source, "rb").close()  # the OS's own words: no such file, is a directory, ...
-    if target.suffix != ".safetensors":
-        raise InputError(f"{target}: the output file name must end in .safetensors")
-    if target.exists() and not args.force:
-        raise InputError(f"{target}: exists; pass --force to overwrite it")
-    if not target.parent.is_dir():
-        raise InputError(f"{target}: folder {target.parent} does not exist")
+    check_model_paths(source, target, args.force)
     if target.exists() and target.resolve() == source.resolve():
         raise InputError(f"{target}: is the input model; write the quantized model to another file")
     device = _device(args.device)

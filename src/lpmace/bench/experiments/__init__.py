@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -36,16 +35,6 @@ def check_names(names) -> tuple:
         listing = "; ".join(f"{k} ({v})" for k, v in EXPERIMENTS.items())
         raise InputError(f"--experiment: unknown {unknown or 'empty list'}; choose from {listing}")
     return names
-
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _cell(value) -> str:
@@ -73,7 +62,7 @@ def render(results: dict) -> str:
 
 def run_experiments(names, out: Path, *, device: str, quick: bool, progress: bool, seed: int = 0,
                     command: str = "lpmace bench --experiment", log: Callable[[str], None] = print) -> dict:
-    from lpmace.bench.measure import environment
+    from lpmace.bench.measure import environment, strict_json
 
     names = check_names(names)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +78,7 @@ def run_experiments(names, out: Path, *, device: str, quick: bool, progress: boo
             found = {"error": f"{type(error).__name__}: {error}"}
             log(f"experiment {name} failed: {found['error']}")
         found["seconds"] = time.perf_counter() - start
-        results["experiments"][name] = _finite(found)
+        results["experiments"][name] = strict_json(found)
         atomic_write_text(out / "experiments.json", json.dumps(results, indent=1, allow_nan=False))
     atomic_write_text(out / "experiments.md", render(results))
     log(f"wrote {out / 'experiments.json'}, {out / 'experiments.md'}")
