@@ -13,12 +13,20 @@ correlation 3) and ANCHORS.md's W1 batch, per precision:
 - parameter gradients of a force loss (double backward), triton against reference;
 - equivariance of the triton forces under a random rotation.
 
+Backend "compiled" (energy → forces traced and compiled by Inductor, Triton kernels inside) on the
+same model: the W1 training step (energies, forces and force-loss parameter gradients against
+backend "reference") and the W2 box's inference (forces against "triton"), in fp32 and bf16-mixed,
+with the time of the first call (trace + compile) and of the next.
+
     python benchmarks/check_kernels_gpu.py            # exits 1 if a check fails
+    python benchmarks/check_kernels_gpu.py --compiled-only [--size tiny]   # a quick probe
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
 
 import numpy as np
 import torch
@@ -55,21 +63,72 @@ def check_conv_operator(model, graph) -> int:
     return failures
 
 
+def _timed(fn):
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize()
+    return out, time.perf_counter() - start
+
+
+def _step(model, graph, precision, backend):
+    out = model(graph, precision=precision, backend=backend, training=True)
+    loss = (out["forces"].double() ** 2).sum()
+    return out, torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+
+
+def _worst(grads_a, grads_b) -> float:
+    return max(float((a - b).abs().max() / a.abs().max().clamp_min(1e-30))
+               for a, b in zip(grads_a, grads_b) if a is not None and b is not None)
+
+
+def check_compiled(model, train_graph, infer_graph) -> int:
+    failures = 0
+    reference = model(train_graph, precision="fp64", backend="reference")["forces"].double()
+    rms = reference.pow(2).mean().sqrt()
+    for precision in ("fp32", "bf16-mixed"):
+        (ref, ref_grads), _ = _timed(lambda: _step(model, train_graph, precision, "reference"))
+        (out, grads), first = _timed(lambda: _step(model, train_graph, precision, "compiled"))
+        _, second = _timed(lambda: _step(model, train_graph, precision, "compiled"))
+        err = {k: float((o["forces"].double() - reference).pow(2).mean().sqrt() / rms) for k, o in
+               (("reference", ref), ("compiled", out))}
+        worst = _worst(ref_grads, grads)
+        ok = err["compiled"] <= 2 * err["reference"] + 1e-12 and worst < (1e-3 if precision == "fp32" else 0.2)
+        failures += not ok
+        print(f"compiled training step {precision}: force error vs fp64 reference {err['reference']:.3e} "
+              f"compiled {err['compiled']:.3e}; max relative param-grad difference {worst:.2e} "
+              f"({'ok' if ok else 'FAIL'}); first call {first:.1f} s, next {second * 1e3:.1f} ms", flush=True)
+        tri = model(infer_graph, precision=precision, backend="triton")["forces"].double()
+        out, first = _timed(lambda: model(infer_graph, precision=precision, backend="compiled"))
+        _, second = _timed(lambda: model(infer_graph, precision=precision, backend="compiled"))
+        diff = float((out["forces"].double() - tri).pow(2).mean().sqrt() / tri.pow(2).mean().sqrt())
+        ok = diff < (1e-5 if precision == "fp32" else 5e-2)
+        failures += not ok
+        print(f"compiled inference {precision} ({infer_graph.num_atoms} atoms): forces vs triton, relative RMS "
+              f"{diff:.2e} ({'ok' if ok else 'FAIL'}); first call {first:.1f} s, next {second * 1e3:.1f} ms",
+              flush=True)
+    return failures
+
+
 def main() -> int:
-    model = build_model("medium").cuda()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--compiled-only", action="store_true", help="only the backend 'compiled' checks")
+    parser.add_argument("--size", default="medium", help="bench model size (default: %(default)s)")
+    args = parser.parse_args()
+    model = build_model(args.size).cuda()
     graph = workloads(model.config, quick=False)[0].graph.to("cuda")
-    failures = check_conv_operator(model, workloads(model.config, quick=False)[1].graph.to("cuda"))
+    box = workloads(model.config, quick=False)[1].graph.to("cuda")
+    if args.compiled_only:
+        return 1 if check_compiled(model, graph, box) else 0
+    failures = check_conv_operator(model, box)
     reference = model(graph, precision="fp64", backend="reference")["forces"].double()
     rms = reference.pow(2).mean().sqrt()
     for precision in ("fp64", "fp32", "bf16-mixed", "fp16-mixed"):
         errors, grads = {}, {}
         for backend in ("reference", "triton"):
-            out = model(graph, precision=precision, backend=backend, training=True)
+            out, grads[backend] = _step(model, graph, precision, backend)
             errors[backend] = float((out["forces"].double() - reference).pow(2).mean().sqrt() / rms)
-            loss = (out["forces"].double() ** 2).sum()
-            grads[backend] = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
-        worst = max(float((a - b).abs().max() / a.abs().max().clamp_min(1e-30))
-                    for a, b in zip(grads["reference"], grads["triton"]) if a is not None and b is not None)
+        worst = _worst(grads["reference"], grads["triton"])
         ok = errors["triton"] <= 2 * errors["reference"] + 1e-12
         failures += not ok
         print(f"{precision}: force error vs fp64 reference {errors['reference']:.3e} triton {errors['triton']:.3e} "
@@ -80,6 +139,7 @@ def main() -> int:
     equivariance = float((f_rot - f @ rotation.T).pow(2).mean().sqrt() / f.pow(2).mean().sqrt())
     print(f"triton fp32 equivariance error {equivariance:.2e}", flush=True)
     failures += not equivariance < 1e-4
+    failures += check_compiled(model, graph, box)
     return 1 if failures else 0
 
 

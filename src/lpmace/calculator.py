@@ -36,8 +36,9 @@ class Calculator(ASECalculator):
         precision: a preset name ("bf16-mixed", ...), a YAML policy file or a `PrecisionPolicy`;
             None: the model's default (fp64 for float64 weights, else fp32). Checked here, so a bad
             precision is an InputError at construction, not at the first energy.
-        backend: "auto" (triton on CUDA when available, else reference), "reference" or "triton"
-            (see `lpmace.kernels`); the chosen one is ``calculator.backend``.
+        backend: "auto" (triton on CUDA when available, else reference), "reference", "triton" or
+            "compiled" (see `lpmace.kernels`; for MD, compiled pays its compile time once and then
+            reuses the graph at every step); the chosen one is ``calculator.backend``.
         **kwargs: passed to `ase.calculators.calculator.Calculator` (e.g. ``label``).
 
     Results (ASE units: eV, Å): ``energy`` and ``free_energy`` (the same number; MACE has no

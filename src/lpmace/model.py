@@ -20,6 +20,7 @@ from lpmace.compress import compress_element_weights
 from lpmace.data.graph import Graph
 from lpmace.errors import InputError
 from lpmace.kernels import resolve_backend
+from lpmace.kernels.compiled import compiled_forward
 from lpmace.kernels.convolution import edge_segments
 from lpmace.nn.element_weights import check_species_rank, element_weight
 from lpmace.nn.interaction import Interaction
@@ -194,7 +195,9 @@ class MACE(torch.nn.Module):
         element indices (from `species`).
         """
         c, p = self.config, policy
-        one_hot = torch.nn.functional.one_hot(species, len(c.atomic_numbers)).to(p.linear)
+        # not F.one_hot: its class index becomes a constant tensor when traced (backend "compiled")
+        elements = torch.arange(len(c.atomic_numbers), device=species.device)
+        one_hot = (species[:, None] == elements).to(p.linear)
         sender, receiver = graph.edge_index[0], graph.edge_index[1]
         edge_cell = torch.index_select(cell, 0, torch.index_select(graph.batch, 0, sender))
         shifts = torch.einsum("ek,ekx->ex", graph.unit_shifts.to(p.geometry), edge_cell)
@@ -232,15 +235,20 @@ class MACE(torch.nn.Module):
         """Energy, forces and stress of `graph` under `precision` (a preset name, YAML path or policy;
         default `default_precision`). The parameters are not changed: each block casts them.
 
-        backend: "reference", "triton" or "auto" (see `lpmace.kernels`); None: ``self.backend``
+        backend: "reference", "triton", "compiled" or "auto" (see `lpmace.kernels`); None: ``self.backend``
         ("reference" unless set). With training=False the fused path keeps no parameter gradients.
         """
         policy = resolve_policy(precision, default=self.default_precision)
         backend = resolve_backend(backend or self.backend, graph.positions.device)
+        species = self.species(graph.numbers)  # validates the elements once per call
         with matmul_mode(policy):
-            return self._forward(graph, policy, compute_forces, compute_stress, training, backend)
+            if backend == "compiled":
+                return compiled_forward(self, graph, species, policy, compute_forces, compute_stress, training)
+            return self._forward(graph, species, policy, compute_forces, compute_stress, training, backend)
 
-    def _forward(self, graph, policy, compute_forces, compute_stress, training, backend="reference"):
+    def _forward(self, graph, species, policy, compute_forces, compute_stress, training, backend="reference"):
+        """forward with the elements validated (`species`) and the backend resolved. Pure tensor code
+        without host syncs or data-dependent shapes: backend "compiled" traces it."""
         dtype = policy.geometry
         positions = graph.positions.to(dtype).detach().requires_grad_(compute_forces or compute_stress)
         cell = graph.cell.to(dtype)
@@ -252,11 +260,11 @@ class MACE(torch.nn.Module):
             cell = cell + torch.bmm(cell, sym)
         else:
             positions_used = positions
-        species = self.species(graph.numbers)  # validates the elements once per call
         node_inter = self.site_energies(graph, positions_used, cell, species, policy, backend, training)
         node_energy = node_inter.to(policy.energy) + self.e0s.to(policy.energy)[species]
         energy = torch.zeros(graph.num_graphs, dtype=policy.energy, device=node_energy.device)
-        energy = energy.index_add(0, graph.batch, node_energy)
+        # scatter_add, not index_add: Inductor's CPU code for an index_add into one structure fails
+        energy = energy.scatter_add(0, graph.batch, node_energy)
 
         forces = stress = None
         inputs = [t for t, want in ((positions, compute_forces), (strain, compute_stress)) if want]

@@ -24,7 +24,7 @@ from lpmace.precision import resolve_policy
 __all__ = ["BACKENDS", "Engine", "lpmace_engine", "mace_torch_engines"]
 
 # lpmace's ways of computing the model (lpmace.kernels; "auto" is one of these, resolved).
-BACKENDS = ("reference", "triton")
+BACKENDS = ("reference", "triton", "compiled")
 FORCES_WEIGHT = 1000.0  # the MACE paper's 3BPA recipe: λE = 1, λF = 1000
 
 

@@ -132,10 +132,10 @@ def check(options: BenchOptions) -> Plan:
     for b in options.backends:
         if b not in engines.BACKENDS:
             raise InputError(f"--backends: {b!r} is not available (known: {', '.join(engines.BACKENDS)})")
-        if b == "triton":
+        if b in ("triton", "compiled"):
             from lpmace.kernels import resolve_backend
 
-            resolve_backend(b, device)  # InputError without triton
+            resolve_backend(b, device)  # InputError without triton (or a C++ compiler for compiled on a CPU)
             if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
                 raise InputError("--backends triton on the CPU needs TRITON_INTERPRET=1 (Triton's interpreter, "
                                  "slow: for checking, not for timing)")

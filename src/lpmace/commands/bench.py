@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precisions", type=_list, default=None, metavar="P,P,...",
                         help="presets to measure (default: fp64,fp32,bf16-mixed,fp16-mixed)")
     parser.add_argument("--backends", type=_list, default=None, metavar="B,B,...",
-                        help="lpmace backends: reference, triton (default: both on CUDA with triton, else reference)")
+                        help="lpmace backends: reference, triton, compiled (default: reference and triton on CUDA with "
+                             "triton, else reference)")
     parser.add_argument("--workloads", type=_list, default=None, metavar="W,W,...",
                         help=f"sections among {','.join(SECTIONS)} (default: all; --quick: all but time-to-accuracy)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"{label} label in the files (default: %(default)s; 'none': not read)")
     parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="default: %(default)s")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    parser.add_argument("--backend", default="auto", metavar="B",
+                        help="auto, reference, triton or compiled (lpmace.kernels; default: %(default)s)")
     parser.add_argument("--json", metavar="OUT.json", help="write all metrics as JSON")
     parser.add_argument("--parity", metavar="DIR", help="write a parity plot PNG per data file into DIR")
 
@@ -42,11 +44,13 @@ def run(args: argparse.Namespace) -> int:
     from lpmace.evaluate import evaluate
     from lpmace.io import load
     from lpmace.plots import parity_plot
+    from lpmace.kernels import resolve_backend
     from lpmace.precision import resolve_policy
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = _device(args.device)
+    resolve_backend(args.backend, device)  # a bad --backend fails before anything is read
     json_path = pathlib.Path(args.json) if args.json else None
     if json_path is not None and not json_path.parent.is_dir():
         raise InputError(f"{json_path}: folder {json_path.parent} does not exist")
@@ -56,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = load(args.model, device=device)
     policy = resolve_policy(args.precision, default=model.default_precision)
+    model.backend = resolve_backend(args.backend, device)
     known = {int(z) for z in model.config.atomic_numbers}
     keys = {f"{label}_key": None if value.lower() == "none" else value
             for label, value in (("energy", args.energy_key), ("forces", args.forces_key),
@@ -76,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     for name, graphs in datasets_graphs:
         results[name] = evaluate(model, graphs, precision=policy, batch_size=args.batch_size,
                                  device=device, progress=sys.stderr.isatty())
-    print(f"model {args.model}, precision {policy.name}, device {device}")
+    print(f"model {args.model}, precision {policy.name}, device {device}, backend {model.backend}")
     print(_table(results))
 
     if parity_dir is not None:

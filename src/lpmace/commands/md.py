@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interval", type=int, default=10, metavar="K",
                         help="write a frame and a CSV row every K steps (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    parser.add_argument("--backend", default="auto", metavar="B",
+                        help="auto, reference, triton or compiled (lpmace.kernels; default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.structure}: element(s) {names} unknown to the model "
                          f"(it knows {', '.join(chemical_symbols[z] for z in sorted(known))})")
     policy = resolve_policy(args.precision, default=model.default_precision)
-    calculator = Calculator(model, device=device, precision=policy)
+    calculator = Calculator(model, device=device, precision=policy, backend=args.backend)
 
     with _Outputs(out_path, log_path, args.dt) as outputs:
         result = run_md(atoms, calculator, ensemble=args.ensemble, steps=args.steps, dt_fs=args.dt,

@@ -52,15 +52,15 @@ class Graph:
 
     @property
     def num_graphs(self) -> int:
-        return int(self.ptr.shape[0]) - 1
+        return self.ptr.shape[0] - 1  # no int(): it would fix the size when traced
 
     @property
     def num_atoms(self) -> int:
-        return int(self.positions.shape[0])
+        return self.positions.shape[0]
 
     @property
     def num_edges(self) -> int:
-        return int(self.edge_index.shape[1])
+        return self.edge_index.shape[1]
 
     def to(self, device: torch.device | str) -> "Graph":
         """A copy with every tensor on `device` (dtypes unchanged)."""

@@ -9,10 +9,14 @@ the trainer config, `lpmace bench --backends`):
                 [edges, channels, paths] tensors) and the symmetric contraction
                 (`polynomial_contraction`) as Triton kernels, forward and all derivatives; on the CPU
                 only under TRITON_INTERPRET=1 (slow, for tests);
+    compiled    energy → forces (→ stress) traced into one graph, the derivative included, and
+                compiled with torch.compile (`lpmace.kernels.compiled`); the heavy blocks inside are
+                the Triton kernels on CUDA and the reference ops on the CPU (needs a C++ compiler);
+                the first call of each kind of batch pays for tracing and compiling;
     auto        triton on CUDA when triton imports, else reference.
 
 An explicitly requested backend never falls back: "triton" without triton, or on a CPU without
-TRITON_INTERPRET=1, is an error that says so.
+TRITON_INTERPRET=1, and "compiled" without what it needs are errors that say so.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from lpmace.kernels.polynomial import polynomial_contraction, triton_available
 
 __all__ = ["BACKENDS", "polynomial_contraction", "resolve_backend", "triton_available"]
 
-BACKENDS = ("auto", "reference", "triton")
+BACKENDS = ("auto", "reference", "triton", "compiled")
 
 
 def resolve_backend(name: str, device: torch.device | str) -> str:
@@ -35,4 +39,10 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
         return "triton" if torch.device(device).type == "cuda" and triton_available() else "reference"
     if name == "triton" and not triton_available():
         raise InputError("backend 'triton' needs the triton package (pip install triton)")
+    if name == "compiled":
+        from lpmace.kernels.compiled import compiled_available
+
+        reason = compiled_available(device)
+        if reason:
+            raise InputError(reason)
     return name

@@ -62,8 +62,10 @@ class EdgeSegments(NamedTuple):
 
 def _segments(index: torch.Tensor, num_nodes: int):
     perm = torch.argsort(index, stable=True)
-    ptr = torch.zeros(num_nodes + 1, dtype=torch.int64, device=index.device)
-    torch.cumsum(torch.bincount(index, minlength=num_nodes), 0, out=ptr[1:])
+    # ptr[n] = number of edges with index < n. searchsorted, not bincount: no host sync and no
+    # data-dependent shape, so the backend "compiled" can trace it and CUDA graphs can capture it.
+    nodes = torch.arange(num_nodes + 1, dtype=index.dtype, device=index.device)
+    ptr = torch.searchsorted(torch.index_select(index, 0, perm), nodes)
     return ptr, perm
 
 

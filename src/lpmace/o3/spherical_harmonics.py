@@ -52,7 +52,10 @@ class SphericalHarmonics(torch.nn.Module):
         yl = y1
         for l in range(1, self.lmax):
             table = getattr(self, f"step_{l}").to(vectors.dtype)
-            yl = torch.einsum("ei,ej,ijk->ek", y1, yl, table)
+            # (y1 ⊗ yl) @ table, not a 3-operand einsum: its contraction path fixes the edge count
+            # when the model is traced for backend "compiled"
+            outer = (y1[:, :, None] * yl[:, None, :]).reshape(yl.shape[0], y1.shape[1] * yl.shape[1])
+            yl = outer @ table.reshape(outer.shape[1], -1)
             out.append(yl)
         result = torch.cat(out, dim=-1)
         assert result.shape[-1] == num_components(self.lmax)

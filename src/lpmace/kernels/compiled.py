@@ -1,0 +1,169 @@
+"""Backend "compiled": energy → forces (→ stress) traced into one graph and compiled with torch.compile.
+
+`MACE._forward` computes energies and then forces with `torch.autograd.grad`. `make_fx` runs it
+once on fake tensors and records every operator the dispatcher sees, those of the backward pass
+included, so the result is a graph of plain operators whose outputs are the energy, the site
+energies, the forces and the stress: the derivative has become forward code. The node, edge and
+structure counts are symbols in that graph, so one trace serves every batch of the same kind.
+torch.compile (Inductor) then fuses the small operators around the heavy blocks into a few
+kernels. Training differentiates the compiled graph once more (the force loss's parameter
+gradients, the "double backward") through AOTAutograd like any other compiled function.
+
+The heavy blocks inside the graph are the Triton kernels (`lpmace::conv_node`, `conv_edge`,
+`polynomial_contraction`; opaque operators for Inductor) on CUDA, and the reference PyTorch ops on
+the CPU, where Inductor generates C++ (the Triton interpreter would defeat the purpose).
+
+One trace is kept per model, precision policy, force/stress/training flags, device and "size class"
+of the batch: make_fx fixes sizes 0 and 1, so a batch of one structure, or one without edges, gets
+its own trace. Traces live beside the model (a table with weak keys; no trace refers back to the model), not in
+it: state dicts and copies of the model never see them. The first call of each kind pays for tracing and compiling
+(seconds on the CPU for a small model, up to a few minutes on the GPU).
+
+`LPMACE_COMPILE_MODE` picks torch.compile's mode ("default" unless set; "reduce-overhead" adds CUDA
+graphs, one per distinct batch shape).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import weakref
+from typing import Dict, Optional
+
+import torch
+
+from lpmace.data.graph import Graph
+from lpmace.errors import InputError
+
+__all__ = ["compiled_available", "compiled_forward", "compile_mode", "inner_backend"]
+
+_TRACES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+_GRAPH_FIELDS = ("positions", "edge_index", "unit_shifts", "cell", "batch", "ptr")
+_BATCH_AXIS = (0, 0, 1, 0, 0, 0, 0)  # species, then _GRAPH_FIELDS
+_OUTPUTS = ("energy", "node_energy", "forces", "stress")
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode() -> str:
+    mode = os.environ.get("LPMACE_COMPILE_MODE", "default") or "default"
+    if mode not in MODES:
+        raise InputError(f"LPMACE_COMPILE_MODE must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
+def compiled_available(device: torch.device | str) -> Optional[str]:
+    """None if backend "compiled" can run on `device`, else the reason it cannot."""
+    if torch.device(device).type == "cuda":
+        from lpmace.kernels.launch import triton_available
+
+        return None if triton_available() else "backend 'compiled' on CUDA needs the triton package"
+    compilers = [os.environ.get("CXX"), "c++", "g++", "clang++"]
+    if not any(c and shutil.which(c) for c in compilers):
+        return "backend 'compiled' on the CPU needs a C++ compiler (c++, g++ or clang++ on PATH, or $CXX)"
+    return None
+
+
+def inner_backend(device: torch.device | str) -> str:
+    """The backend of the heavy blocks inside the compiled graph."""
+    from lpmace.kernels.launch import triton_available
+
+    return "triton" if torch.device(device).type == "cuda" and triton_available() else "reference"
+
+
+def _step(model, policy, compute_forces, compute_stress, training, backend):
+    """The model's `_forward` as a function of tensors only (what make_fx traces)."""
+
+    def step(species, positions, edge_index, unit_shifts, cell, batch, ptr):
+        pbc = torch.zeros(cell.shape[0], 3, dtype=torch.bool, device=cell.device)
+        graph = Graph(positions=positions, numbers=species, edge_index=edge_index, unit_shifts=unit_shifts,
+                      cell=cell, pbc=pbc, batch=batch, ptr=ptr)
+        out = model._forward(graph, species, policy, compute_forces, compute_stress, training, backend)
+        return tuple(out[k] for k in _OUTPUTS if out[k] is not None)
+
+    return step
+
+
+def _state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    # remove_duplicate=False: a tensor registered under two names must be an input under both
+    return dict([*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)])
+
+
+def _size_class(graph: Graph) -> tuple:
+    """make_fx treats sizes 0 and 1 as constants: such batches need a trace of their own."""
+    return tuple(min(int(n), 2) for n in (graph.num_atoms, graph.num_edges, graph.num_graphs))
+
+
+def _replace_sym_numel(graph_module: torch.fx.GraphModule) -> None:
+    """make_fx records x.numel() of a dynamic tensor as aten.sym_numel, which torch.compile cannot trace
+    again; write it as the product of the sizes."""
+    import operator
+
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is torch.ops.aten.sym_numel.default:
+            with graph.inserting_before(node):
+                total = 1
+                for d in range(node.args[0].meta["val"].dim()):
+                    size = graph.call_function(torch.ops.aten.sym_size.int, (node.args[0], d))
+                    total = size if total == 1 else graph.call_function(operator.mul, (total, size))
+            node.replace_all_uses_with(total)
+            graph.erase_node(node)
+    graph_module.recompile()
+
+
+def _trace(model, step, state, inputs):
+    """make_fx of `step` with the parameters and buffers as inputs (the optimizer changes them between
+    calls), then torch.compile. Nothing returned refers to the model."""
+    from torch._dynamo.source import ConstantSource
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+    from torch.nn.utils.stateless import _reparametrize_module  # what torch.func.functional_call uses
+
+    def run(state, *inputs):
+        with _reparametrize_module(model, state):
+            return step(*inputs)
+
+    # Weights and tables keep their sizes; the batch's sizes become symbols, each its own (no duck
+    # shapes: 4 structures must not share a symbol with 4 elements).
+    fake_mode = FakeTensorMode(shape_env=ShapeEnv(duck_shape=False))
+    fake_state = {k: fake_mode.from_tensor(v.detach(), static_shapes=True) for k, v in state.items()}
+    fake_inputs = []
+    for i, x in enumerate(inputs):  # the atom, edge or structure axis is dynamic, the rest (3, 3x3) static
+        sizes = [DimDynamic.DYNAMIC if d == _BATCH_AXIS[i] else DimDynamic.STATIC for d in range(x.dim())]
+        context = StatelessSymbolicContext(dynamic_sizes=sizes)
+        fake_inputs.append(fake_mode.from_tensor(x, source=ConstantSource(f"batch_{i}"), symbolic_context=context))
+    with fake_mode:
+        graph_module = make_fx(run, tracing_mode="symbolic")(fake_state, *fake_inputs)
+    _replace_sym_numel(graph_module)
+    mode = compile_mode()
+    # For tests of the trace on the CPU: LPMACE_COMPILE_BACKEND=aot_eager skips Inductor's code
+    # generation, =none runs the traced graph as it is.
+    backend = os.environ.get("LPMACE_COMPILE_BACKEND", "inductor")
+    if backend == "none":
+        return graph_module
+    if backend != "inductor":
+        return torch.compile(graph_module, dynamic=True, fullgraph=True, backend=backend)
+    return torch.compile(graph_module, dynamic=True, fullgraph=True, mode=None if mode == "default" else mode)
+
+
+def compiled_forward(model, graph: Graph, species, policy, compute_forces: bool, compute_stress: bool,
+                     training: bool) -> Dict[str, Optional[torch.Tensor]]:
+    """`MACE.forward` through the compiled graph of this kind of call (traced and compiled on first use)."""
+    device = graph.positions.device
+    backend = inner_backend(device)
+    key = (policy, compute_forces, compute_stress, training, str(device), model.dtype, _size_class(graph))
+    traces = _TRACES.setdefault(model, {})
+    inputs = (species, *(getattr(graph, f) for f in _GRAPH_FIELDS))
+    state = _state(model)
+    if key not in traces:
+        step = _step(model, policy, compute_forces, compute_stress, training, backend)
+        traces[key] = _trace(model, step, state, inputs)
+    compiled = traces[key]
+    from torch.fx.experimental import _config as fx_config
+
+    # torch.compile traces the graph again on first use and on new sizes: no duck shapes there either
+    with torch.set_grad_enabled(training and torch.is_grad_enabled()), fx_config.patch(use_duck_shape=False):
+        values = iter(compiled(state, *inputs))
+    wanted = {"energy": True, "node_energy": True, "forces": compute_forces, "stress": compute_stress}
+    return {k: next(values) if wanted[k] else None for k in _OUTPUTS}

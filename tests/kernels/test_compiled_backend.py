@@ -1,0 +1,130 @@
+"""Backend "compiled" (energy → forces traced into one graph, lpmace.kernels.compiled) against the
+reference backend: energies, forces, stress and the parameter gradients of a force loss.
+
+What is tested here on the CPU is the trace: that the graph make_fx records from the model's forward
+and its autograd.grad computes the same numbers for other batch sizes, updated weights and edge
+cases. One test runs it through torch.compile's "aot_eager" backend (dynamo's tracing and
+AOTAutograd's differentiation, no code generation); the others run the traced graph as it is
+(LPMACE_COMPILE_BACKEND=none), which is fast.
+Inductor's code generation is checked on the GPU (benchmarks/check_kernels_gpu.py).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from lpmace.data import collate, graph_from_configuration, read_configurations
+from lpmace.errors import InputError
+from lpmace.kernels import compiled as compiled_module
+from lpmace.kernels import resolve_backend
+
+
+@pytest.fixture(autouse=True)
+def _trace_only(monkeypatch):
+    monkeypatch.setenv("LPMACE_COMPILE_BACKEND", "none")  # the traced graph, run as it is
+
+
+@pytest.fixture(scope="module")
+def configs():
+    from lpmace import datasets
+
+    return read_configurations(datasets.path("3bpa/test_300K.xyz"), index=":6")
+
+
+def _batch(configs, k, r_max=4.0):
+    return collate([graph_from_configuration(c, r_max) for c in configs[:k]])
+
+
+def _run(model, graph, backend, training=True, stress=False):
+    out = model(graph, precision="fp64", backend=backend, training=training, compute_stress=stress)
+    if not training:
+        return out, None
+    loss = (out["energy"] ** 2).sum() * 1e-6 + (out["forces"] ** 2).sum()
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    return out, grads
+
+
+def _assert_close(a, b, tol=1e-10):
+    assert a.shape == b.shape
+    assert (a - b).abs().max() <= tol * max(1.0, b.abs().max().item())
+
+
+def test_compiled_training_step_matches_reference_across_batch_sizes(monkeypatch, make_model, configs):
+    monkeypatch.setenv("LPMACE_COMPILE_BACKEND", "aot_eager")  # torch.compile's tracing and autograd, no codegen
+    model = make_model(torch.float64, correlation=(3, 2))
+    for k in (3, 5, 2):  # one trace serves every batch of two or more structures
+        graph = _batch(configs, k)
+        ref, ref_grads = _run(model, graph, "reference")
+        out, grads = _run(model, graph, "compiled")
+        for key in ("energy", "node_energy", "forces"):
+            _assert_close(out[key], ref[key])
+        assert out["stress"] is None
+        for (name, _), a, b in zip(model.named_parameters(), grads, ref_grads):
+            if b is None:
+                assert a is None or not a.any(), name
+            else:
+                _assert_close(a, b)
+    assert len(compiled_module._TRACES[model]) == 1
+
+
+def test_compiled_follows_weight_updates(make_model, configs):
+    """The weights are graph inputs, not constants: an optimizer step changes the compiled result."""
+    model = make_model(torch.float64)
+    graph = _batch(configs, 2)
+    before, _ = _run(model, graph, "compiled", training=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.1)
+    after, _ = _run(model, graph, "compiled", training=False)
+    ref, _ = _run(model, graph, "reference", training=False)
+    assert (after["energy"] - before["energy"]).abs().max() > 1e-6
+    _assert_close(after["energy"], ref["energy"])
+    _assert_close(after["forces"], ref["forces"])
+
+
+def test_compiled_single_structures_stress_and_isolated_atoms(make_model, configs):
+    """One structure (MD, the calculator), a periodic cell with stress, and a graph without edges
+    each get a trace of their own (make_fx fixes sizes 0 and 1) and match the reference."""
+    import dataclasses
+
+    model = make_model(torch.float64)
+    single = _batch(configs, 1)
+    box = dataclasses.replace(configs[0], cell=torch.eye(3, dtype=torch.float64).numpy() * 9.0,
+                              pbc=torch.ones(3, dtype=torch.bool).numpy())
+    periodic = graph_from_configuration(box, 4.0)
+    apart = dataclasses.replace(configs[0], numbers=configs[0].numbers[:2],
+                                positions=configs[0].positions[:2] + [[0, 0, 0], [20.0, 0, 0]], forces=None)
+    lonely = graph_from_configuration(apart, 4.0)
+    assert lonely.num_edges == 0
+    for graph, stress in ((single, False), (periodic, True), (lonely, False)):
+        ref, _ = _run(model, graph, "reference", training=False, stress=stress)
+        out, _ = _run(model, graph, "compiled", training=False, stress=stress)
+        for key in ("energy", "forces") + (("stress",) if stress else ()):
+            _assert_close(out[key], ref[key])
+    assert not out["forces"].any()  # no edges: no forces
+
+
+def test_compiled_leaves_the_model_as_it_was(make_model, configs):
+    model = make_model(torch.float64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _run(model, _batch(configs, 2), "compiled", training=False)
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    twin = copy.deepcopy(model)  # the traces live beside the model, not in it
+    assert twin not in compiled_module._TRACES and model in compiled_module._TRACES
+
+
+def test_compiled_refuses_a_cpu_without_a_compiler(monkeypatch):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(compiled_module.shutil, "which", lambda name: None)
+    with pytest.raises(InputError, match="needs a C\\+\\+ compiler"):
+        resolve_backend("compiled", "cpu")
+
+
+def test_bad_compile_mode_is_refused(monkeypatch):
+    monkeypatch.setenv("LPMACE_COMPILE_MODE", "fastest")
+    with pytest.raises(InputError, match="LPMACE_COMPILE_MODE must be one of"):
+        compiled_module.compile_mode()
