@@ -25,6 +25,7 @@ EXPERIMENTS = {
     "quantize": "int8/fp8 readouts: energy and force error, model bytes, speed",
     "species_rank": "low-rank element-dependent weights: parameters and memory against elements and rank; accuracy against rank",
     "progressive_correlation": "training with the correlation order raised by epoch against a fixed order (time to accuracy)",
+    "precision_schedule": "fixed fp32, bf16-mixed and layerwise against bf16-mixed then fp32 by epoch (time to accuracy)",
 }
 
 

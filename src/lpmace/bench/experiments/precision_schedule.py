@@ -1,0 +1,167 @@
+"""Precision schedules against fixed precisions, W3-style: test force RMSE against training time on
+3BPA under the same training-time budget (issue 6, part 4).
+
+Four runs share data, split, seed, model and budget, one after the other:
+
+1. "fp32": fixed fp32;
+2. "bf16-mixed": fixed bf16-mixed;
+3. "schedule": bf16-mixed, then fp32 for the last epochs (``precision_schedule: {S: fp32}``, as NequIP's
+   TF32 scheduler does). S is chosen from run 2 so that the switch happens within the budget: if
+   run 2 finished N epochs, the schedule trains the first round(2N/3) epochs in bf16-mixed (at least
+   1, at most N - 1) and switches at the next, S = round(2N/3) + 1. Those epochs took run 2 less
+   than the budget, so the switch comes before ``max_time`` ends the run;
+4. "layerwise": fixed ``layerwise`` preset (float16 radial MLP and readout; loss scaling).
+
+Each run is one `lpmace.bench.time_to_accuracy` run with the trainer's default backend ("auto"): a
+fresh Trainer stopped by ``max_time`` (checked between epochs), its EMA model scored on the test
+configurations after every epoch outside the training clock, in the precision that epoch trained
+with (W3's rule). The final test metrics of a row are those of the EMA model written at the end,
+evaluated in fp32 for every run (the accuracy of the weights, whatever they were trained in).
+
+Rows (one per run): precision or schedule, switch epoch, epochs done, epochs per precision (from the
+trainer's log), training time (s), median seconds per epoch per precision, skipped steps (fp16 loss
+scaling), final validation and test energy (meV/atom) and force (meV/Å) RMSE of the EMA model, the
+time each run first reaches the fp32 run's final test force RMSE, the force RMSE of each run at the
+earliest run end, status, and the curve ``[[time_s, test force RMSE], ...]``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from lpmace.bench.experiments.progressive_correlation import _at_time, _log_rows, _write_first_frames
+from lpmace.bench.time_to_accuracy import time_to_accuracy
+from lpmace.data import graph_from_configuration, read_configurations
+from lpmace.evaluate import evaluate
+from lpmace.io import load
+from lpmace.train.config import resolve_path
+
+NAME = "precision_schedule"
+TRAIN_FILE = "embedded:3bpa/train_300K.xyz"
+TEST_FILE = "embedded:3bpa/test_300K.xyz"
+LOW, HIGH = "bf16-mixed", "fp32"
+
+# quick (CI, seconds on a CPU): a tiny model, 6 epochs each (an epoch cap, so that the rows and the
+# switch epoch do not depend on the machine's load; the budget only guards). full CPU: the
+# progressive_correlation model with a budget that keeps the four runs near 15 minutes on a 2-core
+# CPU; full GPU: the W3 model (128x0e+128x1o), 60 s per run, the four within about 5 minutes.
+QUICK = dict(model=("model.channels=8", "model.max_L=0", "model.max_ell=2", "model.radial_mlp=[16]",
+                    "model.num_bessel=6", "model.r_max=4.0", "batch_size=4"),
+             correlation=2, n_train=40, valid_fraction=0.25, test_limit=20, budget_s=60.0, epochs=6)
+FULL_CPU = dict(model=("model.channels=32", "model.max_L=1", "model.max_ell=3"), correlation=3, n_train=None,
+                valid_fraction=0.1, test_limit=100, budget_s=150.0, epochs=None)
+FULL_GPU = dict(FULL_CPU, model=("model.channels=128", "model.max_L=1", "model.max_ell=3"), test_limit=None,
+                budget_s=60.0)
+COLUMNS = ["run", "precision", "switch_epoch", "epochs", "epochs_by_precision", "train_time_s", "seconds_per_epoch",
+           "skipped_steps", "valid_energy_rmse_mev_per_atom", "valid_force_rmse_mev_per_A",
+           "test_energy_rmse_mev_per_atom", "test_force_rmse_mev_per_A", "time_to_fp32_final_s",
+           "force_rmse_at_common_time_mev_per_A", "status", "curve"]
+
+
+def switch_epoch(low_epochs: int) -> int:
+    """The first fp32 epoch of the schedule when the fixed bf16-mixed run finished `low_epochs`
+    epochs: after round(2N/3) epochs of bf16-mixed, at least one and at most N - 1 (epoch 2 for N < 2)."""
+    return min(max(1, round(2 * low_epochs / 3)), max(1, low_epochs - 1)) + 1
+
+
+def run(*, device: str, quick: bool, progress: bool, seed: int = 0) -> dict:
+    settings = QUICK if quick else FULL_GPU if str(device).startswith("cuda") else FULL_CPU
+    report = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None
+    with tempfile.TemporaryDirectory(prefix="lpmace-precision-schedule-") as tmp:
+        out = Path(tmp)
+        train_file = TRAIN_FILE
+        if settings["n_train"] is not None:
+            train_file = str(out / "train.xyz")
+            _write_first_frames(resolve_path(TRAIN_FILE), settings["n_train"], Path(train_file))
+        common = (*settings["model"], f"model.correlation={settings['correlation']}", f"seed={seed}",
+                  f"train_file={train_file}", f"valid_fraction={settings['valid_fraction']}",
+                  *((f"epochs={settings['epochs']}",) if settings["epochs"] else ()))
+        one = lambda label, precision, switch=None: _one_run(  # noqa: E731
+            label, precision, switch, settings, common, device, out / label, report)
+        rows = [one("fp32", HIGH), one("bf16-mixed", LOW)]
+        rows.append(one("schedule", LOW, switch_epoch(rows[1]["epochs"])))
+        rows.append(one("layerwise", "layerwise"))
+    target = rows[0]["test_force_rmse_mev_per_A"]
+    common_time = min((row["curve"][-1][0] for row in rows if row["curve"]), default=None)
+    reach = None if target is None else target * (1 + 1e-6)  # the fp32 run's own end, despite summation order
+    for row in rows:
+        row["time_to_fp32_final_s"] = next((t for t, f in row["curve"] if f is not None and reach is not None
+                                            and f <= reach), None)
+        row["force_rmse_at_common_time_mev_per_A"] = _at_time(row["curve"], common_time)
+    return {"rows": rows, "columns": COLUMNS, "summary": _summary(rows, settings, device, common_time)}
+
+
+def _one_run(label, precision, switch, settings, common, device, out, report) -> dict:
+    overrides = common + ((f"precision_schedule={{{switch}: {HIGH}}}",) if switch else ())
+    result = time_to_accuracy([precision], device=device, budget_s=settings["budget_s"], out_dir=out,
+                              overrides=overrides, test_file=TEST_FILE, test_limit=settings["test_limit"],
+                              progress=report, backends=("auto",))
+    found = result["runs"][0]
+    run_dir = out / precision
+    log = _log_rows(run_dir / "log.jsonl")
+    last = log[-1] if log else {}
+    by_precision: dict = {}
+    for entry in log:
+        by_precision[entry["precision"]] = by_precision.get(entry["precision"], 0) + 1
+    row = {"run": label, "precision": f"{LOW} → {HIGH} (epoch {switch})" if switch else precision,
+           "switch_epoch": switch, "epochs": len(log), "epochs_by_precision": by_precision,
+           "train_time_s": last.get("train_time_s"), "seconds_per_epoch": _seconds_per_epoch(log),
+           "skipped_steps": last.get("skipped_steps"),
+           "valid_energy_rmse_mev_per_atom": last.get("valid_energy_rmse_mev_per_atom"),
+           "valid_force_rmse_mev_per_A": last.get("valid_force_rmse_mev_per_A"),
+           "test_energy_rmse_mev_per_atom": None, "test_force_rmse_mev_per_A": None,
+           "status": found["status"],
+           "curve": [[p["time_s"], p["force_rmse_mev_per_A"]] for p in found["curve"]]}
+    if (run_dir / "model.safetensors").exists():
+        model = load(run_dir / "model.safetensors", device=device)  # the EMA weights at the end
+        index = slice(0, settings["test_limit"]) if settings["test_limit"] is not None else ":"
+        test = read_configurations(resolve_path(TEST_FILE), stress_key=None, virials_key=None, index=index)
+        graphs = [graph_from_configuration(c, model.config.r_max) for c in test]
+        metrics = evaluate(model, graphs, precision=HIGH, batch_size=64, device=device)
+        row["test_energy_rmse_mev_per_atom"] = metrics.energy_rmse_mev_per_atom
+        row["test_force_rmse_mev_per_A"] = metrics.force_rmse_mev_per_A
+    return row
+
+
+def _seconds_per_epoch(log: list[dict]) -> dict:
+    """{preset: median training seconds of the epochs trained with it}, in the order first used."""
+    by_precision: dict = {}
+    previous = 0.0
+    for entry in log:
+        by_precision.setdefault(entry["precision"], []).append(entry["train_time_s"] - previous)
+        previous = entry["train_time_s"]
+    return {name: round(statistics.median(times), 3) for name, times in by_precision.items()}
+
+
+def _summary(rows: list[dict], settings: dict, device: str, common_time: float | None) -> str:
+    fmt = lambda x, spec=".1f": "n/a" if x is None else format(x, spec)  # noqa: E731
+    per = lambda row: ", ".join(f"{p} {s:.2f} s" for p, s in row["seconds_per_epoch"].items())  # noqa: E731
+    channels = " ".join(m.split("=", 1)[1] for m in settings["model"] if m.startswith("model.channels"))
+    text = (f"Same {settings['budget_s']:g} s training budget"
+            + (f" and at most {settings['epochs']} epochs" if settings["epochs"] else "")
+            + f" on {device} (3BPA, channels {channels}, correlation {settings['correlation']}). ")
+    for row in rows:
+        skipped = f", {row['skipped_steps']} skipped steps" if row["skipped_steps"] else ""
+        text += (f"{row['precision']}: {row['epochs']} epochs ({per(row)} per epoch{skipped}), test force RMSE "
+                 f"{fmt(row['test_force_rmse_mev_per_A'])} meV/Å, energy "
+                 f"{fmt(row['test_energy_rmse_mev_per_atom'], '.2f')} meV/atom"
+                 + ("" if row["status"] == "ok" else f", status {row['status']}") + ". ")
+    at_common = [(row["run"], row["force_rmse_at_common_time_mev_per_A"]) for row in rows]
+    if common_time is not None and all(f is not None for _, f in at_common):
+        text += (f"At the earliest run end ({common_time:.0f} s) the test force RMSE is "
+                 + ", ".join(f"{f:.1f} ({run})" for run, f in at_common) + " meV/Å. ")
+    reached = [row for row in rows if row["time_to_fp32_final_s"] is not None]
+    if not reached:
+        return text + "No run reached the fp32 run's final test force RMSE within its training time."
+    fastest = min(reached, key=lambda row: row["time_to_fp32_final_s"])
+    missed = [row["run"] for row in rows if row["time_to_fp32_final_s"] is None]
+    others = [f"{row['run']} after {row['time_to_fp32_final_s']:.1f} s" for row in reached if row is not fastest]
+    if missed:
+        others.append(f"{', '.join(missed)} not within {'its' if len(missed) == 1 else 'their'} training time")
+    text += (f"Fastest to the fp32 run's final test force RMSE ({fmt(rows[0]['test_force_rmse_mev_per_A'])} meV/Å): "
+             f"{fastest['run']}, after {fastest['time_to_fp32_final_s']:.1f} s of training"
+             + (f" ({'; '.join(others)})" if others else "") + ".")
+    return text
