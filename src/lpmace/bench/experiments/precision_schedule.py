@@ -12,7 +12,8 @@ Four runs share data, split, seed, model and budget, one after the other:
    than the budget, so the switch comes before ``max_time`` ends the run;
 4. "layerwise": fixed ``layerwise`` preset (float16 radial MLP and readout; loss scaling).
 
-Each run is one `lpmace.bench.time_to_accuracy` run with the trainer's default backend ("auto"): a
+Each run is one `lpmace.bench.time_to_accuracy` run (backend "triton" on CUDA: "compiled" would
+spend part of each budget on compiling; "auto", i.e. reference, on the CPU): a
 fresh Trainer stopped by ``max_time`` (checked between epochs), its EMA model scored on the test
 configurations after every epoch outside the training clock, in the precision that epoch trained
 with (W3's rule). The final test metrics of a row are those of the EMA model written at the end,
@@ -98,7 +99,7 @@ def _one_run(label, precision, switch, settings, common, device, out, report) ->
     overrides = common + ((f"precision_schedule={{{switch}: {HIGH}}}",) if switch else ())
     result = time_to_accuracy([precision], device=device, budget_s=settings["budget_s"], out_dir=out,
                               overrides=overrides, test_file=TEST_FILE, test_limit=settings["test_limit"],
-                              progress=report, backends=("auto",))
+                              progress=report, backends=("triton",) if str(device).startswith("cuda") else ("auto",))
     found = result["runs"][0]
     run_dir = out / precision
     log = _log_rows(run_dir / "log.jsonl")
