@@ -36,7 +36,7 @@ def mean_atoms(path: str) -> float:
 
 def run(out: Path, ranks: int, batch: int, args) -> dict:
     common = ["-m", "lpmace", "train", os.devnull, f"epochs={args.epochs}", f"batch_size={batch}",
-              f"precision={args.precision}", "device=cuda", "test_files=[]", "progress=false",
+              f"precision={args.precision}", "device=cuda", "backend=triton", "test_files=[]", "progress=false",
               f"output_dir={out}", "valid_batch_size=50", f"train_file={args.train_file}",
               f"energy_key={args.energy_key}", f"forces_key={args.forces_key}", f"model={args.model}"]
     if args.e0s:

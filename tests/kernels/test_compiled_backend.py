@@ -128,3 +128,27 @@ def test_bad_compile_mode_is_refused(monkeypatch):
     monkeypatch.setenv("LPMACE_COMPILE_MODE", "fastest")
     with pytest.raises(InputError, match="LPMACE_COMPILE_MODE must be one of"):
         compiled_module.compile_mode()
+
+
+def test_compiled_follows_the_active_correlation_order(make_model, configs):
+    """A correlation schedule changes the traced polynomial: each order gets its own trace."""
+    from lpmace.train.correlation import set_correlation
+
+    model = make_model(torch.float64, correlation=(3, 3))
+    graph = _batch(configs, 2)
+    for order in (3, 1):
+        set_correlation(model, order)
+        out, _ = _run(model, graph, "compiled", training=False)
+        ref, _ = _run(model, graph, "reference", training=False)
+        _assert_close(out["energy"], ref["energy"])
+        _assert_close(out["forces"], ref["forces"])
+    assert len(compiled_module._TRACES[model]) == 2
+
+
+def test_auto_compiles_for_training_on_cuda_only(monkeypatch):
+    import lpmace.kernels as kernels
+
+    assert resolve_backend("auto", "cpu", training=True) == "reference"
+    monkeypatch.setattr(kernels, "triton_available", lambda: True)
+    assert resolve_backend("auto", "cuda", training=True) == "compiled"
+    assert resolve_backend("auto", "cuda") == "triton"

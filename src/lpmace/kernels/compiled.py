@@ -152,10 +152,14 @@ def compiled_forward(model, graph: Graph, species, policy, compute_forces: bool,
     """`MACE.forward` through the compiled graph of this kind of call (traced and compiled on first use)."""
     device = graph.positions.device
     backend = inner_backend(device)
-    key = (policy, compute_forces, compute_stress, training, str(device), model.dtype, _size_class(graph))
-    traces = _TRACES.setdefault(model, {})
     inputs = (species, *(getattr(graph, f) for f in _GRAPH_FIELDS))
     state = _state(model)
+    # What the trace fixes besides the flags: the tensors' names (a quantized or compressed model has
+    # other modules) and the active correlation orders (lpmace.train.correlation changes them).
+    orders = tuple(m.active_correlation for m in model.modules() if hasattr(m, "active_correlation"))
+    key = (policy, compute_forces, compute_stress, training, str(device), model.dtype, _size_class(graph),
+           tuple(state), orders)
+    traces = _TRACES.setdefault(model, {})
     if key not in traces:
         step = _step(model, policy, compute_forces, compute_stress, training, backend)
         traces[key] = _trace(model, step, state, inputs)

@@ -76,7 +76,9 @@ class Trainer:
         self.model: MACE = build_model(mcfg, cfg.seed, self.policy.params, cfg.device)
         from lpmace.kernels import resolve_backend
 
-        self.model.backend = resolve_backend(cfg.backend, cfg.device)
+        # auto: compiled for a single-process run on CUDA (compiling once pays over a run), else triton
+        # (compiled is not measured across processes yet)
+        self.model.backend = resolve_backend(cfg.backend, cfg.device, training=self.dist.world_size == 1)
         self.dist.broadcast_parameters(self.model)
         if cfg.tensorboard:  # checked on every rank, so that rank 0 cannot fail alone later
             try:
@@ -229,7 +231,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         n_params = sum(p.numel() for p in self.model.parameters())
-        self.log(f"model: {n_params:,} parameters; precision {self.policy.name}; backend {self.model.backend}; "
+        self.log(f"model: {n_params:,} parameters; precision {self.policy.name}; backend {self.model.backend}{' (auto)' if cfg.backend == 'auto' else ''}; "
                  f"device {cfg.device}" + (f"; correlation order {self.correlation}" if self.correlation else ""))
         run_start = time.perf_counter()  # wall clock of this invocation (validation included)
         self.writer = None

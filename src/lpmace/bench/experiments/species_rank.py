@@ -164,7 +164,8 @@ def accuracy_rows(*, device: str, quick: bool, progress: bool, seed: int, work: 
         "isolated_atoms_file=null", "e0s=fit", f"epochs={_EPOCHS[quick]}", f"batch_size={4 if quick else 5}",
         "valid_fraction=0.1", "energy_weight=100", f"seed={seed + 1}", f"device={device}",
         f"progress={str(progress).lower()}",
-        f"precision={precision}", "backend=auto", *(f"model.{k}={v}" for k, v in model.items()),
+        f"precision={precision}", "backend=triton" if str(device).startswith("cuda") else "backend=auto",
+        *(f"model.{k}={v}" for k, v in model.items()),
     ]
     log = print if progress else (lambda message: None)
     rows = []
