@@ -152,3 +152,37 @@ def test_auto_compiles_for_training_on_cuda_only(monkeypatch):
     monkeypatch.setattr(kernels, "triton_available", lambda: True)
     assert resolve_backend("auto", "cuda", training=True) == "compiled"
     assert resolve_backend("auto", "cuda") == "triton"
+
+
+def test_bucket_sizes():
+    assert [compiled_module.bucket(n) for n in (1, 2, 15, 16, 17, 100, 4098, 215_572)] == \
+        [1, 2, 15, 16, 18, 104, 4608, 229_376]
+    for n in range(1, 5000, 37):
+        assert n <= compiled_module.bucket(n) <= n * 9 / 8
+
+
+def test_padded_shapes_for_cuda_graphs_change_nothing(monkeypatch, make_model, configs):
+    """LPMACE_COMPILE_MODE=reduce-overhead pads atoms and edges to bucket sizes with dummy atoms
+    beyond the cutoff: energies, forces, stress and force-loss gradients are those of the reference."""
+    import dataclasses
+
+    monkeypatch.setenv("LPMACE_COMPILE_MODE", "reduce-overhead")
+    model = make_model(torch.float64)
+    graph = _batch(configs, 3)
+    padded, _ = compiled_module.pad_graph(graph, model.species(graph.numbers), model.config.r_max)
+    assert padded.num_atoms == compiled_module.bucket(graph.num_atoms + 2) > graph.num_atoms
+    assert padded.num_edges == compiled_module.bucket(graph.num_edges) > graph.num_edges
+    ref, ref_grads = _run(model, graph, "reference")
+    out, grads = _run(model, graph, "compiled")
+    for key in ("energy", "node_energy", "forces"):
+        _assert_close(out[key], ref[key])
+    for a, b in zip(grads, ref_grads):
+        if b is not None:
+            _assert_close(a, b)
+    box = dataclasses.replace(configs[0], cell=torch.eye(3, dtype=torch.float64).numpy() * 9.0,
+                              pbc=torch.ones(3, dtype=torch.bool).numpy())
+    periodic = graph_from_configuration(box, 4.0)
+    ref, _ = _run(model, periodic, "reference", training=False, stress=True)
+    out, _ = _run(model, periodic, "compiled", training=False, stress=True)
+    for key in ("energy", "forces", "stress"):
+        _assert_close(out[key], ref[key])

@@ -20,7 +20,10 @@ it: state dicts and copies of the model never see them. The first call of each k
 (seconds on the CPU for a small model, up to a few minutes on the GPU).
 
 `LPMACE_COMPILE_MODE` picks torch.compile's mode ("default" unless set; "reduce-overhead" adds CUDA
-graphs, one per distinct batch shape).
+graphs, one recording per distinct batch shape). With CUDA graphs the atom and edge counts are
+padded to `bucket` sizes (at most 1/8 more; `pad_graph`: dummy atoms in an extra structure whose
+edges lie beyond the cutoff and contribute exactly 0), so MD, whose edge count changes a little at
+every step, and training batches reuse a few recordings.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import torch
 from lpmace.data.graph import Graph
 from lpmace.errors import InputError
 
-__all__ = ["compiled_available", "compiled_forward", "compile_mode", "inner_backend"]
+__all__ = ["bucket", "compiled_available", "compiled_forward", "compile_mode", "inner_backend", "pad_graph"]
 
 _TRACES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 _GRAPH_FIELDS = ("positions", "edge_index", "unit_shifts", "cell", "batch", "ptr")
@@ -147,18 +150,59 @@ def _trace(model, step, state, inputs):
     return torch.compile(graph_module, dynamic=True, fullgraph=True, mode=None if mode == "default" else mode)
 
 
+def bucket(n: int) -> int:
+    """n rounded up to a multiple of 2^(bits(n) - 4): at most 1/8 more, 8 sizes per octave."""
+    step = 1 << max(0, int(n).bit_length() - 4)
+    return -(-int(n) // step) * step
+
+
+def pad_graph(graph: Graph, species: torch.Tensor, r_max: float):
+    """`graph` with its atom and edge counts padded to `bucket` sizes, for CUDA graphs (one recording
+    per shape). The padding is one extra structure of dummy atoms of element 0 in pairs (a, b) 2·r_max
+    apart, with the extra edges a → b: beyond the cutoff the radial envelope, hence every message
+    and its derivatives, is exactly 0. Returns (graph, species) padded; the real atoms, edges and
+    structures come first."""
+    n, e, g = graph.num_atoms, graph.num_edges, graph.num_graphs
+    n_pad = bucket(n + 2)
+    pairs = (n_pad - n) // 2
+    e_pad = bucket(e) if e else 0
+    dev = graph.positions.device
+    j = torch.arange(pairs, device=dev)
+    a, b = n + 2 * j, n + 2 * j + 1
+    pos = torch.zeros(n_pad - n, 3, dtype=graph.positions.dtype, device=dev)
+    pos[2 * j, 2] = pos[2 * j + 1, 2] = 4.0 * r_max * j.to(pos.dtype)  # pairs far from each other too
+    pos[2 * j + 1, 0] = 2.0 * r_max  # (an odd atom left over has no edges)
+    extra = torch.arange(e_pad - e, device=dev) % pairs
+    edge_index = torch.cat([graph.edge_index, torch.stack([a[extra], b[extra]])], dim=1)
+    cell = torch.cat([graph.cell, torch.eye(3, dtype=graph.cell.dtype, device=dev)[None]])
+    padded = Graph(
+        positions=torch.cat([graph.positions, pos]),
+        numbers=torch.cat([graph.numbers, graph.numbers.new_full((n_pad - n,), int(graph.numbers[0]) if n else 1)]),
+        edge_index=edge_index,
+        unit_shifts=torch.cat([graph.unit_shifts, graph.unit_shifts.new_zeros(e_pad - e, 3)]),
+        cell=cell, pbc=torch.cat([graph.pbc, graph.pbc.new_zeros(1, 3)]),
+        batch=torch.cat([graph.batch, graph.batch.new_full((n_pad - n,), g)]),
+        ptr=torch.cat([graph.ptr, graph.ptr.new_full((1,), n_pad)]),
+    )
+    return padded, torch.cat([species, species.new_zeros(n_pad - n)])
+
+
 def compiled_forward(model, graph: Graph, species, policy, compute_forces: bool, compute_stress: bool,
                      training: bool) -> Dict[str, Optional[torch.Tensor]]:
     """`MACE.forward` through the compiled graph of this kind of call (traced and compiled on first use)."""
     device = graph.positions.device
     backend = inner_backend(device)
+    n, g = graph.num_atoms, graph.num_graphs
+    padded = compile_mode() == "reduce-overhead"  # CUDA graphs: few distinct shapes
+    if padded:
+        graph, species = pad_graph(graph, species, model.config.r_max)
     inputs = (species, *(getattr(graph, f) for f in _GRAPH_FIELDS))
     state = _state(model)
     # What the trace fixes besides the flags: the tensors' names (a quantized or compressed model has
     # other modules) and the active correlation orders (lpmace.train.correlation changes them).
     orders = tuple(m.active_correlation for m in model.modules() if hasattr(m, "active_correlation"))
     key = (policy, compute_forces, compute_stress, training, str(device), model.dtype, _size_class(graph),
-           tuple(state), orders)
+           tuple(state), orders, compile_mode(), os.environ.get("LPMACE_COMPILE_BACKEND"))
     traces = _TRACES.setdefault(model, {})
     if key not in traces:
         step = _step(model, policy, compute_forces, compute_stress, training, backend)
@@ -170,4 +214,8 @@ def compiled_forward(model, graph: Graph, species, policy, compute_forces: bool,
     with torch.set_grad_enabled(training and torch.is_grad_enabled()), fx_config.patch(use_duck_shape=False):
         values = iter(compiled(state, *inputs))
     wanted = {"energy": True, "node_energy": True, "forces": compute_forces, "stress": compute_stress}
-    return {k: next(values) if wanted[k] else None for k in _OUTPUTS}
+    out = {k: next(values) if wanted[k] else None for k in _OUTPUTS}
+    if padded:  # drop the dummy structure and its atoms
+        rows = {"energy": g, "node_energy": n, "forces": n, "stress": g}
+        out = {k: None if v is None else v[: rows[k]] for k, v in out.items()}
+    return out
