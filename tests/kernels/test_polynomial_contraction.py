@@ -63,6 +63,7 @@ SHAPES = [  # n, C, lmax, degree, elements, outputs, q
     (2, 2, 2, 1, 1, 9, 1),
     (2, 2, 0, 3, 2, 1, 1),
     (1, 1, 1, 3, 1, 4, 1),
+    (21, 3, 1, 2, 3, 4, 2),  # several 8-node blocks per element in the Triton kernel
 ]
 
 
@@ -87,6 +88,16 @@ def test_forward_first_and_second_derivatives_match_the_reference(interpret, imp
         e = torch.zeros_like(t) if e is None else e  # degree 1: dOut/dA does not depend on A
         x = torch.zeros_like(t) if x is None else x
         torch.testing.assert_close(x, e, rtol=1e-10, atol=1e-10)
+
+
+def test_triton_blocks_of_same_element_nodes(interpret):
+    """Nodes in element order or interleaved, an element with no nodes, counts not multiples of the
+    kernel's 8-node blocks: every node gets its own element's table."""
+    a, _, index, coefficients, g = _inputs(27, 2, 1, 2, 4, 4, 1)
+    for species in (torch.tensor([0] * 10 + [2] * 17), torch.tensor([3, 0, 2] * 9), torch.full((27,), 1)):
+        expected = polynomial_contraction_reference(a, species, index, coefficients, g)
+        got = polynomial_contraction(a, species, index, coefficients, g, impl="triton")
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 2e-6), (torch.float16, 2e-3)])

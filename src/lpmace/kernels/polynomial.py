@@ -20,7 +20,8 @@ Numerics: A, T and G may be 16-bit; every load is converted to the accumulation 
 float64 for float64 inputs) and the sums run there, as the precision policies require.
 
 Implementations: "reference" (PyTorch, forms [n, C, R] monomials) and "triton" (one program per
-(node, block of channels), monomials formed in registers, nothing [n, C, R] in memory). The Triton
+block of up to 8 same-element nodes and block of channels, monomials formed in registers, nothing
+[n, C, R] in memory, each table slice loaded once per block of nodes). The Triton
 kernel runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (slow; for tests).
 """
 
@@ -70,42 +71,59 @@ _KERNELS: dict = {}
 
 
 def _kernel(interpret: bool):
-    """The Triton kernel, compiled for the GPU or wrapped for the CPU interpreter (made on first use)."""
+    """The Triton kernel, compiled for the GPU or wrapped for the CPU interpreter (made on first use).
+
+    One program takes up to BLOCK_N nodes of one element (nodes sorted by element; `block_ptr[s]` is
+    the first program of element s, `node_ptr[s]` its first node in `order`) and a block of channels,
+    so each slice of the element's table is loaded once for BLOCK_N nodes, not once per node.
+    """
     if interpret not in _KERNELS:
         import triton
         import triton.language as tl
 
-        def contraction(a_ptr, species_ptr, index_ptr, table_ptr, g_ptr, out_ptr, C, D, O,
-                        R: tl.constexpr, Q: tl.constexpr, NU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr,
-                        ACC: tl.constexpr):
-            node = tl.program_id(0).to(tl.int64)
+        def contraction(a_ptr, order_ptr, node_ptr, block_ptr, index_ptr, table_ptr, g_ptr, out_ptr, C, D, O,
+                        S: tl.constexpr, R: tl.constexpr, Q: tl.constexpr, NU: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_R: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+            p = tl.program_id(0)
+            s = 0
+            for z in tl.static_range(S):  # this program's element: the number of elements it is past
+                s += (tl.load(block_ptr + z + 1) <= p).to(tl.int32)
+            valid = s < S
+            s = tl.minimum(s, S - 1)
+            first = tl.load(node_ptr + s) + (p - tl.load(block_ptr + s)) * BLOCK_N
+            slot = first + tl.arange(0, BLOCK_N)
+            n_ok = (slot < tl.load(node_ptr + s + 1)) & valid
+            node = tl.load(order_ptr + slot, mask=n_ok, other=0).to(tl.int64)
             c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
             c_ok = c < C
             o = tl.arange(0, BLOCK_O)
             o_ok = o < O
-            s = tl.load(species_ptr + node)
-            acc = tl.zeros((BLOCK_O, BLOCK_C), ACC)
+            nc_ok = n_ok[:, None] & c_ok[None, :]
+            row = node[:, None] * C + c[None, :]  # [BLOCK_N, BLOCK_C]
+            acc = tl.zeros((BLOCK_N, BLOCK_O, BLOCK_C), ACC)
             for r0 in range(0, R, BLOCK_R):
                 r = r0 + tl.arange(0, BLOCK_R)
                 r_ok = r < R
-                mono = tl.full((BLOCK_R, BLOCK_C), 1.0, ACC)
+                mono = tl.full((BLOCK_R, BLOCK_N, BLOCK_C), 1.0, ACC)
                 for k in tl.static_range(NU):
                     var = tl.load(index_ptr + r * NU + k, mask=r_ok, other=D)
-                    real = (var < D)[:, None] & c_ok[None, :]
-                    value = tl.load(a_ptr + (node * C + c[None, :]) * D + var[:, None], mask=real, other=1.0)
+                    real = (var < D)[:, None, None] & nc_ok[None, :, :]
+                    value = tl.load(a_ptr + row[None, :, :] * D + var[:, None, None], mask=real, other=1.0)
                     mono = mono * value.to(ACC)
                 t_ok = r_ok[:, None, None] & o_ok[None, :, None] & c_ok[None, None, :]
                 for q in range(Q):
-                    gq = tl.load(g_ptr + (node * C + c) * Q + q, mask=c_ok, other=0.0).to(ACC)
+                    gq = tl.load(g_ptr + row * Q + q, mask=nc_ok, other=0.0).to(ACC)  # [BLOCK_N, BLOCK_C]
                     offset = (((s * R + r[:, None, None]) * O + o[None, :, None]) * Q + q) * C + c[None, None, :]
-                    t = tl.load(table_ptr + offset, mask=t_ok, other=0.0).to(ACC)
-                    acc += tl.sum(mono[:, None, :] * t, axis=0) * gq[None, :]
-            out = out_ptr + (node * C + c[None, :]) * O + o[:, None]
-            tl.store(out, acc, mask=o_ok[:, None] & c_ok[None, :])
+                    t = tl.load(table_ptr + offset, mask=t_ok, other=0.0).to(ACC)  # [BLOCK_R, BLOCK_O, BLOCK_C]
+                    part = tl.sum(mono[:, :, None, :] * t[:, None, :, :], axis=0)  # [BLOCK_N, BLOCK_O, BLOCK_C]
+                    acc += part * gq[:, None, :]
+            out = out_ptr + row[:, None, :] * O + o[None, :, None]
+            tl.store(out, acc, mask=n_ok[:, None, None] & o_ok[None, :, None] & c_ok[None, None, :])
 
-        # Loop bounds R and Q are compile-time constants: a handful of values occur (the monomial counts
-        # of each degree), and the interpreter cannot loop to a run-time bound under NumPy 2.
-        # Under TRITON_INTERPRET=1 (checked by the caller for CPU tensors) triton.jit gives the interpreter.
+        # Loop bounds S, R and Q are compile-time constants: a handful of values occur (the element count,
+        # the monomial counts of each degree), and the interpreter cannot loop to a run-time bound under
+        # NumPy 2. Under TRITON_INTERPRET=1 (checked by the caller for CPU tensors) triton.jit gives the
+        # interpreter.
         _KERNELS[interpret] = triton.jit(contraction)
     return _KERNELS[interpret]
 
@@ -124,14 +142,23 @@ def _triton(a, species, index, table, g, out_dtype):
     require_interpreter(a.device)
     block_o = max(_next_power_of_2(o), 2)
     block_c = min(max(_next_power_of_2(c), 2), 32)
-    block_r = max(2, min(16, 4096 // (block_o * block_c)))
+    block_n = 8
+    block_r = max(1, min(16, 8192 // (block_n * block_o * block_c)))
     block_r = 1 << (block_r.bit_length() - 1)
-    grid = (n, (c + block_c - 1) // block_c)
+    # Nodes grouped by element, and each element's nodes cut into blocks of block_n (no host sync:
+    # the grid is an upper bound, and programs past the last block store nothing).
+    order = torch.argsort(species, stable=True)
+    counts = torch.zeros(s, dtype=torch.int64, device=a.device).scatter_add_(0, species, torch.ones_like(species))
+    node_ptr = torch.zeros(s + 1, dtype=torch.int64, device=a.device)
+    block_ptr = torch.zeros(s + 1, dtype=torch.int64, device=a.device)
+    torch.cumsum(counts, 0, out=node_ptr[1:])
+    torch.cumsum((counts + block_n - 1) // block_n, 0, out=block_ptr[1:])
+    grid = ((n + block_n - 1) // block_n + s, (c + block_c - 1) // block_c)
     with launch_context(a.device):
         _kernel(interpret)[grid](
-            a.contiguous(), species.contiguous(), index.to(torch.int32).contiguous(), table.contiguous(),
-            g.contiguous(), out, c, d, o, R=r, Q=q, NU=index.shape[1], BLOCK_R=block_r, BLOCK_O=block_o,
-            BLOCK_C=block_c, ACC=tl.float64 if out_dtype == torch.float64 else tl.float32)
+            a.contiguous(), order, node_ptr, block_ptr, index.to(torch.int32).contiguous(), table.contiguous(),
+            g.contiguous(), out, c, d, o, S=s, R=r, Q=q, NU=index.shape[1], BLOCK_N=block_n, BLOCK_R=block_r,
+            BLOCK_O=block_o, BLOCK_C=block_c, ACC=tl.float64 if out_dtype == torch.float64 else tl.float32)
     return out
 
 
