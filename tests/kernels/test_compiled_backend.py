@@ -152,3 +152,19 @@ def test_auto_compiles_for_training_on_cuda_only(monkeypatch):
     monkeypatch.setattr(kernels, "triton_available", lambda: True)
     assert resolve_backend("auto", "cuda", training=True) == "compiled"
     assert resolve_backend("auto", "cuda") == "triton"
+
+
+def test_compiled_follows_the_dtype_of_the_graph(make_model, configs):
+    """A trace made from float32 geometry has no cast to the geometry dtype: float64 geometry (what
+    graph_from_configuration builds) must get a trace of its own and match the reference."""
+    import dataclasses
+
+    model = make_model(torch.float32)
+    graph = _batch(configs, 2)
+    low = dataclasses.replace(graph, positions=graph.positions.float(), cell=graph.cell.float(),
+                              unit_shifts=graph.unit_shifts.float())
+    for g in (low, graph):
+        out = model(g, precision="fp32", backend="compiled")
+        ref = model(g, precision="fp32", backend="reference")
+        assert out["forces"].dtype == ref["forces"].dtype
+        _assert_close(out["forces"], ref["forces"], tol=1e-6)

@@ -158,7 +158,7 @@ def compiled_forward(model, graph: Graph, species, policy, compute_forces: bool,
     # other modules) and the active correlation orders (lpmace.train.correlation changes them).
     orders = tuple(m.active_correlation for m in model.modules() if hasattr(m, "active_correlation"))
     key = (policy, compute_forces, compute_stress, training, str(device), model.dtype, _size_class(graph),
-           tuple(state), orders)
+           tuple(state), orders, tuple(x.dtype for x in inputs))  # a cast to the same dtype is not traced
     traces = _TRACES.setdefault(model, {})
     if key not in traces:
         step = _step(model, policy, compute_forces, compute_stress, training, backend)
