@@ -130,3 +130,14 @@ def test_a_random_model_learns_the_elements_of_the_data(tmp_path):
     plan = check(BenchOptions(out=Path(tmp_path / "out"), size="tiny", quick=True, data=(str(data),)))
     assert plan.model.config.atomic_numbers == (1, 6, 7, 8, 14)
     assert [name for name, _ in plan.data] == ["3BPA test_300K (5 molecules)", "si.xyz (1 structures)"]
+
+
+def test_backend_compiled_on_the_cpu_needs_no_triton_interpreter(tmp_path, monkeypatch):
+    """compiled runs the reference ops inside its graph on a CPU: TRITON_INTERPRET is triton's condition only."""
+    from pathlib import Path
+
+    from lpmace.bench.runner import BenchOptions, check
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    plan = check(BenchOptions(out=Path(tmp_path / "out"), size="tiny", quick=True, backends=("reference", "compiled")))
+    assert plan.options.backends == ("reference", "compiled")

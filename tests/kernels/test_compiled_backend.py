@@ -120,6 +120,8 @@ def test_compiled_leaves_the_model_as_it_was(make_model, configs):
 def test_compiled_refuses_a_cpu_without_a_compiler(monkeypatch):
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(compiled_module.shutil, "which", lambda name: None)
+    compiled_module._has_compiler.cache_clear()
+    monkeypatch.setattr(compiled_module, "_has_compiler", compiled_module._has_compiler.__wrapped__)
     with pytest.raises(InputError, match="needs a C\\+\\+ compiler"):
         resolve_backend("compiled", "cpu")
 
@@ -186,3 +188,19 @@ def test_padded_shapes_for_cuda_graphs_change_nothing(monkeypatch, make_model, c
     out, _ = _run(model, periodic, "compiled", training=False, stress=True)
     for key in ("energy", "forces", "stress"):
         _assert_close(out[key], ref[key])
+
+
+def test_compiled_follows_the_dtype_of_the_graph(make_model, configs):
+    """A trace made from float32 geometry has no cast to the geometry dtype: float64 geometry (what
+    graph_from_configuration builds) must get a trace of its own and match the reference."""
+    import dataclasses
+
+    model = make_model(torch.float32)
+    graph = _batch(configs, 2)
+    low = dataclasses.replace(graph, positions=graph.positions.float(), cell=graph.cell.float(),
+                              unit_shifts=graph.unit_shifts.float())
+    for g in (low, graph):
+        out = model(g, precision="fp32", backend="compiled")
+        ref = model(g, precision="fp32", backend="reference")
+        assert out["forces"].dtype == ref["forces"].dtype
+        _assert_close(out["forces"], ref["forces"], tol=1e-6)

@@ -136,7 +136,7 @@ def check(options: BenchOptions) -> Plan:
             from lpmace.kernels import resolve_backend
 
             resolve_backend(b, device)  # InputError without triton (or a C++ compiler for compiled on a CPU)
-            if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            if b == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
                 raise InputError("--backends triton on the CPU needs TRITON_INTERPRET=1 (Triton's interpreter, "
                                  "slow: for checking, not for timing)")
     for name, value in (("--repeats", options.repeats), ("--md-steps", options.md_steps),

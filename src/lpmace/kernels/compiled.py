@@ -23,11 +23,13 @@ it: state dicts and copies of the model never see them. The first call of each k
 graphs, one recording per distinct batch shape). With CUDA graphs the atom and edge counts are
 padded to `bucket` sizes (at most 1/8 more; `pad_graph`: dummy atoms in an extra structure whose
 edges lie beyond the cutoff and contribute exactly 0), so MD, whose edge count changes a little at
-every step, and training batches reuse a few recordings.
+every step, and training batches reuse a few recordings. CUDA graphs reuse their output memory:
+the tensors a call returns are valid until the next call (the calculator copies them out at once).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import weakref
@@ -60,10 +62,14 @@ def compiled_available(device: torch.device | str) -> Optional[str]:
         from lpmace.kernels.launch import triton_available
 
         return None if triton_available() else "backend 'compiled' on CUDA needs the triton package"
-    compilers = [os.environ.get("CXX"), "c++", "g++", "clang++"]
-    if not any(c and shutil.which(c) for c in compilers):
+    if not _has_compiler(os.environ.get("CXX")):
         return "backend 'compiled' on the CPU needs a C++ compiler (c++, g++ or clang++ on PATH, or $CXX)"
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _has_compiler(cxx: Optional[str]) -> bool:  # looked up once, not at every forward call
+    return any(c and shutil.which(c) for c in (cxx, "c++", "g++", "clang++"))
 
 
 def inner_backend(device: torch.device | str) -> str:
@@ -202,7 +208,8 @@ def compiled_forward(model, graph: Graph, species, policy, compute_forces: bool,
     # other modules) and the active correlation orders (lpmace.train.correlation changes them).
     orders = tuple(m.active_correlation for m in model.modules() if hasattr(m, "active_correlation"))
     key = (policy, compute_forces, compute_stress, training, str(device), model.dtype, _size_class(graph),
-           tuple(state), orders, compile_mode(), os.environ.get("LPMACE_COMPILE_BACKEND"))
+           tuple(state), orders, compile_mode(), os.environ.get("LPMACE_COMPILE_BACKEND"),
+           tuple(x.dtype for x in inputs))  # a cast to the same dtype is not traced
     traces = _TRACES.setdefault(model, {})
     if key not in traces:
         step = _step(model, policy, compute_forces, compute_stress, training, backend)
