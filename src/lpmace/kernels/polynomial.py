@@ -88,11 +88,12 @@ def _kernel(interpret: bool):
             s = 0
             for z in tl.static_range(S):  # this program's element: the number of elements it is past
                 s += (tl.load(block_ptr + z + 1) <= p).to(tl.int32)
-            valid = s < S
             s = tl.minimum(s, S - 1)
             first = tl.load(node_ptr + s) + (p - tl.load(block_ptr + s)) * BLOCK_N
             slot = first + tl.arange(0, BLOCK_N)
-            n_ok = (slot < tl.load(node_ptr + s + 1)) & valid
+            # a program past the last block (the grid is an upper bound) gets s = S - 1 and slots at or
+            # beyond node_ptr[S]: it loads and stores nothing
+            n_ok = slot < tl.load(node_ptr + s + 1)
             node = tl.load(order_ptr + slot, mask=n_ok, other=0).to(tl.int64)
             c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
             c_ok = c < C
