@@ -183,7 +183,9 @@ def pad_graph(graph: Graph, species: torch.Tensor, r_max: float):
     cell = torch.cat([graph.cell, torch.eye(3, dtype=graph.cell.dtype, device=dev)[None]])
     padded = Graph(
         positions=torch.cat([graph.positions, pos]),
-        numbers=torch.cat([graph.numbers, graph.numbers.new_full((n_pad - n,), int(graph.numbers[0]) if n else 1)]),
+        # numbers are not read (the species are); a copy of the first, without a host sync
+        numbers=torch.cat([graph.numbers, graph.numbers[:1].expand(n_pad - n) if n else
+                           graph.numbers.new_ones(n_pad - n)]),
         edge_index=edge_index,
         unit_shifts=torch.cat([graph.unit_shifts, graph.unit_shifts.new_zeros(e_pad - e, 3)]),
         cell=cell, pbc=torch.cat([graph.pbc, graph.pbc.new_zeros(1, 3)]),
