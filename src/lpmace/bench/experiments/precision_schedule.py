@@ -33,7 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lpmace.bench.experiments.progressive_correlation import _at_time, _log_rows, _write_first_frames
+from lpmace.bench.experiments.progressive_correlation import _at_time, _log_rows, common_overrides
 from lpmace.bench.time_to_accuracy import time_to_accuracy
 from lpmace.data import graph_from_configuration, read_configurations
 from lpmace.evaluate import evaluate
@@ -41,7 +41,6 @@ from lpmace.io import load
 from lpmace.train.config import resolve_path
 
 NAME = "precision_schedule"
-TRAIN_FILE = "embedded:3bpa/train_300K.xyz"
 TEST_FILE = "embedded:3bpa/test_300K.xyz"
 LOW, HIGH = "bf16-mixed", "fp32"
 
@@ -73,13 +72,7 @@ def run(*, device: str, quick: bool, progress: bool, seed: int = 0) -> dict:
     report = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None
     with tempfile.TemporaryDirectory(prefix="lpmace-precision-schedule-") as tmp:
         out = Path(tmp)
-        train_file = TRAIN_FILE
-        if settings["n_train"] is not None:
-            train_file = str(out / "train.xyz")
-            _write_first_frames(resolve_path(TRAIN_FILE), settings["n_train"], Path(train_file))
-        common = (*settings["model"], f"model.correlation={settings['correlation']}", f"seed={seed}",
-                  f"train_file={train_file}", f"valid_fraction={settings['valid_fraction']}",
-                  *((f"epochs={settings['epochs']}",) if settings["epochs"] else ()))
+        common = common_overrides(settings, seed, out)
         one = lambda label, precision, switch=None: _one_run(  # noqa: E731
             label, precision, switch, settings, common, device, out / label, report)
         rows = [one("fp32", HIGH), one("bf16-mixed", LOW)]

@@ -60,13 +60,7 @@ def run(*, device: str, quick: bool, progress: bool, seed: int = 0) -> dict:
     report = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None
     with tempfile.TemporaryDirectory(prefix="lpmace-progressive-") as tmp:
         out = Path(tmp)
-        train_file = TRAIN_FILE
-        if settings["n_train"] is not None:
-            train_file = str(out / "train.xyz")
-            _write_first_frames(resolve_path(TRAIN_FILE), settings["n_train"], Path(train_file))
-        common = (*settings["model"], f"model.correlation={settings['correlation']}", f"seed={seed}",
-                  f"train_file={train_file}", f"valid_fraction={settings['valid_fraction']}",
-                  *((f"epochs={settings['epochs']}",) if settings["epochs"] else ()))
+        common = common_overrides(settings, seed, out)
         runs = {"fixed": None, "progressive": settings["schedule"]}
         rows = [_one_run(label, schedule, settings, common, device, out / label, report)
                 for label, schedule in runs.items()]
@@ -132,6 +126,19 @@ def _seconds_per_epoch(log: list[dict]) -> dict:
         by_order.setdefault(str(row["correlation"]), []).append(row["train_time_s"] - previous)
         previous = row["train_time_s"]
     return {nu: round(statistics.median(times), 3) for nu, times in by_order.items()}
+
+
+def common_overrides(settings: dict, seed: int, out: Path) -> tuple:
+    """The training-config overrides every run of a W3-style experiment shares: model, correlation,
+    seed, training file (the first n_train frames written into `out` when set), validation fraction,
+    and the epoch cap when set."""
+    train_file = TRAIN_FILE
+    if settings["n_train"] is not None:
+        train_file = str(out / "train.xyz")
+        _write_first_frames(resolve_path(TRAIN_FILE), settings["n_train"], Path(train_file))
+    return (*settings["model"], f"model.correlation={settings['correlation']}", f"seed={seed}",
+            f"train_file={train_file}", f"valid_fraction={settings['valid_fraction']}",
+            *((f"epochs={settings['epochs']}",) if settings["epochs"] else ()))
 
 
 def _write_first_frames(source: Path, n: int, dest: Path) -> None:
