@@ -28,17 +28,13 @@ earliest run end, status, and the curve ``[[time_s, test force RMSE], ...]``.
 
 from __future__ import annotations
 
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from lpmace.bench.experiments.progressive_correlation import _at_time, _log_rows, common_overrides
+from lpmace.bench.experiments.progressive_correlation import (_at_time, _log_rows, common_overrides,
+                                                              seconds_per_epoch, final_test_rmse)
 from lpmace.bench.time_to_accuracy import time_to_accuracy
-from lpmace.data import graph_from_configuration, read_configurations
-from lpmace.evaluate import evaluate
-from lpmace.io import load
-from lpmace.train.config import resolve_path
 
 NAME = "precision_schedule"
 TEST_FILE = "embedded:3bpa/test_300K.xyz"
@@ -102,32 +98,15 @@ def _one_run(label, precision, switch, settings, common, device, out, report) ->
         by_precision[entry["precision"]] = by_precision.get(entry["precision"], 0) + 1
     row = {"run": label, "precision": f"{LOW} → {HIGH} (epoch {switch})" if switch else precision,
            "switch_epoch": switch, "epochs": len(log), "epochs_by_precision": by_precision,
-           "train_time_s": last.get("train_time_s"), "seconds_per_epoch": _seconds_per_epoch(log),
+           "train_time_s": last.get("train_time_s"), "seconds_per_epoch": seconds_per_epoch(log, "precision"),
            "skipped_steps": last.get("skipped_steps"),
            "valid_energy_rmse_mev_per_atom": last.get("valid_energy_rmse_mev_per_atom"),
            "valid_force_rmse_mev_per_A": last.get("valid_force_rmse_mev_per_A"),
            "test_energy_rmse_mev_per_atom": None, "test_force_rmse_mev_per_A": None,
            "status": found["status"],
            "curve": [[p["time_s"], p["force_rmse_mev_per_A"]] for p in found["curve"]]}
-    if (run_dir / "model.safetensors").exists():
-        model = load(run_dir / "model.safetensors", device=device)  # the EMA weights at the end
-        index = slice(0, settings["test_limit"]) if settings["test_limit"] is not None else ":"
-        test = read_configurations(resolve_path(TEST_FILE), stress_key=None, virials_key=None, index=index)
-        graphs = [graph_from_configuration(c, model.config.r_max) for c in test]
-        metrics = evaluate(model, graphs, precision=HIGH, batch_size=64, device=device)
-        row["test_energy_rmse_mev_per_atom"] = metrics.energy_rmse_mev_per_atom
-        row["test_force_rmse_mev_per_A"] = metrics.force_rmse_mev_per_A
+    row.update(final_test_rmse(run_dir, settings, device))
     return row
-
-
-def _seconds_per_epoch(log: list[dict]) -> dict:
-    """{preset: median training seconds of the epochs trained with it}, in the order first used."""
-    by_precision: dict = {}
-    previous = 0.0
-    for entry in log:
-        by_precision.setdefault(entry["precision"], []).append(entry["train_time_s"] - previous)
-        previous = entry["train_time_s"]
-    return {name: round(statistics.median(times), 3) for name, times in by_precision.items()}
 
 
 def _summary(rows: list[dict], settings: dict, device: str, common_time: float | None) -> str:

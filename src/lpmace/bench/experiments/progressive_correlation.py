@@ -85,20 +85,13 @@ def _one_run(label, schedule, settings, common, device, out, report) -> dict:
     log = _log_rows(run_dir / "log.jsonl")
     last = log[-1] if log else {}
     row = {"run": label, "schedule": schedule_name(schedule, settings["correlation"]), "epochs": len(log),
-           "train_time_s": last.get("train_time_s"), "seconds_per_epoch": _seconds_per_epoch(log),
+           "train_time_s": last.get("train_time_s"), "seconds_per_epoch": seconds_per_epoch(log, "correlation"),
            "valid_energy_rmse_mev_per_atom": last.get("valid_energy_rmse_mev_per_atom"),
            "valid_force_rmse_mev_per_A": last.get("valid_force_rmse_mev_per_A"),
            "test_energy_rmse_mev_per_atom": None, "test_force_rmse_mev_per_A": None,
            "status": found["status"],
            "curve": [[p["time_s"], p["force_rmse_mev_per_A"]] for p in found["curve"]]}
-    if (run_dir / "model.safetensors").exists():
-        model = load(run_dir / "model.safetensors", device=device)  # the EMA weights at the end
-        index = slice(0, settings["test_limit"]) if settings["test_limit"] is not None else ":"
-        test = read_configurations(resolve_path(TEST_FILE), stress_key=None, virials_key=None, index=index)
-        graphs = [graph_from_configuration(c, model.config.r_max) for c in test]
-        metrics = evaluate(model, graphs, precision="fp32", batch_size=64, device=device)
-        row["test_energy_rmse_mev_per_atom"] = metrics.energy_rmse_mev_per_atom
-        row["test_force_rmse_mev_per_A"] = metrics.force_rmse_mev_per_A
+    row.update(final_test_rmse(run_dir, settings, device))
     return row
 
 
@@ -118,14 +111,30 @@ def _log_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def _seconds_per_epoch(log: list[dict]) -> dict:
-    """{order (a string, for JSON): median training seconds of the epochs trained at that order}."""
-    by_order: dict = {}
+def seconds_per_epoch(log: list[dict], key: str) -> dict:
+    """{log value of `key` (a string, for JSON): median training seconds of the epochs with that value},
+    in the order first met."""
+    groups: dict = {}
     previous = 0.0
     for row in log:
-        by_order.setdefault(str(row["correlation"]), []).append(row["train_time_s"] - previous)
+        groups.setdefault(str(row[key]), []).append(row["train_time_s"] - previous)
         previous = row["train_time_s"]
-    return {nu: round(statistics.median(times), 3) for nu, times in by_order.items()}
+    return {value: round(statistics.median(times), 3) for value, times in groups.items()}
+
+
+def final_test_rmse(run_dir: Path, settings: dict, device: str) -> dict:
+    """Test energy and force RMSE of the run's final EMA model (model.safetensors) in fp32 on the
+    first settings["test_limit"] test configurations (all when None); None when no model was written."""
+    found = {"test_energy_rmse_mev_per_atom": None, "test_force_rmse_mev_per_A": None}
+    if (run_dir / "model.safetensors").exists():
+        model = load(run_dir / "model.safetensors", device=device)  # the EMA weights at the end
+        index = slice(0, settings["test_limit"]) if settings["test_limit"] is not None else ":"
+        test = read_configurations(resolve_path(TEST_FILE), stress_key=None, virials_key=None, index=index)
+        graphs = [graph_from_configuration(c, model.config.r_max) for c in test]
+        metrics = evaluate(model, graphs, precision="fp32", batch_size=64, device=device)
+        found = {"test_energy_rmse_mev_per_atom": metrics.energy_rmse_mev_per_atom,
+                 "test_force_rmse_mev_per_A": metrics.force_rmse_mev_per_A}
+    return found
 
 
 def common_overrides(settings: dict, seed: int, out: Path) -> tuple:
