@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = _device(args.device)
-    resolve_backend(args.backend, device)  # a bad --backend fails before anything is read
+    backend = resolve_backend(args.backend, device)  # a bad --backend fails before anything is read
     json_path = pathlib.Path(args.json) if args.json else None
     if json_path is not None and not json_path.parent.is_dir():
         raise InputError(f"{json_path}: folder {json_path.parent} does not exist")
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = load(args.model, device=device)
     policy = resolve_policy(args.precision, default=model.default_precision)
-    model.backend = resolve_backend(args.backend, device)
+    model.backend = backend
     known = {int(z) for z in model.config.atomic_numbers}
     keys = {f"{label}_key": None if value.lower() == "none" else value
             for label, value in (("energy", args.energy_key), ("forces", args.forces_key),
