@@ -6,3 +6,10 @@ class InputError(ValueError):
 
     The CLI prints ``str(err)`` on one line and exits with status 2; no traceback.
     """
+
+
+class TrainingFailed(InputError):
+    """A training run that cannot end with a usable model (diverged, never validated, checkpoint not
+    written). Usually the inputs' fault (learning rate, precision, data, disk), so the CLI reports it
+    like InputError: one ``lpmace: error:`` line, exit status 2.
+    """

@@ -145,6 +145,7 @@ class ShardedLoader:
         self.graphs, self.batch_size, self.seed = list(graphs), batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.indices: list = []
 
     def __len__(self) -> int:
         return -(-len(self.graphs) // self.batch_size)
@@ -155,6 +156,7 @@ class ShardedLoader:
         for start in range(0, len(order), self.batch_size):
             chosen = [self.graphs[i] for i in order[start:start + self.batch_size]]
             mine = shard([g.num_atoms for g in chosen], self.world_size)[self.rank]
+            self.indices = [int(order[start + i]) for i in mine]  # which graphs the batch holds, to name them
             yield (collate([chosen[i] for i in mine]) if mine else None), batch_counts(chosen)
 
 

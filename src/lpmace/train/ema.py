@@ -45,6 +45,11 @@ class EMA:
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": self.updates, "shadow": dict(self.shadow)}
 
+    def snapshot(self) -> dict:
+        """A copy of the state (state_dict shares the live tensors), to roll back to."""
+        return {"decay": self.decay, "updates": self.updates,
+                "shadow": {k: v.detach().clone() for k, v in self.shadow.items()}}
+
     def load_state_dict(self, state: dict):
         self.decay = float(state["decay"])
         self.updates = int(state["updates"])

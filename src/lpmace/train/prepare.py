@@ -6,7 +6,7 @@ on `seed`, so a resumed run rebuilds exactly the same data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List
 
 import numpy as np
@@ -33,6 +33,7 @@ class RunData:
     valid: List[Graph]
     tests: Dict[str, List[Graph]]
     model_config: MACEConfig
+    train_sources: List[str] = field(default_factory=list)  # train[i] came from train_sources[i]
 
 
 def _read(cfg: TrainConfig, name: str) -> List[Configuration]:
@@ -85,7 +86,8 @@ def prepare(cfg: TrainConfig, log=print) -> RunData:
         + ", ".join(f"{len(v)} test ({k})" for k, v in tests.items())
         + f"; elements {elements}; avg_num_neighbors {mcfg.avg_num_neighbors:.2f}; "
         f"scale {scale:.4f}; shift {shift:.4f}")
-    return RunData(train_graphs, valid_graphs, {k: to_graphs(v) for k, v in tests.items()}, mcfg)
+    return RunData(train_graphs, valid_graphs, {k: to_graphs(v) for k, v in tests.items()}, mcfg,
+                   [c.source for c in train])
 
 
 def build_model(mcfg: MACEConfig, seed: int, params_dtype: torch.dtype, device: str) -> MACE:

@@ -4,8 +4,16 @@ One epoch = one pass over the shuffled training graphs. After every `eval_interv
 weights are validated; `checkpoints/last.pt` is written atomically after every epoch, so a run
 killed at any moment resumes (`resume=True`) from the last finished epoch and ends with the same
 number of epochs. fp16 policies use dynamic loss scaling (torch.amp.GradScaler): gradients are
-unscaled before clipping, and steps whose gradients overflow are skipped and counted. A step that
-leaves a non-finite weight restores the state from the start of the epoch.
+unscaled before clipping, and steps whose loss or gradients are not finite are skipped and counted
+(the structures of a batch with a non-finite loss are named). A step that leaves a non-finite weight
+restores the weights, the EMA and the optimizer from the start of the epoch; the EMA only ever
+averages finite weights. An epoch in which at least half of the steps had no effect is warned about.
+
+A run ends with `TrainingFailed` (the CLI's one error line) instead of a model no one should use: no
+step took effect, the EMA weights are not finite, or the final model's validation is not finite.
+Ctrl-C abandons the current epoch, says which checkpoint holds the run, and re-raises; `--resume`
+continues from there. A fresh run (not a resume) into a folder without a checkpoint starts a fresh
+log.jsonl, as the earlier run there never finished an epoch's checkpoint.
 """
 
 from __future__ import annotations
@@ -16,13 +24,13 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import yaml
 
 from lpmace.atomic import atomic_write_text
-from lpmace.errors import InputError
+from lpmace.errors import InputError, TrainingFailed
 from lpmace.io import save
 from lpmace.model import MACE, MACEConfig
 from lpmace.precision import resolve_policy
@@ -45,22 +53,40 @@ def peak_memory(device: str) -> dict:
             "peak_memory_kind": "process RSS"}
 
 
+def _warn_on_stderr(message: str):
+    from lpmace.cli import warn
+
+    warn(message)
+
+
+def _json_safe(value):
+    """NaN/inf as null: the log and the metrics files stay valid JSON (json.dumps writes bare NaN)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 class Trainer:
     """`Trainer(cfg).run()` trains, validates, checkpoints and tests; returns the final metrics.
 
     `on_epoch(trainer, row)` runs after each epoch's log row (outside the training clock), e.g. for
-    a time-to-accuracy curve. `fault` (tests only) is called with (epoch, step, loss) and may return
-    a replacement loss, e.g. an infinite one to exercise the overflow path.
+    a time-to-accuracy curve. `warn(message)` reports what the user should act on (default: an
+    `lpmace: warning:` line on stderr). `fault` (tests only) is called with (epoch, step, loss) and
+    may return a replacement loss, e.g. an infinite one to exercise the overflow path.
     """
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print,
-                 on_epoch: Optional[Callable] = None, fault: Optional[Callable] = None):
+                 on_epoch: Optional[Callable] = None, fault: Optional[Callable] = None,
+                 warn: Callable[[str], None] = _warn_on_stderr):
         # Under torchrun: join the process group; each rank trains on its part of every global batch.
         self.dist, device = DistributedContext.from_environment(cfg.device)
         if device != cfg.device:
             cfg = dataclasses.replace(cfg, device=device)
         self.cfg, self.fault, self.on_epoch = cfg, fault, on_epoch
         self.log = log if self.dist.is_main else (lambda message: None)
+        self.warn = warn if self.dist.is_main else (lambda message: None)
         self.out = Path(cfg.output_dir)
         self.policy = resolve_policy(cfg.precision)
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -100,7 +126,11 @@ class Trainer:
                                     world_size=self.dist.world_size)
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         self.skipped, self.restored = 0, 0
+        self.applied = 0  # steps whose update survived (not skipped, not rolled back)
         self.best = math.inf
+        self.resumed = state is not None
+        self.checkpointed = None  # the epoch that checkpoints/last.pt holds (None: no checkpoint yet)
+        self.validated = (None, None)  # (epoch, validation metrics of the EMA weights after it)
         if state:
             self._load_state(state)
             if self.dist.is_main:
@@ -120,6 +150,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
             "elapsed": self.elapsed, "skipped": self.skipped, "restored": self.restored, "best": self.best,
+            "applied": self.applied,
             "rng": torch.get_rng_state(),
         }
 
@@ -131,16 +162,32 @@ class Trainer:
         self.scaler.load_state_dict(s["scaler"])
         self.epoch, self.step, self.elapsed = int(s["epoch"]), int(s["step"]), float(s["elapsed"])
         self.skipped, self.restored, self.best = int(s["skipped"]), int(s["restored"]), float(s["best"])
+        self.applied = int(s.get("applied", self.step - self.skipped))  # checkpoints before it was kept
+        self.checkpointed = self.epoch
         torch.set_rng_state(s["rng"])
         self.loader.epoch = self.epoch
 
     def _truncate_log(self):
-        """Drop log rows of epochs after the checkpoint (written just before a kill); they are redone."""
+        """Drop log rows of epochs after the checkpoint (written just before a kill); they are redone.
+
+        A torn last line (the kill landed mid-write) is dropped with a note; a bad line elsewhere
+        means the file was edited or mixed up, and is refused by its line number."""
         path = self.out / "log.jsonl"
-        if path.exists():
-            rows = [line for line in path.read_text().splitlines() if line.strip()]
-            kept = [line for line in rows if json.loads(line)["epoch"] <= self.epoch]
-            path.write_text("".join(line + "\n" for line in kept))
+        if not path.exists():
+            return
+        lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+        kept = []
+        for i, (n, line) in enumerate(lines):
+            try:
+                epoch = json.loads(line)["epoch"]
+            except (ValueError, TypeError, KeyError):
+                if i < len(lines) - 1:
+                    raise InputError(f"{path}:{n}: not a log row of lpmace train; fix or remove the line") from None
+                self.log(f"{path}:{n}: dropped a torn last line (written when the run was stopped)")
+                continue
+            if epoch <= self.epoch:
+                kept.append(line)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     # ---- one epoch ---------------------------------------------------------------------------
     def _weights(self, epoch: int):
@@ -149,18 +196,31 @@ class Trainer:
             return cfg.stage_two_energy_weight, cfg.stage_two_forces_weight
         return cfg.energy_weight, cfg.forces_weight
 
-    def _train_epoch(self, bar) -> float:
+    def _weights_finite(self) -> bool:
+        # one fused max-|w| per parameter list and one device sync; NaN propagates through the max
+        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()], math.inf)
+        return bool(torch.isfinite(torch.stack(norms)).all())
+
+    def _train_epoch(self, bar) -> Optional[float]:
+        """One pass over the training graphs; the mean finite loss (None: no step had a finite loss)."""
         cfg, model = self.cfg, self.model
-        energy_w, forces_w = self._weights(self.epoch + 1)
+        epoch = self.epoch + 1
+        energy_w, forces_w = self._weights(epoch)
         snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
         opt_snapshot = copy.deepcopy(self.optimizer.state_dict())  # state_dict() holds the live moments
+        ema_snapshot = self.ema.snapshot()
         total, count = 0.0, 0
+        kept = 0  # steps of this epoch whose update is still in the weights
+        first_step, skipped_before, restored_before = self.step, self.skipped, self.restored
+        culprits: Dict[int, int] = {}  # training-graph index -> non-finite-loss batches it was in
+        nonfinite = 0  # steps skipped for a non-finite loss on this rank
         model.train()
         # With several ranks each loss term is normalised by the global batch's counts, so the rank
         # losses (and gradients) add up to the single-process ones.
         sharded = self.dist.world_size > 1
         for graph, counts in self.loader:
             self.optimizer.zero_grad(set_to_none=True)
+            out = None
             if graph is None:  # fewer structures in this global batch than ranks
                 loss = torch.zeros((), dtype=torch.float64, device=cfg.device)
                 self.scaler.scale(loss)  # GradScaler sets up its scale on first use; every rank must
@@ -173,8 +233,9 @@ class Trainer:
                                      stress_weight=cfg.stress_weight, kind=cfg.loss, delta=cfg.huber_delta,
                                      counts=counts if sharded else None)
                 if self.fault is not None:
-                    loss = self.fault(self.epoch + 1, self.step, loss)
+                    loss = self.fault(epoch, self.step, loss)
                 self.scaler.scale(loss).backward()
+            local_loss = loss.detach()
             loss = self.reduce(model.parameters(), loss)  # sum over ranks (no-op on one)
             self.scaler.unscale_(self.optimizer)
             # One norm over all gradients: non-finite if any gradient is (one device sync per step).
@@ -182,15 +243,26 @@ class Trainer:
             value = float(loss)
             if math.isfinite(value) and bool(torch.isfinite(norm)):
                 self.scaler.step(self.optimizer)
-                self.ema.update(model)
+                # A finite gradient can still step to non-finite weights (a huge lr): checked before the
+                # EMA sees them, as the EMA is what is validated and saved.
+                if self._weights_finite():
+                    self.ema.update(model)
+                    kept += 1
+                else:
+                    model.load_state_dict(snapshot)
+                    self.optimizer.load_state_dict(opt_snapshot)
+                    self.ema.load_state_dict(ema_snapshot)
+                    self.skipped += 1
+                    self.restored += 1
+                    kept = 0
+                    self.log(f"epoch {epoch}: non-finite weights after step {self.step}; restored the epoch's start")
             else:
                 self.skipped += 1
                 self.optimizer.zero_grad(set_to_none=True)
-                if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-                    model.load_state_dict(snapshot)
-                    self.optimizer.load_state_dict(opt_snapshot)
-                    self.restored += 1
-                    self.log(f"epoch {self.epoch + 1}: non-finite weights at step {self.step}; restored the epoch's start")
+                if out is not None and not bool(torch.isfinite(local_loss)):
+                    nonfinite += 1
+                    for i in self._nonfinite_structures(out, graph):
+                        culprits[i] = culprits.get(i, 0) + 1
             self.scaler.update()
             self.step += 1
             if math.isfinite(value):
@@ -198,7 +270,43 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4g}", refresh=False)
-        return total / max(count, 1)
+        self.applied += kept
+        self._report_epoch(epoch, self.step - first_step, kept, self.skipped - skipped_before,
+                           self.restored - restored_before, culprits, nonfinite)
+        return total / count if count else None
+
+    def _nonfinite_structures(self, out: dict, graph) -> List[int]:
+        """Training-graph indices of the batch's structures with a non-finite predicted energy or
+        force; all of the batch's when none has (the loss overflowed on finite predictions)."""
+        bad = ~torch.isfinite(out["energy"].detach())
+        if out.get("forces") is not None:
+            atoms = ~torch.isfinite(out["forces"].detach()).all(dim=-1)
+            bad = bad | torch.zeros_like(bad).index_fill_(0, graph.batch[atoms], True)
+        where = bad.nonzero().flatten().tolist() or range(len(self.loader.indices))
+        return [self.loader.indices[j] for j in where]
+
+    def _report_epoch(self, epoch: int, steps: int, kept: int, skipped: int, restored: int,
+                       culprits: Dict[int, int], nonfinite: int):
+        """Warn about what the user has to act on: structures with a non-finite loss, and an epoch in
+        which most steps did nothing (a too large lr or too narrow a precision)."""
+        if culprits:
+            sources = self.data.train_sources
+            names = [sources[i] if i < len(sources) else f"training structure {i}"
+                     for i in sorted(culprits, key=lambda i: (-culprits[i], i))]
+            more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+            self.warn(f"epoch {epoch}: {nonfinite} step(s) skipped for a non-finite loss, from "
+                      f"{', '.join(names[:8])}{more}")
+        if steps and 2 * (steps - kept) >= steps:
+            why = [f"{skipped} skipped (non-finite loss or gradients)"]
+            if restored:
+                why.append(f"{restored} rolled back to the epoch's start (non-finite weights)")
+            if self.scaler.is_enabled():
+                why.append(f"loss scale now {self.scaler.get_scale():g}")
+            self.warn(f"epoch {epoch}: only {kept} of {steps} steps took effect ({'; '.join(why)}); {self._advice()}")
+
+    def _advice(self) -> str:
+        lr = f"lower lr (now {self.optimizer.param_groups[0]['lr']:g})"
+        return f"{lr} or use a wider precision than {self.policy.name}" if self.policy.is_16bit else lr
 
     # ---- validation / test -------------------------------------------------------------------
     def evaluate(self, graphs, batch_size=None) -> Dict[str, float]:
@@ -229,6 +337,10 @@ class Trainer:
         cfg, main = self.cfg, self.dist.is_main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
+            log_file = self.out / "log.jsonl"
+            if not self.resumed and log_file.exists():  # no checkpoint (else refused): its rows are void
+                log_file.unlink()
+                self.log(f"{log_file}: removed the log of an earlier run that left no checkpoint; starting afresh")
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         n_params = sum(p.numel() for p in self.model.parameters())
         self.log(f"model: {n_params:,} parameters; precision {self.policy.name}; backend {self.model.backend}{' (auto)' if cfg.backend == 'auto' else ''}; "
@@ -272,6 +384,7 @@ class Trainer:
                        "restored": self.restored}
                 if self.data.valid and (self.epoch % cfg.eval_interval == 0 or self.epoch == cfg.epochs):
                     metrics = self.evaluate(self.data.valid).to_dict()
+                    self.validated = (self.epoch, metrics)
                     row.update({f"valid_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
                     vloss = self._valid_loss(metrics)
                     self.scheduler.step(vloss)
@@ -281,7 +394,7 @@ class Trainer:
                             with self.ema.applied(self.model):
                                 save(self.model, self.out / "best_model.safetensors")
                     if bar is not None:
-                        bar.set_postfix(loss=f"{train_loss:.4g}", F=f"{metrics.get('force_rmse_mev_per_A', 0):.1f}")
+                        bar.set_postfix(loss=f"{train_loss or math.nan:.4g}", F=f"{metrics.get('force_rmse_mev_per_A', 0):.1f}")
                 if main:
                     self._write_log(row)
                 if self.on_epoch is not None:
@@ -292,21 +405,58 @@ class Trainer:
                             self.writer.add_scalar(key, value, self.epoch)
                 if main:
                     save_checkpoint(self._state(), self.out / "checkpoints" / "last.pt")
+                self.checkpointed = self.epoch
                 self.dist.barrier()  # no rank runs ahead of the checkpoint it would resume from
+        except KeyboardInterrupt:
+            # Whatever the current step or write was, checkpoints/last.pt is the last whole one.
+            self.log(self._interrupted_message())
+            raise
         finally:
             if bar is not None:
                 bar.close()
             if self.writer is not None:
                 self.writer.close()
+        self._check_final_model()
         if main:
             with self.ema.applied(self.model):
                 save(self.model, self.out / "model.safetensors")
         return self._test()
 
+    def _interrupted_message(self) -> str:
+        last = self.out / "checkpoints" / "last.pt"
+        if self.checkpointed is None:
+            return (f"interrupted in epoch {self.epoch + 1}, before the first checkpoint: nothing to resume; "
+                    f"start the run again")
+        return (f"interrupted in epoch {self.epoch + 1}: {last} holds the run after epoch {self.checkpointed}; "
+                f"continue it with `lpmace train CONFIG --resume` (same CONFIG and output_dir)")
+
+    def _check_final_model(self):
+        """Refuse to end as a success with a model no one should use (the checkpoint is kept)."""
+        where = f"the last checkpoint is {self.out / 'checkpoints' / 'last.pt'}"
+        advice = self._advice()
+        if self.epoch and self.applied == 0:
+            raise TrainingFailed(f"training failed: none of the {self.step} steps took effect (non-finite loss, "
+                                 f"gradients or weights); {advice}")
+        finite = all(bool(torch.isfinite(v).all()) for v in self.ema.shadow.values())
+        if not finite:
+            raise TrainingFailed(f"training failed: the averaged (EMA) weights are not finite; {advice}; {where}")
+        if not self.data.valid:
+            return  # nothing to validate on (valid_fraction 0 and no valid_file): finite weights is all
+        epoch, metrics = self.validated
+        if epoch != self.epoch:  # stopped by max_time after an unvalidated epoch, or resumed when done
+            metrics = self.evaluate(self.data.valid).to_dict()
+        bad = {k: v for k, v in metrics.items() if k.endswith("rmse_mev_per_atom") or k.endswith("rmse_mev_per_A")}
+        bad = {k: v for k, v in bad.items() if isinstance(v, float) and not math.isfinite(v)}
+        if bad:
+            raise TrainingFailed(f"training failed: the final model's validation is not finite "
+                                 f"({', '.join(f'{k} {v}' for k, v in bad.items())}) in {self.policy.name}; "
+                                 f"{advice}; {where}")
+
     def _write_log(self, row: dict):
         with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        parts = [f"epoch {row['epoch']}", f"loss {row['train_loss']:.4g}"]
+            f.write(json.dumps(_json_safe(row)) + "\n")
+        loss = row["train_loss"]
+        parts = [f"epoch {row['epoch']}", "loss n/a (every step skipped)" if loss is None else f"loss {loss:.4g}"]
         if "valid_force_rmse_mev_per_A" in row:
             parts += [f"valid E {row.get('valid_energy_rmse_mev_per_atom', float('nan')):.2f} meV/atom",
                       f"F {row['valid_force_rmse_mev_per_A']:.2f} meV/Å"]
@@ -333,6 +483,6 @@ class Trainer:
                    "skipped_steps": self.skipped, "restored": self.restored, "precision": self.policy.name,
                    **peak_memory(self.cfg.device), "test": results}
         if self.dist.is_main:
-            atomic_write_text(self.out / "test_metrics.json", json.dumps(summary, indent=2))
+            atomic_write_text(self.out / "test_metrics.json", json.dumps(_json_safe(summary), indent=2))
         self.dist.barrier()
         return summary
