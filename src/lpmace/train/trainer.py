@@ -289,20 +289,31 @@ class Trainer:
                        culprits: Dict[int, int], nonfinite: int):
         """Warn about what the user has to act on: structures with a non-finite loss, and an epoch in
         which most steps did nothing (a too large lr or too narrow a precision)."""
-        if culprits:
-            sources = self.data.train_sources
-            names = [sources[i] if i < len(sources) else f"training structure {i}"
-                     for i in sorted(culprits, key=lambda i: (-culprits[i], i))]
-            more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+        # A few structures: likely bad input, named. Non-finite losses all over the epoch: the model
+        # diverged (the warning below), and a list of most of the data would only mislead.
+        if culprits and (len(culprits) <= 8 or 2 * nonfinite < steps):
+            order = sorted(culprits, key=lambda i: (-culprits[i], i))
             self.warn(f"epoch {epoch}: {nonfinite} step(s) skipped for a non-finite loss, from "
-                      f"{', '.join(names[:8])}{more}")
+                      f"{self._structure_names(order)} (a structure named in every epoch is likely bad input)")
         if steps and 2 * (steps - kept) >= steps:
-            why = [f"{skipped} skipped (non-finite loss or gradients)"]
+            why = [f"{skipped - restored} skipped (non-finite loss or gradients)"]
             if restored:
                 why.append(f"{restored} rolled back to the epoch's start (non-finite weights)")
             if self.scaler.is_enabled():
                 why.append(f"loss scale now {self.scaler.get_scale():g}")
             self.warn(f"epoch {epoch}: only {kept} of {steps} steps took effect ({'; '.join(why)}); {self._advice()}")
+
+    def _structure_names(self, indices: List[int], limit: int = 8) -> str:
+        """'train.xyz:frame 3, 17' for training graphs 3 and 17 read from frames 3 and 17 of train.xyz."""
+        sources = self.data.train_sources
+        names = [sources[i] if i < len(sources) else f"training structure {i}" for i in indices[:limit]]
+        parts, previous = [], None
+        for name in names:  # the file once per run of frames from it
+            path, sep, frame = name.rpartition(":frame ")
+            parts.append(frame if sep and path == previous else name)
+            previous = path if sep else None
+        more = f" and {len(indices) - limit} more" if len(indices) > limit else ""
+        return ", ".join(parts) + more
 
     def _advice(self) -> str:
         lr = f"lower lr (now {self.optimizer.param_groups[0]['lr']:g})"
@@ -442,8 +453,10 @@ class Trainer:
             raise TrainingFailed(f"training failed: the averaged (EMA) weights are not finite; {advice}; {where}")
         if not self.data.valid:
             return  # nothing to validate on (valid_fraction 0 and no valid_file): finite weights is all
+        # The latest validation (the last epoch's, unless max_time stopped the run between
+        # eval_intervals); one now if this invocation has none, e.g. a resume of a finished run.
         epoch, metrics = self.validated
-        if epoch != self.epoch:  # stopped by max_time after an unvalidated epoch, or resumed when done
+        if epoch is None:
             metrics = self.evaluate(self.data.valid).to_dict()
         bad = {k: v for k, v in metrics.items() if k.endswith("rmse_mev_per_atom") or k.endswith("rmse_mev_per_A")}
         bad = {k: v for k, v in bad.items() if isinstance(v, float) and not math.isfinite(v)}
@@ -453,8 +466,12 @@ class Trainer:
                                  f"{advice}; {where}")
 
     def _write_log(self, row: dict):
-        with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(_json_safe(row)) + "\n")
+        path = self.out / "log.jsonl"
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(_json_safe(row)) + "\n")
+        except OSError as err:  # a full disk: name the file (a failed write() does not)
+            raise OSError(err.errno, err.strerror, str(path)) from err
         loss = row["train_loss"]
         parts = [f"epoch {row['epoch']}", "loss n/a (every step skipped)" if loss is None else f"loss {loss:.4g}"]
         if "valid_force_rmse_mev_per_A" in row:
