@@ -197,8 +197,9 @@ class Trainer:
         return cfg.energy_weight, cfg.forces_weight
 
     def _weights_finite(self) -> bool:
-        # one fused max-|w| per parameter list and one device sync; NaN propagates through the max
-        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()], math.inf)
+        # One fused 2-norm per parameter (a sum, which carries NaN and inf on every backend, as in
+        # clip_grad_norm_) and one device sync. Master weights are >= fp32: no overflow of a sane norm.
+        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()], 2)
         return bool(torch.isfinite(torch.stack(norms)).all())
 
     def _train_epoch(self, bar) -> Optional[float]:
