@@ -406,7 +406,8 @@ class Trainer:
                             with self.ema.applied(self.model):
                                 save(self.model, self.out / "best_model.safetensors")
                     if bar is not None:
-                        bar.set_postfix(loss=f"{train_loss or math.nan:.4g}", F=f"{metrics.get('force_rmse_mev_per_A', 0):.1f}")
+                        shown = math.nan if train_loss is None else train_loss
+                        bar.set_postfix(loss=f"{shown:.4g}", F=f"{metrics.get('force_rmse_mev_per_A', 0):.1f}")
                 if main:
                     self._write_log(row)
                 if self.on_epoch is not None:
