@@ -179,3 +179,11 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
     assert "before the first checkpoint: nothing to resume" in messages[-1]
+
+
+def test_structure_names_give_each_file_once_and_count_the_rest():
+    from lpmace.train.health import structure_names
+
+    sources = [f"a.xyz:frame {i}" for i in range(20)] + ["b.xyz:frame 0"]
+    assert structure_names([3, 17, 20, 4], sources) == "a.xyz:frame 3, 17, b.xyz:frame 0, a.xyz:frame 4"
+    assert structure_names(list(range(10)), sources, limit=2) == "a.xyz:frame 0, 1 and 8 more"

@@ -24,7 +24,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import yaml
@@ -39,8 +39,11 @@ from lpmace.train.config import TrainConfig
 from lpmace.train.correlation import active_correlation, set_correlation
 from lpmace.train.distributed import DistributedContext, GradientReducer, ShardedLoader
 from lpmace.train.ema import EMA
+from lpmace.train.health import (advice, epoch_warnings, nonfinite_metrics, nonfinite_structures,
+                                 weights_finite)
 from lpmace.train.loss import weighted_loss
 from lpmace.train.prepare import RunData, build_model, parameter_groups, prepare
+from lpmace.train.runlog import append_row, json_safe, row_summary, trim_log
 
 
 def peak_memory(device: str) -> dict:
@@ -57,15 +60,6 @@ def _warn_on_stderr(message: str):
     from lpmace.cli import warn
 
     warn(message)
-
-
-def _json_safe(value):
-    """NaN/inf as null: the log and the metrics files stay valid JSON (json.dumps writes bare NaN)."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 class Trainer:
@@ -168,26 +162,8 @@ class Trainer:
         self.loader.epoch = self.epoch
 
     def _truncate_log(self):
-        """Drop log rows of epochs after the checkpoint (written just before a kill); they are redone.
-
-        A torn last line (the kill landed mid-write) is dropped with a note; a bad line elsewhere
-        means the file was edited or mixed up, and is refused by its line number."""
-        path = self.out / "log.jsonl"
-        if not path.exists():
-            return
-        lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
-        kept = []
-        for i, (n, line) in enumerate(lines):
-            try:
-                epoch = json.loads(line)["epoch"]
-            except (ValueError, TypeError, KeyError):
-                if i < len(lines) - 1:
-                    raise InputError(f"{path}:{n}: not a log row of lpmace train; fix or remove the line") from None
-                self.log(f"{path}:{n}: dropped a torn last line (written when the run was stopped)")
-                continue
-            if epoch <= self.epoch:
-                kept.append(line)
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        """Drop log rows of epochs after the checkpoint (written just before a kill); they are redone."""
+        trim_log(self.out / "log.jsonl", self.epoch, self.log)
 
     # ---- one epoch ---------------------------------------------------------------------------
     def _weights(self, epoch: int):
@@ -195,12 +171,6 @@ class Trainer:
         if cfg.stage_two_epoch is not None and epoch >= cfg.stage_two_epoch:
             return cfg.stage_two_energy_weight, cfg.stage_two_forces_weight
         return cfg.energy_weight, cfg.forces_weight
-
-    def _weights_finite(self) -> bool:
-        # One fused 2-norm per parameter (a sum, which carries NaN and inf on every backend, as in
-        # clip_grad_norm_) and one device sync. Master weights are >= fp32: no overflow of a sane norm.
-        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()], 2)
-        return bool(torch.isfinite(torch.stack(norms)).all())
 
     def _train_epoch(self, bar) -> Optional[float]:
         """One pass over the training graphs; the mean finite loss (None: no step had a finite loss)."""
@@ -246,7 +216,7 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 # A finite gradient can still step to non-finite weights (a huge lr): checked before the
                 # EMA sees them, as the EMA is what is validated and saved.
-                if self._weights_finite():
+                if weights_finite(list(model.parameters())):
                     self.ema.update(model)
                     kept += 1
                 else:
@@ -262,7 +232,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 if out is not None and not bool(torch.isfinite(local_loss)):
                     nonfinite += 1
-                    for i in self._nonfinite_structures(out, graph):
+                    for j in nonfinite_structures(out, graph):
+                        i = self.loader.indices[j]  # the training structure at batch position j
                         culprits[i] = culprits.get(i, 0) + 1
             self.scaler.update()
             self.step += 1
@@ -276,49 +247,16 @@ class Trainer:
                            self.restored - restored_before, culprits, nonfinite)
         return total / count if count else None
 
-    def _nonfinite_structures(self, out: dict, graph) -> List[int]:
-        """Training-graph indices of the batch's structures with a non-finite predicted energy or
-        force; all of the batch's when none has (the loss overflowed on finite predictions)."""
-        bad = ~torch.isfinite(out["energy"].detach())
-        if out.get("forces") is not None:
-            atoms = ~torch.isfinite(out["forces"].detach()).all(dim=-1)
-            bad = bad | torch.zeros_like(bad).index_fill_(0, graph.batch[atoms], True)
-        where = bad.nonzero().flatten().tolist() or range(len(self.loader.indices))
-        return [self.loader.indices[j] for j in where]
-
     def _report_epoch(self, epoch: int, steps: int, kept: int, skipped: int, restored: int,
-                       culprits: Dict[int, int], nonfinite: int):
-        """Warn about what the user has to act on: structures with a non-finite loss, and an epoch in
-        which most steps did nothing (a too large lr or too narrow a precision)."""
-        # A few structures: likely bad input, named. Non-finite losses all over the epoch: the model
-        # diverged (the warning below), and a list of most of the data would only mislead.
-        if culprits and (len(culprits) <= 8 or 2 * nonfinite < steps):
-            order = sorted(culprits, key=lambda i: (-culprits[i], i))
-            self.warn(f"epoch {epoch}: {nonfinite} step(s) skipped for a non-finite loss, from "
-                      f"{self._structure_names(order)} (a structure named in every epoch is likely bad input)")
-        if steps and 2 * (steps - kept) >= steps:
-            why = [f"{skipped - restored} skipped (non-finite loss or gradients)"]
-            if restored:
-                why.append(f"{restored} rolled back to the epoch's start (non-finite weights)")
-            if self.scaler.is_enabled():
-                why.append(f"loss scale now {self.scaler.get_scale():g}")
-            self.warn(f"epoch {epoch}: only {kept} of {steps} steps took effect ({'; '.join(why)}); {self._advice()}")
-
-    def _structure_names(self, indices: List[int], limit: int = 8) -> str:
-        """'train.xyz:frame 3, 17' for training graphs 3 and 17 read from frames 3 and 17 of train.xyz."""
-        sources = self.data.train_sources
-        names = [sources[i] if i < len(sources) else f"training structure {i}" for i in indices[:limit]]
-        parts, previous = [], None
-        for name in names:  # the file once per run of frames from it
-            path, sep, frame = name.rpartition(":frame ")
-            parts.append(frame if sep and path == previous else name)
-            previous = path if sep else None
-        more = f" and {len(indices) - limit} more" if len(indices) > limit else ""
-        return ", ".join(parts) + more
+                      culprits: Dict[int, int], nonfinite: int):
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        for message in epoch_warnings(epoch, steps=steps, kept=kept, skipped=skipped, restored=restored,
+                                      culprits=culprits, nonfinite=nonfinite, sources=self.data.train_sources,
+                                      loss_scale=scale, hint=self._advice()):
+            self.warn(message)
 
     def _advice(self) -> str:
-        lr = f"lower lr (now {self.optimizer.param_groups[0]['lr']:g})"
-        return f"{lr} or use a wider precision than {self.policy.name}" if self.policy.is_16bit else lr
+        return advice(self.optimizer.param_groups[0]["lr"], self.policy)
 
     # ---- validation / test -------------------------------------------------------------------
     def evaluate(self, graphs, batch_size=None) -> Dict[str, float]:
@@ -450,8 +388,7 @@ class Trainer:
         if self.epoch and self.applied == 0:
             raise TrainingFailed(f"training failed: none of the {self.step} steps took effect (non-finite loss, "
                                  f"gradients or weights); {advice}")
-        finite = all(bool(torch.isfinite(v).all()) for v in self.ema.shadow.values())
-        if not finite:
+        if not weights_finite(list(self.ema.shadow.values())):
             raise TrainingFailed(f"training failed: the averaged (EMA) weights are not finite; {advice}; {where}")
         if not self.data.valid:
             return  # nothing to validate on (valid_fraction 0 and no valid_file): finite weights is all
@@ -460,29 +397,15 @@ class Trainer:
         epoch, metrics = self.validated
         if epoch is None:
             metrics = self.evaluate(self.data.valid).to_dict()
-        bad = {k: v for k, v in metrics.items() if k.endswith("rmse_mev_per_atom") or k.endswith("rmse_mev_per_A")}
-        bad = {k: v for k, v in bad.items() if isinstance(v, float) and not math.isfinite(v)}
+        bad = nonfinite_metrics(metrics)
         if bad:
             raise TrainingFailed(f"training failed: the final model's validation is not finite "
                                  f"({', '.join(f'{k} {v}' for k, v in bad.items())}) in {self.policy.name}; "
                                  f"{advice}; {where}")
 
     def _write_log(self, row: dict):
-        path = self.out / "log.jsonl"
-        try:
-            with open(path, "a") as f:
-                f.write(json.dumps(_json_safe(row)) + "\n")
-        except OSError as err:  # a full disk: name the file (a failed write() does not)
-            raise OSError(err.errno, err.strerror, str(path)) from err
-        loss = row["train_loss"]
-        parts = [f"epoch {row['epoch']}", "loss n/a (every step skipped)" if loss is None else f"loss {loss:.4g}"]
-        if "valid_force_rmse_mev_per_A" in row:
-            parts += [f"valid E {row.get('valid_energy_rmse_mev_per_atom', float('nan')):.2f} meV/atom",
-                      f"F {row['valid_force_rmse_mev_per_A']:.2f} meV/Å"]
-        parts.append(f"{row['train_time_s']:.1f} s")
-        if row["skipped_steps"]:
-            parts.append(f"skipped {row['skipped_steps']}")
-        self.log(", ".join(parts))
+        append_row(self.out / "log.jsonl", row)
+        self.log(row_summary(row))
 
     def _test(self) -> dict:
         from lpmace.evaluate import parity_plot
@@ -502,6 +425,6 @@ class Trainer:
                    "skipped_steps": self.skipped, "restored": self.restored, "precision": self.policy.name,
                    **peak_memory(self.cfg.device), "test": results}
         if self.dist.is_main:
-            atomic_write_text(self.out / "test_metrics.json", json.dumps(_json_safe(summary), indent=2))
+            atomic_write_text(self.out / "test_metrics.json", json.dumps(json_safe(summary), indent=2))
         self.dist.barrier()
         return summary
