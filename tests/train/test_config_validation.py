@@ -178,6 +178,15 @@ def test_unknown_element_in_a_test_file_is_refused_before_training(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_isolated_atoms_file_without_an_element_is_named(tmp_path):
+    config = _tiny_run_config(tmp_path)
+    iso = tmp_path / "iso_CH.xyz"
+    iso.write_text("".join(datasets.path("3bpa/iso_atoms.xyz").read_text().splitlines(keepends=True)[:6]))
+    cfg = load_train_config(config, (f"isolated_atoms_file={iso}",))
+    with pytest.raises(InputError, match=rf"^{re.escape(str(iso))}: no isolated-atom energy for N, O"):
+        Trainer(cfg, log=lambda m: None)
+
+
 def test_resume_refuses_a_changed_model_and_keeps_config_yaml(tmp_path, capsys):
     config = _tiny_run_config(tmp_path)
     assert main(["train", config, "--no-progress"]) == 0
