@@ -10,10 +10,11 @@ import argparse
 HELP = "train a model from a YAML config (key=value pairs override it)"
 
 
-class _OverridesAfterOptions(argparse.ArgumentParser):
-    """Accepts `lpmace train CONFIG.yaml --resume lr=0.1`: argparse alone fills the `key=value`
-    list before the first option and calls what follows unrecognized; its intermixed parse (two
-    passes, options then positionals) does not, but works only when called as the parse itself."""
+class _OverridesAfterOptions:
+    """A parser mixin that accepts `lpmace train CONFIG.yaml --resume lr=0.1`: argparse alone fills
+    the `key=value` list before the first option and calls what follows unrecognized; its intermixed
+    parse (two passes, options then positionals) does not, but works only when called as the parse
+    itself, which the top-level parser does through `parse_known_args`."""
 
     def parse_known_args(self, args=None, namespace=None):
         if getattr(self, "_in_intermixed_parse", False):  # the intermixed parse's own passes
@@ -26,9 +27,10 @@ class _OverridesAfterOptions(argparse.ArgumentParser):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.__class__ = _OverridesAfterOptions  # the top-level parser builds this subparser
+    # the top-level parser builds this subparser, with its own parser class: keep that class's behaviour
+    parser.__class__ = type("TrainArgumentParser", (_OverridesAfterOptions, type(parser)), {})
     parser.add_argument("config", metavar="CONFIG.yaml", help="training config (YAML)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key=value",
                         help="overrides, e.g. epochs=10 model.channels=64 precision=bf16-mixed; "
                              "before or after the options")
     parser.add_argument("--resume", action="store_true",
