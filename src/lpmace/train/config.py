@@ -355,7 +355,7 @@ def _comparable(config: dict) -> dict:
     """A config dict as YAML reads it back, flattened, every model key with its effective value."""
     config = yaml.load(yaml.safe_dump(config, sort_keys=False), ConfigLoader)
     flat = {k: v for k, v in config.items() if k != "model"}
-    model = config.get("model") or {}
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
     try:
         effective = _mace_config(model, (1,))
         model = {k: getattr(effective, k) for k in MODEL_KEYS}
