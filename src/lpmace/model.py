@@ -93,8 +93,11 @@ class MACEConfig:
         for name in ("num_bessel", "num_polynomial_cutoff", "channels", "num_interactions", "readout_mlp"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (self.r_max > 0 and self.avg_num_neighbors > 0):
-            raise InputError("r_max and avg_num_neighbors must be positive")
+        if not (0 < self.r_max < float("inf") and self.avg_num_neighbors > 0):
+            raise InputError(f"r_max and avg_num_neighbors must be finite and positive, got {self.r_max}, "
+                             f"{self.avg_num_neighbors}")
+        if min(self.radial_mlp, default=1) < 1:
+            raise InputError(f"radial_mlp widths must be >= 1, got {list(self.radial_mlp)}")
         if not (0 <= self.max_L <= self.max_ell):
             raise InputError(f"need 0 <= max_L <= max_ell, got max_L={self.max_L}, max_ell={self.max_ell}")
         check_species_rank(self.species_rank, len(zs))

@@ -281,7 +281,7 @@ def read_configurations(
             continue
         raise InputError(
             f"{path}: {label} key {key!r} is in no frame; keys present: {', '.join(_keys_present(frames))} "
-            f"(pass {label}_key=None if the file has no {label})"
+            f"(set {label}_key to null, None in Python, if the file has no {label})"
         )
 
     configs = []

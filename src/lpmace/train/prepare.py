@@ -11,6 +11,7 @@ from typing import Dict, List
 
 import numpy as np
 import torch
+from ase.data import chemical_symbols
 
 from lpmace.data import (
     Configuration,
@@ -45,6 +46,15 @@ def _read(cfg: TrainConfig, name: str) -> List[Configuration]:
     return configs
 
 
+def _check_known_elements(configs: List[Configuration], elements: List[int]) -> None:
+    """InputError naming the file and frame if `configs` hold an element the model will not know."""
+    for c in configs:
+        unknown = sorted({int(z) for z in c.numbers} - set(elements))
+        if unknown:
+            raise InputError(f"{c.source}: element(s) {', '.join(chemical_symbols[z] for z in unknown)} not in "
+                             f"the training data (the model knows {', '.join(chemical_symbols[z] for z in elements)})")
+
+
 def _is_isolated_atom(c: Configuration) -> bool:
     return c.num_atoms == 1 and not bool(np.any(c.pbc))
 
@@ -66,14 +76,20 @@ def prepare(cfg: TrainConfig, log=print) -> RunData:
     tests = {name: _read(cfg, name) for name in cfg.test_files}
 
     elements = sorted({int(z) for c in train + valid for z in c.numbers})
+    for configs in tests.values():  # found now, not after the whole run
+        _check_known_elements(configs, elements)
     if cfg.e0s == "isolated":
+        source = cfg.isolated_atoms_file or cfg.train_file
         if cfg.isolated_atoms_file:
             isolated = read_configurations(resolve_path(cfg.isolated_atoms_file), energy_key=cfg.energy_key,
                                            forces_key=None, stress_key=None)
         if not isolated:
-            raise InputError(f"{cfg.train_file}: e0s=isolated but no isolated atoms found; set "
+            raise InputError(f"{source}: e0s=isolated but no isolated atoms found; set "
                              "isolated_atoms_file or e0s=fit")
-        e0s = e0s_from_isolated_atoms(isolated, elements)
+        try:
+            e0s = e0s_from_isolated_atoms(isolated, elements)
+        except InputError as err:
+            raise InputError(f"{source}: {err}") from err
     else:
         e0s = fit_e0s(train, elements)
 
