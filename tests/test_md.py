@@ -14,6 +14,7 @@ from ase.calculators.calculator import all_changes
 import lpmace.io
 from lpmace.calculator import Calculator
 from lpmace.cli import main
+from lpmace.errors import InputError
 from lpmace.commands.md import CSV_HEADER, EXIT_UNSTABLE
 from lpmace.md import energy_drift, run_md
 
@@ -212,3 +213,17 @@ def test_cli_names_the_frame_count_for_an_index_out_of_range(saved, bpa_atoms, t
     code = main(["md", str(path), "--index", "99", "--model", str(saved), "--out", str(tmp_path / "traj.xyz"),
                  "--log", str(tmp_path / "md.csv")])
     _rejected(capsys, code, tmp_path, str(path), "has 2 structures", "--index 99 is out of range")
+
+
+class _RefusesAfter(_HarmonicThenNaN):
+    """Harmonic, then refuses the geometry as lpmace's calculator refuses overlapping atoms."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        if self.calls >= self.nan_after:
+            raise InputError("atoms 0 and 1 are 0.001 Å apart")
+        super().calculate(atoms, properties, system_changes)
+
+
+def test_a_geometry_the_calculator_refuses_mid_run_is_a_blow_up(bpa_atoms):
+    result = run_md(_geometry(bpa_atoms), _RefusesAfter(nan_after=5), steps=20, dt_fs=0.5)
+    assert result.unstable_step == 5 and result.steps_done == 4 and "0.001 Å apart" in result.reason

@@ -154,7 +154,8 @@ def run_md(
 
     Raises:
         InputError: fewer than `MIN_ATOMS` atoms, or non-finite energy or forces at the start
-            (e.g. two atoms at one position); raised before `on_sample` is first called.
+            (e.g. two atoms at one position); raised before `on_sample` is first called. Later, an
+            InputError from the calculator (a geometry it refuses) ends the run as unstable.
     """
     from ase.md.langevin import Langevin
     from ase.md.verlet import VelocityVerlet
@@ -214,6 +215,9 @@ def run_md(
                 break
             try:
                 dynamics.run(1)
+            except InputError as err:  # the calculator refusing a geometry the run reached (atoms overlapping)
+                unstable_step, reason = step, str(err)
+                break
             except Exception:  # a calculator choking on NaN positions is the blow-up, not a bug
                 if np.isfinite(atoms.positions).all():
                     raise

@@ -54,8 +54,11 @@ def run(args: argparse.Namespace) -> int:
     import pathlib
     import sys
 
+    import ase
+
     from lpmace.calculator import Calculator
     from lpmace.commands.eval import _device
+    from lpmace.data import graph_from_configuration
     from lpmace.errors import InputError
     from lpmace.io import load
     from lpmace.md import run_md
@@ -80,16 +83,20 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{flag} {path}: is a folder")
     device = _device(args.device)
 
-    atoms, source = _read_structure(pathlib.Path(args.structure), args.index)
+    config = _read_structure(pathlib.Path(args.structure), args.index)
     model = load(args.model, device=device)
     known = {int(z) for z in model.config.atomic_numbers}
-    unknown = sorted({int(z) for z in atoms.numbers} - known)
+    unknown = sorted({int(z) for z in config.numbers} - known)
     if unknown:
         from ase.data import chemical_symbols
 
         names = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}" for z in unknown)
         raise InputError(f"{args.structure}: element(s) {names} unknown to the model "
                          f"(it knows {', '.join(chemical_symbols[z] for z in sorted(known))})")
+    # The checks every structure a model sees gets (overlapping atoms), worded with this file's name.
+    graph_from_configuration(config, model.config.r_max)
+    # Only the geometry: labels in the file (REF_forces, ...) would be stale in every later frame.
+    atoms = ase.Atoms(numbers=config.numbers, positions=config.positions, cell=config.cell, pbc=config.pbc)
     policy = resolve_policy(args.precision, default=model.default_precision)
     calculator = Calculator(model, device=device, precision=policy, backend=args.backend)
 
@@ -101,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                             interval=args.interval, on_sample=outputs.write, should_stop=stop.requested,
                             progress=sys.stderr.isatty())
     except InputError as err:  # raised before the first sample, so no file exists yet
-        raise InputError(f"{source}: {err}") from None
+        raise InputError(f"{config.source}: {err}") from None
     finally:
         outputs.close()
 
@@ -121,9 +128,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _read_structure(path, index: int):
-    """Frame `index` of `path` (any format ASE reads) as geometry-only ase.Atoms, validated like
-    training data; returns (atoms, "path:frame i"). InputError naming the file for anything wrong."""
-    import ase
+    """Frame `index` of `path` (any format ASE reads) as a `Configuration` (geometry only, validated
+    like training data, source "path:frame i"); InputError naming the file for anything wrong."""
     import ase.io
 
     from lpmace.data import Configuration
@@ -139,12 +145,8 @@ def _read_structure(path, index: int):
                          f"--index {index} is out of range") from None
     except Exception as err:  # noqa: BLE001 -- ASE raises many types for unreadable files; all mean "not a structure"
         raise InputError(f"{path}: not a structure file ASE can read ({type(err).__name__}: {err})") from None
-    # Only the geometry: labels in the file (REF_forces, ...) would be stale in every later frame.
-    # Configuration checks it as it checks training data (atoms, elements, finite positions, cell, ...).
-    source = f"{path}:frame {index}"
-    config = Configuration(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell.array,
-                           pbc=atoms.pbc, source=source)
-    return ase.Atoms(numbers=config.numbers, positions=config.positions, cell=config.cell, pbc=config.pbc), source
+    return Configuration(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell.array, pbc=atoms.pbc,
+                         source=f"{path}:frame {index}")
 
 
 def _count_frames(path) -> int:
