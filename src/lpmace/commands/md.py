@@ -54,11 +54,8 @@ def run(args: argparse.Namespace) -> int:
     import pathlib
     import sys
 
-    import ase
-
     from lpmace.calculator import Calculator
     from lpmace.commands.eval import _device
-    from lpmace.data import graph_from_configuration
     from lpmace.errors import InputError
     from lpmace.io import load
     from lpmace.md import run_md
@@ -93,10 +90,7 @@ def run(args: argparse.Namespace) -> int:
         names = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}" for z in unknown)
         raise InputError(f"{args.structure}: element(s) {names} unknown to the model "
                          f"(it knows {', '.join(chemical_symbols[z] for z in sorted(known))})")
-    # The checks every structure a model sees gets (overlapping atoms), worded with this file's name.
-    graph_from_configuration(config, model.config.r_max)
-    # Only the geometry: labels in the file (REF_forces, ...) would be stale in every later frame.
-    atoms = ase.Atoms(numbers=config.numbers, positions=config.positions, cell=config.cell, pbc=config.pbc)
+    atoms = _starting_geometry(config, model.config.r_max)
     policy = resolve_policy(args.precision, default=model.default_precision)
     calculator = Calculator(model, device=device, precision=policy, backend=args.backend)
 
@@ -147,6 +141,18 @@ def _read_structure(path, index: int):
         raise InputError(f"{path}: not a structure file ASE can read ({type(err).__name__}: {err})") from None
     return Configuration(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell.array, pbc=atoms.pbc,
                          source=f"{path}:frame {index}")
+
+
+def _starting_geometry(config, r_max: float):
+    """ase.Atoms to integrate from `config`, after the checks every structure a model sees gets
+    (overlapping atoms, in the graph builder), so their error names this file. Only the geometry:
+    labels in the file (REF_forces, ...) would be stale in every later frame."""
+    import ase
+
+    from lpmace.data import graph_from_configuration
+
+    graph_from_configuration(config, r_max)
+    return ase.Atoms(numbers=config.numbers, positions=config.positions, cell=config.cell, pbc=config.pbc)
 
 
 def _count_frames(path) -> int:
