@@ -20,9 +20,11 @@ CSV_HEADER = ("step", "time_fs", "potential_eV", "kinetic_eV", "total_eV", "temp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = (f"exit status: 0 finished, 2 bad input, {EXIT_UNSTABLE} MD became unstable (non-finite "
+    parser.epilog = ("--out and --log are written as the run goes (every sample flushed); Ctrl-C or SIGTERM "
+                     "stops after the current step and keeps them. "
+                     f"exit status: 0 finished, 2 bad input, {EXIT_UNSTABLE} MD became unstable (non-finite "
                      "energy/forces/positions or total energy off by more than 1 eV/atom; outputs up to that "
-                     "step are kept)")
+                     "step are kept), 130 stopped by SIGINT, 143 stopped by SIGTERM")
     parser.add_argument("structure", metavar="STRUCTURE", help="any file ASE reads (the frame --index names)")
     parser.add_argument("--model", required=True, metavar="M.safetensors", help="lpmace model file")
     parser.add_argument("--index", type=int, default=0, metavar="I", help="frame of STRUCTURE (default: %(default)s)")
