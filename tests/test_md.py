@@ -14,6 +14,7 @@ from ase.calculators.calculator import all_changes
 import lpmace.io
 from lpmace.calculator import Calculator
 from lpmace.cli import main
+from lpmace.errors import InputError
 from lpmace.commands.md import CSV_HEADER, EXIT_UNSTABLE
 from lpmace.md import energy_drift, run_md
 
@@ -177,3 +178,52 @@ def test_cli_detects_a_blow_up_and_exits_3(make_model, structure, tmp_path, caps
     assert "MD became unstable at step 1" in captured.err
     assert len(ase.io.read(out, index=":")) == 1  # the frames before the blow-up are kept
     assert len(log.read_text().splitlines()) == 2
+
+
+def test_should_stop_ends_the_run_between_steps(bpa_atoms):
+    seen = []
+    result = run_md(_geometry(bpa_atoms), _HarmonicThenNaN(nan_after=10**6), steps=20, dt_fs=0.5,
+                    on_sample=lambda step, atoms: seen.append(step), should_stop=lambda: len(seen) >= 3)
+    assert result.interrupted and result.stable
+    assert result.steps_done == 2 and seen == [0, 1, 2] and list(result.steps) == [0, 1, 2]
+
+
+def _write_structure(path, atoms):
+    ase.io.write(path, atoms, format="extxyz")
+    return path
+
+
+@pytest.mark.parametrize("case", ["coincident", "nan", "single"])
+def test_cli_rejects_a_structure_md_cannot_start_from(saved, bpa_atoms, tmp_path, capsys, case):
+    atoms = _geometry(bpa_atoms)
+    if case == "coincident":  # atoms 0 and 1 at one position: distance 0 makes the model's energy NaN
+        atoms.positions[1] = atoms.positions[0]
+    elif case == "nan":
+        atoms.positions[3, 1] = np.nan
+    else:  # one atom: nothing to integrate (lpmace.md's docstring)
+        atoms = atoms[:1]
+    path = _write_structure(tmp_path / f"{case}.xyz", atoms)
+    code = main(["md", str(path), "--model", str(saved), "--steps", "2", "--out", str(tmp_path / "traj.xyz"),
+                 "--log", str(tmp_path / "md.csv")])
+    _rejected(capsys, code, tmp_path, str(path))
+
+
+def test_cli_names_the_frame_count_for_an_index_out_of_range(saved, bpa_atoms, tmp_path, capsys):
+    path = _write_structure(tmp_path / "two.xyz", [_geometry(bpa_atoms)] * 2)
+    code = main(["md", str(path), "--index", "99", "--model", str(saved), "--out", str(tmp_path / "traj.xyz"),
+                 "--log", str(tmp_path / "md.csv")])
+    _rejected(capsys, code, tmp_path, str(path), "has 2 structures", "--index 99 is out of range")
+
+
+class _RefusesAfter(_HarmonicThenNaN):
+    """Harmonic, then refuses the geometry as lpmace's calculator refuses overlapping atoms."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        if self.calls >= self.nan_after:
+            raise InputError("atoms 0 and 1 are 0.001 Å apart")
+        super().calculate(atoms, properties, system_changes)
+
+
+def test_a_geometry_the_calculator_refuses_mid_run_is_a_blow_up(bpa_atoms):
+    result = run_md(_geometry(bpa_atoms), _RefusesAfter(nan_after=5), steps=20, dt_fs=0.5)
+    assert result.unstable_step == 5 and result.steps_done == 4 and "0.001 Å apart" in result.reason

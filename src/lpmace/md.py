@@ -4,7 +4,12 @@
 step where the state stops being physical: non-finite energy, forces or positions, or a total energy
 that moved more than `max_energy_change_per_atom` from its start. Low-precision forces are not
 exactly conservative, so NVE's total-energy drift (`energy_drift`, meV/atom/ps) and fluctuation are
-the figures of merit that `lpmace md` prints and `lpmace bench` can reuse.
+the figures of merit that `lpmace md` prints and `lpmace bench` can reuse. A caller can also stop a
+run between steps (`should_stop`, e.g. on a signal); the result then says how far it got.
+
+A single atom is refused: with the centre-of-mass motion removed it has no velocity, and no force
+acts on a lone atom (isolated, or in a periodic cell where its images sit symmetrically), so there
+is nothing to integrate; ASE's velocity initialisation even turns its zero momentum into NaN.
 
 Units: ASE's (eV, Å, amu) inside; times in fs and temperatures in K at this module's interface.
 """
@@ -19,20 +24,24 @@ from collections.abc import Callable
 import numpy as np
 from ase import Atoms, units
 
-__all__ = ["ENSEMBLES", "MAX_ENERGY_CHANGE_PER_ATOM", "MDResult", "energy_drift", "initialize_velocities", "run_md"]
+from lpmace.errors import InputError
+
+__all__ = ["ENSEMBLES", "MAX_ENERGY_CHANGE_PER_ATOM", "MIN_ATOMS", "MDResult", "energy_drift", "initialize_velocities", "run_md"]
 
 ENSEMBLES = ("nve", "nvt")
 # A stable NVE run keeps its total energy within meV/atom; 1 eV/atom means the integrator has lost
 # the trajectory (dt too large, atoms overlapping), long before the numbers overflow.
 MAX_ENERGY_CHANGE_PER_ATOM = 1.0
+MIN_ATOMS = 2  # see the module docstring: one atom has no motion left to integrate
 
 
 @dataclasses.dataclass(frozen=True)
 class MDResult:
     """Samples of one MD run (one entry per sample: step 0 and every `interval` steps; arrays [n_samples]).
 
-    ``unstable_step`` is the step at which the run was stopped as unstable (None: it ran all steps);
+    ``unstable_step`` is the step at which the run was stopped as unstable (None: it was not);
     ``reason`` says why. The samples stop at the last step that was still physical.
+    ``interrupted`` is True when `should_stop` ended the run after ``steps_done`` steps.
     """
 
     ensemble: str
@@ -48,6 +57,7 @@ class MDResult:
     wall_s: float
     unstable_step: int | None = None
     reason: str = ""
+    interrupted: bool = False
 
     @property
     def total_eV(self) -> np.ndarray:
@@ -128,6 +138,7 @@ def run_md(
     interval: int = 1,
     max_energy_change_per_atom: float = MAX_ENERGY_CHANGE_PER_ATOM,
     on_sample: Callable[[int, Atoms], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
     progress: bool = False,
 ) -> MDResult:
     """Integrate `atoms` (in place) for `steps` steps of `dt_fs` with `calculator`.
@@ -138,7 +149,13 @@ def run_md(
     and ``on_sample(step, atoms)`` is called (atoms then carry that step's energy and forces).
 
     Stops early, with ``unstable_step`` set, when the energy, forces or positions become non-finite
-    or the total energy moves more than `max_energy_change_per_atom` (eV) from its initial value.
+    or the total energy moves more than `max_energy_change_per_atom` (eV) from its initial value;
+    with ``interrupted`` set when ``should_stop()``, asked after each step (and its sample), is True.
+
+    Raises:
+        InputError: fewer than `MIN_ATOMS` atoms, or non-finite energy or forces at the start
+            (e.g. two atoms at one position); raised before `on_sample` is first called. Later, an
+            InputError from the calculator (a geometry it refuses) ends the run as unstable.
     """
     from ase.md.langevin import Langevin
     from ase.md.verlet import VelocityVerlet
@@ -148,6 +165,10 @@ def run_md(
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
     if steps < 0 or interval < 1 or not dt_fs > 0:
         raise ValueError(f"need steps >= 0, interval >= 1, dt_fs > 0; got {steps}, {interval}, {dt_fs}")
+
+    if len(atoms) < MIN_ATOMS:
+        raise InputError(f"MD needs at least {MIN_ATOMS} atoms, the structure has {len(atoms)} (a lone atom "
+                         "feels no force and has no motion once the centre of mass is held still)")
 
     rng = np.random.default_rng(seed)
     atoms.calc = calculator
@@ -165,7 +186,7 @@ def run_md(
 
     n_atoms = len(atoms)
     samples: list[tuple[int, float, float, float]] = []
-    unstable_step, reason = None, ""
+    unstable_step, reason, interrupted = None, "", False
 
     def state() -> tuple[float, float, str]:
         """(potential, kinetic, problem) of the current step; problem is "" when all is finite."""
@@ -180,7 +201,7 @@ def run_md(
     start = time.perf_counter()
     potential, kinetic, problem = state()
     if problem:
-        raise ValueError(f"the initial structure already fails: {problem}")
+        raise InputError(f"the initial structure already fails: {problem}")
     initial_total = potential + kinetic
     samples.append((0, potential, kinetic, float(atoms.get_temperature())))
     if on_sample is not None:
@@ -189,8 +210,14 @@ def run_md(
     steps_done = 0
     with tqdm(total=steps, desc=f"md {ensemble}", unit="step", disable=not progress, leave=False) as bar:
         for step in range(1, steps + 1):
+            if should_stop is not None and should_stop():
+                interrupted = True
+                break
             try:
                 dynamics.run(1)
+            except InputError as err:  # the calculator refusing a geometry the run reached (atoms overlapping)
+                unstable_step, reason = step, str(err)
+                break
             except Exception:  # a calculator choking on NaN positions is the blow-up, not a bug
                 if np.isfinite(atoms.positions).all():
                     raise
@@ -217,5 +244,5 @@ def run_md(
         ensemble=ensemble, n_atoms=n_atoms, dt_fs=float(dt_fs), steps_requested=steps, steps_done=steps_done,
         steps=columns[:, 0].astype(np.int64), times_fs=columns[:, 0] * dt_fs,
         potential_eV=columns[:, 1], kinetic_eV=columns[:, 2], temperature_K=columns[:, 3],
-        wall_s=wall, unstable_step=unstable_step, reason=reason,
+        wall_s=wall, unstable_step=unstable_step, reason=reason, interrupted=interrupted,
     )
