@@ -117,7 +117,7 @@ def _load_model(options: BenchOptions, elements: tuple) -> tuple[MACE, Optional[
 
 def check(options: BenchOptions) -> Plan:
     """Validate every option and input; InputError names what is wrong before anything runs."""
-    from lpmace.commands.eval import _device
+    from lpmace.devices import resolve_device as _device
 
     unknown = sorted(set(options.sections) - set(SECTIONS))
     if unknown:

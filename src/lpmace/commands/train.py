@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from lpmace.devices import DEVICE_HELP
+
 HELP = "train a model from a YAML config (key=value pairs override it)"
 
 
@@ -17,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in output_dir")
     parser.add_argument("--max-time", type=float, metavar="S", help="stop after S seconds of training")
     parser.add_argument("--out", metavar="DIR", help="output_dir")
-    parser.add_argument("--device", help="cpu or cuda")
+    parser.add_argument("--device", help=DEVICE_HELP)
     parser.add_argument("--precision", help="preset name or YAML policy")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

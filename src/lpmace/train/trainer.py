@@ -32,6 +32,7 @@ from lpmace.train.correlation import active_correlation, set_correlation
 from lpmace.train.distributed import DistributedContext, GradientReducer, ShardedLoader
 from lpmace.train.ema import EMA
 from lpmace.train.loss import weighted_loss
+from lpmace.devices import resolve_device
 from lpmace.train.prepare import RunData, build_model, parameter_groups, prepare
 
 
@@ -56,7 +57,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print,
                  on_epoch: Optional[Callable] = None, fault: Optional[Callable] = None):
         # Under torchrun: join the process group; each rank trains on its part of every global batch.
-        self.dist, device = DistributedContext.from_environment(cfg.device)
+        self.dist, device = DistributedContext.from_environment(str(resolve_device(cfg.device, "device")))
         if device != cfg.device:
             cfg = dataclasses.replace(cfg, device=device)
         self.cfg, self.fault, self.on_epoch = cfg, fault, on_epoch
