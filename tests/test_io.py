@@ -167,3 +167,17 @@ def test_save_overwrites_atomically_with_new_weights(make_model, saved):
     name = next(iter(other.state_dict()))
     assert torch.equal(loaded.state_dict()[name], other.state_dict()[name])
     assert [p.name for p in saved.parent.iterdir()] == [saved.name]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_files_get_the_permissions_the_umask_allows(model, tmp_path, umask):
+    from lpmace.atomic import atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        model_file = lpmace.io.save(model, tmp_path / "model.safetensors")
+        text_file = atomic_write_text(tmp_path / "metrics.json", "{}\n")
+    finally:
+        os.umask(old)
+    for path in (model_file, text_file):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
