@@ -237,8 +237,9 @@ def run_bench(options: BenchOptions, plan: Optional[Plan] = None, log: Callable[
              "accuracy": len(everyone) * (len(plan.data) + 1), "equivariance": len(everyone),
              "scaling": len(everyone) * len(sizes), "md": 2 * len(md_precisions) * len(o.backends),
              "time-to-accuracy": len(o.precisions) * len(o.backends) + int(o.compare_mace_torch)}
-    bar = tqdm(total=sum(total[s] for s in o.sections), desc="bench", unit="run", disable=not o.progress,
-               dynamic_ncols=True)
+    # disable=None: no bar when stderr is not a terminal (a log file gets no carriage-return clutter)
+    bar = tqdm(total=sum(total[s] for s in o.sections), desc="bench", unit="run",
+               disable=None if o.progress else True, dynamic_ncols=True)
 
     def tick(what: str) -> None:
         bar.set_postfix_str(what[:60], refresh=False)
