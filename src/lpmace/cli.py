@@ -80,7 +80,7 @@ def _out_of_memory(err: BaseException) -> str | None:
     if isinstance(err, torch.OutOfMemoryError) or "cuda out of memory" in message:
         return "GPU"
     if isinstance(err, MemoryError) or any(s in message for s in ("can't allocate memory", "not enough memory",
-                                                                    "out of memory")):
+                                                                    "out of memory", "bad_alloc")):
         return "CPU"
     return None
 
