@@ -195,3 +195,10 @@ def test_overlapping_atoms_raise_a_clear_error(model, bpa_atoms):
     bpa_atoms.calc = Calculator(model)
     with pytest.raises(InputError, match=r"atoms 0 and 3 are 0 Å apart"):
         bpa_atoms.get_potential_energy()
+
+
+def test_device_auto_is_resolved_and_bad_names_refused(model, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert Calculator(model, device="auto").device == torch.device("cpu")
+    with pytest.raises(InputError, match="'gpu'"):
+        Calculator(model, device="gpu")

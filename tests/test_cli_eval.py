@@ -213,3 +213,17 @@ def test_unwritable_json_folder_fails_before_any_evaluation(saved, small_xyz, tm
         folder = pathlib.Path("/proc/self")
     _one_line_error(capsys, main(["eval", str(saved), str(small_xyz), "--json", str(folder / "m.json")]),
                     "--json", "cannot write into folder")
+
+
+def test_unwritable_parity_folder_fails_before_any_evaluation(saved, small_xyz, tmp_path, capsys, monkeypatch):
+    import os
+
+    import lpmace.evaluate
+
+    monkeypatch.setattr(lpmace.evaluate, "evaluate", lambda *a, **k: pytest.fail("evaluated before the check"))
+    folder = tmp_path / "read_only"
+    folder.mkdir(mode=0o555)
+    if os.geteuid() == 0:  # root writes through permission bits; /proc/self takes no new files
+        folder = pathlib.Path("/proc/self")
+    _one_line_error(capsys, main(["eval", str(saved), str(small_xyz), "--parity", str(folder / "plots" / "new")]),
+                    "--parity", "cannot write into folder")

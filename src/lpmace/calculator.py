@@ -33,7 +33,7 @@ class Calculator(ASECalculator):
 
     Args:
         model: a `MACE` module, or the path of an lpmace ``.safetensors`` model file.
-        device: torch device to evaluate on ("cpu", "cuda", ...).
+        device: torch device to evaluate on ("cpu", "cuda", ...; "auto": cuda when present, else cpu).
         precision: a preset name ("bf16-mixed", ...), a YAML policy file or a `PrecisionPolicy`;
             None: the model's default (fp64 for float64 weights, else fp32). Checked here, so a bad
             precision is an InputError at construction, not at the first energy.
@@ -66,6 +66,9 @@ class Calculator(ASECalculator):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        from lpmace.devices import resolve_device
+
+        device = resolve_device(device, "device")  # InputError for "gpu" or cuda on a CPU-only machine
         self._lock = threading.RLock()  # reentrant: get_property holds it while calling calculate
         if isinstance(model, (str, os.PathLike)):
             from lpmace.io import load
@@ -73,7 +76,7 @@ class Calculator(ASECalculator):
             model = load(model, device=device)
         if not isinstance(model, MACE):
             raise InputError(f"Calculator needs an lpmace MACE model or a model file path, got {type(model).__name__}")
-        self.device = torch.device(device)
+        self.device = device
         self.model = model.to(self.device).eval()
         self.r_max = float(model.config.r_max)
         self.atomic_numbers = tuple(int(z) for z in model.config.atomic_numbers)

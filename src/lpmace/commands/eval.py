@@ -61,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
     parity_dir = pathlib.Path(args.parity) if args.parity else None
     if parity_dir is not None and parity_dir.exists() and not parity_dir.is_dir():
         raise InputError(f"{parity_dir}: exists and is not a folder")
-    if parity_dir is not None and parity_dir.is_dir():
-        check_writable(parity_dir / "parity.png", "--parity")
+    if parity_dir is not None:  # it is created later (with its parents): the nearest existing folder must take it
+        existing = next(p for p in (parity_dir, *parity_dir.parents) if p.exists())
+        check_writable(existing / "parity.png", "--parity")
 
     model = load(args.model, device=device)
     policy = resolve_policy(args.precision, default=model.default_precision)
