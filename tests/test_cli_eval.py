@@ -201,7 +201,9 @@ def test_json_is_strict_even_when_the_model_gives_nan(model, small_xyz, tmp_path
     assert metrics["energy_rmse_mev_per_atom"] is None and metrics["n_configs"] == 6
 
 
-def test_unwritable_json_folder_fails_before_any_evaluation(saved, small_xyz, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("option, name", [("--json", "m.json"), ("--parity", "plots/new")])
+def test_unwritable_output_folder_fails_before_any_evaluation(saved, small_xyz, tmp_path, capsys, monkeypatch,
+                                                              option, name):
     import os
 
     import lpmace.evaluate
@@ -211,19 +213,5 @@ def test_unwritable_json_folder_fails_before_any_evaluation(saved, small_xyz, tm
     folder.mkdir(mode=0o555)
     if os.geteuid() == 0:  # root writes through permission bits; /proc/self takes no new files
         folder = pathlib.Path("/proc/self")
-    _one_line_error(capsys, main(["eval", str(saved), str(small_xyz), "--json", str(folder / "m.json")]),
-                    "--json", "cannot write into folder")
-
-
-def test_unwritable_parity_folder_fails_before_any_evaluation(saved, small_xyz, tmp_path, capsys, monkeypatch):
-    import os
-
-    import lpmace.evaluate
-
-    monkeypatch.setattr(lpmace.evaluate, "evaluate", lambda *a, **k: pytest.fail("evaluated before the check"))
-    folder = tmp_path / "read_only"
-    folder.mkdir(mode=0o555)
-    if os.geteuid() == 0:  # root writes through permission bits; /proc/self takes no new files
-        folder = pathlib.Path("/proc/self")
-    _one_line_error(capsys, main(["eval", str(saved), str(small_xyz), "--parity", str(folder / "plots" / "new")]),
-                    "--parity", "cannot write into folder")
+    _one_line_error(capsys, main(["eval", str(saved), str(small_xyz), option, str(folder / name)]),
+                    option, "cannot write into folder")
