@@ -147,3 +147,58 @@ def test_precision_from_a_yaml_file(model, bpa_atoms, tmp_path):
 def test_bad_precision_is_refused_at_construction(model, precision):
     with pytest.raises(InputError, match=precision):
         Calculator(model, precision=precision)
+
+
+def test_one_calculator_shared_by_threads_gives_each_its_own_results(model, bpa_test_path):
+    import sys
+    import threading
+
+    import ase.io
+
+    molecules = [atoms[:8] for atoms in ase.io.read(bpa_test_path, index=":8")]  # 8 atoms each: quick
+    calc = Calculator(model)
+    serial = []
+    for atoms in molecules:
+        atoms.calc = calc
+        serial.append((atoms.get_potential_energy(), atoms.get_forces()))
+    calc.reset()
+    shared = [atoms.copy() for atoms in molecules]
+    for atoms in shared:
+        atoms.calc = calc  # the same calculator on every thread's structure
+    results, errors = [[] for _ in shared], []
+
+    def work(i):
+        try:
+            for _ in range(10):
+                results[i].append((shared[i].get_potential_energy(), shared[i].get_forces()))
+        except Exception as err:  # e.g. PropertyNotImplementedError when another thread reset the results
+            errors.append(repr(err))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)  # switch threads often, so unguarded state is interleaved every run
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(shared))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+    wrong = [(i, k) for i, calls in enumerate(results) for k, (energy, forces) in enumerate(calls)
+             if energy != serial[i][0] or not np.array_equal(forces, serial[i][1])]
+    assert wrong == [] and all(len(calls) == 10 for calls in results)
+
+
+def test_overlapping_atoms_raise_a_clear_error(model, bpa_atoms):
+    bpa_atoms.positions[3] = bpa_atoms.positions[0]
+    bpa_atoms.calc = Calculator(model)
+    with pytest.raises(InputError, match=r"atoms 0 and 3 are 0 Å apart"):
+        bpa_atoms.get_potential_energy()
+
+
+def test_device_auto_is_resolved_and_bad_names_refused(model, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert Calculator(model, device="auto").device == torch.device("cpu")
+    with pytest.raises(InputError, match="'gpu'"):
+        Calculator(model, device="gpu")

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import lpmace.io
-from lpmace.cli import main
+from lpmace.cli import build_parser, main
+from lpmace.errors import InputError
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -161,3 +162,74 @@ def test_convert_round_trip_matches_mace_torch(tmp_path, default_dtype_float64, 
         energies.append(atoms.get_potential_energy())
     np.testing.assert_allclose(energies, expected, rtol=1e-9, atol=0)
     assert main(["convert", str(source), str(target), "--force"]) == 0
+
+
+def _fail_evaluation_with(monkeypatch, fail) -> None:
+    """Make `lpmace eval`'s evaluation call `fail` (reading the model and data still happen)."""
+    import lpmace.evaluate
+
+    monkeypatch.setattr(lpmace.evaluate, "evaluate", lambda *args, **kwargs: fail())
+
+
+@pytest.mark.parametrize(
+    "fail, fragments",
+    [
+        # what the CPU allocator raises for a structure too big for the machine
+        (lambda: torch.empty(2**50, dtype=torch.uint8), ("out of CPU memory", "1.05e+06 GiB", "--batch-size")),
+        (lambda: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. "
+                                                               "GPU 0 has a total capacity of 79 GiB")),
+         ("out of GPU memory", "20.00 GiB", "smaller batch")),
+        (lambda: (_ for _ in ()).throw(MemoryError()), ("out of CPU memory",)),
+    ],
+)
+def test_out_of_memory_is_one_line_and_exit_2(saved, bpa_test_path, monkeypatch, capsys, fail, fragments):
+    _fail_evaluation_with(monkeypatch, fail)
+    assert main(["eval", str(saved), str(bpa_test_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("lpmace: error: out of "), err
+    for fragment in fragments:
+        assert fragment in err
+
+
+def test_other_runtime_errors_still_show_their_traceback(saved, bpa_test_path, monkeypatch):
+    _fail_evaluation_with(monkeypatch, lambda: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["eval", str(saved), str(bpa_test_path)])
+
+
+def test_ctrl_c_is_one_line_and_exit_130(saved, bpa_test_path, monkeypatch, capsys):
+    _fail_evaluation_with(monkeypatch, lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert main(["eval", str(saved), str(bpa_test_path)]) == 130
+    assert capsys.readouterr().err == "lpmace: interrupted\n"
+
+
+@pytest.mark.parametrize("command", ["eval", "demo", "train"])
+def test_unknown_device_is_one_line_and_exit_2(saved, bpa_test_path, tmp_path, capsys, command):
+    config = tmp_path / "train.yaml"
+    config.write_text(f"train_file: {bpa_test_path}\noutput_dir: {tmp_path / 'run'}\n")
+    argv = {"eval": ["eval", str(saved), str(bpa_test_path)], "demo": ["demo", "--out", str(tmp_path / "demo")],
+            "train": ["train", str(config)]}[command]
+    assert main(argv + ["--device", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lpmace: error: ") and "'gpu'" in err and "auto" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists() and not (tmp_path / "demo").exists()
+
+
+def test_device_defaults_to_auto_and_help_says_so(monkeypatch, capsys):
+    from lpmace.devices import resolve_device
+
+    from lpmace.train.config import TrainConfig
+
+    assert TrainConfig.__dataclass_fields__["device"].default == "auto"
+    parser = build_parser()
+    for argv in (["eval", "M", "D"], ["md", "S", "--model", "M"], ["bench"], ["quantize", "M", "O"], ["demo"]):
+        assert parser.parse_args(argv).device == "auto", argv[0]
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    assert "default: auto" in capsys.readouterr().out
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(InputError, match="--device cuda: CUDA is not available"):
+        resolve_device("cuda")

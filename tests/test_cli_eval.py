@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -171,3 +172,46 @@ def test_precision_list_describes_every_preset(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == list(PRESETS)
     assert all(len(line.split()) > 3 for line in lines)
+
+
+def test_overlapping_atoms_are_one_line_naming_file_frame_and_atoms(saved, small_xyz, tmp_path, capsys):
+    frames = ase.io.read(small_xyz, index=":3")
+    frames[2].positions[5] = frames[2].positions[1]  # a duplicated atom: NaN everywhere if evaluated
+    path = tmp_path / "dup.xyz"
+    ase.io.write(path, frames, format="extxyz")
+    out_json = tmp_path / "m.json"
+    code = main(["eval", str(saved), str(path), "--json", str(out_json)])
+    _one_line_error(capsys, code, f"{path}:frame 2", "atoms 1 and 5 are 0 Å apart")
+    assert not out_json.exists()
+
+
+def test_json_is_strict_even_when_the_model_gives_nan(model, small_xyz, tmp_path, capsys):
+    import torch
+
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))  # a diverged model
+    saved = lpmace.io.save(model, tmp_path / "nan.safetensors")
+    out_json = tmp_path / "m.json"
+    assert main(["eval", str(saved), str(small_xyz), "--json", str(out_json)]) == 0
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in JSON")
+
+    metrics = json.loads(out_json.read_text(), parse_constant=refuse)["files"][str(small_xyz)]
+    assert metrics["energy_rmse_mev_per_atom"] is None and metrics["n_configs"] == 6
+
+
+@pytest.mark.parametrize("option, name", [("--json", "m.json"), ("--parity", "plots/new")])
+def test_unwritable_output_folder_fails_before_any_evaluation(saved, small_xyz, tmp_path, capsys, monkeypatch,
+                                                              option, name):
+    import os
+
+    import lpmace.evaluate
+
+    monkeypatch.setattr(lpmace.evaluate, "evaluate", lambda *a, **k: pytest.fail("evaluated before the check"))
+    folder = tmp_path / "read_only"
+    folder.mkdir(mode=0o555)
+    if os.geteuid() == 0:  # root writes through permission bits; /proc/self takes no new files
+        folder = pathlib.Path("/proc/self")
+    _one_line_error(capsys, main(["eval", str(saved), str(small_xyz), option, str(folder / name)]),
+                    option, "cannot write into folder")

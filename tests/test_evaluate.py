@@ -128,9 +128,17 @@ def test_works_inside_no_grad_and_leaves_grad_mode_alone(model, graphs):
     assert inside.force_rmse_mev_per_A == outside.force_rmse_mev_per_A > 0
 
 
-def test_progress_bar(model, graphs, capsys):
+def test_progress_bar_on_a_terminal(model, graphs, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
     evaluate(model, graphs[:3], progress=True)
-    assert "config" in capsys.readouterr().err
+    assert "config" in sys.stderr.getvalue()
 
 
 def test_bad_input_is_an_input_error(model, graphs):
@@ -172,3 +180,8 @@ def test_parity_plot_writes_a_png(model, graphs, tmp_path):
 def test_metrics_is_a_dataclass_with_repr_without_arrays(model, graphs):
     m = evaluate(model, graphs[:2])
     assert isinstance(m, Metrics) and "forces_pred" not in repr(m)
+
+
+def test_progress_bar_stays_off_when_stderr_is_not_a_terminal(model, graphs, capsys):
+    evaluate(model, graphs[:2], progress=True)  # capsys: stderr is not a TTY, as in a log file or a pipe
+    assert capsys.readouterr().err == ""

@@ -167,3 +167,45 @@ def test_save_overwrites_atomically_with_new_weights(make_model, saved):
     name = next(iter(other.state_dict()))
     assert torch.equal(loaded.state_dict()[name], other.state_dict()[name])
     assert [p.name for p in saved.parent.iterdir()] == [saved.name]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_files_get_the_permissions_the_umask_allows(model, tmp_path, umask):
+    from lpmace.atomic import atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        model_file = lpmace.io.save(model, tmp_path / "model.safetensors")
+        text_file = atomic_write_text(tmp_path / "metrics.json", "{}\n")
+    finally:
+        os.umask(old)
+    for path in (model_file, text_file):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"channels": 10**12}, "channels"),  # would allocate terabytes before any shape is compared
+        ({"correlation": [40, 2]}, "correlation"),
+        ({"max_ell": 400, "max_L": 1}, "max_ell"),
+    ],
+)
+def test_config_asking_for_an_absurd_model_is_refused_before_building_it(saved, tmp_path, monkeypatch, change,
+                                                                         fragment):
+    config = json.loads(lpmace.io._read(saved)[0]["config"])
+    config.update(change)
+    path = _rewrite(saved, tmp_path / "absurd.safetensors", metadata_update={"config": json.dumps(config)})
+    monkeypatch.setattr(lpmace.io, "MACE", lambda config: pytest.fail("built the model before checking the config"))
+    with pytest.raises(InputError, match=fragment) as info:
+        lpmace.io.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_integer_weights_are_named(model, saved, tmp_path):
+    name = "readouts.0.weight"
+    integer = model.state_dict()[name].round().to(torch.int32)
+    path = _rewrite(saved, tmp_path / "int.safetensors", drop=(name,), add={name: integer})
+    with pytest.raises(InputError, match=rf"{name} \(torch.int32\)") as info:
+        lpmace.io.load(path)
+    assert str(path) in str(info.value)

@@ -8,6 +8,7 @@ float64 weights), and results come back to ASE as float64 numpy arrays.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Sequence
 
 import ase
@@ -32,7 +33,7 @@ class Calculator(ASECalculator):
 
     Args:
         model: a `MACE` module, or the path of an lpmace ``.safetensors`` model file.
-        device: torch device to evaluate on ("cpu", "cuda", ...).
+        device: torch device to evaluate on ("cpu", "cuda", ...; "auto": cuda when present, else cpu).
         precision: a preset name ("bf16-mixed", ...), a YAML policy file or a `PrecisionPolicy`;
             None: the model's default (fp64 for float64 weights, else fp32). Checked here, so a bad
             precision is an InputError at construction, not at the first energy.
@@ -45,6 +46,13 @@ class Calculator(ASECalculator):
     electronic entropy), ``forces`` [n_atoms, 3], and ``stress`` (Voigt order xx yy zz yz xz xy,
     eV/Å³, ASE sign convention), which exists only for cells periodic in all three directions.
     Forces are always computed; stress is computed on every call for fully periodic cells.
+
+    One calculator may be shared by threads: ASE keeps the last atoms and results on the calculator,
+    so two unguarded calls would read each other's results; a lock makes each property request
+    (state check, calculation and the read of its result) one step. Calls are serialised, so
+    threads gain nothing in speed; give each thread its own calculator for that.
+
+    Structures with atoms closer than `lpmace.data.batching.MIN_DISTANCE` raise InputError.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
@@ -58,13 +66,17 @@ class Calculator(ASECalculator):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        from lpmace.devices import resolve_device
+
+        device = resolve_device(device, "device")  # InputError for "gpu" or cuda on a CPU-only machine
+        self._lock = threading.RLock()  # reentrant: get_property holds it while calling calculate
         if isinstance(model, (str, os.PathLike)):
             from lpmace.io import load
 
             model = load(model, device=device)
         if not isinstance(model, MACE):
             raise InputError(f"Calculator needs an lpmace MACE model or a model file path, got {type(model).__name__}")
-        self.device = torch.device(device)
+        self.device = device
         self.model = model.to(self.device).eval()
         self.r_max = float(model.config.r_max)
         self.atomic_numbers = tuple(int(z) for z in model.config.atomic_numbers)
@@ -74,12 +86,20 @@ class Calculator(ASECalculator):
         self.backend = resolve_backend(backend, self.device)  # checked here; "auto" resolved and kept
         self.model.backend = self.backend
 
+    def get_property(self, name: str, atoms: ase.Atoms | None = None, allow_calculation: bool = True):
+        with self._lock:
+            return super().get_property(name, atoms, allow_calculation)
+
     def calculate(
         self,
         atoms: ase.Atoms | None = None,
         properties: Sequence[str] = ("energy",),
         system_changes: Sequence[str] = all_changes,
     ) -> None:
+        with self._lock:
+            self._calculate(atoms, properties, system_changes)
+
+    def _calculate(self, atoms: ase.Atoms | None, properties: Sequence[str], system_changes: Sequence[str]) -> None:
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         periodic = bool(np.all(atoms.pbc))

@@ -99,7 +99,9 @@ def _predictions(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(graphs), desc=f"eval {policy.name}", unit="config", dynamic_ncols=True, leave=False)
+        # disable=None: even when asked for, no bar unless stderr is a terminal (logs stay clean)
+        bar = tqdm(total=len(graphs), desc=f"eval {policy.name}", unit="config", dynamic_ncols=True, leave=False,
+                   disable=None)
     try:
         for batch in batches(graphs, batch_size):
             want_stress = batch.has_stress is not None and bool(batch.has_stress.any())

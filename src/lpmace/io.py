@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 from typing import Any
 
 import safetensors
@@ -137,6 +138,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> MACE:
     path = pathlib.Path(path)
     metadata, tensors = _read(path)
     config = _config_from_metadata(path, metadata)
+    _check_sizes(path, config, tensors)
     try:
         model = MACE(config)
     except (InputError, TypeError, ValueError) as err:
@@ -154,6 +156,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> MACE:
     else:
         expected = {name: (tuple(t.shape), None) for name, t in model.state_dict().items()}
     _check_tensors(path, expected, tensors)
+    _check_floating(path, model.state_dict(), tensors)
     if quantization is not None:
         try:
             return quantize.load_packed(model, layer_modes, tensors, device, str(quantization.get("readout")))
@@ -163,6 +166,52 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> MACE:
     # assign=True keeps the saved dtypes, so a save/load round trip is bit-identical.
     model.load_state_dict(tensors, strict=True, assign=True)
     return model.to(device)
+
+
+_CONTRACTION = re.compile(r"products\.(\d+)\.contraction\.weights\.L(\d+)_nu(\d+)\b")
+
+
+def _check_sizes(path: pathlib.Path, config: MACEConfig, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse a config the file's own tensors cannot belong to, before MACE(config) allocates.
+
+    Building the model allocates what the config asks for (weights, and coupling tables that grow
+    steeply with correlation and max_ell) before the shapes can be compared, so an edited or damaged
+    config could ask for terabytes. What the tensors show is checked first: the correlation order of
+    each layer and max_L (from the contraction weights' names, LL_nuN), and no width larger than the
+    largest tensor dimension in the file (the radial MLP's output is at least (max_ell + 1) * channels).
+    """
+    orders: dict[int, int] = {}
+    max_l = 0
+    for name in tensors:
+        if (match := _CONTRACTION.match(name)) is not None:
+            layer, degree_l, nu = (int(g) for g in match.groups())
+            orders[layer] = max(orders.get(layer, 0), nu)
+            max_l = max(max_l, degree_l)
+    found = tuple(orders.get(i, 0) for i in range(max(orders, default=-1) + 1))
+    if found != tuple(config.correlation):
+        raise InputError(f"{path}: config correlation {list(config.correlation)} does not match the contraction "
+                         f"weights in the file (correlation {list(found)}): the config or the tensors are damaged")
+    if config.num_interactions > 1 and max_l != config.max_L:
+        raise InputError(f"{path}: config max_L {config.max_L} does not match the contraction weights in the file "
+                         f"(max_L {max_l}): the config or the tensors are damaged")
+    largest = max((max(t.shape, default=1) for t in tensors.values()), default=0)
+    widths = {"channels": config.channels, "num_bessel": config.num_bessel, "readout_mlp": config.readout_mlp,
+              "radial_mlp": max(config.radial_mlp, default=1),
+              "(max_ell + 1) * channels": (config.max_ell + 1) * config.channels}
+    for key, width in widths.items():
+        if width > largest:
+            raise InputError(f"{path}: config {key} = {width} is larger than any tensor dimension in the file "
+                             f"(at most {largest}): the config or the tensors are damaged")
+
+
+def _check_floating(path: pathlib.Path, reference: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> None:
+    """InputError naming the tensors stored as integers where the model has floating-point weights
+    (an integer weight would fail deep inside the first model call)."""
+    wrong = [f"{name} ({t.dtype})" for name, t in tensors.items()
+             if name in reference and reference[name].is_floating_point() and not t.is_floating_point()]
+    if wrong:
+        raise InputError(f"{path}: weights must be floating point; integer tensor(s): {', '.join(wrong[:5])}"
+                         + (f" and {len(wrong) - 5} more" if len(wrong) > 5 else ""))
 
 
 def _check_tensors(path: pathlib.Path, expected: dict, tensors: dict[str, torch.Tensor]) -> None:

@@ -119,3 +119,31 @@ def test_loader_length_and_new_order_each_epoch():
     assert epoch0.shape == epoch1.shape == (14, 3) and not torch.equal(epoch0, epoch1)
     with pytest.raises(InputError):
         GraphLoader([], batch_size=2)
+
+
+@pytest.mark.parametrize(
+    "positions, cell, pbc, fragment",
+    [
+        # a duplicated atom in a molecule
+        ([[0, 0, 0], [1.0, 0, 0], [1.0, 0, 0]], np.zeros((3, 3)), [False] * 3, "atoms 1 and 2 are 0 Å apart"),
+        # the same position modulo the cell: one lattice vector apart
+        ([[0.5, 0.5, 0.5], [1.0, 0, 0], [3.5, 0.5, 0.5]], 3.0 * np.eye(3), [True] * 3,
+         "atoms 0 and 2 are 0 Å apart across the periodic boundary"),
+        # an atom on its own image: a cell with a 0.001 Å lattice vector (volume 0.1 Å³, not singular)
+        ([[0, 0, 0]], np.diag([1e-3, 10.0, 10.0]), [True] * 3, "atom 0 is 0.001 Å from its own periodic image"),
+    ],
+)
+def test_overlapping_atoms_are_refused_naming_structure_and_atoms(positions, cell, pbc, fragment):
+    config = Configuration(numbers=[1] * len(positions), positions=positions, cell=cell, pbc=pbc,
+                           source="water.xyz:frame 7")
+    with pytest.raises(InputError) as err:
+        graph_from_configuration(config, r_max=2.0)
+    assert str(err.value).startswith("water.xyz:frame 7: ") and fragment in str(err.value)
+
+
+def test_atoms_just_beyond_the_overlap_distance_are_accepted():
+    from lpmace.data.batching import MIN_DISTANCE
+
+    config = Configuration(numbers=[1, 1], positions=[[0, 0, 0], [1.01 * MIN_DISTANCE, 0, 0]], cell=np.zeros((3, 3)),
+                           pbc=[False] * 3)
+    assert graph_from_configuration(config, r_max=2.0).num_edges == 2

@@ -71,12 +71,30 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err).lower()
 
 
-def _git_commit() -> Optional[str]:
-    here = Path(__file__).resolve().parent
+def _git_commit(package: Optional[Path] = None) -> Optional[str]:
+    """The commit of lpmace's own source tree ("+dirty" with uncommitted changes), or None when the
+    imported package is not a git checkout (an installed wheel: the report's lpmace version says it).
+
+    git answers for whatever repository encloses a folder, and a virtual environment inside a user's
+    project puts site-packages/lpmace in the user's repository; so the package's own files must be
+    tracked there, and GIT_DIR / GIT_WORK_TREE (which override the folder) are dropped.
+    """
+    import os
+
+    import lpmace
+
+    package = Path(package or Path(lpmace.__file__).resolve().parent)
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=package, env=env, capture_output=True, text=True, timeout=10)
+
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10)
+        tracked = git("ls-files", "--error-unmatch", "--", "__init__.py")
+        if tracked.returncode != 0:
+            return None
+        out = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:

@@ -117,7 +117,7 @@ def _load_model(options: BenchOptions, elements: tuple) -> tuple[MACE, Optional[
 
 def check(options: BenchOptions) -> Plan:
     """Validate every option and input; InputError names what is wrong before anything runs."""
-    from lpmace.commands.eval import _device
+    from lpmace.devices import resolve_device as _device
 
     unknown = sorted(set(options.sections) - set(SECTIONS))
     if unknown:
@@ -237,8 +237,9 @@ def run_bench(options: BenchOptions, plan: Optional[Plan] = None, log: Callable[
              "accuracy": len(everyone) * (len(plan.data) + 1), "equivariance": len(everyone),
              "scaling": len(everyone) * len(sizes), "md": 2 * len(md_precisions) * len(o.backends),
              "time-to-accuracy": len(o.precisions) * len(o.backends) + int(o.compare_mace_torch)}
-    bar = tqdm(total=sum(total[s] for s in o.sections), desc="bench", unit="run", disable=not o.progress,
-               dynamic_ncols=True)
+    # disable=None: no bar when stderr is not a terminal (a log file gets no carriage-return clutter)
+    bar = tqdm(total=sum(total[s] for s in o.sections), desc="bench", unit="run",
+               disable=None if o.progress else True, dynamic_ncols=True)
 
     def tick(what: str) -> None:
         bar.set_postfix_str(what[:60], refresh=False)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from lpmace.devices import DEVICE_HELP
+
 HELP = "benchmark speed, memory and accuracy per precision (optionally against mace-torch); writes a report"
 
 
@@ -34,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "triton, else reference)")
     parser.add_argument("--workloads", type=_list, default=None, metavar="W,W,...",
                         help=f"sections among {','.join(SECTIONS)} (default: all; --quick: all but time-to-accuracy)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--quick", action="store_true", help="tiny model and systems, 3 repeats")
     parser.add_argument("--out", default="bench", metavar="DIR", help="output folder (default: %(default)s)")
     parser.add_argument("--compare-mace-torch", action="store_true",
@@ -69,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from lpmace.bench.runner import SECTIONS, BenchOptions, check, run_bench
+    from lpmace.devices import resolve_device
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     if args.experiment is not None:
         from lpmace.bench.experiments import check_names, run_experiments
         from lpmace.errors import InputError

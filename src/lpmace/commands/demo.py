@@ -5,23 +5,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lpmace.devices import DEVICE_HELP
+
 HELP = "train a small model in fp32, bf16-mixed and fp16-mixed on embedded 3BPA and compare"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per precision (default: 1)")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from lpmace.demo import markdown_table, run_demo
+    from lpmace.devices import resolve_device
     from lpmace.errors import InputError
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {args.device}: CUDA is not available here")
+    args.device = str(resolve_device(args.device))
     if args.epochs < 1:
         raise InputError("--epochs must be >= 1")
     out = Path(args.out)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from lpmace.devices import AUTO, DEVICE_HELP
+
 HELP = "energy, force and stress errors of a model on labelled extended-XYZ files"
 EMBEDDED = "embedded:"
 
@@ -24,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{label}-key", default=default, metavar="K",
                             help=f"{label} label in the files (default: %(default)s; 'none': not read)")
     parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="default: %(default)s")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    parser.add_argument("--device", default=AUTO, help=DEVICE_HELP)
     parser.add_argument("--backend", default="auto", metavar="B",
                         help="auto, reference, triton or compiled (lpmace.kernels; default: %(default)s)")
     parser.add_argument("--json", metavar="OUT.json", help="write all metrics as JSON")
@@ -38,8 +40,10 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from lpmace import datasets
-    from lpmace.atomic import atomic_write_text
+    from lpmace.atomic import atomic_write_text, check_writable
+    from lpmace.bench.measure import strict_json
     from lpmace.data import graph_from_configuration, read_configurations
+    from lpmace.devices import resolve_device
     from lpmace.errors import InputError
     from lpmace.evaluate import evaluate
     from lpmace.io import load
@@ -49,14 +53,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     backend = resolve_backend(args.backend, device)  # a bad --backend fails before anything is read
     json_path = pathlib.Path(args.json) if args.json else None
-    if json_path is not None and not json_path.parent.is_dir():
-        raise InputError(f"{json_path}: folder {json_path.parent} does not exist")
+    if json_path is not None:
+        check_writable(json_path, "--json")
     parity_dir = pathlib.Path(args.parity) if args.parity else None
     if parity_dir is not None and parity_dir.exists() and not parity_dir.is_dir():
         raise InputError(f"{parity_dir}: exists and is not a folder")
+    if parity_dir is not None:  # it is created later (with its parents): the nearest existing folder must take it
+        existing = next(p for p in (parity_dir, *parity_dir.parents) if p.exists())
+        check_writable(existing / "parity.png", "--parity")
 
     model = load(args.model, device=device)
     policy = resolve_policy(args.precision, default=model.default_precision)
@@ -94,24 +101,10 @@ def run(args: argparse.Namespace) -> int:
     if json_path is not None:
         payload = {"model": str(args.model), "precision": policy.to_dict(), "device": str(device),
                    "files": {name: m.to_dict() for name, m in results.items()}}
-        atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
+        # Strict JSON (a diverged model's NaN becomes null), which every JSON reader accepts.
+        atomic_write_text(json_path, json.dumps(strict_json(payload), indent=2, allow_nan=False) + "\n")
         print(f"wrote {json_path}")
     return 0
-
-
-def _device(name: str):
-    """torch.device(name), refusing what this machine cannot run on."""
-    import torch
-
-    from lpmace.errors import InputError
-
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise InputError(f"--device {name!r}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def _table(results: dict) -> str:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from lpmace.devices import DEVICE_HELP
+
 HELP = "run NVE or NVT molecular dynamics on a structure with an lpmace model"
 EXIT_UNSTABLE = 3
 CSV_HEADER = ("step", "time_fs", "potential_eV", "kinetic_eV", "total_eV", "temperature_K")
@@ -46,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CSV of step, time, energies, temperature (default: %(default)s)")
     parser.add_argument("--interval", type=int, default=10, metavar="K",
                         help="write a frame and a CSV row every K steps (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--backend", default="auto", metavar="B",
                         help="auto, reference, triton or compiled (lpmace.kernels; default: %(default)s)")
 
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from lpmace.calculator import Calculator
-    from lpmace.commands.eval import _device
+    from lpmace.devices import resolve_device as _device
     from lpmace.errors import InputError
     from lpmace.io import load
     from lpmace.md import run_md

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from lpmace.commands import check_model_paths
+from lpmace.devices import DEVICE_HELP
 
 HELP = "quantize a model's readouts (int8 / float8 weights, torchao) into a new model file"
 READOUT_MODES = ("int8", "int8-dynamic", "fp8", "fp8-dynamic")
@@ -21,14 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--readout", default="int8", metavar="MODE",
                         help=f"{' | '.join(READOUT_MODES)} (default: %(default)s); fp8-dynamic needs a "
                              "CUDA GPU of compute capability >= 8.9")
-    parser.add_argument("--device", default="cpu", help="device to quantize on (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="device to quantize on: " + DEVICE_HELP)
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
 
 
 def run(args: argparse.Namespace) -> int:
     import pathlib
 
-    from lpmace.commands.eval import _device
+    from lpmace.devices import resolve_device as _device
     from lpmace.errors import InputError
 
     source, target = pathlib.Path(args.model), pathlib.Path(args.output)

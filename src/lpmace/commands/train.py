@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from lpmace.devices import DEVICE_HELP
+
 HELP = "train a model from a YAML config (key=value pairs override it)"
 
 
@@ -38,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "epochs, max_time, output_dir, device, backend, progress, tensorboard")
     parser.add_argument("--max-time", type=float, metavar="S", help="stop after S seconds of training")
     parser.add_argument("--out", metavar="DIR", help="output_dir")
-    parser.add_argument("--device", help="cpu or cuda")
+    parser.add_argument("--device", help=DEVICE_HELP)
     parser.add_argument("--precision", help="preset name or YAML policy")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

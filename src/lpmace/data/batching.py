@@ -22,12 +22,22 @@ __all__ = ["graph_from_configuration", "collate", "batches", "GraphLoader"]
 
 _F64 = torch.float64
 
+# Atoms closer than this (Å) are an error. Nothing physical comes near it (the shortest bond, H2, is
+# 0.74 Å; collision cascades stay above ~0.1 Å); what does is a duplicated atom, whose zero-length
+# edge makes the direction r/|r| 0/0 and every energy, force and loss of its batch NaN.
+MIN_DISTANCE = 1e-2
+
 
 def graph_from_configuration(config: Configuration, r_max: float) -> Graph:
     """One structure as a single-graph `Graph` (float64 geometry, edges within `r_max`).
 
     The cell's rows along non-periodic directions are set to zero (they carry no physics; the file's
     box around a molecule is arbitrary). Missing references become zeros with ``has_*`` False.
+    Every structure a model sees is built here, so this is where overlapping atoms are refused.
+
+    Raises:
+        InputError naming ``config.source`` and the atoms when two atoms (or an atom and a periodic
+        image, its own included in a too-small cell) are closer than `MIN_DISTANCE`.
 
     Returns:
         Graph with n_graphs = 1: positions [n, 3], numbers [n], edge_index [2, E], unit_shifts [E, 3],
@@ -36,6 +46,7 @@ def graph_from_configuration(config: Configuration, r_max: float) -> Graph:
     """
     n = config.num_atoms
     edge_index, unit_shifts = neighbour_list(config.positions, config.cell, config.pbc, r_max)
+    _check_separations(config, edge_index, unit_shifts)
     cell = np.where(config.pbc[:, None], config.cell, 0.0)
     return Graph(
         positions=torch.tensor(config.positions, dtype=_F64),
@@ -53,6 +64,29 @@ def graph_from_configuration(config: Configuration, r_max: float) -> Graph:
         has_forces=torch.tensor([config.forces is not None]),
         has_stress=torch.tensor([config.stress is not None]),
     )
+
+
+def _check_separations(config: Configuration, edge_index: np.ndarray, unit_shifts: np.ndarray) -> None:
+    """InputError naming the shortest edge if it is shorter than MIN_DISTANCE (edges within r_max are all that can
+    give the model a zero length, so the neighbour list already holds every pair that matters)."""
+    if edge_index.shape[1] == 0:
+        return
+    sender, receiver = edge_index
+    vectors = config.positions[receiver] - config.positions[sender] + unit_shifts @ config.cell
+    lengths = np.linalg.norm(vectors, axis=1)
+    e = int(np.argmin(lengths))
+    if lengths[e] >= MIN_DISTANCE:
+        return
+    s, r, d = int(sender[e]), int(receiver[e]), float(lengths[e])
+    image = unit_shifts[e].astype(int).tolist()
+    if s == r:
+        what = f"atom {s} is {d:.3g} Å from its own periodic image {image} (the cell is too small)"
+    elif any(image):
+        what = f"atoms {min(s, r)} and {max(s, r)} are {d:.3g} Å apart across the periodic boundary {image}"
+    else:
+        what = f"atoms {min(s, r)} and {max(s, r)} are {d:.3g} Å apart"
+    raise InputError(f"{config.source}: {what} (atom indices from 0); atoms closer than {MIN_DISTANCE} Å "
+                     "overlap (a duplicated atom?)")
 
 
 def _references(

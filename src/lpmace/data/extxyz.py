@@ -41,6 +41,9 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 class Configuration:
     """One labelled structure, validated on construction (its arrays are read-only copies).
 
+    Overlapping atoms are refused one step later, by `graph_from_configuration`, whose neighbour
+    list already holds every close pair (periodic images included) at no extra cost.
+
     Attributes:
         numbers: [n] int64 atomic numbers, 1..118.
         positions: [n, 3] float64, Å.

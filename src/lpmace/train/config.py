@@ -123,7 +123,7 @@ class TrainConfig:
     seed: int = 1
     max_time: Optional[float] = None  # seconds of wall time; checked after each epoch
     output_dir: str = "runs/train"
-    device: str = "cpu"
+    device: str = "auto"  # lpmace.devices.resolve_device: cuda when present, else cpu
     tensorboard: bool = False
     progress: bool = True
 

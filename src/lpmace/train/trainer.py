@@ -42,6 +42,7 @@ from lpmace.train.ema import EMA
 from lpmace.train.health import (advice, epoch_warnings, nonfinite_metrics, nonfinite_structures,
                                  weights_finite)
 from lpmace.train.loss import weighted_loss
+from lpmace.devices import resolve_device
 from lpmace.train.prepare import RunData, build_model, parameter_groups, prepare
 from lpmace.train.runlog import append_row, json_safe, row_summary, trim_log
 
@@ -75,7 +76,7 @@ class Trainer:
                  on_epoch: Optional[Callable] = None, fault: Optional[Callable] = None,
                  warn: Callable[[str], None] = _warn_on_stderr):
         # Under torchrun: join the process group; each rank trains on its part of every global batch.
-        self.dist, device = DistributedContext.from_environment(cfg.device)
+        self.dist, device = DistributedContext.from_environment(str(resolve_device(cfg.device, "device")))
         if device != cfg.device:
             cfg = dataclasses.replace(cfg, device=device)
         self.cfg, self.fault, self.on_epoch = cfg, fault, on_epoch
