@@ -16,23 +16,13 @@ import pytest
 from lpmace import datasets
 from lpmace.bench import time_to_accuracy as tta
 from lpmace.bench.time_to_accuracy import parse_mace_log, time_to_accuracy
+from shared_data import shared_dir
 
 RUN_KEYS = {"code", "backend", "precision", "metric", "curve", "time_to_target_s", "final_force_rmse_mev_per_A",
             "status"}
 # A ~1.6k-parameter MACE: one epoch of 18 molecules takes ~0.1 s on a 2-core CPU.
 TINY = ("model.channels=8", "model.max_L=0", "model.max_ell=1", "model.correlation=2", "model.radial_mlp=[8]",
         "model.num_bessel=4", "model.readout_mlp=4", "batch_size=5")
-
-
-def anchors_dir() -> pathlib.Path:
-    """shared/anchors/, found as tests/shared_data.py finds shared/data (a sibling of it)."""
-    here = pathlib.Path(__file__).resolve().parents[3] / "shared" / "anchors"
-    override = os.environ.get("LPMACE_SHARED_DATA", "")
-    candidates = [pathlib.Path(override).parent / "anchors" if override else None, here]
-    for candidate in candidates:
-        if candidate is not None and candidate.is_dir():
-            return candidate
-    pytest.fail(f"shared anchors not found (looked in {candidates}); set LPMACE_SHARED_DATA")
 
 
 @pytest.fixture
@@ -104,7 +94,7 @@ def test_unreached_target_and_mace_torch_not_installed(small_train, tmp_path, mo
 
 
 def test_parse_mace_log_reads_the_h100_anchor():
-    lines = (anchors_dir() / "mace_3bpa_fp32_h100.log").read_text().splitlines()
+    lines = (shared_dir("anchors") / "mace_3bpa_fp32_h100.log").read_text().splitlines()
     curve = parse_mace_log(lines)
     # 18 "Epoch N:" lines (N = 0, 2, ..., 34; --eval_interval 2); the error tables after them are not epochs.
     assert [p["epoch"] for p in curve] == list(range(1, 36, 2))
