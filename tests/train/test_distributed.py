@@ -131,3 +131,15 @@ def test_bf16_gradient_all_reduce_stays_close_to_fp32(tmp_path, small_train, sin
     for a, b in zip(one, rows):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-2)  # gradients rounded to 8 bits
         assert b["train_loss"] != a["train_loss"]  # ... and it does round them
+
+
+@pytest.mark.gpu
+def test_one_nccl_rank_follows_the_single_process_trajectory(tmp_path, small_train):
+    """torchrun on one GPU joins an NCCL process group (the path multi-GPU training takes) and trains
+    exactly as a plain CUDA run does."""
+    plain = _train(tmp_path / "plain", small_train, 2, 0, extra=("device=cuda",))
+    nccl = _train(tmp_path / "nccl", small_train, 2, 1, extra=("device=cuda",))
+    assert [r["step"] for r in nccl] == [r["step"] for r in plain]
+    for a, b in zip(plain, nccl):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-9)
+    _close(tmp_path / "plain", tmp_path / "nccl")
