@@ -245,9 +245,8 @@ def trimer(distance: float) -> ase.Atoms:
 
 def test_energy_and_forces_continuous_as_an_atom_crosses_r_max(model):
     outside = evaluate(model, trimer(R_MAX + 1e-6))
-    # beyond r_max the O atom is isolated: energies add, and it feels no force (the lone O is
-    # evaluated in a batch with the CH pair: a graph without edges on its own hits the bug that
-    # test_isolated_atom_* shows)
+    # beyond r_max the O atom is isolated: energies add (the CH pair and the lone O, two graphs of one
+    # batch), and it feels no force
     pair_and_oxygen = [ase.Atoms("CH", positions=trimer(0.0).positions[:2]), ase.Atoms("O")]
     apart = model(collate([graph_of(a) for a in pair_and_oxygen]))
     assert_energy_close(outside["energy"], float(apart["energy"].detach().sum()), rel=1e-13)
