@@ -179,4 +179,7 @@ def test_mace_torch_runs_the_same_recipe(small_train, tmp_path):
     out = (tmp_path / "w3" / "mace-torch-fp32" / "mace_run_train.out").read_text()
     assert "8 channels and max_L=0" in out and "correlation order: 2" in out  # the lpmace model's shape
     assert "Batch size: 5" in out and "Using Exponential Moving Average with decay: 0.99" in out
-    assert run["curve"][-1]["time_s"] < 3.0 + 5.0  # ended soon after the budget
+    # ended soon after the budget: within two epochs of it, measured in this run's own epochs (a clock
+    # bound in seconds would fail on a loaded machine)
+    times = [0.0] + [p["time_s"] for p in run["curve"]]
+    assert times[-1] < 3.0 + 2 * max(b - a for a, b in itertools.pairwise(times))
