@@ -90,10 +90,21 @@ def test_convert_wants_a_safetensors_name(tmp_path, capsys):
 
 
 def test_help_lists_every_command():
+    """Every module of lpmace/commands is a registered command, and --help lists each with its summary."""
+    import re
+    from pathlib import Path
+
+    import lpmace.commands
+    from lpmace.cli import COMMANDS
+
+    modules = {p.stem for p in Path(lpmace.commands.__file__).parent.glob("*.py") if not p.stem.startswith("_")}
+    assert set(COMMANDS) == modules
     result = _run("--help")
     assert result.returncode == 0
-    for command in ("convert", "info"):
-        assert command in result.stdout
+    listing = result.stdout.split("COMMAND\n", 1)[1].split("\noptions:", 1)[0]
+    # argparse indents each command by 4 spaces; its summary follows on the line or on the next ones
+    listed = re.findall(r"^ {4}(\w+)(?: +\S|\n {6,}\S)", listing, flags=re.M)
+    assert listed == list(COMMANDS)
 
 
 # --- interop: needs mace-torch (installed in CI by scripts/setup.sh) -------------------------------

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import pathlib
-
 import pytest
 
 from lpmace import datasets
 from lpmace.data import read_configurations
 from lpmace.errors import InputError
+from shared_data import shared_data_dir
 
-SHARED_3BPA = pathlib.Path("/work/shared/data/3bpa")
 
 
 @pytest.mark.parametrize("name, count", [("train_300K.xyz", 500), ("test_300K.xyz", 300), ("iso_atoms.xyz", 4)])
@@ -34,10 +32,10 @@ def test_unknown_file_is_an_input_error():
         datasets.path("3bpa/nope.xyz")
 
 
-@pytest.mark.skipif(not SHARED_3BPA.is_dir(), reason="the full 3BPA source files are not on this machine")
 def test_subset_is_a_byte_identical_prefix_of_the_full_test_set():
+    shared_3bpa = shared_data_dir() / "3bpa"  # the full source files; absent fails
     subset = datasets.path("3bpa/test_300K.xyz").read_bytes()
-    full = (SHARED_3BPA / "test_300K.xyz").read_bytes()
+    full = (shared_3bpa / "test_300K.xyz").read_bytes()
     assert full[: len(subset)] == subset
     assert full[len(subset) :].startswith(b"27\n")  # the subset ends at a frame boundary
-    assert datasets.path("3bpa/train_300K.xyz").read_bytes() == (SHARED_3BPA / "train_300K.xyz").read_bytes()
+    assert datasets.path("3bpa/train_300K.xyz").read_bytes() == (shared_3bpa / "train_300K.xyz").read_bytes()

@@ -8,8 +8,6 @@ frame of Zuo et al.'s Si test set (63 atoms, triclinic periodic cell) and synthe
 
 from __future__ import annotations
 
-import pathlib
-
 import ase
 import ase.io
 import numpy as np
@@ -19,9 +17,8 @@ import torch
 from lpmace.data import Configuration, collate, graph_from_configuration
 from lpmace.errors import InputError
 from lpmace.model import MACE, MACEConfig
+from shared_data import shared_data_dir
 
-SHARED = pathlib.Path("/work/shared/data")
-SI_TEST = SHARED / "si_zuo2020/Si_test.xyz"
 ELEMENTS = (1, 6, 7, 8, 14)
 E0S = (-13.6, -1029.5, -1485.0, -2042.0, -158.0)
 R_MAX = 4.0
@@ -59,24 +56,18 @@ def model() -> MACE:
 
 @pytest.fixture(scope="module")
 def molecule() -> ase.Atoms:
-    """First 3BPA test molecule, 27 atoms, not periodic (embedded copy, else the shared one)."""
+    """First 3BPA test molecule, 27 atoms, not periodic (the embedded copy)."""
     from lpmace import datasets
 
-    try:
-        path = datasets.path("3bpa/test_300K.xyz")
-    except InputError:
-        path = SHARED / "3bpa/test_300K.xyz"
-    atoms = ase.io.read(path, index=0)
+    atoms = ase.io.read(datasets.path("3bpa/test_300K.xyz"), index=0)
     assert len(atoms) == 27 and not atoms.pbc.any()
     return atoms
 
 
 @pytest.fixture(scope="module")
 def silicon() -> ase.Atoms:
-    """First frame of the Si test set: 63 atoms in a triclinic periodic cell."""
-    if not SI_TEST.is_file():
-        pytest.skip(f"shared Si data not found at {SI_TEST}")
-    atoms = ase.io.read(SI_TEST, index=0)
+    """First frame of the Si test set: 63 atoms in a triclinic periodic cell (shared data: absent fails)."""
+    atoms = ase.io.read(shared_data_dir() / "si_zuo2020" / "Si_test.xyz", index=0)
     assert atoms.pbc.all() and abs(atoms.cell.angles() - 90.0).max() > 1.0  # really triclinic
     return atoms
 
@@ -254,9 +245,8 @@ def trimer(distance: float) -> ase.Atoms:
 
 def test_energy_and_forces_continuous_as_an_atom_crosses_r_max(model):
     outside = evaluate(model, trimer(R_MAX + 1e-6))
-    # beyond r_max the O atom is isolated: energies add, and it feels no force (the lone O is
-    # evaluated in a batch with the CH pair: a graph without edges on its own hits the bug that
-    # test_isolated_atom_* shows)
+    # beyond r_max the O atom is isolated: energies add (the CH pair and the lone O, two graphs of one
+    # batch), and it feels no force
     pair_and_oxygen = [ase.Atoms("CH", positions=trimer(0.0).positions[:2]), ase.Atoms("O")]
     apart = model(collate([graph_of(a) for a in pair_and_oxygen]))
     assert_energy_close(outside["energy"], float(apart["energy"].detach().sum()), rel=1e-13)

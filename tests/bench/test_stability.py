@@ -65,11 +65,22 @@ def _check_row(row: dict) -> None:
 
 
 def test_fp64_is_the_reference_and_rows_follow_the_schema(fast_model, molecule):
+    # A second system (the second 3BPA molecule) checks that each precision is compared with the fp64
+    # run of its own system.
+    config = read_configurations(datasets.path("3bpa/test_300K.xyz"), index=1)[0]
+    other = ase.Atoms(numbers=config.numbers, positions=config.positions)
     lines = []
-    rows = md_stability(fast_model, ["fp32", "fp64"], device="cpu", systems=[("3BPA", molecule)],
+    rows = md_stability(fast_model, ["fp32", "fp64"], device="cpu", systems=[("3BPA", molecule), ("other", other)],
                         steps=30, dt_fs=0.5, seed=3, progress=lines.append)
-    assert [r["precision"] for r in rows] == ["fp64", "fp32"]  # the reference runs first
-    assert len(lines) == 2 and all(line.startswith("md 3BPA") for line in lines)
+    assert [(r["system"], r["precision"]) for r in rows] == [  # the reference runs first
+        ("3BPA", "fp64"), ("3BPA", "fp32"), ("other", "fp64"), ("other", "fp32")]
+    assert len(lines) == 4 and all(line.startswith("md 3BPA") for line in lines[:2])
+    other64, other32 = rows[2:]
+    rows = rows[:2]
+    assert other64["drift_vs_fp64"] is None
+    assert other32["drift_vs_fp64"] == other32["drift_mev_per_atom_per_ps"] - other64["drift_mev_per_atom_per_ps"]
+    # the two systems' fp64 drifts differ (by ~7e-4), so pairing fp32 with the wrong fp64 run would show
+    assert other64["drift_mev_per_atom_per_ps"] != rows[0]["drift_mev_per_atom_per_ps"]
     for row in rows:
         _check_row(row)
         assert row["stable"] and row["unstable_step"] is None and row["reason"] is None
@@ -77,7 +88,7 @@ def test_fp64_is_the_reference_and_rows_follow_the_schema(fast_model, molecule):
         assert (row["code"], row["backend"], row["system"]) == ("lpmace", "reference", "3BPA")
         assert row["trace"]["time_fs"] == [0.5 * i for i in range(31)]
     fp64, fp32 = rows
-    assert fp64["drift_vs_fp64"] == 0.0
+    assert fp64["drift_vs_fp64"] is None  # the reference: fp64 − fp64 would be 0 by construction
     assert fp32["drift_vs_fp64"] == fp32["drift_mev_per_atom_per_ps"] - fp64["drift_mev_per_atom_per_ps"]
     # Same seed: same initial velocities, so fp32 tracks fp64 closely (measured |drift_vs_fp64| <= 1.2e-4
     # meV/atom/ps for 4 seeds x 2 models, drifts themselves up to 0.1); another start would differ by more.

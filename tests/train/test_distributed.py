@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -75,21 +74,17 @@ def small_train(tmp_path_factory):
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _train(out, data, epochs, ranks, resume=False, extra=()):
     args = ["-m", "lpmace", "train", os.devnull, f"train_file={data}", f"epochs={epochs}", f"output_dir={out}",
             *TINY, *extra] + (["--resume"] if resume else [])
     if ranks:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(ranks),
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
+        # --standalone: torchrun's rendezvous store binds port 0 itself and the ranks join that store, so no
+        # port is picked here and released before torchrun binds it (another process could take it).
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks), *args]
     else:
         cmd = [sys.executable, *args]
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)  # the ranks must join torchrun's own store
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -136,3 +131,15 @@ def test_bf16_gradient_all_reduce_stays_close_to_fp32(tmp_path, small_train, sin
     for a, b in zip(one, rows):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-2)  # gradients rounded to 8 bits
         assert b["train_loss"] != a["train_loss"]  # ... and it does round them
+
+
+@pytest.mark.gpu
+def test_one_nccl_rank_follows_the_single_process_trajectory(tmp_path, small_train):
+    """torchrun on one GPU joins an NCCL process group (the path multi-GPU training takes) and trains
+    exactly as a plain CUDA run does."""
+    plain = _train(tmp_path / "plain", small_train, 2, 0, extra=("device=cuda",))
+    nccl = _train(tmp_path / "nccl", small_train, 2, 1, extra=("device=cuda",))
+    assert [r["step"] for r in nccl] == [r["step"] for r in plain]
+    for a, b in zip(plain, nccl):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-9)
+    _close(tmp_path / "plain", tmp_path / "nccl")

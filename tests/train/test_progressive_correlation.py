@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from test_trainer import small_config
+from small_training import small_config
 
 from lpmace.data import graph_from_configuration, read_configurations
 from lpmace.errors import InputError

@@ -4,7 +4,9 @@ Velocity Verlet conserves the total energy up to an O(dt²) fluctuation only if 
 exact gradient of the energy. Low-precision forces are not, and the error shows up as a drift of
 the total energy (a linear trend, meV/atom/ps) or, worse, as a blow-up. Every precision of a system
 starts from the same positions and the same Maxwell-Boltzmann velocities (same `seed`), and fp64 is
-always run first as the reference: ``drift_vs_fp64`` is the drift a precision adds to fp64's.
+always run first as the reference: ``drift_vs_fp64`` is the drift a precision adds to fp64's. The
+fp64 row is the reference itself, so its ``drift_vs_fp64`` is null (fp64 minus fp64 is 0 by
+construction: it would measure nothing); its own drift is its ``drift_mev_per_atom_per_ps``.
 
 The integrator, the drift fit and the blow-up detection are `lpmace.md.run_md`'s; this module only
 turns its `MDResult` into a ``md`` row of results.json (schema in `lpmace.bench`).
@@ -86,8 +88,8 @@ def md_stability(
 
     Each run uses ``lpmace.Calculator(model, device=device, precision=p)`` and the same `seed`, so all
     precisions of a system start from identical positions and velocities; ``drift_vs_fp64`` is the
-    row's drift minus the fp64 drift of the same system (meV/atom/ps; 0 for the fp64 row, None where
-    either drift is not a number). `progress`, if given, gets one short line per finished run.
+    row's drift minus the fp64 drift of the same system (meV/atom/ps; None for the fp64 row, which is
+    the reference, and where either drift is not a number). `progress`, if given, gets one short line per finished run.
     """
     from lpmace.calculator import Calculator
 
@@ -103,7 +105,7 @@ def md_stability(
             drift = row["drift_mev_per_atom_per_ps"]
             if precision == REFERENCE:
                 reference_drift = drift
-            if drift is not None and reference_drift is not None:
+            elif drift is not None and reference_drift is not None:
                 row["drift_vs_fp64"] = drift - reference_drift
             rows.append(row)
             if progress is not None:
