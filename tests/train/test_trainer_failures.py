@@ -47,9 +47,18 @@ def test_one_step_to_infinite_weights_is_rolled_back_in_the_ema_too(tmp_path):
 
 
 def test_infinite_lr_fails_instead_of_saving_an_untrained_model(tmp_path):
+    # The config refuses lr=.inf (tests/train/test_config_validation.py); an lr that becomes infinite
+    # during the run (set here by the fault hook at every step) is what the trainer must survive.
     messages = []
-    trainer = Trainer(small_config(tmp_path, "epochs=2", "lr=.inf", n_train=12), log=messages.append,
-                      warn=messages.append)
+    trainer = None
+
+    def infinite_lr(epoch, step, loss):
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = math.inf
+        return loss
+
+    trainer = Trainer(small_config(tmp_path, "epochs=2", n_train=12), log=messages.append,
+                      warn=messages.append, fault=infinite_lr)
     with pytest.raises(TrainingFailed, match="none of the 6 steps took effect.*lower lr"):
         trainer.run()
     assert not (tmp_path / "run" / "model.safetensors").exists()

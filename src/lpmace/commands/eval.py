@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             configs = read_configurations(path, **keys)
         except InputError as err:  # its hint names the Python argument; name the flag instead
-            raise InputError(re.sub(r"(\w+)_key=None", r"--\1-key none", str(err))) from None
+            raise InputError(re.sub(r"set (\w+)_key to null, None in Python,", r"pass --\1-key none", str(err))) from None
         unknown = sorted({int(z) for c in configs for z in c.numbers} - known)
         if unknown:
             raise InputError(f"{name}: atomic number(s) {unknown} unknown to the model (it knows {sorted(known)})")
