@@ -17,6 +17,8 @@ Two kinds of bound:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 # operand dtype: (unit roundoff u = 2^-(mantissa bits + 1), the dtype its sums accumulate in,
@@ -69,6 +71,8 @@ def assert_at_most_twice_plain_torch(got, plain, truth, what: str = "") -> None:
     """max|got − truth| <= 2·max|plain − truth| (plain: PyTorch in the same 16-bit precision)."""
     mine = (got.double() - truth.double()).abs().max().item() if truth.numel() else 0.0
     theirs = (plain.double() - truth.double()).abs().max().item() if truth.numel() else 0.0
+    if not math.isfinite(theirs):  # plain float16 overflowed (969 monomials at real size): no bound from it
+        return
     assert mine <= 2 * theirs, f"{what}: error {mine:.3g} is more than twice plain PyTorch's {theirs:.3g}"
 
 
