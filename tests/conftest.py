@@ -97,3 +97,26 @@ def _default_dtype_unchanged():
     torch.set_default_dtype(before)
     assert after == before, f"a test left torch's default dtype at {after} (was {before})"
 
+
+
+# ---- the `gpu` marker: tests that need CUDA (real Triton compilation, real sizes) ---------------------
+
+_DESELECTED_GPU: list = []
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without CUDA, `gpu` tests are deselected (not skipped: they cannot run here, and a skip would
+    read as a silent pass); the terminal summary says how many."""
+    if torch.cuda.is_available():
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        _DESELECTED_GPU.extend(gpu)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+        config.hook.pytest_deselected(items=gpu)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _DESELECTED_GPU:
+        terminalreporter.write_line(f"deselected {len(_DESELECTED_GPU)} gpu tests (no CUDA); "
+                                    "run them with `pytest -m gpu` on a CUDA machine")
