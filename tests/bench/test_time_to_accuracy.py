@@ -170,16 +170,15 @@ def test_mace_torch_subprocess_is_streamed_and_ended(tmp_path, monkeypatch, star
 
 @pytest.mark.slow
 def test_mace_torch_runs_the_same_recipe(small_train, tmp_path):
-    result = time_to_accuracy([], device="cpu", budget_s=3.0, out_dir=tmp_path / "w3",
-                              overrides=(f"train_file={small_train}", *TINY), test_limit=2,
+    # epochs=2 ends both codes' runs by themselves (an event), so a loaded machine cannot leave the
+    # curve empty; the budget's own ending is tested with the stand-in mace_run_train above.
+    result = time_to_accuracy([], device="cpu", budget_s=600.0, out_dir=tmp_path / "w3",
+                              overrides=(f"train_file={small_train}", *TINY, "epochs=2"), test_limit=2,
                               target_mev_per_A=1e9, compare_mace_torch=True)
     (run,) = result["runs"]
     assert run["status"] == "ok", run["status"]
     _check_curve(run, 1e9)
+    assert [p["epoch"] for p in run["curve"]] == [1, 2]
     out = (tmp_path / "w3" / "mace-torch-fp32" / "mace_run_train.out").read_text()
     assert "8 channels and max_L=0" in out and "correlation order: 2" in out  # the lpmace model's shape
     assert "Batch size: 5" in out and "Using Exponential Moving Average with decay: 0.99" in out
-    # ended soon after the budget: within two epochs of it, measured in this run's own epochs (a clock
-    # bound in seconds would fail on a loaded machine)
-    times = [0.0] + [p["time_s"] for p in run["curve"]]
-    assert times[-1] < 3.0 + 2 * max(b - a for a, b in itertools.pairwise(times))

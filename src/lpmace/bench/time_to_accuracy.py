@@ -227,7 +227,7 @@ def _mace_arguments(cfg: TrainConfig, dtype: str, device: str, work_dir: Path) -
         "--num_interactions", str(m["num_interactions"]), "--MLP_irreps", f"{m['readout_mlp']}x0e",
         "--radial_MLP", str([int(w) for w in m["radial_mlp"]]), "--interaction_first", first[m["first_interaction"]],
         "--batch_size", str(cfg.batch_size), "--valid_batch_size", str(cfg.valid_batch_size),
-        "--max_num_epochs", str(EPOCHS), "--lr", str(cfg.lr), "--weight_decay", str(cfg.weight_decay),
+        "--max_num_epochs", str(cfg.epochs), "--lr", str(cfg.lr), "--weight_decay", str(cfg.weight_decay),
         "--scheduler_patience", str(cfg.scheduler_patience), "--lr_factor", str(cfg.scheduler_factor),
         "--energy_weight", str(cfg.energy_weight), "--forces_weight", str(cfg.forces_weight),
         "--clip_grad", str(cfg.clip_grad), "--ema", "--ema_decay", str(cfg.ema_decay), "--amsgrad",
