@@ -42,6 +42,9 @@ class TrainConfig:
     stress_key: str = "REF_stress"
     # model (MACEConfig fields; statistics such as E0s, avg_num_neighbors, scale, shift come from data)
     model: Dict[str, Any] = field(default_factory=lambda: {"channels": 128, "max_L": 1, "correlation": 3})
+    # a lpmace .safetensors model to start from: its weights, and its config instead of the data's
+    # statistics (lpmace.train.prepare.foundation_start); model.* may only repeat what the file says
+    foundation_model: Optional[str] = None
     # precision
     precision: str = "fp32"
     # {epoch: preset}: from that epoch (1-based) on, train with that preset; `precision` until the first
@@ -225,6 +228,8 @@ def load_train_config(path: Optional[str], overrides: Tuple[str, ...] = ()) -> T
         except yaml.YAMLError:
             value = raw
         _set_dotted(data, key.strip(), value)
+    if data.get("foundation_model") is not None and "model" not in data:
+        data["model"] = {}  # the default model section would contradict the foundation model's
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - names)
     if unknown:
