@@ -89,8 +89,8 @@ def prepare(cfg: TrainConfig, log=print) -> RunData:
     else:
         shift, scale = energy_shift_and_force_scale(train, e0s)
         mcfg = model_config(cfg, elements, e0s, average_num_neighbours(train_graphs), scale, shift)
-    log(f"data: {len(train)} train, {len(valid)} valid, "
-        + ", ".join(f"{len(v)} test ({k})" for k, v in tests.items())
+    log(f"data: {len(train)} train, {len(valid)} valid"
+        + "".join(f", {len(v)} test ({k})" for k, v in tests.items())
         + f"; elements {elements}; avg_num_neighbors {mcfg.avg_num_neighbors:.2f}; "
         f"scale {mcfg.scale:.4f}; shift {mcfg.shift:.4f}" + (f"; from {cfg.foundation_model}" if foundation else ""))
     return RunData(train_graphs, valid_graphs, {k: to_graphs(v) for k, v in tests.items()}, mcfg, weights)
