@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import List, Sequence
 
 from lpmace.atomic import atomic_write_text
+from lpmace.errors import InputError
 
 DEMO_PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
 PRETRAINED = "embedded:3bpa/pretrained_small.safetensors"
@@ -51,12 +52,13 @@ def first_frames(source: Path, target: Path, count: int) -> None:
 def train_one(precision: str, out: Path, train_file: Path, device: str, epochs: int, log) -> dict:
     """Fine-tune in a child process, streaming its log lines; the run's timing and memory summary."""
     run_dir = out / precision
-    live_bar = sys.stderr.isatty()  # the child's tqdm bar only where someone watches a terminal
     cmd = [sys.executable, "-m", "lpmace", "train", os.devnull, f"foundation_model={PRETRAINED}",
            f"train_file={train_file}", *FINE_TUNE, f"epochs={epochs}", f"precision={precision}",
-           f"device={device}", f"output_dir={run_dir}", f"progress={'true' if live_bar else 'false'}"]
+           f"device={device}", f"output_dir={run_dir}",
+           # a progress bar would tangle with the streamed lines; an epoch line comes every few seconds
+           "progress=false"]
     with tempfile.TemporaryFile("w+") as captured:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None if live_bar else captured, text=True,
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=captured, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             for line in proc.stdout:
@@ -66,8 +68,11 @@ def train_one(precision: str, out: Path, train_file: Path, device: str, epochs: 
                 proc.terminate()
         if proc.wait() != 0:
             captured.seek(0)
-            raise RuntimeError(f"fine-tuning {precision} failed (exit {proc.returncode}):\n"
-                               + (captured.read()[-2000:] if not live_bar else "(see above)"))
+            stderr = captured.read()
+            atomic_write_text(out / f"{precision}-stderr.txt", stderr)
+            last = ([line for line in stderr.splitlines() if line.strip()] or ["(no output)"])[-1]
+            raise InputError(f"fine-tuning {precision} failed (exit {proc.returncode}): {last} "
+                             f"(all of its output: {out / f'{precision}-stderr.txt'})")
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     steps_per_epoch = rows[0]["step"]
     epoch_times = [b["train_time_s"] - a["train_time_s"] for a, b in zip([{"train_time_s": 0.0}] + rows, rows)]
