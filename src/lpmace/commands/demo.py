@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 HELP = "fine-tune a small pretrained model in fp32, bf16-mixed and fp16-mixed on embedded 3BPA and compare"
@@ -29,8 +30,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if any((out / p / "checkpoints" / "last.pt").exists() for p in DEMO_PRECISIONS):
         raise InputError(f"{out} already holds demo runs: remove it or pass another --out")
+    start = time.perf_counter()
     run_demo(out, device=args.device, epochs=args.epochs, log=lambda m: print(m, flush=True))
     print()
     print((out / "summary.md").read_text(), end="")
-    print(f"\nwrote {out / 'summary.json'} and {out / 'summary.md'}")
+    print(f"\nwrote {out / 'summary.json'} and {out / 'summary.md'} ({time.perf_counter() - start:.0f} s in all)")
     return 0
