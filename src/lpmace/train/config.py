@@ -87,6 +87,9 @@ class TrainConfig:
     stress_key: Optional[str] = "REF_stress"
     # model (MACEConfig fields; statistics such as E0s, avg_num_neighbors, scale, shift come from data)
     model: Dict[str, Any] = field(default_factory=lambda: {"channels": 128, "max_L": 1, "correlation": 3})
+    # a lpmace .safetensors model to start from: its weights, and its config instead of the data's
+    # statistics (lpmace.train.prepare.foundation_start); model.* may only repeat what the file says
+    foundation_model: Optional[str] = None
     # precision
     precision: str = "fp32"
     # {epoch: preset}: from that epoch (1-based) on, train with that preset; `precision` until the first
@@ -338,6 +341,8 @@ def load_train_config(path: Optional[str], overrides: Tuple[str, ...] = (), *, r
         for below in [k for k in sources if k.startswith(key + ".")]:
             del sources[below]
         sources[key] = f"override {item}"
+    if data.get("foundation_model") is not None and "model" not in data:
+        data["model"] = {}  # the default model section would contradict the foundation model's
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = [k for k in data if k not in names]
     if unknown:

@@ -6,8 +6,9 @@ on `seed`, so a resumed run rebuilds exactly the same data.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ class RunData:
     tests: Dict[str, List[Graph]]
     model_config: MACEConfig
     train_sources: List[str] = field(default_factory=list)  # train[i] came from train_sources[i]
+    initial_weights: Optional[Dict[str, torch.Tensor]] = None  # the foundation model's, if any
 
 
 def _read(cfg: TrainConfig, name: str) -> List[Configuration]:
@@ -76,9 +78,13 @@ def prepare(cfg: TrainConfig, log=print) -> RunData:
     tests = {name: _read(cfg, name) for name in cfg.test_files}
 
     elements = sorted({int(z) for c in train + valid for z in c.numbers})
-    for configs in tests.values():  # found now, not after the whole run
-        _check_known_elements(configs, elements)
-    if cfg.e0s == "isolated":
+    foundation, weights = None, None
+    if cfg.foundation_model is not None:  # its elements, not the data's, are the model's
+        foundation, weights = foundation_start(cfg, {cfg.train_file: train, cfg.valid_file or "valid": valid, **tests})
+    else:
+        for configs in tests.values():  # found now, not after the whole run
+            _check_known_elements(configs, elements)
+    if foundation is None and cfg.e0s == "isolated":
         source = cfg.isolated_atoms_file or cfg.train_file
         if cfg.isolated_atoms_file:
             isolated = read_configurations(resolve_path(cfg.isolated_atoms_file), energy_key=cfg.energy_key,
@@ -90,25 +96,70 @@ def prepare(cfg: TrainConfig, log=print) -> RunData:
             e0s = e0s_from_isolated_atoms(isolated, elements)
         except InputError as err:
             raise InputError(f"{source}: {err}") from err
-    else:
+    elif foundation is None:
         e0s = fit_e0s(train, elements)
 
-    r_max = float(cfg.model.get("r_max", MACEConfig.r_max))
+    r_max = foundation.r_max if foundation else float(cfg.model.get("r_max", MACEConfig.r_max))
     to_graphs = lambda configs: [graph_from_configuration(c, r_max) for c in configs]  # noqa: E731
     train_graphs, valid_graphs = to_graphs(train), to_graphs(valid)
-    shift, scale = energy_shift_and_force_scale(train, e0s)
-    mcfg = model_config(cfg, elements, e0s, average_num_neighbours(train_graphs), scale, shift)
-    log(f"data: {len(train)} train, {len(valid)} valid, "
-        + ", ".join(f"{len(v)} test ({k})" for k, v in tests.items())
+    if foundation is not None:  # its E0s, scale, shift and avg_num_neighbors stand
+        mcfg = foundation
+    else:
+        shift, scale = energy_shift_and_force_scale(train, e0s)
+        mcfg = model_config(cfg, elements, e0s, average_num_neighbours(train_graphs), scale, shift)
+    log(f"data: {len(train)} train, {len(valid)} valid"
+        + "".join(f", {len(v)} test ({k})" for k, v in tests.items())
         + f"; elements {elements}; avg_num_neighbors {mcfg.avg_num_neighbors:.2f}; "
-        f"scale {scale:.4f}; shift {shift:.4f}")
+        f"scale {mcfg.scale:.4f}; shift {mcfg.shift:.4f}" + (f"; from {cfg.foundation_model}" if foundation else ""))
     return RunData(train_graphs, valid_graphs, {k: to_graphs(v) for k, v in tests.items()}, mcfg,
-                   [c.source for c in train])
+                   [c.source for c in train], weights)
 
 
-def build_model(mcfg: MACEConfig, seed: int, params_dtype: torch.dtype, device: str) -> MACE:
+def foundation_start(cfg: TrainConfig, data: Dict[str, List[Configuration]]
+                     ) -> Tuple[MACEConfig, Dict[str, torch.Tensor]]:
+    """The MACEConfig and weights of `cfg.foundation_model`, checked against the run: every model.*
+    key must repeat the file's value (the architecture, E0s and statistics are the file's, so that the
+    weights mean what they meant), and every element of `data` ({file name: configurations}) must be
+    one the model knows."""
+    from lpmace.io import load
+    from lpmace.quantize import quantization_info
+
+    name = cfg.foundation_model
+    path = resolve_path(name)
+    if not path.is_file():
+        raise InputError(f"foundation_model {name}: no such file")
+    model = load(path)
+    if quantization_info(model) is not None:
+        raise InputError(f"foundation_model {name}: its readouts are quantized (for inference only); "
+                         "start from the unquantized model file")
+    if cfg.correlation_schedule is not None:
+        raise InputError("training config: correlation_schedule cannot start from a foundation_model "
+                         "(it would zero the model's trained higher-order weights)")
+    config = model.config
+    for key, value in cfg.model.items():
+        try:  # through MACEConfig, so that e.g. correlation 3 equals the file's (3, 3)
+            asked = getattr(dataclasses.replace(config, **{key: value}), key)
+        except (InputError, TypeError, ValueError):
+            asked = value
+        if asked != getattr(config, key):
+            raise InputError(f"model.{key}={value!r} contradicts foundation_model {name}, which has "
+                             f"{key} {getattr(config, key)!r}: leave model.{key} out")
+    known = set(config.atomic_numbers)
+    for file, configs in data.items():
+        unknown = sorted({int(z) for c in configs for z in c.numbers} - known)
+        if unknown:
+            raise InputError(f"{file}: element(s) {unknown} unknown to foundation_model {name} "
+                             f"(it has {sorted(known)})")
+    return config, model.state_dict()
+
+
+def build_model(mcfg: MACEConfig, seed: int, params_dtype: torch.dtype, device: str,
+                weights: Optional[Dict[str, torch.Tensor]] = None) -> MACE:
     torch.manual_seed(seed)
-    return MACE(mcfg).to(dtype=params_dtype, device=device)
+    model = MACE(mcfg)
+    if weights is not None:  # a foundation model's (cast to the run's parameter dtype)
+        model.load_state_dict(weights)
+    return model.to(dtype=params_dtype, device=device)
 
 
 def parameter_groups(model: MACE, weight_decay: float):

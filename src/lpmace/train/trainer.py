@@ -94,7 +94,7 @@ class Trainer:
         self.data: RunData = prepare(cfg, self.log)
         state = load_checkpoint(last) if resume else None
         mcfg = MACEConfig.from_dict(state["model_config"]) if state else self.data.model_config
-        self.model: MACE = build_model(mcfg, cfg.seed, self.policy.params, cfg.device)
+        self.model: MACE = build_model(mcfg, cfg.seed, self.policy.params, cfg.device, self.data.initial_weights)
         from lpmace.kernels import resolve_backend
 
         # auto: compiled for a single-process run on CUDA (compiling once pays over a run), else triton

@@ -1,0 +1,72 @@
+"""foundation_model: a run starts from a model file's weights and config, and refuses contradictions."""
+
+import pytest
+import torch
+
+from lpmace.cli import main
+from lpmace.errors import InputError
+from lpmace.io import load, save
+from lpmace.model import MACE, MACEConfig
+from lpmace.train import Trainer, load_train_config
+
+from test_trainer import small_config
+
+# The architecture of test_trainer's SMALL, with statistics no data would give (so that taking them
+# from the data instead of the file shows).
+ARCH = dict(channels=8, max_L=0, correlation=(2, 2), max_ell=2, radial_mlp=(16,), num_bessel=6, r_max=4.0)
+
+
+def foundation(path, atomic_numbers=(1, 6, 7, 8)):
+    config = MACEConfig(atomic_numbers=atomic_numbers, E0s=[-13.6, -1029.5, -1485.0, -2042.0][:len(atomic_numbers)],
+                        avg_num_neighbors=9.5, scale=0.5, shift=-4.0, **ARCH)
+    torch.manual_seed(123)  # not the run's seed, so a fresh initialisation cannot pass for the file
+    save(MACE(config), path)
+    return path
+
+
+def foundation_config(tmp_path, *extra, atomic_numbers=(1, 6, 7, 8)):
+    path = foundation(tmp_path / "foundation.safetensors", atomic_numbers)
+    # small_config's model.* keys repeat the file's architecture: accepted, as they agree
+    return small_config(tmp_path, f"foundation_model={path}", *extra)
+
+
+def test_run_starts_from_the_file_weights_and_config(tmp_path):
+    cfg = foundation_config(tmp_path, "epochs=1", "lr=1.0e-12")
+    file = load(tmp_path / "foundation.safetensors")
+    trainer = Trainer(cfg, log=lambda m: None)
+    assert trainer.model.config == file.config  # statistics too: not the data's avg_num_neighbors/scale
+    for name, value in file.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[name], value), name
+    trainer.run()  # the EMA starts there too: a negligible step leaves the saved model at the file's
+    trained = load(tmp_path / "run" / "model.safetensors")
+    for name, value in file.state_dict().items():
+        torch.testing.assert_close(trained.state_dict()[name], value, rtol=0, atol=1e-8)
+
+
+def test_without_model_keys_the_default_architecture_does_not_contradict(tmp_path):
+    path = foundation(tmp_path / "f.safetensors")
+    cfg = load_train_config(None, (f"foundation_model={path}",))
+    assert cfg.model == {}
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (("model.channels=16",), "model.channels=16 contradicts foundation_model"),
+    (("model.correlation=3",), "model.correlation=3 contradicts"),
+    (("correlation_schedule={1: 1, 2: 2}",), "correlation_schedule cannot start from a foundation_model"),
+])
+def test_contradictions_are_refused_naming_the_key(tmp_path, extra, fragment):
+    with pytest.raises(InputError, match=fragment):
+        Trainer(foundation_config(tmp_path, *extra), log=lambda m: None)
+
+
+def test_training_elements_must_be_the_model_s(tmp_path):
+    cfg = foundation_config(tmp_path, atomic_numbers=(1, 6, 8))
+    with pytest.raises(InputError, match=r"train\.xyz: element\(s\) \[7\] unknown to foundation_model"):
+        Trainer(cfg, log=lambda m: None)
+
+
+def test_missing_foundation_file_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["train", "/dev/null", f"foundation_model={tmp_path / 'none.safetensors'}",
+                 f"output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lpmace: error: foundation_model ") and "no such file" in err
