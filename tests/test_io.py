@@ -209,3 +209,16 @@ def test_integer_weights_are_named(model, saved, tmp_path):
     with pytest.raises(InputError, match=rf"{name} \(torch.int32\)") as info:
         lpmace.io.load(path)
     assert str(path) in str(info.value)
+
+
+def test_a_loaded_model_does_not_change_when_its_file_is_overwritten_in_place(make_model, saved):
+    # `cp other.safetensors model.safetensors` rewrites the same inode; a model loaded earlier must keep
+    # the numbers it was loaded with (safetensors' tensors may share the memory-mapped file).
+    loaded = lpmace.io.load(saved)
+    before = {k: v.clone() for k, v in loaded.state_dict().items()}
+    other = saved.parent / "other.safetensors"
+    lpmace.io.save(make_model(seed=1), other)
+    with open(saved, "r+b") as f:  # in place: same file, new bytes
+        f.write(other.read_bytes())
+        f.truncate()
+    assert all(torch.equal(before[k], v) for k, v in loaded.state_dict().items())

@@ -75,7 +75,9 @@ def _read(path: pathlib.Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     try:
         with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            # copies: the tensors safetensors gives can share the mapped file, which a later write to
+            # the same path would change under a model already in memory
+            tensors = {name: f.get_tensor(name).clone() for name in f.keys()}
     except (safetensors.SafetensorError, ValueError, RuntimeError) as err:
         with open(path, "rb") as raw:
             is_zip = raw.read(4) == _ZIP_MAGIC
