@@ -19,8 +19,9 @@ its own trace. Traces live beside the model (a table with weak keys; no trace re
 it: state dicts and copies of the model never see them. The first call of each kind pays for tracing and compiling
 (seconds on the CPU for a small model, up to a few minutes on the GPU).
 
-`LPMACE_COMPILE_MODE` picks torch.compile's mode ("default" unless set; "reduce-overhead" adds CUDA
-graphs, one recording per distinct batch shape). With CUDA graphs the atom and edge counts are
+`LPMACE_COMPILE_MODE` picks torch.compile's mode on CUDA ("default" unless set; "reduce-overhead" adds
+CUDA graphs, one recording per distinct batch shape); the CPU gets Inductor's defaults, with
+index_add left to ATen (`_cpu_inductor`: torch 2.13's C++ code for it corrupts memory). With CUDA graphs the atom and edge counts are
 padded to `bucket` sizes (at most 1/8 more; `pad_graph`: dummy atoms in an extra structure whose
 edges lie beyond the cutoff and contribute exactly 0), so MD, whose edge count changes a little at
 every step, and training batches reuse a few recordings. CUDA graphs reuse their output memory:
