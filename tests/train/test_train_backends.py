@@ -15,13 +15,11 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from lpmace.train import Trainer, load_train_config
 
-# The smallest model that still has the symmetric contraction's transposed index_select whose
-# backward hit Inductor's bug (max_ell 3: 16 spherical-harmonic components); one interaction keeps
-# Inductor's compile of forward, forces and their parameter gradients to about a minute.
+# A small model that still has the symmetric contraction's transposed index_select whose backward
+# hit Inductor's bug (max_ell 3: 16 spherical-harmonic components); one interaction halves Inductor's
+# compile of forward, forces and their parameter gradients (minutes on 2 cores).
 TINY = ("model.channels=8", "model.max_L=0", "model.correlation=2", "model.num_interactions=1",
         "model.radial_mlp=[8]", "model.num_bessel=4", "model.r_max=4.0", "batch_size=4", "valid_batch_size=4",
         "valid_fraction=0.25", "test_files=[]", "progress=false", "precision=fp32", "device=cpu", "lr=0.01",
