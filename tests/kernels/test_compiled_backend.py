@@ -6,12 +6,17 @@ and its autograd.grad computes the same numbers for other batch sizes, updated w
 cases. One test runs it through torch.compile's "aot_eager" backend (dynamo's tracing and
 AOTAutograd's differentiation, no code generation); the others run the traced graph as it is
 (LPMACE_COMPILE_BACKEND=none), which is fast.
-Inductor's code generation is checked on the GPU (benchmarks/check_kernels_gpu.py).
+Inductor's code generation is checked on the GPU (benchmarks/check_kernels_gpu.py) and, for
+training on the CPU, in tests/train/test_train_backends.py; the Inductor bug that training on the
+CPU hit is reproduced below.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -204,3 +209,36 @@ def test_compiled_follows_the_dtype_of_the_graph(make_model, configs):
         ref = model(g, precision="fp32", backend="reference")
         assert out["forces"].dtype == ref["forces"].dtype
         _assert_close(out["forces"], ref["forces"], tol=1e-6)
+
+
+# torch 2.13's Inductor, C++ on two threads: the backward of an index_select along the last axis
+# of a transposed tensor (the symmetric contraction's monomials) is an index_add whose atomic
+# store, in a 2-D tiled loop, gets the tile's row offset twice (index 16·x1 + 32·x1_inner for
+# 16·(x1 + x1_inner)): wrong sums and writes past the buffer (pytorch/pytorch#191837). Plain
+# torch.compile(f) on this f aborts with "malloc assertion failure" or returns errors of order 10.
+_SCATTER_IN_A_TILED_LOOP = """
+import torch
+from lpmace.kernels.compiled import _cpu_inductor
+
+def f(a_t, g, monos):
+    term = torch.index_select(a_t.transpose(1, 2), 2, monos[:, 1]) * g
+    return torch.zeros(g.shape[0], g.shape[1], a_t.shape[1]).index_add(2, monos[:, 0], term)
+
+gen = torch.Generator().manual_seed(0)
+monos = torch.randint(0, 16, (16, 2), generator=gen)
+a_t, g = torch.randn(37, 16, 8, generator=gen), torch.randn(37, 8, 16, generator=gen)
+want = torch.zeros(37, 8, 16, dtype=torch.float64)
+for r in range(16):  # the sum written out: grad[n, c, monos[r, 0]] += a[n, c, monos[r, 1]] * g[n, c, r]
+    want[:, :, monos[r, 0]] += a_t[:, monos[r, 1], :].double() * g[:, :, r].double()
+got = torch.compile(f, fullgraph=True, backend=_cpu_inductor)(a_t, g, monos)
+print((got.double() - want).abs().max().item())
+"""
+
+
+def test_cpu_inductor_sums_a_scatter_in_a_tiled_loop_correctly(tmp_path):
+    """The workaround (index_add left to ATen on the CPU) on the smallest pattern that broke."""
+    env = dict(os.environ, OMP_NUM_THREADS="2", TORCHINDUCTOR_CACHE_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", _SCATTER_IN_A_TILED_LOOP], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.split()[-1]) < 1e-5

@@ -19,8 +19,9 @@ its own trace. Traces live beside the model (a table with weak keys; no trace re
 it: state dicts and copies of the model never see them. The first call of each kind pays for tracing and compiling
 (seconds on the CPU for a small model, up to a few minutes on the GPU).
 
-`LPMACE_COMPILE_MODE` picks torch.compile's mode ("default" unless set; "reduce-overhead" adds CUDA
-graphs, one recording per distinct batch shape). With CUDA graphs the atom and edge counts are
+`LPMACE_COMPILE_MODE` picks torch.compile's mode on CUDA ("default" unless set; "reduce-overhead" adds
+CUDA graphs, one recording per distinct batch shape); the CPU gets Inductor's defaults, with
+index_add left to ATen (`_cpu_inductor`: torch 2.13's C++ code for it corrupts memory). With CUDA graphs the atom and edge counts are
 padded to `bucket` sizes (at most 1/8 more; `pad_graph`: dummy atoms in an extra structure whose
 edges lie beyond the cutoff and contribute exactly 0), so MD, whose edge count changes a little at
 every step, and training batches reuse a few recordings. CUDA graphs reuse their output memory:
@@ -120,7 +121,7 @@ def _replace_sym_numel(graph_module: torch.fx.GraphModule) -> None:
     graph_module.recompile()
 
 
-def _trace(model, step, state, inputs):
+def _trace(model, step, state, inputs, device):
     """make_fx of `step` with the parameters and buffers as inputs (the optimizer changes them between
     calls), then torch.compile. Nothing returned refers to the model."""
     from torch._dynamo.source import ConstantSource
@@ -153,7 +154,33 @@ def _trace(model, step, state, inputs):
         return graph_module
     if backend != "inductor":
         return torch.compile(graph_module, dynamic=True, fullgraph=True, backend=backend)
+    if device.type == "cpu":
+        return torch.compile(graph_module, dynamic=True, fullgraph=True, backend=_cpu_inductor)
     return torch.compile(graph_module, dynamic=True, fullgraph=True, mode=None if mode == "default" else mode)
+
+
+def _cpu_inductor(graph_module, example_inputs):
+    """Inductor for the CPU with index_add left to ATen's kernel.
+
+    Inductor (torch 2.13) decomposes index_add into an atomic scatter-add; when that store lands in a
+    2-D tiled loop (a transposed operand, e.g. the backward of index_select(a, 2, monomials) in the
+    symmetric contraction) and the kernel runs on more than one thread, the tiled loop's offset is
+    added to the store index twice (CppTile2DKernel.store transforms the index, then
+    CppVecKernel.store's ops.index_expr transforms it again): the adds land in the wrong rows and
+    past the end of the buffer, a heap corruption that aborted CPU training (pytorch/pytorch#191837;
+    reproduction in tests/kernels/test_compiled_backend.py). The ATen index_add has no such path.
+    AOTAutograd's cache is bypassed: its key omits the decomposition table, so it would hand back
+    a graph compiled with the decomposition."""
+    from torch._functorch import config as functorch_config
+    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.decomposition import select_decomp_table
+
+    table = {op: fn for op, fn in select_decomp_table().items() if op not in _ATEN_ON_CPU}
+    with functorch_config.patch(enable_autograd_cache=False):
+        return compile_fx(graph_module, example_inputs, decompositions=table)
+
+
+_ATEN_ON_CPU = (torch.ops.aten.index_add.default,)
 
 
 def bucket(n: int) -> int:
@@ -215,7 +242,7 @@ def compiled_forward(model, graph: Graph, species, policy, compute_forces: bool,
     traces = _TRACES.setdefault(model, {})
     if key not in traces:
         step = _step(model, policy, compute_forces, compute_stress, training, backend)
-        traces[key] = _trace(model, step, state, inputs)
+        traces[key] = _trace(model, step, state, inputs, device)
     compiled = traces[key]
     from torch.fx.experimental import _config as fx_config
 
