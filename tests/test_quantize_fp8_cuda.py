@@ -36,4 +36,8 @@ def test_fp8_dynamic_readouts_on_cuda_are_close_and_round_trip(make_model, tmp_p
 
     path = lpmace.io.save(quantized, tmp_path / "q.safetensors")
     again = lpmace.io.load(path, device="cuda")(graph)
-    assert torch.equal(again["energy"], out["energy"]) and torch.equal(again["forces"], out["forces"])
+    # Not bit for bit: on the H200 two calls of the same fp8-dynamic model already differ (the float8
+    # GEMM's reduction order varies; seen 2026-12-01, benchmarks/results/gpu_tests_h200_2026-12-01/), by
+    # ~4e-8 eV and ~3e-8 eV/Å here. A wrong scale or qdata after loading moves them by 1e-3 or more.
+    assert abs(float(again["energy"] - out["energy"])) < 1e-5
+    assert (again["forces"] - out["forces"]).abs().max() < 1e-5
