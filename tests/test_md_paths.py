@@ -116,13 +116,8 @@ def test_md_refuses_an_unknown_backend_before_writing(make_model, bpa_atoms, tmp
     assert not out.exists() and not log.exists()
 
 
-COMPILED_ONE_STRUCTURE_BUG = pytest.mark.xfail(strict=True, reason=(
-    "known bug (H200, 2026-12-01): backend compiled on CUDA gives one structure an energy 0.5 eV above "
-    "reference (forces right; two-structure batches right) -- see benchmarks/results/gpu_tests_h200_2026-12-01"))
-
-
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["triton", pytest.param("compiled", marks=COMPILED_ONE_STRUCTURE_BUG)])
+@pytest.mark.parametrize("backend", ["triton", "compiled"])
 def test_md_backend_on_cuda_follows_the_reference_trajectory(make_model, bpa_atoms, tmp_path, capsys, backend):
     """fp64 weights and precision: the fast kernels follow the reference's first steps to ~1e-9 eV."""
     model = lpmace.io.save(make_model(**FAST), tmp_path / "m.safetensors")

@@ -191,8 +191,9 @@ class MACE(torch.nn.Module):
         return species
 
     def site_energies(self, graph: Graph, positions, cell, species, policy: PrecisionPolicy,
-                      backend: str = "reference", weight_grads: bool = True) -> torch.Tensor:
-        """Interaction site energies scale·Σ_t readout_t + shift: [n_atoms] in the accumulate dtype.
+                      backend: str = "reference", weight_grads: bool = True, with_shift: bool = True) -> torch.Tensor:
+        """Interaction site energies scale·Σ_t readout_t + shift (without the shift if not `with_shift`):
+        [n_atoms] in the accumulate dtype.
 
         positions [n_atoms, 3] and cell [n_graphs, 3, 3] in the geometry dtype; species [n_atoms]
         element indices (from `species`).
@@ -218,7 +219,7 @@ class MACE(torch.nn.Module):
             a, sc = interaction(h, one_hot, edge_sh, edge_radial, graph.edge_index, p, backend, segments)
             h = product(a, species, sc, p, backend, weight_grads)
             total = total + readout(h, p.readout).to(p.accumulate)
-        return c.scale * total + c.shift
+        return c.scale * total + c.shift if with_shift else c.scale * total
 
     @property
     def default_precision(self) -> str:
@@ -263,11 +264,16 @@ class MACE(torch.nn.Module):
             cell = cell + torch.bmm(cell, sym)
         else:
             positions_used = positions
-        node_inter = self.site_energies(graph, positions_used, cell, species, policy, backend, training)
-        node_energy = node_inter.to(policy.energy) + self.e0s.to(policy.energy)[species]
+        scaled = self.site_energies(graph, positions_used, cell, species, policy, backend, training, with_shift=False)
+        e0 = self.e0s.to(policy.energy)[species]
+        node_energy = (scaled + self.config.shift).to(policy.energy) + e0
         energy = torch.zeros(graph.num_graphs, dtype=policy.energy, device=node_energy.device)
-        # scatter_add, not index_add: Inductor's CPU code for an index_add into one structure fails
-        energy = energy.scatter_add(0, graph.batch, node_energy)
+        # scatter_add, not index_add: Inductor's CPU code for an index_add into one structure fails.
+        # The shift is added as shift × atoms per structure, outside the scatter: in a batch of one
+        # structure, Inductor's CUDA code (torch 2.11) for the scatter added it once more for every
+        # masked lane of its 32-wide block (+shift·(32 − n) eV on an H200, 2026-12-01).
+        atoms = (graph.ptr[1:] - graph.ptr[:-1]).to(policy.energy)
+        energy = energy.scatter_add(0, graph.batch, scaled.to(policy.energy) + e0) + self.config.shift * atoms
 
         forces = stress = None
         inputs = [t for t, want in ((positions, compute_forces), (strain, compute_stress)) if want]
