@@ -9,7 +9,7 @@ from lpmace.io import load, save
 from lpmace.model import MACE, MACEConfig
 from lpmace.train import Trainer, load_train_config
 
-from test_trainer import small_config
+from small_training import small_config
 
 # The architecture of test_trainer's SMALL, with statistics no data would give (so that taking them
 # from the data instead of the file shows).

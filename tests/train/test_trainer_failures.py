@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from test_trainer import small_config
+from small_training import small_config
 
 import lpmace.train.checkpoint
 import lpmace.train.trainer
@@ -196,3 +196,11 @@ def test_structure_names_give_each_file_once_and_count_the_rest():
     sources = [f"a.xyz:frame {i}" for i in range(20)] + ["b.xyz:frame 0"]
     assert structure_names([3, 17, 20, 4], sources) == "a.xyz:frame 3, 17, b.xyz:frame 0, a.xyz:frame 4"
     assert structure_names(list(range(10)), sources, limit=2) == "a.xyz:frame 0, 1 and 8 more"
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    # progress=true (the default) draws a bar on a terminal only: a log file or a pipe gets none
+    Trainer(small_config(tmp_path, "epochs=1", "progress=true", n_train=8), log=lambda m: None,
+            warn=lambda m: None).run()
+    err = capsys.readouterr().err
+    assert "train:" not in err and "step/s" not in err and "it/s" not in err, err

@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -305,7 +306,7 @@ class Trainer:
                 raise InputError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from err
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
         bar = None
-        if cfg.progress and main:
+        if cfg.progress and main and sys.stderr.isatty():  # no bar in a log file or a pipe
             bar = tqdm(total=cfg.epochs * len(self.loader), initial=self.epoch * len(self.loader),
                        desc="train", unit="step", dynamic_ncols=True, leave=False)
         try:
