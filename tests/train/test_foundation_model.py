@@ -61,7 +61,7 @@ def test_contradictions_are_refused_naming_the_key(tmp_path, extra, fragment):
 
 def test_training_elements_must_be_the_model_s(tmp_path):
     cfg = foundation_config(tmp_path, atomic_numbers=(1, 6, 8))
-    with pytest.raises(InputError, match=r"train\.xyz: element\(s\) \[7\] unknown to foundation_model"):
+    with pytest.raises(InputError, match=r"train\.xyz:frame \d+: element\(s\) N not in foundation_model"):
         Trainer(cfg, log=lambda m: None)
 
 

@@ -48,13 +48,15 @@ def _read(cfg: TrainConfig, name: str) -> List[Configuration]:
     return configs
 
 
-def _check_known_elements(configs: List[Configuration], elements: List[int]) -> None:
-    """InputError naming the file and frame if `configs` hold an element the model will not know."""
+def _check_known_elements(configs: List[Configuration], elements, known_as: str = "the training data") -> None:
+    """InputError naming the file and frame if `configs` hold an element the model will not know
+    (`elements`: those of `known_as`)."""
+    elements = sorted(elements)
     for c in configs:
         unknown = sorted({int(z) for z in c.numbers} - set(elements))
         if unknown:
             raise InputError(f"{c.source}: element(s) {', '.join(chemical_symbols[z] for z in unknown)} not in "
-                             f"the training data (the model knows {', '.join(chemical_symbols[z] for z in elements)})")
+                             f"{known_as} (the model knows {', '.join(chemical_symbols[z] for z in elements)})")
 
 
 def _is_isolated_atom(c: Configuration) -> bool:
@@ -144,12 +146,8 @@ def foundation_start(cfg: TrainConfig, data: Dict[str, List[Configuration]]
         if asked != getattr(config, key):
             raise InputError(f"model.{key}={value!r} contradicts foundation_model {name}, which has "
                              f"{key} {getattr(config, key)!r}: leave model.{key} out")
-    known = set(config.atomic_numbers)
-    for file, configs in data.items():
-        unknown = sorted({int(z) for c in configs for z in c.numbers} - known)
-        if unknown:
-            raise InputError(f"{file}: element(s) {unknown} unknown to foundation_model {name} "
-                             f"(it has {sorted(known)})")
+    for configs in data.values():
+        _check_known_elements(configs, config.atomic_numbers, f"foundation_model {name}")
     return config, model.state_dict()
 
 

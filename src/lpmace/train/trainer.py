@@ -31,6 +31,7 @@ import torch
 import yaml
 
 from lpmace.atomic import atomic_write_text
+from lpmace.devices import resolve_device
 from lpmace.errors import InputError, TrainingFailed
 from lpmace.io import save
 from lpmace.model import MACE, MACEConfig
@@ -43,7 +44,6 @@ from lpmace.train.ema import EMA
 from lpmace.train.health import (advice, epoch_warnings, nonfinite_metrics, nonfinite_structures,
                                  weights_finite)
 from lpmace.train.loss import weighted_loss
-from lpmace.devices import resolve_device
 from lpmace.train.prepare import RunData, build_model, parameter_groups, prepare
 from lpmace.train.runlog import append_row, json_safe, row_summary, trim_log
 
@@ -85,8 +85,6 @@ class Trainer:
         self.warn = warn if self.dist.is_main else (lambda message: None)
         self.out = Path(cfg.output_dir)
         self.policy = resolve_policy(cfg.precision)
-        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise InputError(f"device {cfg.device!r} requested but CUDA is not available")
         last = self.out / "checkpoints" / "last.pt"
         if last.exists() and not resume:
             raise InputError(f"{self.out} already holds a run: resume it (--resume) or choose another output_dir")
