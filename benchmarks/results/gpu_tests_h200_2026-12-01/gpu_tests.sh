@@ -5,6 +5,6 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/pytest_gpu.log
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a $OUT/pytest_gpu.log
-echo 'commit 9bd925ebd46526f97eb6e3550f87527b860a856b' | tee -a $OUT/pytest_gpu.log
+echo 'commit a75dbafa6b622f8e10b328671a0b6e8a9e81b8df' | tee -a $OUT/pytest_gpu.log
 date -u | tee -a $OUT/pytest_gpu.log
 timeout 540 python3 -m pytest -m gpu -p no:cacheprovider -rA -q --durations=15 2>&1 | tee -a $OUT/pytest_gpu.log | grep --line-buffered -E "PASS|FAIL|ERROR|SKIP|passed|failed|error|deselected"
