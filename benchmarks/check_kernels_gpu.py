@@ -32,6 +32,7 @@ import time
 import numpy as np
 import torch
 
+from lpmace.backends import use
 from lpmace.bench.accuracy import random_rotation
 from lpmace.bench.workloads import build_model, rotate_graph, workloads
 from lpmace.kernels.convolution import conv_tensor_product, edge_segments
@@ -43,7 +44,7 @@ def check_conv_operator(model, graph) -> int:
     gen = torch.Generator(device="cuda").manual_seed(0)
     n, e = graph.positions.shape[0], graph.edge_index.shape[1]
     seg = edge_segments(graph.edge_index, n)
-    i, q, p, c = (interaction.lmax_in + 1) ** 2, interaction.coupling.shape[2], len(interaction.paths), interaction.channels
+    i, q, p, c = (interaction.lmax_in + 1) ** 2, interaction.conv.coupling.shape[2], len(interaction.paths), interaction.channels
     failures = 0
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         x = torch.randn(n, c, i, device="cuda", generator=gen).to(dtype).requires_grad_()
@@ -51,7 +52,7 @@ def check_conv_operator(model, graph) -> int:
         w = torch.randn(e, p, c, device="cuda", generator=gen).to(dtype).requires_grad_()
         found = {}
         for impl in ("reference", "triton"):
-            out = conv_tensor_product(x, t, w, interaction.path_of_column, seg, impl)
+            out = conv_tensor_product(x, t, w, interaction.conv.path_of_column, seg, impl)
             first = torch.autograd.grad((out * out.detach()).sum(), (x, t, w), create_graph=True)
             second = torch.autograd.grad(sum((g.float() ** 2).sum() for g in first), (x, t, w))
             found[impl] = [out, *first, *second]
@@ -73,7 +74,7 @@ def _timed(fn):
 
 
 def _step(model, graph, precision, backend):
-    out = model(graph, precision=precision, backend=backend, training=True)
+    out = use(model, backend)(graph, precision=precision, training=True)
     loss = (out["forces"].double() ** 2).sum()
     return out, torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
 
@@ -85,7 +86,7 @@ def _worst(grads_a, grads_b) -> float:
 
 def check_compiled(model, train_graph, infer_graph) -> int:
     failures = 0
-    reference = model(train_graph, precision="fp64", backend="reference")["forces"].double()
+    reference = use(model, "reference")(train_graph, precision="fp64")["forces"].double()
     rms = reference.pow(2).mean().sqrt()
     for precision in ("fp32", "bf16-mixed"):
         (ref, ref_grads), _ = _timed(lambda: _step(model, train_graph, precision, "reference"))
@@ -99,9 +100,9 @@ def check_compiled(model, train_graph, infer_graph) -> int:
         print(f"compiled training step {precision}: force error vs fp64 reference {err['reference']:.3e} "
               f"compiled {err['compiled']:.3e}; max relative param-grad difference {worst:.2e} "
               f"({'ok' if ok else 'FAIL'}); first call {first:.1f} s, next {second * 1e3:.1f} ms", flush=True)
-        tri = model(infer_graph, precision=precision, backend="triton")["forces"].double()
-        out, first = _timed(lambda: model(infer_graph, precision=precision, backend="compiled"))
-        _, second = _timed(lambda: model(infer_graph, precision=precision, backend="compiled"))
+        tri = use(model, "triton")(infer_graph, precision=precision)["forces"].double()
+        out, first = _timed(lambda: use(model, "compiled")(infer_graph, precision=precision))
+        _, second = _timed(lambda: use(model, "compiled")(infer_graph, precision=precision))
         diff = float((out["forces"].double() - tri).pow(2).mean().sqrt() / tri.pow(2).mean().sqrt())
         ok = diff < (1e-5 if precision == "fp32" else 5e-2)
         failures += not ok
@@ -123,7 +124,7 @@ def main() -> int:
     if args.compiled_only:
         return 1 if check_compiled(model, graph, box) else 0
     failures = check_conv_operator(model, box)
-    reference = model(graph, precision="fp64", backend="reference")["forces"].double()
+    reference = use(model, "reference")(graph, precision="fp64")["forces"].double()
     rms = reference.pow(2).mean().sqrt()
     for precision in ("fp64", "fp32", "bf16-mixed", "fp16-mixed"):
         errors, grads = {}, {}
@@ -136,8 +137,8 @@ def main() -> int:
         print(f"{precision}: force error vs fp64 reference {errors['reference']:.3e} triton {errors['triton']:.3e} "
               f"({'ok' if ok else 'FAIL: over 2x'}); max relative param-grad difference {worst:.2e}", flush=True)
     rotation = random_rotation(np.random.default_rng(0)).cuda()
-    f = model(graph, precision="fp32", backend="triton")["forces"].double()
-    f_rot = model(rotate_graph(graph, rotation), precision="fp32", backend="triton")["forces"].double()
+    f = use(model, "triton")(graph, precision="fp32")["forces"].double()
+    f_rot = use(model, "triton")(rotate_graph(graph, rotation), precision="fp32")["forces"].double()
     equivariance = float((f_rot - f @ rotation.T).pow(2).mean().sqrt() / f.pow(2).mean().sqrt())
     print(f"triton fp32 equivariance error {equivariance:.2e}", flush=True)
     failures += not equivariance < 1e-4

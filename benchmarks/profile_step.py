@@ -12,11 +12,12 @@ import pathlib
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from lpmace.backends import use
 from lpmace.bench.workloads import build_model, workloads
 
 
 def step(model, graph, precision, backend, train: bool):
-    out = model(graph, precision=precision, backend=backend, training=train)
+    out = use(model, backend)(graph, precision=precision, training=train)
     if train:
         loss = (out["energy"].double() ** 2).mean() + (out["forces"].double() ** 2).mean()
         loss.backward()

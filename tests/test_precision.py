@@ -108,13 +108,13 @@ def test_contraction_rounds_operands_then_computes_in_fp32():
     block = SymmetricContraction(channels=4, lmax_in=2, lmax_out=1, correlation=3, num_elements=2)
     a = torch.randn(5, 4, 9)
     species = torch.tensor([0, 1, 1, 0, 1])
-    got = block(a, species, PRESETS["bf16-mixed"])
+    got = block(a, species, PRESETS["bf16-mixed"].block("contraction"))
     rounded = SymmetricContraction(channels=4, lmax_in=2, lmax_out=1, correlation=3, num_elements=2)
     rounded.load_state_dict({k: v.to(torch.bfloat16).float() for k, v in block.state_dict().items()})
-    want = rounded(a.to(torch.bfloat16).float(), species, PRESETS["fp32"])
+    want = rounded(a.to(torch.bfloat16).float(), species, PRESETS["fp32"].block("contraction"))
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-    assert not torch.allclose(got, block(a, species, PRESETS["fp32"]), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got, block(a, species, PRESETS["fp32"].block("contraction")), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -169,3 +169,21 @@ def test_policy_table_lists_every_component():
     for component in ("geometry", "spherical_harmonics", "tensor_product", "energy", "params"):
         assert component in table
     assert "bfloat16" in table and "float64" in table
+
+
+def test_block_dtypes_come_from_the_policy():
+    """policy.block(name): operands in the component's dtype; the fused equivariant blocks form
+    products and sums in at least the accumulate dtype, matmul blocks in the operand dtype; tables
+    in the cg dtype."""
+    bf16 = PRESETS["bf16-mixed"]
+    tp = bf16.block("tensor_product")
+    assert (tp.operand, tp.math, tp.table, tp.accumulate) == (torch.bfloat16, torch.float32, torch.float32,
+                                                             torch.float32)
+    linear = bf16.block("linear")
+    assert (linear.operand, linear.math) == (torch.bfloat16, torch.bfloat16)
+    fp64 = PRESETS["fp64"].block("contraction")
+    assert (fp64.operand, fp64.math, fp64.table, fp64.accumulate) == (torch.float64,) * 4
+    wide_sums = PrecisionPolicy("acc64", contraction=torch.bfloat16, accumulate=torch.float64).block("contraction")
+    assert (wide_sums.operand, wide_sums.math, wide_sums.accumulate) == (torch.bfloat16, torch.float64, torch.float64)
+    with pytest.raises(InputError, match="no component 'conv'"):
+        bf16.block("conv")

@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from lpmace.backends import use
 from lpmace.compress import compress, element_weight_slots, element_weight_storage
 from lpmace.data import graph_from_configuration, read_configurations
 from lpmace.errors import InputError
@@ -51,8 +52,8 @@ def test_full_rank_reproduces_the_uncompressed_model_exactly(make_model, graphs,
     assert len(list(_weights(full))) == len(list(_weights(model))) > 3
     molecules, small = graphs
     for graph, backend in [(g, "reference") for g in molecules] + [(small, "triton")]:
-        a = model(graph, backend=backend, compute_stress=False)
-        b = full(graph, backend=backend, compute_stress=False)
+        a = use(model, backend)(graph, compute_stress=False)
+        b = use(full, backend)(graph, compute_stress=False)
         assert torch.equal(a["energy"], b["energy"]), backend
         assert (a["forces"] - b["forces"]).abs().max() <= 1e-12 * a["forces"].abs().max(), backend
 
@@ -65,7 +66,7 @@ def test_low_rank_factors_get_the_same_gradients_on_both_backends(make_model, gr
     _, small = graphs
     grads = {}
     for backend in ("reference", "triton"):
-        out = model(small, backend=backend, training=True)
+        out = use(model, backend)(small, training=True)
         loss = (out["forces"] ** 2).sum() + 1e-3 * (out["energy"] ** 2).sum()
         named = [(n, p) for n, p in model.named_parameters() if n.endswith((".A", ".B"))]
         grads[backend] = dict(zip([n for n, _ in named], torch.autograd.grad(loss, [p for _, p in named]), strict=True))

@@ -38,7 +38,7 @@ class Calculator(ASECalculator):
             None: the model's default (fp64 for float64 weights, else fp32). Checked here, so a bad
             precision is an InputError at construction, not at the first energy.
         backend: "auto" (triton on CUDA when available, else reference), "reference", "triton" or
-            "compiled" (see `lpmace.kernels`; for MD, compiled pays its compile time once and then
+            "compiled" (see `lpmace.backends`; for MD, compiled pays its compile time once and then
             reuses the graph at every step); the chosen one is ``calculator.backend``.
         **kwargs: passed to `ase.calculators.calculator.Calculator` (e.g. ``label``).
 
@@ -81,10 +81,10 @@ class Calculator(ASECalculator):
         self.r_max = float(model.config.r_max)
         self.atomic_numbers = tuple(int(z) for z in model.config.atomic_numbers)
         self.precision = resolve_policy(precision, default=model.default_precision)
-        from lpmace.kernels import resolve_backend
+        from lpmace.backends import resolve, use
 
-        self.backend = resolve_backend(backend, self.device)  # checked here; "auto" resolved and kept
-        self.model.backend = self.backend
+        self.backend = resolve(backend, self.device)  # checked here; "auto" resolved and kept
+        self._run = use(self.model, self.backend, self.device)  # the model, or its compiled wrapper
 
     def get_property(self, name: str, atoms: ase.Atoms | None = None, allow_calculation: bool = True):
         with self._lock:
@@ -137,7 +137,7 @@ class Calculator(ASECalculator):
     def _evaluate(self, graph: Graph, *, compute_stress: bool) -> dict[str, torch.Tensor]:
         """One model call: energy [1] float64, forces [n_atoms, 3], stress [1, 3, 3] or None."""
         with torch.enable_grad():  # forces are autograd derivatives, even if the caller is in no_grad
-            return self.model(
+            return self._run(
                 graph, precision=self.precision, compute_forces=True, compute_stress=compute_stress, training=False
             )
 

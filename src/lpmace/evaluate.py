@@ -119,7 +119,9 @@ def _predictions(
 
 
 def _check(model: MACE, graphs: Sequence[Graph], batch_size: int) -> None:
-    if not isinstance(model, MACE):
+    from lpmace.compile import Compiled
+
+    if not isinstance(model.model if isinstance(model, Compiled) else model, MACE):
         raise InputError(f"evaluate needs an lpmace MACE model, got {type(model).__name__}")
     if len(graphs) == 0:
         raise InputError("no structures to evaluate")
@@ -151,7 +153,8 @@ def evaluate(
     device: Union[str, torch.device] = "cpu",
     progress: bool = False,
 ) -> Metrics:
-    """Errors of `model` under `precision` (preset, YAML path or policy; None: the model's default)
+    """Errors of `model` (a MACE, or what `lpmace.backends.use` returns for one) under `precision`
+    (preset, YAML path or policy; None: the model's default)
     against the references of `graphs` (single- or multi-structure graphs with energy / forces /
     stress and has_* flags, as `graph_from_configuration` builds them).
 

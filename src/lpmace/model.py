@@ -6,6 +6,9 @@
 Forces are -∂E/∂r and stress (1/V) ∂E/∂ε by autograd (double backward when training). Each block
 computes in the dtype the precision policy (lpmace.precision) names for it; the parameters are cast
 at the block boundaries and never changed, so the same weights run under any policy.
+
+Nothing here chooses how a block is computed: the heavy blocks own their implementation, set by one
+walk over the built model (`use` in lpmace/backends.py); compilation wraps a model from outside (`lpmace.compile`).
 """
 
 from __future__ import annotations
@@ -19,12 +22,10 @@ import torch
 from lpmace.compress import compress_element_weights
 from lpmace.data.graph import Graph
 from lpmace.errors import InputError
-from lpmace.kernels import resolve_backend
-from lpmace.kernels.compiled import compiled_forward
-from lpmace.kernels.convolution import edge_segments
+from lpmace.nn.edges import Edges
 from lpmace.nn.element_weights import check_species_rank, element_weight
 from lpmace.nn.interaction import Interaction
-from lpmace.nn.product import Product
+from lpmace.nn.product import Product, frozen_weights
 from lpmace.nn.radial import RadialEmbedding
 from lpmace.nn.readout import LinearReadout, MLPReadout
 from lpmace.o3.spherical_harmonics import SphericalHarmonics
@@ -136,7 +137,6 @@ class MACE(torch.nn.Module):
     def __init__(self, config: MACEConfig):
         super().__init__()
         self.config = c = config
-        self.backend = "reference"  # a run-time choice, not part of the state dict (lpmace.kernels)
         n_el = len(c.atomic_numbers)
         lookup = torch.full((119,), -1, dtype=torch.int64)
         lookup[list(c.atomic_numbers)] = torch.arange(n_el)
@@ -191,7 +191,7 @@ class MACE(torch.nn.Module):
         return species
 
     def site_energies(self, graph: Graph, positions, cell, species, policy: PrecisionPolicy,
-                      backend: str = "reference", weight_grads: bool = True, with_shift: bool = True) -> torch.Tensor:
+                      with_shift: bool = True) -> torch.Tensor:
         """Interaction site energies scale·Σ_t readout_t + shift (without the shift if not `with_shift`):
         [n_atoms] in the accumulate dtype.
 
@@ -199,7 +199,7 @@ class MACE(torch.nn.Module):
         element indices (from `species`).
         """
         c, p = self.config, policy
-        # not F.one_hot: its class index becomes a constant tensor when traced (backend "compiled")
+        # not F.one_hot: its class index becomes a constant tensor when traced (lpmace.compile)
         elements = torch.arange(len(c.atomic_numbers), device=species.device)
         one_hot = (species[:, None] == elements).to(p.linear)
         sender, receiver = graph.edge_index[0], graph.edge_index[1]
@@ -207,17 +207,16 @@ class MACE(torch.nn.Module):
         shifts = torch.einsum("ek,ekx->ex", graph.unit_shifts.to(p.geometry), edge_cell)
         vectors = torch.index_select(positions, 0, receiver) - torch.index_select(positions, 0, sender) + shifts
         lengths = vectors.norm(dim=-1, keepdim=True)
-        edge_sh = self.spherical_harmonics(vectors.to(p.spherical_harmonics))
-        edge_radial = self.radial(lengths.to(p.radial))
+        edges = Edges(graph.edge_index, self.spherical_harmonics(vectors.to(p.spherical_harmonics)),
+                      self.radial(lengths.to(p.radial)), positions.shape[0])
 
         emb = element_weight(self.embedding)
         emb = scaled_weight(emb, emb.shape[0], p.linear)
         h = (one_hot @ emb)[:, :, None]  # [n, C, 1]
-        segments = edge_segments(graph.edge_index, positions.shape[0]) if backend != "reference" else None
         total = torch.zeros(positions.shape[0], dtype=p.accumulate, device=positions.device)
         for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
-            a, sc = interaction(h, one_hot, edge_sh, edge_radial, graph.edge_index, p, backend, segments)
-            h = product(a, species, sc, p, backend, weight_grads)
+            a, sc = interaction(h, one_hot, edges, p)
+            h = product(a, species, sc, p)
             total = total + readout(h, p.readout).to(p.accumulate)
         return c.scale * total + c.shift if with_shift else c.scale * total
 
@@ -234,25 +233,22 @@ class MACE(torch.nn.Module):
         compute_forces: bool = True,
         compute_stress: bool = False,
         training: bool = False,
-        backend: Optional[str] = None,
     ) -> Dict[str, Optional[torch.Tensor]]:
         """Energy, forces and stress of `graph` under `precision` (a preset name, YAML path or policy;
         default `default_precision`). The parameters are not changed: each block casts them.
 
-        backend: "reference", "triton", "compiled" or "auto" (see `lpmace.kernels`); None: ``self.backend``
-        ("reference" unless set). With training=False the fused path keeps no parameter gradients.
+        training=True keeps the graph of the forces for a loss on them; with training=False the fused
+        blocks keep no parameter gradients.
         """
         policy = resolve_policy(precision, default=self.default_precision)
-        backend = resolve_backend(backend or self.backend, graph.positions.device)
         species = self.species(graph.numbers)  # validates the elements once per call
         with matmul_mode(policy):
-            if backend == "compiled":
-                return compiled_forward(self, graph, species, policy, compute_forces, compute_stress, training)
-            return self._forward(graph, species, policy, compute_forces, compute_stress, training, backend)
+            return self.compute(graph, species, policy, compute_forces, compute_stress, training)
 
-    def _forward(self, graph, species, policy, compute_forces, compute_stress, training, backend="reference"):
-        """forward with the elements validated (`species`) and the backend resolved. Pure tensor code
-        without host syncs or data-dependent shapes: backend "compiled" traces it."""
+    def compute(self, graph: Graph, species: torch.Tensor, policy: PrecisionPolicy, compute_forces: bool,
+                compute_stress: bool, training: bool) -> Dict[str, Optional[torch.Tensor]]:
+        """`forward` with the elements already validated (`species`) and the policy resolved: pure
+        tensor code without host syncs or data-dependent shapes, which `lpmace.compile` traces."""
         dtype = policy.geometry
         positions = graph.positions.to(dtype).detach().requires_grad_(compute_forces or compute_stress)
         cell = graph.cell.to(dtype)
@@ -264,7 +260,8 @@ class MACE(torch.nn.Module):
             cell = cell + torch.bmm(cell, sym)
         else:
             positions_used = positions
-        scaled = self.site_energies(graph, positions_used, cell, species, policy, backend, training, with_shift=False)
+        with frozen_weights(not training):
+            scaled = self.site_energies(graph, positions_used, cell, species, policy, with_shift=False)
         e0 = self.e0s.to(policy.energy)[species]
         node_energy = (scaled + self.config.shift).to(policy.energy) + e0
         energy = torch.zeros(graph.num_graphs, dtype=policy.energy, device=node_energy.device)

@@ -103,13 +103,25 @@ class PrecisionPolicy:
                 )
 
     @property
-    def is_16bit(self) -> bool:
-        return any(_BITS[getattr(self, c)] == 16 for c in COMPONENTS)
-
-    @property
     def uses_fp16(self) -> bool:
         """True when some component is float16: training needs dynamic loss scaling."""
         return any(getattr(self, c) == torch.float16 for c in COMPONENTS)
+
+    @property
+    def is_16bit(self) -> bool:
+        return any(_BITS[getattr(self, c)] == 16 for c in COMPONENTS)
+
+    def block(self, name: str) -> "BlockDtypes":
+        """The dtypes of the block that computes component `name` (one of COMPONENTS): its operands are
+        rounded to the component's dtype; the heavy equivariant blocks ("tensor_product", "contraction")
+        form their products and sums in at least the accumulate dtype (what a fused kernel does in
+        registers); the matmul blocks compute in the operand dtype (the GEMM accumulates inside)."""
+        if name not in COMPONENTS:
+            raise InputError(f"precision {self.name!r}: no component {name!r} (known: {', '.join(COMPONENTS)})")
+        operand = getattr(self, name)
+        accumulate = widest(operand, self.accumulate)
+        math = accumulate if name in _SUMMED_IN_ACCUMULATE else operand
+        return BlockDtypes(operand=operand, math=math, table=self.cg, accumulate=accumulate)
 
     def to_dict(self) -> dict:
         out = {c: dtype_name(getattr(self, c)) for c in COMPONENTS}
@@ -121,6 +133,23 @@ class PrecisionPolicy:
         rows += [f"{c:<20} {dtype_name(getattr(self, c)):<9} {COMPONENTS[c]}" for c in COMPONENTS]
         rows.append(f"{'tf32 matmuls':<20} {'on' if self.tf32 else 'off':<9} fp32 matmuls on TF32 tensor cores")
         return "\n".join(rows)
+
+
+_SUMMED_IN_ACCUMULATE = ("tensor_product", "contraction")
+
+
+@dataclass(frozen=True)
+class BlockDtypes:
+    """What one block computes in (`PrecisionPolicy.block`):
+    operand     inputs and weights are rounded to this;
+    math        products are formed in this (the block's output dtype);
+    table       CG and coefficient tables are held in this (rounded, then widened to `math`);
+    accumulate  sums (neighbour sums, contraction sums, skip additions) run in this."""
+
+    operand: torch.dtype
+    math: torch.dtype
+    table: torch.dtype
+    accumulate: torch.dtype
 
 
 def dtype_name(dtype: torch.dtype) -> str:

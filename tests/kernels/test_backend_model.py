@@ -9,6 +9,7 @@ import pytest
 import torch
 from tolerances import model_bound
 
+from lpmace.backends import implementation, use
 from lpmace.data import graph_from_configuration, read_configurations
 
 # precision policy: the dtype of its operands (the row of the tolerance table)
@@ -26,7 +27,7 @@ def small_graph(bpa_test_path):
 
 
 def _run(model, graph, precision, backend):
-    out = model(graph, precision=precision, backend=backend, training=True)
+    out = use(model, backend)(graph, precision=precision, training=True)
     loss = (out["energy"] ** 2).sum() * 1e-6 + (out["forces"].double() ** 2).sum()
     grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
     return out["energy"].detach(), out["forces"].detach(), grads
@@ -51,7 +52,7 @@ def test_triton_backend_matches_reference_with_gradients(monkeypatch, make_model
 
 def _interaction(model, graph, precision, backend):
     """Site interaction energies [n], the interaction energy E − ΣE0 and forces, in float64."""
-    out = model(graph, precision=precision, backend=backend)
+    out = use(model, backend)(graph, precision=precision)
     e0 = model.e0s[model.species(graph.numbers)]
     return out["node_energy"].detach().double() - e0, out["energy"].detach().double().sum() - e0.sum(), \
         out["forces"].detach().double()
@@ -89,6 +90,22 @@ def test_interaction_energies_and_forces_of_every_backend_against_fp64(monkeypat
     _check_backends_against_fp64(model, small_graph, precision)
 
 
+def test_fused_blocks_accumulate_in_the_policy_accumulate_dtype(monkeypatch, make_model, small_graph):
+    """A policy with bf16 operands and float64 accumulation: the Triton blocks get the policy's
+    accumulation dtype, so they agree with the reference (which sums in float64) to float64 rounding,
+    not to float32's."""
+    from lpmace.precision import COMPONENTS, PrecisionPolicy
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    wide = {c: torch.float64 for c in COMPONENTS}  # all float64 but the operands of the two fused blocks
+    policy = PrecisionPolicy("bf16-acc64", **{**wide, "tensor_product": torch.bfloat16, "contraction": torch.bfloat16})
+    model = make_model(torch.float32, correlation=(2, 2), max_ell=1, max_L=0)
+    reference = _interaction(model, small_graph, policy, "reference")
+    triton = _interaction(model, small_graph, policy, "triton")
+    assert float((triton[0] - reference[0]).abs().max()) <= 1e-11 * float(reference[0].abs().max())
+    assert float((triton[2] - reference[2]).abs().max()) <= 1e-11 * float(reference[2].abs().max())
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_backends_against_fp64_at_real_size_on_the_gpu(precision):
@@ -110,17 +127,37 @@ def test_triton_forces_rotate_with_the_molecules_on_the_gpu():
     model = build_model("medium").cuda()
     graph = workloads(model.config, quick=False)[0].graph.to("cuda")
     rotation = random_rotation(np.random.default_rng(0)).cuda()
-    f = model(graph, precision="fp32", backend="triton")["forces"].double()
-    f_rot = model(rotate_graph(graph, rotation), precision="fp32", backend="triton")["forces"].double()
+    f = use(model, "triton")(graph, precision="fp32")["forces"].double()
+    f_rot = use(model, "triton")(rotate_graph(graph, rotation), precision="fp32")["forces"].double()
     assert (f_rot - f @ rotation.T).pow(2).mean().sqrt() <= 1e-4 * f.pow(2).mean().sqrt()
 
 
-def test_backend_is_not_part_of_the_state_dict(make_model):
+def test_backend_is_not_part_of_the_state_dict(make_model, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     model = make_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    model.backend = "triton"
+    assert implementation(model) == "reference"  # what a model is built with
+    assert use(model, "triton") is model
+    assert implementation(model) == "triton"
     assert model.state_dict().keys() == before.keys()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    use(model, "reference")
+    assert implementation(model) == "reference"
+
+
+def test_use_sets_every_heavy_block_once(make_model, monkeypatch):
+    """One walk sets both kinds of heavy block in every layer; nothing else has an implementation."""
+    from lpmace.nn.interaction import ConvTensorProduct
+    from lpmace.nn.product import SymmetricContraction
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = make_model(num_interactions=2)
+    use(model, "triton")
+    blocks = [m for m in model.modules() if hasattr(m, "IMPLEMENTATIONS")]
+    kinds = {type(m) for m in blocks}
+    assert kinds == {ConvTensorProduct, SymmetricContraction}
+    assert len(blocks) == 2 * model.config.num_interactions
+    assert all(m.implementation == "triton" for m in blocks)
 
 
 def test_calculator_and_trainer_check_the_backend(make_model, tmp_path):

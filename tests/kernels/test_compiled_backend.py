@@ -1,4 +1,4 @@
-"""Backend "compiled" (energy → forces traced into one graph, lpmace.kernels.compiled) against the
+"""Backend "compiled" (energy → forces traced into one graph, lpmace.compile) against the
 reference backend: energies, forces, stress and the parameter gradients of a force loss.
 
 What is tested here on the CPU is the trace: that the graph make_fx records from the model's forward
@@ -23,8 +23,9 @@ import torch
 
 from lpmace.data import collate, graph_from_configuration, read_configurations
 from lpmace.errors import InputError
-from lpmace.kernels import compiled as compiled_module
-from lpmace.kernels import resolve_backend
+from lpmace import compile as compiled_module
+from lpmace.backends import resolve as resolve_backend
+from lpmace.backends import use
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +45,7 @@ def _batch(configs, k, r_max=4.0):
 
 
 def _run(model, graph, backend, training=True, stress=False):
-    out = model(graph, precision="fp64", backend=backend, training=training, compute_stress=stress)
+    out = use(model, backend)(graph, precision="fp64", training=training, compute_stress=stress)
     if not training:
         return out, None
     loss = (out["energy"] ** 2).sum() * 1e-6 + (out["forces"] ** 2).sum()
@@ -153,10 +154,10 @@ def test_compiled_follows_the_active_correlation_order(make_model, configs):
 
 
 def test_auto_compiles_for_training_on_cuda_only(monkeypatch):
-    import lpmace.kernels as kernels
+    import lpmace.kernels.launch as launch
 
     assert resolve_backend("auto", "cpu", training=True) == "reference"
-    monkeypatch.setattr(kernels, "triton_available", lambda: True)
+    monkeypatch.setattr(launch, "triton_available", lambda: True)
     assert resolve_backend("auto", "cuda", training=True) == "compiled"
     assert resolve_backend("auto", "cuda") == "triton"
 
@@ -205,8 +206,8 @@ def test_compiled_follows_the_dtype_of_the_graph(make_model, configs):
     low = dataclasses.replace(graph, positions=graph.positions.float(), cell=graph.cell.float(),
                               unit_shifts=graph.unit_shifts.float())
     for g in (low, graph):
-        out = model(g, precision="fp32", backend="compiled")
-        ref = model(g, precision="fp32", backend="reference")
+        out = use(model, "compiled")(g, precision="fp32")
+        ref = use(model, "reference")(g, precision="fp32")
         assert out["forces"].dtype == ref["forces"].dtype
         _assert_close(out["forces"], ref["forces"], tol=1e-6)
 
@@ -218,7 +219,7 @@ def test_compiled_follows_the_dtype_of_the_graph(make_model, configs):
 # torch.compile(f) on this f aborts with "malloc assertion failure" or returns errors of order 10.
 _SCATTER_IN_A_TILED_LOOP = """
 import torch
-from lpmace.kernels.compiled import _cpu_inductor
+from lpmace.compile import _cpu_inductor
 
 def f(a_t, g, monos):
     term = torch.index_select(a_t.transpose(1, 2), 2, monos[:, 1]) * g
@@ -242,3 +243,24 @@ def test_cpu_inductor_sums_a_scatter_in_a_tiled_loop_correctly(tmp_path):
                           env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert float(proc.stdout.split()[-1]) < 1e-5
+
+
+def test_compiled_is_a_wrapper_above_the_model(make_model, configs):
+    """`use(model, "compiled")` leaves the model as it was built (same module, same state dict, no
+    compiled code inside) and returns a wrapper that evaluates like the model everywhere a model goes."""
+    from lpmace.evaluate import evaluate
+
+    model = make_model(torch.float64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run = use(model, "compiled")
+    assert isinstance(run, compiled_module.Compiled) and run is not model and run.model is model
+    assert run.config is model.config and run.default_precision == "fp64"
+    assert model.state_dict().keys() == before.keys()
+    assert not [m for m in model.modules() if "Compiled" in type(m).__name__ or "Optimized" in type(m).__name__]
+    graphs = [graph_from_configuration(c, 4.0) for c in configs[:3]]
+    fast = evaluate(run, graphs, batch_size=2).to_dict()
+    plain = evaluate(use(model, "reference"), graphs, batch_size=2).to_dict()
+    assert fast.keys() == plain.keys()
+    for key, value in plain.items():
+        if isinstance(value, float):
+            assert abs(fast[key] - value) <= 1e-9 * max(1.0, abs(value)), key

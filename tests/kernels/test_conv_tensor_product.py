@@ -130,6 +130,22 @@ def test_sums_run_in_float64_for_float64_inputs(interpret):
     assert conv_tensor_product(x.float(), t.float(), w.half(), pcol, seg, "triton").dtype == torch.float32
 
 
+def test_the_accumulation_dtype_is_an_argument(interpret):
+    """16-bit operands summed in float64 when asked (a policy with accumulate float64): the result is
+    the float64 sum of the rounded operands, far closer than a float32 sum would be; a 16-bit
+    accumulator is refused."""
+    x, t, w, pcol, seg = _problem(4, 40, 8, 1, 2, dtype=torch.bfloat16)
+    exact = _plain(x.double(), t.double(), w.double(), pcol, seg)
+    wide = conv_tensor_product(x, t, w, pcol, seg, "triton", acc=torch.float64)
+    narrow = conv_tensor_product(x, t, w, pcol, seg, "triton", acc=torch.float32)
+    assert wide.dtype == torch.float64 and narrow.dtype == torch.float32
+    scale = float(exact.abs().max())
+    assert float((wide - exact).abs().max()) <= 1e-12 * scale
+    assert float((narrow.double() - exact).abs().max()) > 1e-9 * scale  # float32 sums do round
+    with pytest.raises(InputError, match="accumulates in float32 or float64"):
+        conv_tensor_product(x, t, w, pcol, seg, "triton", acc=torch.bfloat16)
+
+
 @pytest.mark.gpu
 def test_sums_are_deterministic_on_the_gpu():
     """Node sums walk each node's edges in a fixed order (no atomics): bitwise equal results, forward
@@ -145,9 +161,9 @@ def test_sums_are_deterministic_on_the_gpu():
 
 def test_opcheck():
     x, t, w, pcol, seg = _problem(4, 7, 3, 1, 1)
-    torch.library.opcheck(torch.ops.lpmace.conv_node.default, (x, t, w, pcol, *seg, False, "reference"))
+    torch.library.opcheck(torch.ops.lpmace.conv_node.default, (x, t, w, pcol, *seg, False, "reference", torch.float64))
     g = torch.randn(4, 3, t.shape[2], dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(torch.ops.lpmace.conv_edge.default, (g, x, t, w, pcol, *seg, True, True, "reference"))
+    torch.library.opcheck(torch.ops.lpmace.conv_edge.default, (g, x, t, w, pcol, *seg, True, True, "reference", torch.float64))
 
 
 def test_unknown_implementation_and_cpu_without_interpreter(monkeypatch):

@@ -11,7 +11,7 @@ import torch
 from tolerances import check_low_precision_kernel
 
 from lpmace.errors import InputError
-from lpmace.kernels import resolve_backend
+from lpmace.backends import resolve as resolve_backend
 from lpmace.kernels.monomials import monomial_table
 from lpmace.kernels.polynomial import monomial_values, polynomial_contraction
 
@@ -176,7 +176,7 @@ def test_no_nodes_and_constant_only_tables(interpret, impl):
 def test_opcheck():
     a, species, index, coefficients, g = _inputs(3, 2, 1, 2, 2, 4, 2)
     op = torch.ops.lpmace.polynomial_contraction.default
-    torch.library.opcheck(op, (a, species, index, coefficients, g, "reference"))
+    torch.library.opcheck(op, (a, species, index, coefficients, g, "reference", torch.float64))
 
 
 def test_triton_on_the_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):

@@ -1,10 +1,11 @@
-"""Every block computes in the dtype of its input, whatever the dtype of its parameters.
+"""Every block computes in the dtype it is given, whatever the dtype of its parameters.
 
-A precision policy chooses the compute dtype from outside by the dtype of the tensors it feeds in
-(model.py); a block that silently up- or down-casts breaks that contract. Each block is run with
-float32 and float64 parameters on float32 and float64 inputs: the output must have the input's
-dtype, and the float32 result must agree with the float64 one to float32 precision (a block that
-casts its result back after computing in float16/bfloat16 would fail that).
+The precision policy chooses the compute dtype from outside: the composite blocks (interaction,
+product) and the heavy blocks take the policy or their `policy.block(...)` dtypes, the simple ones the
+dtype of their input. A block that silently up- or down-casts breaks that contract. Each block is run
+with float32 and float64 parameters on float32 and float64 inputs (with the fp32 or fp64 policy): the
+output must have that dtype, and the float32 result must agree with the float64 one to float32
+precision (a block that casts its result back after computing in float16/bfloat16 would fail that).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from lpmace.nn.linear import ElementLinear, EquivariantLinear
 from lpmace.nn.product import Product, SymmetricContraction
 from lpmace.nn.radial import RadialEmbedding, RadialMLP
 from lpmace.nn.readout import LinearReadout, MLPReadout
+from lpmace.nn.edges import Edges
 from lpmace.o3.spherical_harmonics import SphericalHarmonics
+from lpmace.precision import PRESETS
 
 N_ATOMS, N_EDGES, CHANNELS, N_ELEMENTS, MAX_ELL, NUM_BESSEL = 5, 12, 4, 3, 2, 6
 
@@ -48,12 +51,23 @@ def interaction(lmax_in: int, residual: bool):
         num_bessel=NUM_BESSEL, radial_mlp=(8,), avg_num_neighbors=3.0, residual=residual,
     )
     h = "h0" if lmax_in == 0 else "h1"
-    return block, lambda x: block(x[h], x["one_hot"], x["edge_sh"], x["edge_radial"], x["edge_index"])
+    return block, lambda x: block(x[h], x["one_hot"], Edges(x["edge_index"], x["edge_sh"], x["edge_radial"], N_ATOMS),
+                                  policy_of(x))
 
 
 def product(with_skip: bool):
     block = Product(CHANNELS, MAX_ELL, 1, 3, N_ELEMENTS)
-    return block, lambda x: block(x["a"], x["species"], x["h1"] if with_skip else None)
+    return block, lambda x: block(x["a"], x["species"], x["h1"] if with_skip else None, policy_of(x))
+
+
+def policy_of(x: dict):
+    """The policy that computes everything in the dtype of the inputs (fp32 or fp64)."""
+    return PRESETS["fp64" if x["a"].dtype == torch.float64 else "fp32"]
+
+
+def contraction():
+    block = SymmetricContraction(CHANNELS, MAX_ELL, 2, 3, N_ELEMENTS)
+    return block, lambda x: block(x["a"], x["species"], policy_of(x).block("contraction"))
 
 
 def simple(block, key: str, *extra: str):
@@ -66,7 +80,7 @@ BLOCKS = {
     "interaction-later": lambda: interaction(1, True),
     "product-with-skip": lambda: product(True),
     "product-no-skip": lambda: product(False),
-    "symmetric-contraction": lambda: simple(SymmetricContraction(CHANNELS, MAX_ELL, 2, 3, N_ELEMENTS), "a", "species"),
+    "symmetric-contraction": contraction,
     "equivariant-linear": lambda: simple(EquivariantLinear([CHANNELS] * 3, 6, 2), "a"),
     "element-linear": lambda: simple(ElementLinear(CHANNELS, 6, 2, 1, N_ELEMENTS), "a", "one_hot"),
     "radial-embedding": lambda: simple(RadialEmbedding(5.0, NUM_BESSEL, 5), "lengths"),

@@ -9,8 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lpmace.nn.edges import Edges
 from lpmace.nn.interaction import Interaction
 from lpmace.o3.spherical_harmonics import SphericalHarmonics
+from lpmace.precision import PRESETS
 
 CHANNELS, N_ELEMENTS, MAX_ELL, NUM_BESSEL = 4, 2, 2, 3
 
@@ -37,7 +39,7 @@ def test_graph_without_edges_gives_zero_messages(lmax_in, residual):
     no_sh = torch.zeros(0, (MAX_ELL + 1) ** 2, dtype=torch.float64)
     no_radial = torch.zeros(0, NUM_BESSEL, dtype=torch.float64)
     no_edges = torch.zeros(2, 0, dtype=torch.int64)
-    a, sc = interaction(h, one_hot, no_sh, no_radial, no_edges)
+    a, sc = interaction(h, one_hot, Edges(no_edges, no_sh, no_radial, 3), PRESETS["fp64"])
     assert a.shape == (3, CHANNELS, (MAX_ELL + 1) ** 2)
     assert torch.all(a == 0.0)
     assert (sc is not None) == residual
@@ -51,6 +53,6 @@ def test_atom_without_edges_in_a_graph_with_edges_gets_zero_message(lmax_in, res
     edge_sh = SphericalHarmonics(MAX_ELL)(vectors)
     edge_radial = torch.rand(2, NUM_BESSEL, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     edge_index = torch.tensor([[0, 1], [1, 0]])  # atom 2 has no neighbours
-    a, _ = interaction(h, one_hot, edge_sh, edge_radial, edge_index)
+    a, _ = interaction(h, one_hot, Edges(edge_index, edge_sh, edge_radial, 3), PRESETS["fp64"])
     assert torch.all(a[2] == 0.0)
     assert a[:2].abs().max() > 1e-6

@@ -11,6 +11,7 @@ import pytest
 import torch
 from small_training import small_config
 
+from lpmace.backends import use
 from lpmace.data import graph_from_configuration, read_configurations
 from lpmace.errors import InputError
 from lpmace.io import load
@@ -30,14 +31,14 @@ def small_graph(bpa_test_path):
 
 def _step(model, graph, optimizer, ema):
     optimizer.zero_grad(set_to_none=True)
-    out = model(graph, training=True, backend="reference")
+    out = use(model, "reference")(graph, training=True)
     ((out["forces"] - graph.forces) ** 2).sum().backward()
     optimizer.step()
     ema.update(model)
 
 
 def _energy_forces(model, graph, backend):
-    out = model(graph, backend=backend)
+    out = use(model, backend)(graph)
     return out["energy"].detach(), out["forces"].detach()
 
 

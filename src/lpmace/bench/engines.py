@@ -23,7 +23,7 @@ from lpmace.precision import resolve_policy
 
 __all__ = ["BACKENDS", "Engine", "lpmace_engine", "mace_torch_engines"]
 
-# lpmace's ways of computing the model (lpmace.kernels; "auto" is one of these, resolved).
+# lpmace's ways of computing the model (lpmace.backends; "auto" is one of these, resolved).
 BACKENDS = ("reference", "triton", "compiled")
 FORCES_WEIGHT = 1000.0  # the MACE paper's 3BPA recipe: λE = 1, λF = 1000
 
@@ -55,20 +55,24 @@ def lpmace_engine(model: MACE, precision: str, backend: str, device: str) -> Eng
     """`model` under `precision` with `backend`. Parameters are copied in the policy's parameter dtype."""
     if backend not in BACKENDS:
         raise InputError(f"backend {backend!r} is not available (known: {', '.join(BACKENDS)})")
+    from lpmace.backends import use
+
     policy = resolve_policy(precision)
     weights = copy.deepcopy(model).to(device=device, dtype=policy.params)
+    run = use(weights, backend, device)
 
     def infer(graph: Graph, compute_stress: bool) -> dict:
-        return weights(graph, precision=policy, compute_stress=compute_stress, backend=backend)
+        return run(graph, precision=policy, compute_stress=compute_stress)
 
     def train_step(graph: Graph) -> Callable[[], None]:
         trained = copy.deepcopy(weights)
+        run_trained = use(trained, backend, device)
         optimizer = torch.optim.Adam(trained.parameters(), lr=1e-3, amsgrad=True)
         scaler = torch.amp.GradScaler(torch.device(device).type, enabled=policy.uses_fp16)
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            out = trained(graph, precision=policy, training=True, backend=backend)
+            out = run_trained(graph, precision=policy, training=True)
             scaler.scale(_loss(out["energy"], out["forces"])).backward()
             scaler.step(optimizer)
             scaler.update()

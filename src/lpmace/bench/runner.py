@@ -133,9 +133,9 @@ def check(options: BenchOptions) -> Plan:
         if b not in engines.BACKENDS:
             raise InputError(f"--backends: {b!r} is not available (known: {', '.join(engines.BACKENDS)})")
         if b in ("triton", "compiled"):
-            from lpmace.kernels import resolve_backend
+            from lpmace.backends import resolve
 
-            resolve_backend(b, device)  # InputError without triton (or a C++ compiler for compiled on a CPU)
+            resolve(b, device)  # InputError without triton (or a C++ compiler for compiled on a CPU)
             if b == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
                 raise InputError("--backends triton on the CPU needs TRITON_INTERPRET=1 (Triton's interpreter, "
                                  "slow: for checking, not for timing)")

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="default: %(default)s")
     parser.add_argument("--device", default=AUTO, help=DEVICE_HELP)
     parser.add_argument("--backend", default="auto", metavar="B",
-                        help="auto, reference, triton or compiled (lpmace.kernels; default: %(default)s)")
+                        help="auto, reference, triton or compiled (lpmace.backends; default: %(default)s)")
     parser.add_argument("--json", metavar="OUT.json", help="write all metrics as JSON")
     parser.add_argument("--parity", metavar="DIR", help="write a parity plot PNG per data file into DIR")
 
@@ -48,13 +48,13 @@ def run(args: argparse.Namespace) -> int:
     from lpmace.evaluate import evaluate
     from lpmace.io import load
     from lpmace.plots import parity_plot
-    from lpmace.kernels import resolve_backend
+    from lpmace.backends import resolve, use
     from lpmace.precision import resolve_policy
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = resolve_device(args.device)
-    backend = resolve_backend(args.backend, device)  # a bad --backend fails before anything is read
+    backend = resolve(args.backend, device)  # a bad --backend fails before anything is read
     json_path = pathlib.Path(args.json) if args.json else None
     if json_path is not None:
         check_writable(json_path, "--json")
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = load(args.model, device=device)
     policy = resolve_policy(args.precision, default=model.default_precision)
-    model.backend = backend
+    run = use(model, backend, device)  # the model, or its compiled wrapper
     known = {int(z) for z in model.config.atomic_numbers}
     keys = {f"{label}_key": None if value.lower() == "none" else value
             for label, value in (("energy", args.energy_key), ("forces", args.forces_key),
@@ -86,9 +86,9 @@ def run(args: argparse.Namespace) -> int:
 
     results = {}
     for name, graphs in datasets_graphs:
-        results[name] = evaluate(model, graphs, precision=policy, batch_size=args.batch_size,
+        results[name] = evaluate(run, graphs, precision=policy, batch_size=args.batch_size,
                                  device=device, progress=sys.stderr.isatty())
-    print(f"model {args.model}, precision {policy.name}, device {device}, backend {model.backend}")
+    print(f"model {args.model}, precision {policy.name}, device {device}, backend {backend}")
     print(_table(results))
 
     if parity_dir is not None:

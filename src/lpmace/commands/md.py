@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write a frame and a CSV row every K steps (default: %(default)s)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--backend", default="auto", metavar="B",
-                        help="auto, reference, triton or compiled (lpmace.kernels; default: %(default)s)")
+                        help="auto, reference, triton or compiled (lpmace.backends; default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,9 +25,9 @@ through the same kernels, and no [E, C, O] tensor is ever formed.
 The node sums walk each node's edges in a fixed order (CSR segments, `EdgeSegments`): no atomics,
 the same result every run.
 
-Numerics: X and W may be 16-bit; every load is converted to the accumulation dtype (float32, or
-float64 when an input is float64), T is at least float32 (it holds the spherical harmonics and CG
-coefficients), and outputs come in the accumulation dtype.
+Numerics: X and W may be 16-bit; every load is converted to the accumulation dtype `acc` (an argument:
+float32 or float64; the block passes its policy's, see `PrecisionPolicy.block`), T is at least float32
+(it holds the spherical harmonics and CG coefficients), and outputs come in `acc`.
 
 Implementations: "reference" (PyTorch, forms [E, C, O] products; the definition the kernels are
 tested against) and "triton" (node sums: one program per (node, block of channels); edge outputs:
@@ -75,9 +75,16 @@ def edge_segments(edge_index: torch.Tensor, num_nodes: int) -> EdgeSegments:
     return EdgeSegments(src, dst, *_segments(dst, num_nodes), *_segments(src, num_nodes))
 
 
-def _out_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    wide = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-    return wide
+ACCUMULATE = (torch.float32, torch.float64)
+
+
+def _acc(acc, *tensors: torch.Tensor) -> torch.dtype:
+    """`acc` checked, or when None the widest the inputs need: float64 if one is float64, else float32."""
+    if acc is None:
+        return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    if acc not in ACCUMULATE:
+        raise InputError(f"the conv tensor product accumulates in float32 or float64, not {acc}")
+    return acc
 
 
 # ---- reference ---------------------------------------------------------------------------------------
@@ -87,9 +94,8 @@ def _expand(w: torch.Tensor, pcol: torch.Tensor) -> torch.Tensor:
     return torch.index_select(w, 1, pcol).transpose(1, 2)
 
 
-def node_reference(f, t, w, pcol, seg: EdgeSegments, to_src: bool) -> torch.Tensor:
+def node_reference(f, t, w, pcol, seg: EdgeSegments, to_src: bool, acc: torch.dtype) -> torch.Tensor:
     """conv_node in plain PyTorch (differentiable; forms [E, C, ·] products)."""
-    acc = _out_dtype(f, t, w)
     f, t, w = f.to(acc), t.to(acc), w.to(acc)
     n = seg.dst_ptr.shape[0] - 1
     if to_src:  # f = G [N, C, O]: out[n, c, i] = Σ_{e: src=n} Σ_o G[dst,c,o] W[e,p(o),c] T[e,i,o]
@@ -100,9 +106,8 @@ def node_reference(f, t, w, pcol, seg: EdgeSegments, to_src: bool) -> torch.Tens
     return torch.zeros(n, f.shape[1], t.shape[2], dtype=acc, device=f.device).index_add(0, seg.dst, per_edge)
 
 
-def edge_reference(g, x, t, w, pcol, seg: EdgeSegments, want_t: bool, want_w: bool):
+def edge_reference(g, x, t, w, pcol, seg: EdgeSegments, want_t: bool, want_w: bool, acc: torch.dtype):
     """conv_edge in plain PyTorch: (∂L/∂T [E, I, O] or empty, ∂L/∂W [E, P, C] or empty)."""
-    acc = _out_dtype(g, x, t, w)
     g, x, t, w = g.to(acc), x.to(acc), t.to(acc), w.to(acc)
     g_e, x_e = torch.index_select(g, 0, seg.dst), torch.index_select(x, 0, seg.src)
     d_t = d_w = g.new_zeros(0)
@@ -205,8 +210,7 @@ def _tl_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def node_triton(f, t, w, pcol, seg: EdgeSegments, to_src: bool) -> torch.Tensor:
-    acc = _out_dtype(f, t, w)
+def node_triton(f, t, w, pcol, seg: EdgeSegments, to_src: bool, acc: torch.dtype) -> torch.Tensor:
     n, c = seg.dst_ptr.shape[0] - 1, f.shape[1]
     k_in, k_out = (t.shape[2], t.shape[1]) if to_src else (t.shape[1], t.shape[2])
     out = torch.zeros(n, c, k_out, dtype=acc, device=f.device)
@@ -226,8 +230,7 @@ def node_triton(f, t, w, pcol, seg: EdgeSegments, to_src: bool) -> torch.Tensor:
     return out
 
 
-def edge_triton(g, x, t, w, pcol, seg: EdgeSegments, want_t: bool, want_w: bool):
-    acc = _out_dtype(g, x, t, w)
+def edge_triton(g, x, t, w, pcol, seg: EdgeSegments, want_t: bool, want_w: bool, acc: torch.dtype):
     e, i, o = t.shape
     p, c = w.shape[1], w.shape[2]
     d_t = torch.zeros(e, i, o, dtype=acc, device=t.device) if want_t else g.new_zeros(0, dtype=acc)
@@ -251,44 +254,43 @@ def edge_triton(g, x, t, w, pcol, seg: EdgeSegments, want_t: bool, want_w: bool)
 @torch.library.custom_op("lpmace::conv_node", mutates_args=())
 def _conv_node(f: torch.Tensor, t: torch.Tensor, w: torch.Tensor, pcol: torch.Tensor, src: torch.Tensor,
                dst: torch.Tensor, dst_ptr: torch.Tensor, dst_perm: torch.Tensor, src_ptr: torch.Tensor,
-               src_perm: torch.Tensor, to_src: bool, impl: str) -> torch.Tensor:
+               src_perm: torch.Tensor, to_src: bool, impl: str, acc: torch.dtype) -> torch.Tensor:
     seg = EdgeSegments(src, dst, dst_ptr, dst_perm, src_ptr, src_perm)
     if impl == "triton":
-        return node_triton(f, t, w, pcol, seg, to_src)
+        return node_triton(f, t, w, pcol, seg, to_src, acc)
     with torch.no_grad():
-        return node_reference(f, t, w, pcol, seg, to_src)
+        return node_reference(f, t, w, pcol, seg, to_src, acc)
 
 
 @_conv_node.register_fake
-def _(f, t, w, pcol, src, dst, dst_ptr, dst_perm, src_ptr, src_perm, to_src, impl):
+def _(f, t, w, pcol, src, dst, dst_ptr, dst_perm, src_ptr, src_perm, to_src, impl, acc):
     k_out = t.shape[1] if to_src else t.shape[2]
-    return f.new_empty(dst_ptr.shape[0] - 1, f.shape[1], k_out, dtype=_out_dtype(f, t, w))
+    return f.new_empty(dst_ptr.shape[0] - 1, f.shape[1], k_out, dtype=acc)
 
 
 @torch.library.custom_op("lpmace::conv_edge", mutates_args=())
 def _conv_edge(g: torch.Tensor, x: torch.Tensor, t: torch.Tensor, w: torch.Tensor, pcol: torch.Tensor,
                src: torch.Tensor, dst: torch.Tensor, dst_ptr: torch.Tensor, dst_perm: torch.Tensor,
                src_ptr: torch.Tensor, src_perm: torch.Tensor, want_t: bool, want_w: bool,
-               impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+               impl: str, acc: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     seg = EdgeSegments(src, dst, dst_ptr, dst_perm, src_ptr, src_perm)
     if impl == "triton":
-        return edge_triton(g, x, t, w, pcol, seg, want_t, want_w)
+        return edge_triton(g, x, t, w, pcol, seg, want_t, want_w, acc)
     with torch.no_grad():
-        return edge_reference(g, x, t, w, pcol, seg, want_t, want_w)
+        return edge_reference(g, x, t, w, pcol, seg, want_t, want_w, acc)
 
 
 @_conv_edge.register_fake
-def _(g, x, t, w, pcol, src, dst, dst_ptr, dst_perm, src_ptr, src_perm, want_t, want_w, impl):
-    acc = _out_dtype(g, x, t, w)
+def _(g, x, t, w, pcol, src, dst, dst_ptr, dst_perm, src_ptr, src_perm, want_t, want_w, impl, acc):
     d_t = t.new_empty(t.shape, dtype=acc) if want_t else t.new_empty(0, dtype=acc)
     d_w = w.new_empty(w.shape, dtype=acc) if want_w else w.new_empty(0, dtype=acc)
     return d_t, d_w
 
 
 def _node_setup(ctx, inputs, output):
-    f, t, w, pcol, *seg, to_src, impl = inputs
+    f, t, w, pcol, *seg, to_src, impl, acc = inputs
     ctx.save_for_backward(f, t, w, pcol, *seg)
-    ctx.to_src, ctx.impl = to_src, impl
+    ctx.to_src, ctx.impl, ctx.acc = to_src, impl, acc
 
 
 def _node_backward(ctx, grad):
@@ -296,19 +298,19 @@ def _node_backward(ctx, grad):
     d_f = d_t = d_w = None
     need_f, need_t, need_w = ctx.needs_input_grad[:3]
     if need_f:  # the other node output of (2), with the cotangent in this output's slot
-        d_f = _conv_node(grad, t, w, pcol, *seg, not ctx.to_src, ctx.impl).to(f.dtype)
+        d_f = _conv_node(grad, t, w, pcol, *seg, not ctx.to_src, ctx.impl, ctx.acc).to(f.dtype)
     if need_t or need_w:
         g, x = (f, grad) if ctx.to_src else (grad, f)
-        d_t, d_w = _conv_edge(g, x, t, w, pcol, *seg, need_t, need_w, ctx.impl)
+        d_t, d_w = _conv_edge(g, x, t, w, pcol, *seg, need_t, need_w, ctx.impl, ctx.acc)
         d_t = d_t.to(t.dtype) if need_t else None
         d_w = d_w.to(w.dtype) if need_w else None
-    return d_f, d_t, d_w, None, None, None, None, None, None, None, None, None
+    return d_f, d_t, d_w, None, None, None, None, None, None, None, None, None, None
 
 
 def _edge_setup(ctx, inputs, output):
-    g, x, t, w, pcol, *seg, want_t, want_w, impl = inputs
+    g, x, t, w, pcol, *seg, want_t, want_w, impl, acc = inputs
     ctx.save_for_backward(g, x, t, w, pcol, *seg)
-    ctx.want_t, ctx.want_w, ctx.impl = want_t, want_w, impl
+    ctx.want_t, ctx.want_w, ctx.impl, ctx.acc = want_t, want_w, impl, acc
 
 
 def _edge_backward(ctx, grad_t, grad_w):
@@ -322,38 +324,40 @@ def _edge_backward(ctx, grad_t, grad_w):
         terms.append((t, grad_w))
     d_g = d_x = d_t = d_w = None
     if need_g:
-        d_g = sum(_conv_node(x, tt, ww, pcol, *seg, False, ctx.impl) for tt, ww in terms).to(g.dtype)
+        d_g = sum(_conv_node(x, tt, ww, pcol, *seg, False, ctx.impl, ctx.acc) for tt, ww in terms).to(g.dtype)
     if need_x:
-        d_x = sum(_conv_node(g, tt, ww, pcol, *seg, True, ctx.impl) for tt, ww in terms).to(x.dtype)
+        d_x = sum(_conv_node(g, tt, ww, pcol, *seg, True, ctx.impl, ctx.acc) for tt, ww in terms).to(x.dtype)
     if need_t and ctx.want_w:
-        d_t = _conv_edge(g, x, t, grad_w, pcol, *seg, True, False, ctx.impl)[0].to(t.dtype)
+        d_t = _conv_edge(g, x, t, grad_w, pcol, *seg, True, False, ctx.impl, ctx.acc)[0].to(t.dtype)
     if need_w and ctx.want_t:
-        d_w = _conv_edge(g, x, grad_t, w, pcol, *seg, False, True, ctx.impl)[1].to(w.dtype)
+        d_w = _conv_edge(g, x, grad_t, w, pcol, *seg, False, True, ctx.impl, ctx.acc)[1].to(w.dtype)
     if need_t and d_t is None:
         d_t = torch.zeros_like(t)
     if need_w and d_w is None:
         d_w = torch.zeros_like(w)
-    return (d_g, d_x, d_t, d_w) + (None,) * 10
+    return (d_g, d_x, d_t, d_w) + (None,) * 11
 
 
 _conv_node.register_autograd(_node_backward, setup_context=_node_setup)
 _conv_edge.register_autograd(_edge_backward, setup_context=_edge_setup)
 
 
-def conv_node(f, t, w, pcol, seg: EdgeSegments, to_src: bool = False, impl: str = "reference") -> torch.Tensor:
+def conv_node(f, t, w, pcol, seg: EdgeSegments, to_src: bool = False, impl: str = "reference",
+              acc: torch.dtype | None = None) -> torch.Tensor:
     """A node output of form (2): ∂L/∂G [N, C, O] (to_src=False, f = X [N, C, I]) or ∂L/∂X [N, C, I]
-    (to_src=True, f = G [N, C, O]); t [E, I, O], w [E, P, C], pcol [O] int64 path of each column."""
-    return _conv_node(f, t, w, pcol, *seg, to_src, impl)
+    (to_src=True, f = G [N, C, O]); t [E, I, O], w [E, P, C], pcol [O] int64 path of each column;
+    `acc` as in `conv_tensor_product`."""
+    return _conv_node(f, t, w, pcol, *seg, to_src, impl, _acc(acc, f, t, w))
 
 
 def conv_edge(g, x, t, w, pcol, seg: EdgeSegments, want_t: bool = True, want_w: bool = True,
-              impl: str = "reference"):
+              impl: str = "reference", acc: torch.dtype | None = None):
     """The edge outputs of form (2): (∂L/∂T [E, I, O], ∂L/∂W [E, P, C]); an unwanted one is empty."""
-    return _conv_edge(g, x, t, w, pcol, *seg, want_t, want_w, impl)
+    return _conv_edge(g, x, t, w, pcol, *seg, want_t, want_w, impl, _acc(acc, g, x, t, w))
 
 
 def conv_tensor_product(x: torch.Tensor, t: torch.Tensor, w: torch.Tensor, pcol: torch.Tensor,
-                        seg: EdgeSegments, impl: str = "reference") -> torch.Tensor:
+                        seg: EdgeSegments, impl: str = "reference", acc: torch.dtype | None = None) -> torch.Tensor:
     """Equation (1): the message [N, C, O], differentiable to any order in x, t and w.
 
     Args:
@@ -363,13 +367,15 @@ def conv_tensor_product(x: torch.Tensor, t: torch.Tensor, w: torch.Tensor, pcol:
         pcol: [O] int64, the path of each output column.
         seg: `edge_segments(edge_index, N)`.
         impl: "reference" or "triton".
+        acc: the accumulation dtype (float32 or float64): every load is widened to it and the sums run in
+            it; None: float64 when an input is float64, else float32.
 
     Returns:
-        [N, C, O] in float32 (float64 when an input is float64).
+        [N, C, O] in `acc`.
     """
     if impl not in ("reference", "triton"):
         raise InputError(f"conv tensor product implementation must be 'reference' or 'triton', got {impl!r}")
-    return _conv_node(x, t, w, pcol, *seg, False, impl)
+    return _conv_node(x, t, w, pcol, *seg, False, impl, _acc(acc, x, t, w))
 
 
 def flop_count(f_shape, t_shape, w_shape, *args, out_shape=None, **kwargs) -> int:

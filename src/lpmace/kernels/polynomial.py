@@ -16,8 +16,9 @@ G = 1 (T = P·W summed over the basis index k). Its derivatives are (1) again:
 So `polynomial_contraction` registers its own backward in terms of itself, and the double backward
 that training needs (forces are ∂E/∂positions, and the loss differentiates them) comes for free.
 
-Numerics: A, T and G may be 16-bit; every load is converted to the accumulation dtype (float32, or
-float64 for float64 inputs) and the sums run there, as the precision policies require.
+Numerics: A, T and G may be 16-bit; every load is converted to the accumulation dtype `acc` (an
+argument: float32 or float64; the block passes its policy's) and the sums run there, as the precision
+policies require.
 
 Implementations: "reference" (PyTorch, forms [n, C, R] monomials) and "triton" (one program per
 block of up to 8 same-element nodes and block of channels, monomials formed in registers, nothing
@@ -53,9 +54,9 @@ def monomial_values(a: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def polynomial_contraction_reference(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor,
-                                     table: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Equation (1) in plain, differentiable PyTorch; shapes as `polynomial_contraction`."""
-    acc = torch.promote_types(_accumulate_dtype(a.dtype), _accumulate_dtype(table.dtype))
+                                     table: torch.Tensor, g: torch.Tensor, acc: torch.dtype | None = None) -> torch.Tensor:
+    """Equation (1) in plain, differentiable PyTorch; shapes and `acc` as `polynomial_contraction`."""
+    acc = _acc(acc, a, table)
     values = monomial_values(a.to(acc), index)
     table, g = table.to(acc), g.to(acc)
     out = None
@@ -167,24 +168,22 @@ def _triton(a, species, index, table, g, out_dtype):
 
 @torch.library.custom_op("lpmace::polynomial_contraction", mutates_args=())
 def _polynomial_contraction(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, table: torch.Tensor,
-                            g: torch.Tensor, impl: str) -> torch.Tensor:
-    out_dtype = torch.promote_types(_accumulate_dtype(a.dtype), _accumulate_dtype(table.dtype))
+                            g: torch.Tensor, impl: str, acc: torch.dtype) -> torch.Tensor:
     if impl == "triton":
-        return _triton(a, species, index, table, g, out_dtype)
+        return _triton(a, species, index, table, g, acc)
     with torch.no_grad():
-        return polynomial_contraction_reference(a, species, index, table, g).to(out_dtype)
+        return polynomial_contraction_reference(a, species, index, table, g, acc)
 
 
 @_polynomial_contraction.register_fake
-def _(a, species, index, table, g, impl):
-    out_dtype = torch.promote_types(_accumulate_dtype(a.dtype), _accumulate_dtype(table.dtype))
-    return a.new_empty(a.shape[0], a.shape[1], table.shape[2], dtype=out_dtype)
+def _(a, species, index, table, g, impl, acc):
+    return a.new_empty(a.shape[0], a.shape[1], table.shape[2], dtype=acc)
 
 
 def _setup_context(ctx, inputs, output):
-    a, species, index, table, g, impl = inputs
+    a, species, index, table, g, impl, acc = inputs
     ctx.save_for_backward(a, species, index, table, g)
-    ctx.impl = impl
+    ctx.impl, ctx.acc = impl, acc
 
 
 def _backward(ctx, grad_out):
@@ -194,30 +193,31 @@ def _backward(ctx, grad_out):
     grad_a = grad_table = grad_g = None
     if ctx.needs_input_grad[0]:
         monomials = monomial_table(int(d), int(index.shape[1]))  # D and ν are fixed by the model
-        wide = table.reshape(s, r, o * q, c).to(_accumulate_dtype(table.dtype))  # k·T exact, not 16-bit
+        wide = table.reshape(s, r, o * q, c).to(ctx.acc)  # k·T exact, not 16-bit
         derivative = monomials.derivative_table(wide)  # [S, R', D, O·Q, C]
         if derivative.shape[1] == 0:
             grad_a = torch.zeros_like(a)
         else:
             h = (grad_out[..., :, None] * g[..., None, :]).reshape(n, c, o * q)
-            grad_a = _polynomial_contraction(a, species, index[: derivative.shape[1]], derivative, h, ctx.impl)
+            grad_a = _polynomial_contraction(a, species, index[: derivative.shape[1]], derivative, h, ctx.impl, ctx.acc)
             grad_a = grad_a.to(a.dtype)
     if ctx.needs_input_grad[4]:
         swapped = table.transpose(2, 3).contiguous()  # out index q, summed index o
-        grad_g = _polynomial_contraction(a, species, index, swapped, grad_out, ctx.impl).to(g.dtype)
+        grad_g = _polynomial_contraction(a, species, index, swapped, grad_out, ctx.impl, ctx.acc).to(g.dtype)
     if ctx.needs_input_grad[3]:
         acc = grad_out.dtype
         values = monomial_values(a.to(acc), index)  # [n, C, R]
         h = (grad_out[..., :, None] * g.to(acc)[..., None, :]).reshape(n, c, o * q)
         onehot = torch.nn.functional.one_hot(species, s).to(acc)
         grad_table = torch.einsum("iz,icr,icp->zrpc", onehot, values, h).reshape(s, r, o, q, c).to(table.dtype)
-    return grad_a, None, None, grad_table, grad_g, None
+    return grad_a, None, None, grad_table, grad_g, None, None
 
 
 _polynomial_contraction.register_autograd(_backward, setup_context=_setup_context)
 
 
-def flop_count(a_shape, species_shape, index_shape, table_shape, g_shape, impl, out_shape=None, **kwargs) -> int:
+def flop_count(a_shape, species_shape, index_shape, table_shape, g_shape, impl, acc=None, out_shape=None,
+               **kwargs) -> int:
     """FLOPs of one call, for torch.utils.flop_counter (lpmace bench's roofline registers it): the
     monomials (ν−1 products per node, channel and row) and the contraction (2 per node, channel, row,
     output and q)."""
@@ -228,7 +228,8 @@ def flop_count(a_shape, species_shape, index_shape, table_shape, g_shape, impl, 
 
 
 def polynomial_contraction(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, table: torch.Tensor,
-                           g: torch.Tensor | None = None, impl: str = "reference") -> torch.Tensor:
+                           g: torch.Tensor | None = None, impl: str = "reference",
+                           acc: torch.dtype | None = None) -> torch.Tensor:
     """Equation (1) of this module, differentiable to any order in `a`, `table` and `g`.
 
     Args:
@@ -238,14 +239,26 @@ def polynomial_contraction(a: torch.Tensor, species: torch.Tensor, index: torch.
         table: [S, R, O, Q, C] coefficients (any float dtype).
         g: [n, C, Q] weights of the q index; None means Q = 1 and g = 1.
         impl: "reference" or "triton".
+        acc: the accumulation dtype (float32 or float64): every load is widened to it and the sums run
+            in it; None: float64 when `a` or `table` is float64, else float32.
 
     Returns:
-        [n, C, O] in float32 (float64 when `a` or `table` is float64).
+        [n, C, O] in `acc`.
     """
     if impl not in IMPLEMENTATIONS:
         raise InputError(f"polynomial contraction implementation must be one of {IMPLEMENTATIONS}, got {impl!r}")
     if impl == "triton" and not triton_available():
         raise InputError("backend 'triton' needs the triton package (pip install triton)")
+    acc = _acc(acc, a, table)
     if g is None:
-        g = a.new_ones(a.shape[0], a.shape[1], table.shape[3], dtype=_accumulate_dtype(a.dtype))
-    return _polynomial_contraction(a, species, index, table, g, impl)
+        g = a.new_ones(a.shape[0], a.shape[1], table.shape[3], dtype=acc)
+    return _polynomial_contraction(a, species, index, table, g, impl, acc)
+
+
+def _acc(acc, a: torch.Tensor, table: torch.Tensor) -> torch.dtype:
+    """`acc` checked, or when None float64 if `a` or `table` is float64, else float32."""
+    if acc is None:
+        return torch.promote_types(_accumulate_dtype(a.dtype), _accumulate_dtype(table.dtype))
+    if acc not in (torch.float32, torch.float64):
+        raise InputError(f"the polynomial contraction accumulates in float32 or float64, not {acc}")
+    return acc

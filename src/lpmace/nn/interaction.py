@@ -8,9 +8,10 @@ sum over paths (l1, l2, l3) with natural parity ('uvu' tensor product: channel-w
 edge, channel and path). Paths are ordered as mace-torch orders them (by l3, then l1, l2), so radial
 MLP columns map one to one.
 
-The "reference" backend forms per-edge products ([E, C, Q]) in PyTorch; the "triton" backend
-computes the neighbour sum with `lpmace.kernels.convolution` (one kernel per node, nothing
-[E, C, Q] in memory, derivatives by the same kernels).
+The neighbour sum is the `ConvTensorProduct` block, which owns its implementation: "reference"
+forms per-edge products ([E, C, Q]) in PyTorch; "triton" computes the sum with
+`lpmace.kernels.convolution` (one kernel per node, nothing [E, C, Q] in memory, derivatives by the
+same kernels). One walk over the built model chooses it for every block at once.
 
 Two flavours, as in mace-torch:
 - residual (RealAgnosticResidualInteractionBlock): also returns the element-dependent skip
@@ -21,16 +22,17 @@ Two flavours, as in mace-torch:
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple  # noqa: F401
+from typing import List, Sequence, Tuple
 
 import torch
 
-from lpmace.kernels.convolution import EdgeSegments, conv_tensor_product, edge_segments
+from lpmace.kernels.convolution import conv_tensor_product
+from lpmace.nn.edges import Edges
 from lpmace.nn.linear import ElementLinear, EquivariantLinear
 from lpmace.nn.radial import RadialMLP
 from lpmace.o3.clebsch_gordan import coupling_allowed, wigner_3j
 from lpmace.o3.irreps import l_slice, num_components
-from lpmace.precision import PrecisionPolicy, widest
+from lpmace.precision import BlockDtypes, PrecisionPolicy
 
 
 def conv_paths(lmax_in: int, max_ell: int, lmax_out: int) -> List[Tuple[int, int, int]]:
@@ -57,12 +59,54 @@ def conv_coupling_table(paths: Sequence[Tuple[int, int, int]], lmax_in: int, max
     return table
 
 
+class ConvTensorProduct(torch.nn.Module):
+    """The neighbour sum of per-edge tensor products (the 'uvu' convolution of MACE Eq. 8):
+
+        M[i, c, q] = Σ_{j∈N(i)} W[ij, p(q), c] Σ_{a, b} h[j, c, a] Y_b(r̂_ij) C[a, b, q]
+
+    forward(h [n, C, (lmax_in+1)²], weights [E, P·C] from the radial MLP, edges, dtypes) -> M [n, C, Q]
+    in dtypes.math (one block of 2 l3 + 1 columns per path). Operands (h, weights) are rounded to
+    dtypes.operand; the products with Y and the CG table (held in dtypes.table) and the neighbour sum
+    run in dtypes.math (what a fused kernel does in registers).
+
+    `implementation` ("reference" or "triton") is a run-time choice with no parameters behind it.
+    """
+
+    IMPLEMENTATIONS = ("reference", "triton")
+
+    def __init__(self, lmax_in: int, max_ell: int):
+        super().__init__()
+        self.implementation = "reference"
+        self.paths = conv_paths(lmax_in, max_ell, max_ell)
+        self.register_buffer("coupling", conv_coupling_table(self.paths, lmax_in, max_ell), persistent=False)
+        path_of_column = [p for p, (_, _, l3) in enumerate(self.paths) for _ in range(2 * l3 + 1)]
+        self.register_buffer("path_of_column", torch.tensor(path_of_column), persistent=False)
+
+    def forward(self, h: torch.Tensor, weights: torch.Tensor, edges: Edges, dtypes: BlockDtypes) -> torch.Tensor:
+        math_dtype = dtypes.math
+        weights = weights.to(dtypes.operand).view(-1, len(self.paths), h.shape[1])  # [E, P, C]
+        # Contract Y with the CG table first ([E, D_in, Q], channel-free): never forms the
+        # [E, C, D_in, D_sh] outer product (16x fewer FLOPs, far less memory).
+        table = self.coupling.to(dtypes.table).to(math_dtype)
+        y_table = torch.einsum("ej,ijq->eiq", edges.sh.to(math_dtype), table)
+        if self.implementation == "triton":  # rounded operands, widened by the kernel at each load
+            return conv_tensor_product(h.to(dtypes.operand), y_table, weights, self.path_of_column,
+                                       edges.segments, "triton", acc=math_dtype)
+        sender, receiver = edges.index[0], edges.index[1]
+        # index_select, not h[sender]: its backward is an index_add, where advanced indexing's is a
+        # sort-based index_put that took half the GPU time of a training step (profile, H100).
+        h_send = torch.index_select(h.to(dtypes.operand).to(math_dtype), 0, sender)  # [E, C, D_in]
+        tp = torch.bmm(h_send, y_table)  # [E, C, Q]
+        tp = tp * torch.index_select(weights.to(math_dtype), 1, self.path_of_column).transpose(1, 2)
+        out = torch.zeros(h.shape[0], h.shape[1], tp.shape[-1], dtype=tp.dtype, device=tp.device)
+        return out.index_add_(0, receiver, tp)
+
+
 class Interaction(torch.nn.Module):
     """One MACE interaction.
 
-    forward(node_feats [n, C, (lmax_in+1)²], one_hot [n, n_elements], edge_sh [E, (max_ell+1)²],
-    edge_radial [E, num_bessel], edge_index [2, E]) -> (A [n, C, (max_ell+1)²], sc [n, C, (lmax_sc+1)²]
-    or None). All in node_feats' dtype.
+    forward(node_feats [n, C, (lmax_in+1)²], one_hot [n, n_elements], edges (`Edges`), policy) ->
+    (A [n, C, (max_ell+1)²] in the policy's linear dtype, sc [n, C, (lmax_sc+1)²] or None).
     """
 
     def __init__(
@@ -84,10 +128,8 @@ class Interaction(torch.nn.Module):
         self.max_ell = max_ell
         self.residual = residual
         self.avg_num_neighbors = float(avg_num_neighbors)
-        self.paths = conv_paths(lmax_in, max_ell, max_ell)
-        self.register_buffer("coupling", conv_coupling_table(self.paths, lmax_in, max_ell), persistent=False)
-        path_of_column = [p for p, (_, _, l3) in enumerate(self.paths) for _ in range(2 * l3 + 1)]
-        self.register_buffer("path_of_column", torch.tensor(path_of_column), persistent=False)
+        self.conv = ConvTensorProduct(lmax_in, max_ell)
+        self.paths = self.conv.paths
         paths_per_l = [sum(1 for *_, l3 in self.paths if l3 == l) for l in range(max_ell + 1)]
 
         self.linear_up = EquivariantLinear([channels] * (lmax_in + 1), channels, lmax_in)
@@ -98,58 +140,12 @@ class Interaction(torch.nn.Module):
         else:
             self.skip = ElementLinear(channels, channels, max_ell, max_ell, num_elements)
 
-    def message(self, h, edge_sh, edge_radial, edge_index, policy: Optional[PrecisionPolicy] = None,
-                backend: str = "reference", segments: Optional[EdgeSegments] = None):
-        """Σ_j of per-edge tensor products: [n, C, Q] (one block of 2 l3 + 1 columns per path).
-
-        Operands (h, radial weights) are rounded to the policy's tensor_product dtype; the products
-        with Y and the CG table and the neighbour sum run in at least the accumulate dtype (what a
-        fused kernel does in registers). Output in that math dtype.
-
-        backend "triton" uses the fused kernel; `segments` (`edge_segments(edge_index, n)`) is made
-        here when not given (the model makes it once per graph).
-        """
-        if backend != "reference":
-            return self._fused_message(h, edge_sh, edge_radial, edge_index, policy, backend, segments)
-        operand = policy.tensor_product if policy else h.dtype
-        math_dtype = widest(operand, policy.accumulate) if policy else h.dtype
-        table_dtype = policy.cg if policy else h.dtype
-        sender, receiver = edge_index[0], edge_index[1]
-        n, c = h.shape[0], h.shape[1]
-        radial = self.radial_mlp(edge_radial, policy.radial_mlp if policy else None)
-        weights = radial.to(operand).to(math_dtype).view(-1, len(self.paths), c)  # [E, P, C]
-        # index_select, not h[sender]: its backward is an index_add, where advanced indexing's is a
-        # sort-based index_put that took half the GPU time of a training step (profile, H100).
-        h_send = torch.index_select(h.to(operand).to(math_dtype), 0, sender)  # [E, C, D_in]
-        table = self.coupling.to(table_dtype).to(math_dtype)
-        # Contract Y with the CG table first ([E, D_in, Q], channel-free), then one small matmul per
-        # edge: never forms the [E, C, D_in, D_sh] outer product (16x fewer FLOPs, far less memory).
-        y_table = torch.einsum("ej,ijq->eiq", edge_sh.to(math_dtype), table)
-        tp = torch.bmm(h_send, y_table)  # [E, C, Q]
-        tp = tp * torch.index_select(weights, 1, self.path_of_column).transpose(1, 2)
-        out = torch.zeros(n, c, tp.shape[-1], dtype=tp.dtype, device=tp.device)
-        return out.index_add_(0, receiver, tp)
-
-    def _fused_message(self, h, edge_sh, edge_radial, edge_index, policy, backend, segments):
-        operand = policy.tensor_product if policy else h.dtype
-        math_dtype = widest(operand, policy.accumulate) if policy else h.dtype
-        table_dtype = policy.cg if policy else h.dtype
-        if segments is None:
-            segments = edge_segments(edge_index, h.shape[0])
-        radial = self.radial_mlp(edge_radial, policy.radial_mlp if policy else None)
-        # Operands rounded to the operand dtype but not widened: the kernel widens each load.
-        weights = radial.to(operand).view(-1, len(self.paths), h.shape[1])  # [E, P, C]
-        y_table = torch.einsum("ej,ijq->eiq", edge_sh.to(math_dtype), self.coupling.to(table_dtype).to(math_dtype))
-        return conv_tensor_product(h.to(operand), y_table, weights, self.path_of_column, segments,
-                                   backend).to(math_dtype)
-
-    def forward(self, node_feats, one_hot, edge_sh, edge_radial, edge_index, policy: Optional[PrecisionPolicy] = None,
-                backend: str = "reference", segments: Optional[EdgeSegments] = None):
-        """See the class docstring; `policy` None computes everything in node_feats' dtype."""
-        linear_dtype = policy.linear if policy else None
+    def forward(self, node_feats: torch.Tensor, one_hot: torch.Tensor, edges: Edges, policy: PrecisionPolicy):
+        linear_dtype = policy.linear
         sc = self.skip(node_feats, one_hot, linear_dtype) if self.residual else None
         h = self.linear_up(node_feats, linear_dtype)
-        summed = self.message(h, edge_sh, edge_radial, edge_index, policy, backend, segments)
+        weights = self.radial_mlp(edges.radial, policy.radial_mlp)
+        summed = self.conv(h, weights, edges, policy.block("tensor_product"))
         per_degree, start = [[] for _ in range(self.max_ell + 1)], 0
         for _, _, l3 in self.paths:
             per_degree[l3].append(summed[:, :, start : start + 2 * l3 + 1])

@@ -5,10 +5,12 @@ For each node i, channel c and output degree L:
     B_{i,c,LM} = Σ_{ν=1..correlation} Σ_k W^{(L,ν)}_{z_i,k,c} Σ_mono P^{(L,ν)}[mono, M, k] Π_{j∈mono} A_{i,c,j}
 
 P is the polynomial basis of lpmace.o3.symmetric_basis; the weights depend on the element z_i.
-The "reference" backend forms the monomials explicitly ([n, C, n_mono]); it is what the fused path
-is tested against. The "triton" backend folds weights and basis into one table per element,
-T[z, mono, LM, c] = Σ_k W[z, k, c] P[mono, LM, k], and evaluates B = Σ_mono Π A · T with
-`lpmace.kernels.polynomial_contraction` (monomials formed in registers; derivatives by the same op).
+The block owns its implementation (`implementation`, set for a whole model by one walk): "reference" forms
+the monomials explicitly ([n, C, n_mono]); it is what the fused path is tested against. "triton"
+folds weights and basis into one table per element, T[z, mono, LM, c] = Σ_k W[z, k, c] P[mono, LM, k],
+and evaluates B = Σ_mono Π A · T with `lpmace.kernels.polynomial_contraction` (monomials formed in
+registers; derivatives by the same op). Inside `frozen_weights()` (the model's inference calls) the
+fused path keeps the weights out of the autograd graph, so forces do not pay for their gradients.
 
 ``active_correlation`` (≤ correlation; a run-time attribute, not in the state dict) leaves the terms
 of higher order out of both paths: their weights get no gradient, and the fused path evaluates only
@@ -19,6 +21,8 @@ order.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Optional
 
 import torch
@@ -28,7 +32,21 @@ from lpmace.kernels.polynomial import polynomial_contraction
 from lpmace.nn.element_weights import element_weight
 from lpmace.nn.linear import EquivariantLinear
 from lpmace.o3.symmetric_basis import symmetric_basis
-from lpmace.precision import PrecisionPolicy, widest
+from lpmace.precision import BlockDtypes, PrecisionPolicy
+
+_FROZEN = threading.local()
+
+
+@contextlib.contextmanager
+def frozen_weights(frozen: bool = True):
+    """Within it, fused blocks leave their weights out of the autograd graph (like torch.no_grad, for
+    the weights only: an inference call differentiates the energy by positions, never by weights)."""
+    before = getattr(_FROZEN, "value", False)
+    _FROZEN.value = frozen
+    try:
+        yield
+    finally:
+        _FROZEN.value = before
 
 
 class SymmetricContraction(torch.nn.Module):
@@ -38,8 +56,11 @@ class SymmetricContraction(torch.nn.Module):
     like mace-torch, or their low-rank form; both paths read them through `element_weight`.
     """
 
+    IMPLEMENTATIONS = ("reference", "triton")
+
     def __init__(self, channels: int, lmax_in: int, lmax_out: int, correlation: int, num_elements: int):
         super().__init__()
+        self.implementation = "reference"
         self.lmax_out = lmax_out
         self.correlation = correlation
         self.active_correlation = correlation
@@ -58,20 +79,13 @@ class SymmetricContraction(torch.nn.Module):
                     torch.randn(num_elements, k, channels) / max(k, 1)
                 )
 
-    def forward(self, a: torch.Tensor, species: torch.Tensor, policy: Optional[PrecisionPolicy] = None,
-                backend: str = "reference", weight_grads: bool = True):
-        """A is rounded to the policy's contraction dtype, the weights too; the polynomial and its
-        sums run in at least the accumulate dtype, with tables in the cg dtype. Output in that math
-        dtype (input dtype throughout when policy is None).
-
-        backend: "reference" or "triton" (same numbers up to summation order). weight_grads=False
-        (inference) leaves the weights out of the autograd graph of the fused path.
-        """
-        operand = policy.contraction if policy else a.dtype
-        math_dtype = widest(operand, policy.accumulate) if policy else a.dtype
-        table_dtype = policy.cg if policy else a.dtype
-        if backend != "reference":
-            return self._fused(a, species, operand, math_dtype, table_dtype, backend, weight_grads)
+    def forward(self, a: torch.Tensor, species: torch.Tensor, dtypes: BlockDtypes):
+        """A and the weights are rounded to dtypes.operand; the polynomial and its sums run in
+        dtypes.math, with tables in dtypes.table. Output in dtypes.math. Both implementations give the
+        same numbers up to summation order."""
+        operand, math_dtype, table_dtype = dtypes.operand, dtypes.math, dtypes.table
+        if self.implementation == "triton":
+            return self._fused(a, species, operand, math_dtype, table_dtype)
         a = a.to(operand).to(math_dtype)
         n, c, _ = a.shape
         out = []
@@ -116,11 +130,12 @@ class SymmetricContraction(torch.nn.Module):
             parts.append(part)
         return torch.cat(parts, dim=2).unsqueeze(3)
 
-    def _fused(self, a, species, operand, math_dtype, table_dtype, backend, weight_grads):
+    def _fused(self, a, species, operand, math_dtype, table_dtype):
+        weight_grads = not getattr(_FROZEN, "value", False)
         table = self.table(operand, math_dtype, table_dtype, weight_grads)
         a = a.to(operand) if math_dtype != torch.float64 else a.to(operand).to(math_dtype)
         index = self.fused_index[: table.shape[1]]  # a whole-degree prefix: the active orders' monomials
-        return polynomial_contraction(a, species, index, table, None, impl=backend).to(math_dtype)
+        return polynomial_contraction(a, species, index, table, None, impl="triton", acc=math_dtype)
 
 
 class Product(torch.nn.Module):
@@ -131,12 +146,10 @@ class Product(torch.nn.Module):
         self.contraction = SymmetricContraction(channels, lmax_in, lmax_out, correlation, num_elements)
         self.linear = EquivariantLinear([channels] * (lmax_out + 1), channels, lmax_out)
 
-    def forward(self, a, species, sc: Optional[torch.Tensor], policy: Optional[PrecisionPolicy] = None,
-                backend: str = "reference", weight_grads: bool = True):
+    def forward(self, a, species, sc: Optional[torch.Tensor], policy: PrecisionPolicy):
         """The linear runs in the policy's linear dtype; the skip sum in the accumulate dtype."""
-        b = self.contraction(a, species, policy, backend, weight_grads)
-        h = self.linear(b, policy.linear if policy else None)
+        b = self.contraction(a, species, policy.block("contraction"))
+        h = self.linear(b, policy.linear)
         if sc is None:
             return h
-        acc = policy.accumulate if policy else h.dtype
-        return h.to(acc) + sc.to(acc)
+        return h.to(policy.accumulate) + sc.to(policy.accumulate)

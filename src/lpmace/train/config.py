@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import yaml
 
 from lpmace.errors import InputError
-from lpmace.kernels import BACKENDS
+from lpmace.backends import BACKENDS
 from lpmace.model import MACEConfig
 from lpmace.train.config_types import ConfigLoader, ConfigValueError, typed
 
@@ -99,7 +99,7 @@ class TrainConfig:
     # body orders 1..ν (ν = 1 before the first), newly active weights starting at zero (progressive
     # correlation order, lpmace.train.correlation). ν increases and stays <= model.correlation.
     correlation_schedule: Optional[Dict[int, int]] = None
-    backend: str = "auto"  # lpmace.kernels: auto | reference | triton | compiled
+    backend: str = "auto"  # lpmace.backends: auto | reference | triton | compiled
     allreduce_dtype: str = "fp32"  # data-parallel gradient sum on the wire: fp32, or bf16 (half the bytes)
     # optimisation
     epochs: int = 100

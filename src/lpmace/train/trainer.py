@@ -94,11 +94,12 @@ class Trainer:
         state = load_checkpoint(last) if resume else None
         mcfg = MACEConfig.from_dict(state["model_config"]) if state else self.data.model_config
         self.model: MACE = build_model(mcfg, cfg.seed, self.policy.params, cfg.device, self.data.initial_weights)
-        from lpmace.kernels import resolve_backend
+        from lpmace.backends import resolve, use
 
         # auto: compiled for a single-process run on CUDA (compiling once pays over a run), else triton
         # (compiled is not measured across processes yet)
-        self.model.backend = resolve_backend(cfg.backend, cfg.device, training=self.dist.world_size == 1)
+        self.backend = resolve(cfg.backend, cfg.device, training=self.dist.world_size == 1)
+        self.call_model = use(self.model, self.backend, cfg.device)  # what steps and validation call
         self.dist.broadcast_parameters(self.model)
         if cfg.tensorboard:  # checked on every rank, so that rank 0 cannot fail alone later
             try:
@@ -197,9 +198,8 @@ class Trainer:
                 self.scaler.scale(loss)  # GradScaler sets up its scale on first use; every rank must
             else:
                 graph = graph.to(cfg.device)
-                out = model(graph, precision=self.policy, training=True,
-                            compute_stress=bool(cfg.stress_weight and graph.stress is not None
-                                                and graph.has_stress.any()))
+                stress = bool(cfg.stress_weight and graph.stress is not None and graph.has_stress.any())
+                out = self.call_model(graph, precision=self.policy, training=True, compute_stress=stress)
                 loss = weighted_loss(out, graph, energy_weight=energy_w, forces_weight=forces_w,
                                      stress_weight=cfg.stress_weight, kind=cfg.loss, delta=cfg.huber_delta,
                                      counts=counts if sharded else None)
@@ -269,7 +269,7 @@ class Trainer:
         metrics = None
         if mine or single:  # one rank with no structures: evaluate's own error
             with self.ema.applied(self.model):
-                metrics = evaluate(self.model, mine, precision=self.policy,
+                metrics = evaluate(self.call_model, mine, precision=self.policy,
                                    batch_size=batch_size or self.cfg.valid_batch_size, device=self.cfg.device)
         if single:
             return metrics
@@ -293,7 +293,7 @@ class Trainer:
                 self.log(f"{log_file}: removed the log of an earlier run that left no checkpoint; starting afresh")
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         n_params = sum(p.numel() for p in self.model.parameters())
-        self.log(f"model: {n_params:,} parameters; precision {self.policy.name}; backend {self.model.backend}{' (auto)' if cfg.backend == 'auto' else ''}; "
+        self.log(f"model: {n_params:,} parameters; precision {self.policy.name}; backend {self.backend}{' (auto)' if cfg.backend == 'auto' else ''}; "
                  f"device {cfg.device}" + (f"; correlation order {self.correlation}" if self.correlation else ""))
         run_start = time.perf_counter()  # wall clock of this invocation (validation included)
         self.writer = None

@@ -1,6 +1,10 @@
-"""Backend "compiled": energy → forces (→ stress) traced into one graph and compiled with torch.compile.
+"""Compilation: a wrapper above a model that traces energy → forces (→ stress) into one graph and
+compiles it with torch.compile (backend "compiled": `lpmace.backends.use(model, "compiled")`).
 
-`MACE._forward` computes energies and then forces with `torch.autograd.grad`. `make_fx` runs it
+    run = Compiled(model)          # call it like the model; the model itself is not changed
+    out = run(graph, precision="fp32")
+
+`MACE.compute` computes energies and then forces with `torch.autograd.grad`. `make_fx` runs it
 once on fake tensors and records every operator the dispatcher sees, those of the backward pass
 included, so the result is a graph of plain operators whose outputs are the energy, the site
 energies, the forces and the stress: the derivative has become forward code. The node, edge and
@@ -9,12 +13,13 @@ torch.compile (Inductor) then fuses the small operators around the heavy blocks 
 kernels. Training differentiates the compiled graph once more (the force loss's parameter
 gradients, the "double backward") through AOTAutograd like any other compiled function.
 
-The heavy blocks inside the graph are the Triton kernels (`lpmace::conv_node`, `conv_edge`,
-`polynomial_contraction`; opaque operators for Inductor) on CUDA, and the reference PyTorch ops on
-the CPU, where Inductor generates C++ (the Triton interpreter would defeat the purpose).
+The heavy blocks inside the graph compute with the implementation they hold: `backends.use` sets the
+Triton kernels (`lpmace::conv_node`, `conv_edge`, `polynomial_contraction`; opaque operators for
+Inductor) on CUDA, and the reference PyTorch ops on the CPU, where Inductor generates C++ (the Triton
+interpreter would defeat the purpose).
 
 One trace is kept per model, precision policy, force/stress/training flags, device and "size class"
-of the batch: make_fx fixes sizes 0 and 1, so a batch of one structure, or one without edges, gets
+of the batch, and the blocks' implementations: make_fx fixes sizes 0 and 1, so a batch of one structure, or one without edges, gets
 its own trace. Traces live beside the model (a table with weak keys; no trace refers back to the model), not in
 it: state dicts and copies of the model never see them. The first call of each kind pays for tracing and compiling
 (seconds on the CPU for a small model, up to a few minutes on the GPU).
@@ -40,8 +45,9 @@ import torch
 
 from lpmace.data.graph import Graph
 from lpmace.errors import InputError
+from lpmace.precision import matmul_mode, resolve_policy
 
-__all__ = ["bucket", "compiled_available", "compiled_forward", "compile_mode", "inner_backend", "pad_graph"]
+__all__ = ["Compiled", "bucket", "compiled_available", "compiled_forward", "compile_mode", "pad_graph"]
 
 _TRACES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 _GRAPH_FIELDS = ("positions", "edge_index", "unit_shifts", "cell", "batch", "ptr")
@@ -73,21 +79,37 @@ def _has_compiler(cxx: Optional[str]) -> bool:  # looked up once, not at every f
     return any(c and shutil.which(c) for c in (cxx, "c++", "g++", "clang++"))
 
 
-def inner_backend(device: torch.device | str) -> str:
-    """The backend of the heavy blocks inside the compiled graph."""
-    from lpmace.kernels.launch import triton_available
+class Compiled:
+    """`model` with its forward compiled: call it as the model (same arguments and outputs); every other
+    attribute (config, parameters, `to`, ...) is the model's. Holds no state of its own: the traces
+    live beside the model, so two wrappers of one model share them."""
 
-    return "triton" if torch.device(device).type == "cuda" and triton_available() else "reference"
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def __call__(self, graph: Graph, *, precision=None, compute_forces: bool = True, compute_stress: bool = False,
+                 training: bool = False) -> Dict[str, Optional[torch.Tensor]]:
+        model = self.model
+        policy = resolve_policy(precision, default=model.default_precision)
+        species = model.species(graph.numbers)  # validates the elements (host work, outside the trace)
+        with matmul_mode(policy):
+            return compiled_forward(model, graph, species, policy, compute_forces, compute_stress, training)
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["model"], name)
+
+    def __repr__(self) -> str:
+        return f"Compiled({self.model.__class__.__name__})"
 
 
-def _step(model, policy, compute_forces, compute_stress, training, backend):
-    """The model's `_forward` as a function of tensors only (what make_fx traces)."""
+def _step(model, policy, compute_forces, compute_stress, training):
+    """The model's `compute` as a function of tensors only (what make_fx traces)."""
 
     def step(species, positions, edge_index, unit_shifts, cell, batch, ptr):
         pbc = torch.zeros(cell.shape[0], 3, dtype=torch.bool, device=cell.device)
         graph = Graph(positions=positions, numbers=species, edge_index=edge_index, unit_shifts=unit_shifts,
                       cell=cell, pbc=pbc, batch=batch, ptr=ptr)
-        out = model._forward(graph, species, policy, compute_forces, compute_stress, training, backend)
+        out = model.compute(graph, species, policy, compute_forces, compute_stress, training)
         return tuple(out[k] for k in _OUTPUTS if out[k] is not None)
 
     return step
@@ -224,9 +246,8 @@ def pad_graph(graph: Graph, species: torch.Tensor, r_max: float):
 
 def compiled_forward(model, graph: Graph, species, policy, compute_forces: bool, compute_stress: bool,
                      training: bool) -> Dict[str, Optional[torch.Tensor]]:
-    """`MACE.forward` through the compiled graph of this kind of call (traced and compiled on first use)."""
+    """`MACE.compute` through the compiled graph of this kind of call (traced and compiled on first use)."""
     device = graph.positions.device
-    backend = inner_backend(device)
     n, g = graph.num_atoms, graph.num_graphs
     padded = compile_mode() == "reduce-overhead"  # CUDA graphs: few distinct shapes
     if padded:
@@ -236,12 +257,13 @@ def compiled_forward(model, graph: Graph, species, policy, compute_forces: bool,
     # What the trace fixes besides the flags: the tensors' names (a quantized or compressed model has
     # other modules) and the active correlation orders (lpmace.train.correlation changes them).
     orders = tuple(m.active_correlation for m in model.modules() if hasattr(m, "active_correlation"))
+    implementations = tuple(m.implementation for m in model.modules() if hasattr(m, "IMPLEMENTATIONS"))
     key = (policy, compute_forces, compute_stress, training, str(device), model.dtype, _size_class(graph),
-           tuple(state), orders, compile_mode(), os.environ.get("LPMACE_COMPILE_BACKEND"),
+           tuple(state), orders, implementations, compile_mode(), os.environ.get("LPMACE_COMPILE_BACKEND"),
            tuple(x.dtype for x in inputs))  # a cast to the same dtype is not traced
     traces = _TRACES.setdefault(model, {})
     if key not in traces:
-        step = _step(model, policy, compute_forces, compute_stress, training, backend)
+        step = _step(model, policy, compute_forces, compute_stress, training)
         traces[key] = _trace(model, step, state, inputs, device)
     compiled = traces[key]
     from torch.fx.experimental import _config as fx_config
