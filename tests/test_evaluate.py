@@ -11,7 +11,8 @@ import torch
 
 from lpmace.data import Configuration, graph_from_configuration, read_configurations
 from lpmace.errors import InputError
-from lpmace.evaluate import Metrics, evaluate, force_error_against, parity_plot
+from lpmace.evaluate import Metrics, evaluate, force_error_against
+from lpmace.plots import parity_plot
 
 
 @pytest.fixture

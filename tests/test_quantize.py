@@ -313,14 +313,14 @@ def test_cli_quantize_refuses_bad_input(saved, tmp_path, capsys, case):
         assert not out.exists()
 
 
-# ---- the bench experiment ----------------------------------------------------------------------------
+# ---- the bench section -------------------------------------------------------------------------------
 
 def test_quick_experiment_rows():
-    from lpmace.bench.experiments import quantize as experiment
+    from lpmace.bench import quantize as experiment
 
     result = experiment.run(device="cpu", quick=True, progress=False)
     rows = {row["mode"]: row for row in result["rows"]}
-    assert list(rows) == list(experiment.MODES) and all(set(r) == set(result["columns"]) for r in rows.values())
+    assert list(rows) == list(experiment.MODES) and all(set(r) == set(experiment.COLUMNS) for r in rows.values())
     none, int8, fp8 = rows["none"], rows["int8"], rows["fp8"]
     assert none["dE_rms_meV_atom"] == 0 and none["dF_rel_rmse"] == 0
     assert none["time_ratio"] == 1 and none["readout_time_ratio"] == 1
@@ -336,7 +336,8 @@ def test_quick_experiment_rows():
     assert int8["readout_bytes"] < none["readout_bytes"] / 2 and int8["model_bytes"] < none["model_bytes"]
     assert int8["converted"] == "3/3" and rows["int8-dynamic"]["converted"] == "1/3"
     assert rows["fp8-dynamic"]["supported"] is False and "compute capability" in rows["fp8-dynamic"]["note"]
-    assert "int8" in result["summary"]
+    assert result["settings"] == {"model": "random tiny model (16 channels, readout MLP 16)", "configs": 20,
+                                  "policy": "fp32"}
 
 
 def test_fp8_dynamic_file_has_one_scale_per_tensor_and_passes_the_shape_check(make_model, tmp_path):

@@ -217,11 +217,13 @@ def test_low_rank_model_trains_its_factors(make_model, graphs):
     assert loss() < before
 
 
-def test_quick_experiment_rows(monkeypatch):
-    from lpmace.bench.experiments import species_rank
+def test_quick_experiment_rows():
+    from shared_data import shared_data_dir
 
-    out = species_rank.run(device="cpu", quick=True, progress=False)
-    rows, columns = out["rows"], out["columns"]
+    from lpmace.bench import species_rank
+
+    out = species_rank.run(device="cpu", quick=True, progress=False, data=shared_data_dir())
+    rows, columns = out["rows"], species_rank.COLUMNS
     assert all(set(r) <= set(columns) for r in rows)
     counts = [r for r in rows if r["part"] == "count"]
     assert {r["S"] for r in counts} == {4, 10, 30, 89}
@@ -245,4 +247,13 @@ def test_quick_experiment_rows(monkeypatch):
     trained = {r["rank"]: r for r in acc if r["method"] == "trained"}
     assert trained["full"]["F_dev_from_full"] == 0.0
     assert trained[1]["element_params"] < trained[2]["element_params"] < trained["full"]["element_params"]
-    assert "| S | rank |" in out["summary"]
+    assert out["settings"]["epochs"] == 1 and out["settings"]["data"] == str(shared_data_dir())
+
+
+def test_species_rank_section_needs_its_data_folder(tmp_path):
+    from lpmace.bench import species_rank
+
+    with pytest.raises(InputError, match="--species-data None: needs a folder with rmd17_ethanol/ and si_zuo2020/"):
+        species_rank.run(device="cpu", quick=True, progress=False)
+    with pytest.raises(InputError, match=f"--species-data {tmp_path}"):
+        species_rank.check_data(tmp_path)

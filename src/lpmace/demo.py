@@ -13,7 +13,6 @@ DIR/summary.json and DIR/summary.md.
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -84,10 +83,8 @@ def train_one(precision: str, out: Path, train_file: Path, device: str, epochs: 
 
 def evaluate_one(precision: str, model_file: Path, test, device: str, n_compare: int, log) -> dict:
     """Test RMSEs of the fine-tuned model in its precision, and its forces against fp64, same weights."""
-    import numpy as np
-
     from lpmace.data import graph_from_configuration
-    from lpmace.evaluate import evaluate
+    from lpmace.evaluate import errors_against, evaluate
     from lpmace.io import load
 
     model = load(model_file, device=device)
@@ -96,13 +93,14 @@ def evaluate_one(precision: str, model_file: Path, test, device: str, n_compare:
     batch = 32 if device.startswith("cuda") else 8  # small batches run faster on a CPU
     metrics = evaluate(model, graphs, precision=precision, batch_size=batch, device=device)
     reference = evaluate(model, graphs[:n_compare], precision="fp64", batch_size=batch, device=device)
-    # Forces come in input order, so the first n_compare structures' rows line up with the reference.
-    diff = metrics.forces_pred[:len(reference.forces_pred)] - reference.forces_pred
-    rms_reference = math.sqrt(float(np.mean(reference.forces_pred ** 2)))
+    # Predictions come in input order, so the first n_compare structures' rows line up with the reference.
+    ref = reference.predictions()
+    first = {k: None if v is None else v[:len(ref[k])] for k, v in metrics.predictions().items()}
+    errors = errors_against(first, ref)
     row = {"test_energy_rmse_mev_per_atom": metrics.energy_rmse_mev_per_atom,
            "test_force_rmse_mev_per_A": metrics.force_rmse_mev_per_A,
-           "force_rel_error_vs_fp64": math.sqrt(float(np.mean(diff ** 2))) / rms_reference,
-           "force_max_error_vs_fp64_mev_per_A": 1000 * float(np.max(np.abs(diff)))}
+           "force_rel_error_vs_fp64": errors["force_rel_rmse"],
+           "force_max_error_vs_fp64_mev_per_A": errors["force_max_mev_per_A"]}
     log(f"  {precision} | test E {row['test_energy_rmse_mev_per_atom']:.1f} meV/atom, "
         f"F {row['test_force_rmse_mev_per_A']:.1f} meV/Å; F vs fp64 {row['force_rel_error_vs_fp64']:.1e} relative")
     return row

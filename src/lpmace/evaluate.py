@@ -2,9 +2,10 @@
 
 `evaluate` compares predictions with reference labels (energy per atom and total, force components,
 stress), each over only the structures that carry that label, and keeps the float64 arrays for
-parity plots (`parity_plot`, drawn by `lpmace.plots`). `force_error_against` compares two precision
-policies of the same weights with no labels at all: the number `lpmace bench` and `lpmace demo`
-report as "error against fp64".
+parity plots (`lpmace.plots.parity_plot`). `errors_against` is the one comparison of predictions
+with reference predictions of the same structures (no labels): what `lpmace bench`, `lpmace demo`
+and the readout-quantization section report as "error against fp64" (or against the unquantized
+model); `force_error_against` applies it to two precision policies of the same weights.
 
 Units: the model speaks eV and Å; metrics are reported in meV (meV/atom, meV/Å, meV/Å³), the units
 MACE papers quote, with the unit in every key of `Metrics.to_dict()`.
@@ -23,11 +24,10 @@ from lpmace.data import batches
 from lpmace.data.graph import Graph
 from lpmace.errors import InputError
 from lpmace.model import MACE
-from lpmace.plots import parity_plot
 from lpmace.precision import PrecisionPolicy, resolve_policy
 
-__all__ = ["Metrics", "ForceError", "evaluate", "force_error_against", "merge_metrics", "metrics_from_arrays",
-           "parity_plot"]
+__all__ = ["Metrics", "ForceError", "errors_against", "evaluate", "force_error_against", "merge_metrics",
+           "metrics_from_arrays"]
 
 Precision = Union[str, PrecisionPolicy, None]
 _MEV = 1000.0
@@ -77,6 +77,11 @@ class Metrics:
     def energy_per_atom_ref(self) -> np.ndarray:
         """[n_energy] reference energy per atom, eV/atom."""
         return self.energy_ref / self.energy_atoms
+
+    def predictions(self) -> dict:
+        """The predictions in `errors_against`'s form: energy, atoms, forces, stress (None without)."""
+        return {"energy": self.energy_pred, "atoms": self.energy_atoms, "forces": self.forces_pred,
+                "stress": self.stress_pred if len(self.stress_pred) else None}
 
     def to_dict(self) -> dict:
         """The scalars (str, int, float or None; NaN stays NaN so a diverged model shows)."""
@@ -225,6 +230,32 @@ def merge_metrics(parts: Sequence[Metrics]) -> Metrics:
                                sum(m.n_forces for m in parts), arrays)
 
 
+def _rms(x: np.ndarray) -> float:
+    return math.sqrt(float(np.mean(x**2))) if x.size else math.nan
+
+
+def errors_against(pred: dict, ref: dict) -> dict:
+    """Errors of predictions `pred` against reference predictions `ref` of the same structures.
+
+    Both are dicts of float64 arrays: energy [n] eV, atoms [n] atom counts, forces [n_atoms, 3] eV/Å,
+    stress [n, 3, 3] eV/Å³ or None. Returns energy RMSE and maximum per atom (meV/atom), force RMSE
+    and largest component (meV/Å), force_rel_rmse = RMSE(F - F_ref) / RMS(F_ref) over all components
+    (shared/ANCHORS.md's measure) and stress RMSE (meV/Å³; None unless both have stress).
+    """
+    e = (pred["energy"] - ref["energy"]) / ref["atoms"]
+    f = pred["forces"] - ref["forces"]
+    scale, rmse = _rms(ref["forces"]), _rms(f)
+    row = {
+        "energy_rmse_mev_per_atom": _MEV * _rms(e), "energy_max_mev_per_atom": _MEV * float(np.max(np.abs(e))),
+        "force_rmse_mev_per_A": _MEV * rmse, "force_max_mev_per_A": _MEV * float(np.max(np.abs(f))) if f.size else 0.0,
+        "force_rel_rmse": rmse / scale if scale > 0 else (0.0 if rmse == 0 else math.inf),
+        "stress_rmse_mev_per_A3": None,
+    }
+    if ref.get("stress") is not None and pred.get("stress") is not None:
+        row["stress_rmse_mev_per_A3"] = _MEV * _rms(pred["stress"] - ref["stress"])
+    return row
+
+
 @torch.no_grad()
 def force_error_against(
     model: MACE,
@@ -236,30 +267,25 @@ def force_error_against(
     device: Union[str, torch.device] = "cpu",
 ) -> ForceError:
     """Forces of the same weights under `precision` against `reference_precision`, on `graphs`
-    (labels unused). relative_force_rmse = RMSE(F - F_ref) / RMS(F_ref) over all force components,
-    as in shared/ANCHORS.md; max_abs_force_error in eV/Å. The model is moved to `device`.
+    (labels unused): `errors_against`'s force_rel_rmse, and its largest component in eV/Å. The
+    model is moved to `device`.
     """
     _check(model, graphs, batch_size)
     default = model.default_precision
     policy, reference = resolve_policy(precision, default), resolve_policy(reference_precision, default)
     device = torch.device(device)
     model.to(device)
-    sq_error = sq_reference = 0.0
-    maxima, count = [0.0], 0
-    for (_, low), (_, ref) in zip(
-        _predictions(model, graphs, policy, batch_size, device),
-        _predictions(model, graphs, reference, batch_size, device),
-    ):
-        diff = low["forces"] - ref["forces"]
-        sq_error += float(diff.pow(2).sum())
-        sq_reference += float(ref["forces"].pow(2).sum())
-        if diff.numel():
-            maxima.append(float(diff.abs().max()))
-        count += diff.numel()
-    max_abs = float(np.max(maxima))  # np.max, unlike max(), keeps a NaN
-    if count == 0:
+
+    def predicted(chosen: PrecisionPolicy) -> dict:
+        parts: dict = {"energy": [], "atoms": [], "forces": []}
+        for batch, out in _predictions(model, graphs, chosen, batch_size, device):
+            parts["energy"].append(out["energy"].numpy())
+            parts["atoms"].append((batch.ptr[1:] - batch.ptr[:-1]).numpy())
+            parts["forces"].append(out["forces"].numpy().reshape(-1, 3))
+        return {**{k: np.concatenate(v) for k, v in parts.items()}, "stress": None}
+
+    low, ref = predicted(policy), predicted(reference)
+    if low["forces"].size == 0:
         return ForceError(0.0, 0.0)
-    rms_reference = math.sqrt(sq_reference / count)
-    rmse = math.sqrt(sq_error / count)
-    relative = rmse / rms_reference if rms_reference > 0 else (0.0 if rmse == 0 else math.inf)
-    return ForceError(relative, max_abs)
+    row = errors_against(low, ref)
+    return ForceError(row["force_rel_rmse"], row["force_max_mev_per_A"] / _MEV)

@@ -1,6 +1,6 @@
-"""`lpmace bench --experiment precision_schedule --quick`: four runs end to end through the CLI (one
+"""`lpmace bench --workloads precision-schedule --quick`: four runs end to end through the CLI (one
 run, shared by the tests: about 10 s on a CPU), the schedule switching at the epoch chosen from the
-bf16-mixed run, and the switch epoch rule."""
+bf16-mixed run, the rows in the report, and the switch epoch rule."""
 
 from __future__ import annotations
 
@@ -9,27 +9,26 @@ import math
 
 import pytest
 
-from lpmace.bench.experiments import EXPERIMENTS, check_names
-from lpmace.bench.experiments import precision_schedule as experiment
+from lpmace.bench import precision_schedule as experiment
+from lpmace.bench.runner import EXPERIMENTS
 from lpmace.cli import main
-from lpmace.errors import InputError
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("precision_schedule")
-    assert main(["bench", "--experiment", "precision_schedule", "--quick", "--device", "cpu", "--no-progress",
+    assert main(["bench", "--workloads", "precision-schedule", "--quick", "--device", "cpu", "--no-progress",
                  "--out", str(out)]) == 0
-    assert "## precision_schedule" in (out / "experiments.md").read_text()
-    found = json.loads((out / "experiments.json").read_text())["experiments"]["precision_schedule"]
-    assert "error" not in found, found.get("error")
-    return found
+    results = json.loads((out / "results.json").read_text())
+    assert not [r for r in results["skipped"] if r["section"] == "precision_schedule"], results["skipped"]
+    return {**results["precision_schedule"], "report": (out / "report.md").read_text()}
 
 
 def test_quick_run_has_four_rows_with_finite_numbers(quick):
     rows = {row["run"]: row for row in quick["rows"]}
     assert list(rows) == ["fp32", "bf16-mixed", "schedule", "layerwise"]
-    assert all(set(quick["columns"]) == set(row) for row in rows.values())
+    assert all(set(experiment.COLUMNS) == set(row) for row in rows.values())
+    assert quick["settings"]["epochs"] == experiment.QUICK["epochs"] == 6
     for name, row in rows.items():
         assert row["status"] == "ok" and row["epochs"] == experiment.QUICK["epochs"], name
         for key in ("train_time_s", "valid_energy_rmse_mev_per_atom", "valid_force_rmse_mev_per_A",
@@ -66,11 +65,12 @@ def test_schedule_switches_at_the_epoch_chosen_from_the_bf16_run(quick):
         assert a == pytest.approx(b, rel=1e-9)
 
 
-def test_summary_names_the_fastest_run_from_the_rows(quick):
-    reached = [row for row in quick["rows"] if row["time_to_fp32_final_s"] is not None]
-    fastest = min(reached, key=lambda row: row["time_to_fp32_final_s"])
-    assert f"fp32 run's final test force RMSE ({quick['rows'][0]['test_force_rmse_mev_per_A']:.1f} meV/Å): " \
-           f"{fastest['run']}, after {fastest['time_to_fp32_final_s']:.1f} s" in quick["summary"]
+def test_report_shows_every_run_with_its_epochs_per_precision(quick):
+    report = quick["report"]
+    assert "## Precision schedules" in report and "docs/experiments/precision_schedule.md" in report
+    assert "| schedule | bf16-mixed → fp32 (epoch 5) | 6 | bf16-mixed 4, fp32 2 |" in report
+    for run in ("fp32", "bf16-mixed", "layerwise"):
+        assert f"| {run} | {run} | 6 | {run} 6 |" in report
 
 
 @pytest.mark.parametrize("low_epochs, switch", [(0, 2), (1, 2), (2, 2), (3, 3), (4, 4), (6, 5), (9, 7), (30, 21)])
@@ -78,9 +78,8 @@ def test_switch_epoch_leaves_at_least_one_epoch_of_each(low_epochs, switch):
     assert experiment.switch_epoch(low_epochs) == switch
 
 
-def test_registered_and_misspelt_names_refused(tmp_path):
-    assert "precision_schedule" in EXPERIMENTS and check_names(["precision_schedule"]) == ("precision_schedule",)
-    with pytest.raises(InputError, match="precision_schedules"):
-        check_names(["precision_schedules"])
-    assert main(["bench", "--experiment", "precision_schedules", "--quick", "--out", str(tmp_path / "o")]) == 2
+def test_registered_and_misspelt_names_refused(tmp_path, capsys):
+    assert "precision-schedule" in EXPERIMENTS
+    assert main(["bench", "--workloads", "precision-schedules", "--quick", "--out", str(tmp_path / "o")]) == 2
+    assert "precision-schedules" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -178,12 +178,12 @@ def test_bad_correlation_schedules_are_refused(tmp_path, schedule, match):
 
 
 def test_quick_experiment_rows():
-    from lpmace.bench.experiments import progressive_correlation as experiment
+    from lpmace.bench import progressive_correlation as experiment
 
     result = experiment.run(device="cpu", quick=True, progress=False)
     rows = {row["run"]: row for row in result["rows"]}
-    assert set(rows) == {"fixed", "progressive"} and result["summary"]
-    assert all(set(result["columns"]) == set(row) for row in rows.values())
+    assert set(rows) == {"fixed", "progressive"} and result["settings"] == experiment.QUICK
+    assert all(set(experiment.COLUMNS) == set(row) for row in rows.values())
     for row in rows.values():
         assert row["status"] == "ok" and row["epochs"] == experiment.QUICK["epochs"]
         for key in ("train_time_s", "valid_energy_rmse_mev_per_atom", "valid_force_rmse_mev_per_A",

@@ -9,6 +9,12 @@ Sections (each a module, each returning JSON-ready rows that `report` renders):
     accuracy.py           error against an fp64 evaluation of the same weights; equivariance error
     stability.py          NVE energy drift per precision (molecule and periodic cell), blow-ups reported
     time_to_accuracy.py   W3: test force RMSE against training wall time per precision (+ mace_run_train)
+  the experiments (only when named in --workloads; each trains or builds its own models; what they
+  showed: docs/experiments/):
+    quantize.py           int8/fp8 readouts: change against the unquantized model, bytes, speed
+    species_rank.py       low-rank element weights: storage against elements and rank; accuracy against rank
+    progressive_correlation.py  correlation order raised by epoch against a fixed one (time to accuracy)
+    precision_schedule.py fixed fp32, bf16-mixed, layerwise against bf16-mixed then fp32 (time to accuracy)
     report.py             report.md, self-contained report.html, PNG plots
     runner.py             the matrix, the progress bar, results.json
 
@@ -40,5 +46,7 @@ mace-torch):
     roofline: [{workload, code, backend, precision, flop, bytes, median_ms, achieved_tflop_per_s,
                 achieved_tb_per_s, peak_tflop_per_s, peak_tb_per_s, fraction_of_peak_flop,
                 fraction_of_peak_bandwidth}]
+    quantize, species_rank, progressive_correlation, precision_schedule: {settings: {...}, rows: [...],
+                  seconds}    # the experiments' rows, as their modules document them
     skipped: [{section, what, why}]    # what was not measured, and why (never silently absent)
 """

@@ -1,9 +1,10 @@
 """What a precision costs: errors against an fp64 evaluation of the same weights, and equivariance.
 
 Accuracy: every engine's energies, forces and stresses against lpmace's fp64 engine on the same
-structures (real data and the synthetic W2 box); no labels are involved, so the numbers isolate the
-arithmetic. Energies in meV/atom (RMSE and maximum over structures), forces in meV/Å (RMSE, maximum
-component) and relative (RMSE(F − F64) / RMS(F64), ANCHORS.md's measure), stress in meV/Å³.
+structures (real data and the synthetic W2 box), compared by `lpmace.evaluate.errors_against`; no
+labels are involved, so the numbers isolate the arithmetic. Energies in meV/atom (RMSE and maximum
+over structures), forces in meV/Å (RMSE, maximum component) and relative (RMSE(F − F64) / RMS(F64),
+ANCHORS.md's measure), stress in meV/Å³.
 
 Equivariance: forces must rotate with the structure, F(Rx) = R F(x), for rotations and for a
 reflection (MACE's features carry parity). The error is RMSE(F(Rx) − F(x) Rᵀ) / RMS(F(x)) over
@@ -22,11 +23,9 @@ from lpmace.bench.engines import Engine
 from lpmace.bench.workloads import rotate_graph
 from lpmace.data import batches
 from lpmace.data.graph import Graph
+from lpmace.evaluate import errors_against
 
 __all__ = ["accuracy_rows", "equivariance_row", "predictions", "random_rotation"]
-
-_MEV = 1000.0
-
 
 @torch.no_grad()
 def predictions(engine: Engine, graphs: Sequence[Graph], batch_size: int = 16) -> dict:
@@ -46,27 +45,6 @@ def predictions(engine: Engine, graphs: Sequence[Graph], batch_size: int = 16) -
     return result
 
 
-def _rmse(x: np.ndarray) -> float:
-    return math.sqrt(float(np.mean(x**2))) if x.size else math.nan
-
-
-def error_row(pred: dict, ref: dict) -> dict:
-    """Errors of `pred` against `ref` (two `predictions` results on the same structures)."""
-    e = (pred["energy"] - ref["energy"]) / ref["atoms"]
-    f = pred["forces"] - ref["forces"]
-    scale = _rmse(ref["forces"])
-    rmse = _rmse(f)
-    row = {
-        "energy_rmse_mev_per_atom": _MEV * _rmse(e), "energy_max_mev_per_atom": _MEV * float(np.max(np.abs(e))),
-        "force_rmse_mev_per_A": _MEV * rmse, "force_max_mev_per_A": _MEV * float(np.max(np.abs(f))) if f.size else 0.0,
-        "force_rel_rmse": rmse / scale if scale > 0 else (0.0 if rmse == 0 else math.inf),
-        "stress_rmse_mev_per_A3": None,
-    }
-    if ref["stress"] is not None and pred["stress"] is not None:
-        row["stress_rmse_mev_per_A3"] = _MEV * _rmse(pred["stress"] - ref["stress"])
-    return row
-
-
 def accuracy_rows(engines: Sequence[Engine], reference: Engine, datasets: Sequence[tuple[str, Sequence[Graph]]],
                   *, batch_size: int = 16, tick: Callable[[str], None] = lambda s: None) -> list[dict]:
     """One row per (dataset, engine): errors against `reference` (lpmace fp64) on that dataset."""
@@ -77,7 +55,7 @@ def accuracy_rows(engines: Sequence[Engine], reference: Engine, datasets: Sequen
             tick(f"accuracy {name} {engine.label}")
             pred = predictions(engine, graphs, batch_size)  # fp64 too: a second evaluation, not a copy
             rows.append({"dataset": name, "configs": len(graphs), "atoms": int(ref["atoms"].sum()), **engine.row(),
-                         **error_row(pred, ref)})
+                         **errors_against(pred, ref)})
     return rows
 
 

@@ -39,6 +39,14 @@ _SECTIONS = (
     ("time_to_accuracy", "Time to accuracy", {"time_to_accuracy", "tta"}),
     ("roofline", "Roofline", {"roofline"}),
 )
+# The experiment sections (each {"settings", "rows", "seconds"}; what they showed: docs/experiments/),
+# shown only when the run asked for them.
+_EXPERIMENTS = (
+    ("quantize", "Quantized readouts (int8, fp8)"),
+    ("species_rank", "Compressed species embeddings (species rank)"),
+    ("progressive_correlation", "Progressive correlation order"),
+    ("precision_schedule", "Precision schedules"),
+)
 
 
 def _real(value) -> bool:
@@ -286,6 +294,69 @@ def _roofline(results: dict) -> list:
         ("% of peak bandwidth", "fraction_of_peak_bandwidth", _scaled(100))])]
 
 
+def _mapping(value) -> str:
+    """{"bf16-mixed": 4, "fp32": 2} -> "bf16-mixed 4, fp32 2"."""
+    if not isinstance(value, dict):
+        return fmt_number(value)
+    return ", ".join(f"{k} {fmt_number(v)}" for k, v in value.items()) or NONE
+
+
+_TEST_RMSE = [("valid E RMSE (meV/atom)", "valid_energy_rmse_mev_per_atom", fmt_number),
+              ("valid F RMSE (meV/Å)", "valid_force_rmse_mev_per_A", fmt_number),
+              ("test E RMSE (meV/atom)", "test_energy_rmse_mev_per_atom", fmt_number),
+              ("test F RMSE (meV/Å)", "test_force_rmse_mev_per_A", fmt_number)]
+_SETS = ("3bpa", "ethanol", "si")
+# (rows of the section that go in one table, its columns)
+_EXPERIMENT_TABLES = {
+    "quantize": [(None, [
+        ("readout", "mode", _text), ("supported", "supported", fmt_number), ("converted", "converted", _text),
+        ("test E RMSE (meV/atom)", "E_rmse_meV_atom", fmt_number),
+        ("test F RMSE (meV/Å)", "F_rmse_meV_A", fmt_number),
+        ("energy change (meV/atom RMS)", "dE_rms_meV_atom", fmt_error),
+        ("force change (relative RMSE)", "dF_rel_rmse", fmt_error),
+        ("force change max (meV/Å)", "dF_max_meV_A", fmt_error),
+        ("file bytes", "model_bytes", fmt_number), ("readout bytes", "readout_bytes", fmt_number),
+        ("ms per config", "ms_per_config", fmt_number), ("time ratio", "time_ratio", fmt_number),
+        ("readout alone, 4096×128 (ms)", "readout_ms_4096x128", fmt_number),
+        ("readout time ratio", "readout_time_ratio", fmt_number), ("note", "note", _text)])],
+    "species_rank": [
+        ("count", [("S", "S", fmt_number), ("rank", "rank", _text),
+                   ("element params", "element_params", fmt_number), ("KiB fp32", "element_kib", fmt_number),
+                   ("KiB, int8 embedding", "element_kib_int8_embedding", fmt_number),
+                   ("all params", "total_params", fmt_number), ("element share (%)", "element_fraction", _scaled(100))]),
+        ("accuracy", [("S", "S", fmt_number), ("rank", "rank", _text), ("method", "method", _text),
+                      ("element params", "element_params", fmt_number),
+                      *((f"E RMSE {s} (meV/atom)", f"E_rmse_{s}", fmt_number) for s in _SETS),
+                      *((f"F RMSE {s} (meV/Å)", f"F_rmse_{s}", fmt_number) for s in _SETS),
+                      ("F deviation from full (meV/Å)", "F_dev_from_full", fmt_number),
+                      ("train time (s)", "train_time_s", fmt_number)])],
+    "progressive_correlation": [(None, [
+        ("run", "run", _text), ("schedule", "schedule", _text), ("epochs", "epochs", fmt_number),
+        ("train time (s)", "train_time_s", fmt_number), ("s per epoch at ν", "seconds_per_epoch", _mapping),
+        *_TEST_RMSE, ("time to the fixed run's final F RMSE (s)", "time_to_fixed_final_s", fmt_number),
+        ("F RMSE at the earlier end (meV/Å)", "force_rmse_at_common_time_mev_per_A", fmt_number),
+        ("status", "status", _text)])],
+    "precision_schedule": [(None, [
+        ("run", "run", _text), ("precision", "precision", _text), ("epochs", "epochs", fmt_number),
+        ("epochs by precision", "epochs_by_precision", _mapping), ("train time (s)", "train_time_s", fmt_number),
+        ("s per epoch", "seconds_per_epoch", _mapping), ("skipped steps", "skipped_steps", fmt_number), *_TEST_RMSE,
+        ("time to the fp32 run's final F RMSE (s)", "time_to_fp32_final_s", fmt_number),
+        ("F RMSE at the earliest end (meV/Å)", "force_rmse_at_common_time_mev_per_A", fmt_number),
+        ("status", "status", _text)])],
+}
+
+
+def _experiment(results: dict, key: str) -> list:
+    """Settings, then the rows (curves stay in results.json); what the numbers showed is in docs/."""
+    section = results.get(key) or {}
+    rows = [r for r in section.get("rows") or [] if isinstance(r, dict)]
+    settings = {**(section.get("settings") or {}), "wall time (s)": section.get("seconds")}
+    blocks = [("p", f"What it measures and what it showed: docs/experiments/{key}.md."), _key_values(settings)]
+    for part, columns in _EXPERIMENT_TABLES[key]:
+        blocks.append(_table([r for r in rows if part is None or r.get("part") == part], columns))
+    return blocks
+
+
 _BUILDERS = {"speed": _speed, "scaling": _scaling, "memory": _memory, "accuracy": _accuracy,
              "equivariance": _equivariance, "md": _md, "time_to_accuracy": _time_to_accuracy, "roofline": _roofline}
 _SECTION_FIGURES = {"scaling": "scaling.png", "md": "nve.png", "time_to_accuracy": "time_to_accuracy.png"}
@@ -337,7 +408,12 @@ def _blocks(results: dict, written: dict, not_drawn: dict) -> list:
         if has_data and key in _SECTION_FIGURES:
             blocks += _figure_blocks(_SECTION_FIGURES[key], written, not_drawn)
         blocks += _skipped_blocks(results, key, aliases, has_data)
-    known = set().union(*(aliases | {key} for key, _, aliases in _SECTIONS))
+    for key, heading in _EXPERIMENTS:
+        asked = [r for r in _rows(results, "skipped") if _slug(r.get("section")) == key]
+        if key in results or asked:
+            blocks += [("h", 2, heading), *(_experiment(results, key) if key in results else []),
+                       *_skipped_blocks(results, key, set(), key in results)]
+    known = set().union(*(aliases | {key} for key, _, aliases in _SECTIONS), (key for key, _ in _EXPERIMENTS))
     others = [r for r in _rows(results, "skipped") if _slug(r.get("section")) not in known]
     if others:
         blocks += [("h", 2, "Other skipped measurements"),

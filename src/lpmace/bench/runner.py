@@ -1,7 +1,9 @@
 """The benchmark matrix: every section over every engine, with one progress bar, saving as it goes.
 
 `BenchOptions` is what `lpmace bench` parses; `check` validates all of it (model, data, precisions,
-backends, device, sections) before anything is measured or written. `run_bench` then runs the sections
+backends, device, sections) before anything is measured or written. The sections of `EXPERIMENTS`
+train or build their own models (the seed's experiments: readout quantization, species rank,
+progressive correlation, precision schedules) and run only when asked for by name. `run_bench` then runs the sections
 in order, writes ``results.json`` after each one (``"complete": false`` until the end, so a run cut
 short keeps what it measured) and finally the report. A section that cannot run (mace-torch not
 installed, elements the model lacks, a GPU-only backend on a CPU) becomes a ``skipped`` row with
@@ -31,11 +33,15 @@ from lpmace.precision import resolve_policy
 
 __all__ = ["SECTIONS", "BenchOptions", "check", "run_bench"]
 
-SECTIONS = ("train", "infer", "roofline", "accuracy", "equivariance", "scaling", "md", "time-to-accuracy")
+MATRIX = ("train", "infer", "roofline", "accuracy", "equivariance", "scaling", "md", "time-to-accuracy")
+EXPERIMENTS = ("quantize", "species-rank", "progressive-correlation", "precision-schedule")
+SECTIONS = MATRIX + EXPERIMENTS
 BPA_TEST = "3bpa/test_300K.xyz"
-# results.json key of each section (train and infer share "speed")
+# results.json key of each section (train and infer share "speed"); an experiment's module is
+# lpmace.bench.<its key>
 RESULT_KEY = {"train": "speed", "infer": "speed", "roofline": "roofline", "accuracy": "accuracy",
-              "equivariance": "equivariance", "scaling": "scaling", "md": "md", "time-to-accuracy": "time_to_accuracy"}
+              "equivariance": "equivariance", "scaling": "scaling", "md": "md", "time-to-accuracy": "time_to_accuracy",
+              **{name: name.replace("-", "_") for name in EXPERIMENTS}}
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,7 @@ class BenchOptions:
     size: str = "medium"
     precisions: tuple = ("fp64", "fp32", "bf16-mixed", "fp16-mixed")
     backends: tuple = ("reference",)
-    sections: tuple = tuple(s for s in SECTIONS if s != "time-to-accuracy")
+    sections: tuple = tuple(s for s in MATRIX if s != "time-to-accuracy")
     device: str = "cpu"
     quick: bool = False
     compare_mace_torch: bool = False
@@ -56,6 +62,7 @@ class BenchOptions:
     seed: int = 0
     md_steps: Optional[int] = None
     md_dt_fs: float = 0.5
+    species_data: Optional[str] = None  # the folder with rmd17_ethanol/ and si_zuo2020/ (species-rank section)
     tta_budget_s: Optional[float] = None
     tta_target: float = 31.5
     max_atoms: Optional[int] = None
@@ -151,6 +158,10 @@ def check(options: BenchOptions) -> Plan:
         raise InputError(f"--out {options.out}: exists and is not a folder")
     if "time-to-accuracy" in options.sections and (options.out / "time_to_accuracy").exists():
         raise InputError(f"--out {options.out}: holds time-to-accuracy runs already; choose another folder")
+    if "species-rank" in options.sections:
+        from lpmace.bench.species_rank import check_data
+
+        check_data(options.species_data)
 
     # labels are not needed: accuracy is measured against fp64 on the same structures
     given = [(file, read_configurations(file, energy_key=None, forces_key=None, stress_key=None, virials_key=None))
@@ -218,7 +229,7 @@ def run_bench(options: BenchOptions, plan: Optional[Plan] = None, log: Callable[
         "skipped": list(plan.skipped),
     }
     skipped = results["skipped"]
-    for section in SECTIONS:
+    for section in MATRIX:  # the experiments are not part of the default run: no row when not asked for
         if section not in o.sections:
             why = "--quick leaves it out" if o.quick and section == "time-to-accuracy" else "not in --workloads"
             skipped.append({"section": RESULT_KEY[section], "what": section, "why": why})
@@ -236,7 +247,8 @@ def run_bench(options: BenchOptions, plan: Optional[Plan] = None, log: Callable[
     total = {"train": len(everyone), "infer": len(everyone), "roofline": len(everyone),
              "accuracy": len(everyone) * (len(plan.data) + 1), "equivariance": len(everyone),
              "scaling": len(everyone) * len(sizes), "md": 2 * len(md_precisions) * len(o.backends),
-             "time-to-accuracy": len(o.precisions) * len(o.backends) + int(o.compare_mace_torch)}
+             "time-to-accuracy": len(o.precisions) * len(o.backends) + int(o.compare_mace_torch),
+             **{name: 1 for name in EXPERIMENTS}}
     # disable=None: no bar when stderr is not a terminal (a log file gets no carriage-return clutter)
     bar = tqdm(total=sum(total[s] for s in o.sections), desc="bench", unit="run",
                disable=None if o.progress else True, dynamic_ncols=True)
@@ -303,6 +315,12 @@ def run_bench(options: BenchOptions, plan: Optional[Plan] = None, log: Callable[
             results["time_to_accuracy"] = guarded("time_to_accuracy", "time-to-accuracy",
                                                   lambda: _time_to_accuracy(plan, tick))
             _save(results, o.out)
+        for name in (e for e in EXPERIMENTS if e in o.sections):
+            tick(name)
+            found = guarded(RESULT_KEY[name], name, lambda n=name: _experiment(plan, n))
+            if found is not None:
+                results[RESULT_KEY[name]] = found
+            _save(results, o.out)
         results["complete"] = True
     finally:
         bar.close()
@@ -341,6 +359,20 @@ def _time_to_accuracy(plan: Plan, tick) -> dict:
                             overrides=overrides, target_mev_per_A=o.tta_target,
                             compare_mace_torch=o.compare_mace_torch, progress=tick,
                             test_limit=100 if o.quick else None, backends=list(o.backends))
+
+
+def _experiment(plan: Plan, name: str) -> dict:
+    """One experiment section: {"settings", "rows"} from its module's `run`, plus its wall time."""
+    import importlib
+    import time
+
+    o = plan.options
+    extra = {"species-rank": {"data": o.species_data},
+             "quantize": {"model": plan.model, "origin": plan.description} if o.model else {}}.get(name, {})
+    start = time.perf_counter()
+    module = importlib.import_module(f"lpmace.bench.{RESULT_KEY[name]}")
+    found = module.run(device=o.device, quick=o.quick, progress=o.progress, seed=o.seed, **extra)
+    return {**found, "seconds": time.perf_counter() - start}
 
 
 def options_dict(options: BenchOptions) -> dict:

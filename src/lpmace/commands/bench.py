@@ -1,6 +1,7 @@
 """`lpmace bench`: speed, memory, accuracy against fp64, equivariance, NVE drift and time-to-accuracy of
-one model per precision and backend, optionally next to mace-torch on the same weights; writes
-results.json, report.md, report.html and PNG plots into --out."""
+one model per precision and backend, optionally next to mace-torch on the same weights, and, when named
+in --workloads, the seed's experiments (docs/experiments/); writes results.json, report.md,
+report.html and PNG plots into --out."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def _list(text: str) -> tuple:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from lpmace.bench.runner import SECTIONS
+    from lpmace.bench.runner import EXPERIMENTS, MATRIX
     from lpmace.bench.workloads import SIZES
 
     parser.epilog = ("Without --model the benchmark model has random weights (seeded) of the chosen --size; "
@@ -35,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lpmace backends: reference, triton, compiled (default: reference and triton on CUDA with "
                              "triton, else reference)")
     parser.add_argument("--workloads", type=_list, default=None, metavar="W,W,...",
-                        help=f"sections among {','.join(SECTIONS)} (default: all; --quick: all but time-to-accuracy)")
+                        help=f"sections among {','.join(MATRIX)} (default: all; --quick: all but time-to-accuracy), "
+                             f"and the experiments {','.join(EXPERIMENTS)} (only when named; they train or build "
+                             "their own models: docs/experiments/)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--quick", action="store_true", help="tiny model and systems, 3 repeats")
     parser.add_argument("--out", default="bench", metavar="DIR", help="output folder (default: %(default)s)")
@@ -55,12 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "36-epoch 3BPA figure in shared/ANCHORS.md)")
     parser.add_argument("--max-atoms", type=int, default=None, metavar="N", help="largest system of the scaling curve")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and structures (default: %(default)s)")
+    parser.add_argument("--species-data", default=None, metavar="DIR",
+                        help="folder with rmd17_ethanol/ and si_zuo2020/ (the project's shared/data): the "
+                             "training sets of the species-rank section")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from lpmace.bench.experiments import EXPERIMENTS
-
-    parser.add_argument("--experiment", type=_list, default=None, metavar="NAME,...",
-                        help="run the seed's experiments instead of the workloads: " + ", ".join(EXPERIMENTS)
-                             + " (writes experiments.json and experiments.md into --out)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,21 +71,11 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from lpmace.bench.runner import SECTIONS, BenchOptions, check, run_bench
+    from lpmace.bench.runner import MATRIX, BenchOptions, check, run_bench
     from lpmace.devices import resolve_device
 
     device = str(resolve_device(args.device))
-    if args.experiment is not None:
-        from lpmace.bench.experiments import check_names, run_experiments
-        from lpmace.errors import InputError
-
-        if args.workloads or args.model or args.compare_mace_torch:
-            raise InputError("--experiment runs on its own: leave out --workloads, --model and --compare-mace-torch")
-        names = check_names(args.experiment)
-        run_experiments(names, pathlib.Path(args.out), device=device, quick=args.quick, progress=not args.no_progress,
-                        seed=args.seed, command=" ".join(["lpmace", *map(shlex.quote, sys.argv[1:])]))
-        return 0
-    sections = args.workloads or tuple(s for s in SECTIONS if not (args.quick and s == "time-to-accuracy"))
+    sections = args.workloads or tuple(s for s in MATRIX if not (args.quick and s == "time-to-accuracy"))
     precisions = args.precisions or ("fp64", "fp32", "bf16-mixed", "fp16-mixed")
     from lpmace.kernels import triton_available
 
@@ -96,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         sections=sections, device=device, quick=args.quick, compare_mace_torch=args.compare_mace_torch,
         data=tuple(args.data), repeats=args.repeats, seed=args.seed, md_steps=args.md_steps, md_dt_fs=args.md_dt,
         tta_budget_s=args.tta_budget, tta_target=args.tta_target, max_atoms=args.max_atoms,
+        species_data=args.species_data,
         command=" ".join(["lpmace", *map(shlex.quote, sys.argv[1:])]), progress=not args.no_progress)
     plan = check(options)
     run_bench(options, plan, log=print)

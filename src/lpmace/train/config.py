@@ -73,7 +73,7 @@ RANGES = {
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run needs. See docs in README ("Training")."""
+    """Everything a training run needs. See "Training" in docs/usage.md."""
 
     # data
     train_file: str = "embedded:3bpa/train_300K.xyz"

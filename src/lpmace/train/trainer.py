@@ -408,7 +408,7 @@ class Trainer:
         self.log(row_summary(row))
 
     def _test(self) -> dict:
-        from lpmace.evaluate import parity_plot
+        from lpmace.plots import parity_plot
 
         results = {}
         for name, graphs in self.data.tests.items():

@@ -1,11 +1,11 @@
-"""Experiment "quantize": what int8 / float8 readouts (torchao, `lpmace.quantize`) do to accuracy,
+"""Section "quantize" of `lpmace bench`: what int8 / float8 readouts (torchao, `lpmace.quantize`) do to accuracy,
 model bytes and speed.
 
 One model, every readout mode (none = the float32 model, int8, int8-dynamic, fp8, fp8-dynamic),
 each evaluated on 3BPA test configurations (300 K, embedded) under the fp32 policy:
     - energy and force RMSE against the DFT labels;
-    - the change against the unquantized model: RMS energy change (meV/atom) and force change
-      (RMSE relative to the RMS force, and the largest component, meV/Å);
+    - the change against the unquantized model (`lpmace.evaluate.errors_against`): RMS energy change
+      (meV/atom) and force change (RMSE relative to the RMS force, and the largest component, meV/Å);
     - bytes of the model file and of its readout tensors;
     - inference time per configuration (energy + forces, one configuration per call, median) and
       its ratio to the unquantized model's (median of ratios over interleaved rounds);
@@ -15,12 +15,13 @@ A mode that cannot run on the device (fp8-dynamic without an sm_89+ GPU) is a ro
 
 quick: a random tiny model (16 channels, readout MLP 16, 3BPA E0s), 20 test configurations.
 full: a model of the demo's size (32 channels, L = 1, correlation 3) trained for a few epochs on the
-embedded 3BPA training set (4 epochs), or the model file given as `model=`; all 300 test configurations.
+embedded 3BPA training set (4 epochs), or the model given (`lpmace bench --model`); all 300 test
+configurations. `run` returns the section of results.json: {"settings": {model, configs, policy},
+"rows": one per mode}; docs/experiments/quantize.md says what the rows showed.
 """
 
 from __future__ import annotations
 
-import math
 import pathlib
 import tempfile
 from typing import Optional
@@ -69,11 +70,10 @@ def _readout_bytes(model) -> int:
 
 
 def _predict(model, graphs, device):
-    """Energies per atom [n_configs] and forces [n_atoms, 3] (float64 numpy) under fp32."""
+    """`Metrics` of `model` on `graphs` under fp32."""
     from lpmace.evaluate import evaluate
 
-    m = evaluate(model, graphs, precision="fp32", batch_size=16, device=device)
-    return m, m.energy_per_atom_pred, m.forces_pred
+    return evaluate(model, graphs, precision="fp32", batch_size=16, device=device)
 
 
 def _interleaved_times(calls: dict, device: str, rounds: int, seed: int, warmup: int = 2) -> dict:
@@ -131,24 +131,28 @@ def _row(mode, **values) -> dict:
     return row
 
 
-def run(*, device: str, quick: bool, progress: bool, seed: int = 0, model: Optional[str] = None) -> dict:
+def run(*, device: str, quick: bool, progress: bool, seed: int = 0, model=None,
+        origin: Optional[str] = None) -> dict:
+    """The rows of every mode; `model` (an lpmace MACE, called `origin` in the settings) replaces the
+    quick or trained model."""
     from lpmace import datasets
     from lpmace.data import graph_from_configuration, read_configurations
     from lpmace.errors import InputError
+    from lpmace.evaluate import errors_against
     from lpmace.io import load, save
     from lpmace.quantize import quantization_info, quantize_readouts, unsupported_reason
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = pathlib.Path(tmp)
         if model is not None:
-            base, origin = load(model, device=device), f"model file {model}"
+            base, origin = model.to(device), origin or "the given model"
         elif quick:
             base, origin = _quick_model(seed).to(device), "random tiny model (16 channels, readout MLP 16)"
         else:
             base = _trained_model(device, seed, progress, folder)
             origin = "32-channel model (L = 1, correlation 3) trained 4 epochs on 3BPA"
         if quantization_info(base) is not None:
-            raise InputError(f"{model}: its readouts are already quantized; give the unquantized model")
+            raise InputError(f"{origin}: its readouts are already quantized; give the unquantized model")
         base = base.float()
         configs = read_configurations(datasets.path("3bpa/test_300K.xyz"))[: 20 if quick else None]
         graphs = [graph_from_configuration(c, base.config.r_max) for c in configs]
@@ -164,18 +168,18 @@ def run(*, device: str, quick: bool, progress: bool, seed: int = 0, model: Optio
             messages = []
             try:
                 current = base if mode == "none" else quantize_readouts(base, mode, log=messages.append)
-                metrics, energy, forces = _predict(current, graphs, device)
+                metrics = _predict(current, graphs, device)
             except Exception as error:  # a mode torchao cannot run here is a row, not the end of the experiment
                 if mode == "none":
                     raise
                 rows.append(_row(mode, supported=False, note=f"failed: {type(error).__name__}: {error}"))
                 continue
             if reference is None:
-                reference = (energy, forces)
-            d_energy, d_forces = energy - reference[0], forces - reference[1]
+                reference = metrics.predictions()
+            change = errors_against(metrics.predictions(), reference)
             path = save(current, folder / f"{mode}.safetensors")
-            reloaded = _predict(load(path, device=device), graphs[:2], device)[1]
-            if not np.allclose(reloaded, energy[: len(reloaded)], rtol=1e-6, atol=1e-9):
+            reloaded = _predict(load(path, device=device), graphs[:2], device).energy_per_atom_pred
+            if not np.allclose(reloaded, metrics.energy_per_atom_pred[: len(reloaded)], rtol=1e-6, atol=1e-9):
                 raise RuntimeError(f"{mode}: the saved file does not give the evaluated energies back")
             info = quantization_info(current)
             converted = "0/0" if info is None else (
@@ -183,9 +187,8 @@ def run(*, device: str, quick: bool, progress: bool, seed: int = 0, model: Optio
             rows.append(_row(
                 mode, supported=True, converted=converted,
                 E_rmse_meV_atom=metrics.energy_rmse_mev_per_atom, F_rmse_meV_A=metrics.force_rmse_mev_per_A,
-                dE_rms_meV_atom=1000 * math.sqrt(float(np.mean(d_energy**2))),
-                dF_rel_rmse=math.sqrt(float(np.mean(d_forces**2)) / float(np.mean(reference[1] ** 2))),
-                dF_max_meV_A=1000 * float(np.abs(d_forces).max()),
+                dE_rms_meV_atom=change["energy_rmse_mev_per_atom"], dF_rel_rmse=change["force_rel_rmse"],
+                dF_max_meV_A=change["force_max_mev_per_A"],
                 model_bytes=path.stat().st_size, readout_bytes=_readout_bytes(current),
                 note="; ".join(messages),
             ))
@@ -200,66 +203,4 @@ def run(*, device: str, quick: bool, progress: bool, seed: int = 0, model: Optio
                 ms, row["time_ratio"] = per_pass[row["mode"]]
                 row["ms_per_config"] = ms / len(timing_graphs)
                 row["readout_ms_4096x128"], row["readout_time_ratio"] = readout[row["mode"]]
-    return {"rows": rows, "columns": COLUMNS,
-            "summary": _summary(rows, origin, len(graphs), device)}
-
-
-def _summary(rows: list, origin: str, n_configs: int, device: str) -> str:
-    ok = {r["mode"]: r for r in rows if r["supported"]}
-    none = ok["none"]
-    lines = [f"{origin}; {n_configs} 3BPA test configurations (300 K); fp32 policy; device {device}. "
-             f"Unquantized: test E RMSE {none['E_rmse_meV_atom']:.1f} meV/atom, F RMSE "
-             f"{none['F_rmse_meV_A']:.1f} meV/Å, {none['ms_per_config']:.1f} ms per configuration; its readouts "
-             f"hold {none['readout_bytes']} of the file's {none['model_bytes']} bytes."]
-    for mode, r in ok.items():
-        if mode == "none":
-            continue
-        speed, readout = r["time_ratio"], r["readout_time_ratio"]
-        lines.append(
-            f"- {mode} (converted {r['converted']} readout layers): forces move by {r['dF_rel_rmse']:.1e} of "
-            f"their RMS (max {r['dF_max_meV_A']:.2f} meV/Å), energies by {r['dE_rms_meV_atom']:.3f} meV/atom "
-            f"RMS; test F RMSE {r['F_rmse_meV_A']:.1f} meV/Å. Readout tensors {r['readout_bytes']} bytes "
-            f"(file {r['model_bytes'] - none['model_bytes']:+d} bytes). Time per configuration x{speed:.2f}; "
-            f"the readout alone at 4096 atoms x 128 channels (forward + input gradient) x{readout:.2f} "
-            f"({r['readout_ms_4096x128']:.2f} vs {none['readout_ms_4096x128']:.2f} ms)."
-        )
-    lines += [f"- {r['mode']}: not run ({r['note']})." for r in rows if not r["supported"]]
-    return "\n".join(lines)
-
-
-def markdown_table(result: dict) -> str:
-    """The rows as a Markdown table (numbers rounded for reading; the JSON keeps them whole)."""
-    def cell(value):
-        if isinstance(value, float):
-            return f"{value:.3g}" if abs(value) < 1e-2 and value else f"{value:.2f}"
-        return "" if value is None else str(value)
-
-    columns = [c for c in result["columns"] if c != "note"]
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in result["rows"]]
-    return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    """`python -m lpmace.bench.experiments.quantize [--quick] [--device D] [--model M] [--json OUT]`."""
-    import argparse
-    import json
-
-    from lpmace.atomic import atomic_write_text
-
-    parser = argparse.ArgumentParser(prog="python -m lpmace.bench.experiments.quantize",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--model", help="an lpmace model file to quantize instead of training one")
-    parser.add_argument("--json", help="write the result as JSON here")
-    args = parser.parse_args(argv)
-    result = run(device=args.device, quick=args.quick, progress=True, model=args.model)
-    print(markdown_table(result) + "\n\n" + result["summary"])
-    if args.json:
-        atomic_write_text(pathlib.Path(args.json), json.dumps(result, indent=1) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return {"settings": {"model": origin, "configs": len(graphs), "policy": "fp32"}, "rows": rows}

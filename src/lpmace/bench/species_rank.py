@@ -1,24 +1,28 @@
-"""Experiment "species_rank": what compressed species embeddings save, and what they cost in accuracy.
+"""Section "species-rank" of `lpmace bench`: what compressed species embeddings save, and what they cost in accuracy.
 
 Part 1 (counting, no data): parameters and bytes of the element-dependent weights (embedding, skip
 connections, symmetric-contraction weights) of the medium model (MACEConfig defaults: 128 channels,
 L = 1, correlation 3, max_ell 3, 2 interactions) against the number of elements S in {4, 10, 30, 89}
-and species_rank in {full, 16, 8, 4, 2} (ranks below S), measured on the built models, in fp32 and
-with the embedding as an int8 table.
+and species_rank in {full, 16, 8, 4, 2} (ranks below S), measured on the models
+`lpmace.compress.compress` makes of the built full-rank model, in fp32 and with the embedding as an
+int8 table.
 
-Part 2 (training): one multi-element training set from the shared data — 3BPA (C, H, N, O; ωB97X),
+Part 2 (training; needs `data`, the folder with rmd17_ethanol/ and si_zuo2020/, given to `lpmace bench`
+as --species-data, the project's shared/data): one multi-element training set — 3BPA (C, H, N, O; ωB97X),
 rMD17 ethanol (C, H, O; PBE) and bulk Si (Zuo et al., PBE), S = 5 — and a small model trained with
 the lpmace trainer at each rank ("trained"), plus the full-rank model's truncated SVD at each rank
 and its int8 embedding, without retraining ("svd", "int8"). The three sets use different DFT
 settings; E0s are fitted by least squares (one composition per set, so each set's mean energy is
 fitted exactly), the energy weight is 100 (λF 1000) so that a few epochs learn the energies too, and
 errors are reported per set, on its own test file. Ranks: full, 3, 2, 1 (quick: full, 2, 1).
+
+`run` returns the section of results.json: {"settings": {...}, "rows": counting rows (part "count")
+then accuracy rows (part "accuracy")}; docs/experiments/species_rank.md says what they showed.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -51,33 +55,28 @@ _SIZES = {True: {"3bpa": (8, 4), "ethanol": (8, 4), "si": (4, 2)},
 _EPOCHS = {True: 1, False: 8}
 
 
-def shared_data_dir() -> Path:
-    """The shared datasets: $LPMACE_SHARED_DATA, else the nearest `shared/data` above this file or the
-    working directory (CI clones the repository next to `shared/`)."""
-    candidates = [os.environ.get("LPMACE_SHARED_DATA", "")]
-    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
-        candidates += [str(p / "shared" / "data") for p in start.parents]
-    for c in candidates:
-        if c and (Path(c) / "rmd17_ethanol").is_dir() and (Path(c) / "si_zuo2020").is_dir():
-            return Path(c)
-    raise InputError("species_rank: shared datasets (rmd17_ethanol/, si_zuo2020/) not found; set LPMACE_SHARED_DATA")
+def check_data(data) -> Path:
+    """The folder holding rmd17_ethanol/ and si_zuo2020/ (the project's shared/data), or InputError."""
+    if data is None or not ((Path(data) / "rmd17_ethanol").is_dir() and (Path(data) / "si_zuo2020").is_dir()):
+        raise InputError(f"--species-data {data}: needs a folder with rmd17_ethanol/ and si_zuo2020/ "
+                         "(the project's shared/data) for the species-rank section")
+    return Path(data)
 
 
 # ---- part 1: counting ---------------------------------------------------------------------------
 def count_rows() -> List[dict]:
     """One row per (S, rank): element-weight parameters and KiB (fp32; int8 embedding) of the medium model."""
-    from lpmace.compress import element_weight_storage
+    from lpmace.compress import compress, element_weight_storage
     from lpmace.model import MACE, MACEConfig
 
     rows = []
     for s in SPECIES_COUNTS:
-        full = None
+        full, built = None, MACE(MACEConfig(atomic_numbers=tuple(range(1, s + 1))))
         for rank in RANKS:
             if rank is not None and rank >= s:
                 continue
-            zs = tuple(range(1, s + 1))
-            model = MACE(MACEConfig(atomic_numbers=zs, species_rank=rank))
-            int8 = MACE(MACEConfig(atomic_numbers=zs, species_rank=rank, int8_embedding=True))
+            model = compress(built, species_rank=rank) if rank is not None else built
+            int8 = compress(built, species_rank=rank, int8_embedding=True)
             stored, stored8 = element_weight_storage(model), element_weight_storage(int8)
             total = sum(p.numel() for p in model.parameters())
             full = full or stored["numel"]
@@ -89,12 +88,11 @@ def count_rows() -> List[dict]:
 
 
 # ---- part 2: accuracy against rank ---------------------------------------------------------------
-def _configs(quick: bool):
-    """{set: (train configurations, test configurations)} from the bundled and shared data."""
+def _configs(quick: bool, data: Path):
+    """{set: (train configurations, test configurations)} from the bundled data and `data`."""
     from lpmace import datasets
     from lpmace.data import read_configurations
 
-    data = shared_data_dir()
     sizes = _SIZES[quick]
     files = {
         "3bpa": (datasets.path("3bpa/train_300K.xyz"), datasets.path("3bpa/test_300K.xyz"), "REF_energy", "REF_forces"),
@@ -141,13 +139,13 @@ def _errors(model, graphs_by_set, precision: str, device: str) -> dict:
     return row, np.concatenate(forces)
 
 
-def accuracy_rows(*, device: str, quick: bool, progress: bool, seed: int, work: Path) -> List[dict]:
+def accuracy_rows(*, device: str, quick: bool, progress: bool, seed: int, work: Path, data: Path) -> List[dict]:
     from lpmace.compress import compress
     from lpmace.data import graph_from_configuration
     from lpmace.io import load
     from lpmace.train import Trainer, load_train_config
 
-    sets = _configs(quick)
+    sets = _configs(quick, data)
     train = [c for tr, _ in sets.values() for c in tr]
     _write(train, work / "train.xyz")
     tests = {}
@@ -206,62 +204,15 @@ def _accuracy_row(num_elements, rank, method, model, errors, forces, forces_full
             "F_dev_from_full": deviation, "train_time_s": train_time}
 
 
-# ---- the experiment ------------------------------------------------------------------------------
-def run(*, device: str, quick: bool, progress: bool, seed: int = 0) -> dict:
-    """Both parts; quick: a tiny model, a few configurations, one epoch at ranks full, 2, 1."""
+# ---- the section ---------------------------------------------------------------------------------
+def run(*, device: str, quick: bool, progress: bool, seed: int = 0, data=None) -> dict:
+    """Both parts; quick: a tiny model, a few configurations, one epoch at ranks full, 2, 1.
+    `data`: the folder with rmd17_ethanol/ and si_zuo2020/ (InputError, before anything runs, without it)."""
+    data = check_data(data)
     torch.manual_seed(seed)
     rows = count_rows()
     with tempfile.TemporaryDirectory(prefix="lpmace-species-rank-") as work:
-        rows += accuracy_rows(device=device, quick=quick, progress=progress, seed=seed, work=Path(work))
-    return {"rows": rows, "columns": COLUMNS, "summary": summary(rows, quick)}
-
-
-def _fmt(value, digits: int = 1) -> str:
-    if value is None:
-        return "–"
-    return f"{value:,}" if isinstance(value, int) else f"{value:.{digits}f}"
-
-
-def summary(rows: List[dict], quick: bool) -> str:
-    """Markdown: the counting table, the accuracy table, and what they show."""
-    counts = [r for r in rows if r["part"] == "count"]
-    acc = [r for r in rows if r["part"] == "accuracy"]
-    lines = [_findings(counts, acc), "","Element-dependent weights of the medium model (128 channels, L = 1, correlation 3, 2 "
-             "interactions), built at each S and rank: parameters, KiB in fp32 (and with the embedding "
-             "as int8), share of all parameters.", "",
-             "| S | rank | element params | KiB fp32 | KiB int8 emb. | of all params |", "|---|---|---|---|---|---|"]
-    for r in counts:
-        lines.append(f"| {r['S']} | {r['rank']} | {r['element_params']:,} | {_fmt(r['element_kib'])} | "
-                     f"{_fmt(r['element_kib_int8_embedding'])} | {100 * r['element_fraction']:.0f}% |")
-    what = ("tiny model, 1 epoch, a few configurations (quick)" if quick
-            else f"16 channels, L = 1, correlation 2, {_EPOCHS[False]} epochs on "
-               f"{sum(n for n, _ in _SIZES[False].values())} configurations")
-    lines += ["", f"Accuracy against rank, S = {acc[0]['S']} (3BPA + rMD17 ethanol + bulk Si; {what}); "
-              "test RMSE per set (E meV/atom, F meV/Å) and the force deviation from the full-rank model (meV/Å).", "",
-              "| rank | method | element params | " + " | ".join(f"E {s}" for s in SETS) + " | "
-              + " | ".join(f"F {s}" for s in SETS) + " | F dev. |", "|---" * (4 + 2 * len(SETS)) + "|"]
-    for r in acc:
-        cells = [str(r["rank"]), r["method"], f"{r['element_params']:,}"]
-        cells += [_fmt(r[f"E_rmse_{s}"]) for s in SETS] + [_fmt(r[f"F_rmse_{s}"]) for s in SETS]
-        cells.append(_fmt(r["F_dev_from_full"]))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _findings(counts: List[dict], acc: List[dict]) -> str:
-    """The numbers the tables say, in words."""
-    s_max = max(r["S"] for r in counts)
-    big = {r["rank"]: r for r in counts if r["S"] == s_max}
-    full = big["full"]
-    savings = ", ".join(f"rank {k}: {full['element_params'] / r['element_params']:.1f}× fewer"
-                        for k, r in big.items() if k != "full")
-    mean_f = lambda r: sum(r[f"F_rmse_{s}"] for s in SETS) / len(SETS)  # noqa: E731
-    trained = ", ".join(f"{r['rank']}: {mean_f(r):.0f}" for r in acc if r["method"] == "trained")
-    svd = ", ".join(f"{r['rank']}: {r['F_dev_from_full']:.0f}" for r in acc if r["method"] == "svd of full")
-    int8 = next(r for r in acc if r["method"].startswith("int8"))
-    return (f"With S = {s_max} elements the element-dependent weights are {100 * full['element_fraction']:.0f}% of "
-            f"the medium model ({full['element_params']:,} parameters, {full['element_kib'] / 1024:.1f} MiB fp32); "
-            f"low rank stores {savings}. On the S = {acc[0]['S']} training set, the test force RMSE averaged over "
-            f"the three sets, trained at each rank (meV/Å): {trained}. Truncating the trained full-rank model "
-            f"without retraining moves its forces by (meV/Å, RMS) {svd}; the int8 embedding by "
-            f"{int8['F_dev_from_full']:.1f}.")
+        rows += accuracy_rows(device=device, quick=quick, progress=progress, seed=seed, work=Path(work), data=data)
+    settings = {"model": _MODEL[quick], "configurations": _SIZES[quick], "epochs": _EPOCHS[quick],
+                "precision": "fp32", "data": str(data)}
+    return {"settings": settings, "rows": rows}

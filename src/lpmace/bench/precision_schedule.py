@@ -19,7 +19,9 @@ configurations after every epoch outside the training clock, in the precision th
 with (W3's rule). The final test metrics of a row are those of the EMA model written at the end,
 evaluated in fp32 for every run (the accuracy of the weights, whatever they were trained in).
 
-Rows (one per run): precision or schedule, switch epoch, epochs done, epochs per precision (from the
+`run` returns the `precision_schedule` section of `lpmace bench`'s results.json: {"settings":
+QUICK, FULL_CPU or FULL_GPU, "rows": one per run}; docs/experiments/precision_schedule.md says what
+the rows showed. Rows: precision or schedule, switch epoch, epochs done, epochs per precision (from the
 trainer's log), training time (s), median seconds per epoch per precision, skipped steps (fp16 loss
 scaling), final validation and test energy (meV/atom) and force (meV/Å) RMSE of the EMA model, the
 time each run first reaches the fp32 run's final test force RMSE, the force RMSE of each run at the
@@ -32,7 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lpmace.bench.experiments.progressive_correlation import (_at_time, _log_rows, common_overrides,
+from lpmace.bench.progressive_correlation import (_at_time, _log_rows, common_overrides,
                                                               seconds_per_epoch, final_test_rmse)
 from lpmace.bench.time_to_accuracy import time_to_accuracy
 
@@ -81,7 +83,7 @@ def run(*, device: str, quick: bool, progress: bool, seed: int = 0) -> dict:
         row["time_to_fp32_final_s"] = next((t for t, f in row["curve"] if f is not None and reach is not None
                                             and f <= reach), None)
         row["force_rmse_at_common_time_mev_per_A"] = _at_time(row["curve"], common_time)
-    return {"rows": rows, "columns": COLUMNS, "summary": _summary(rows, settings, device, common_time)}
+    return {"settings": dict(settings), "rows": rows}
 
 
 def _one_run(label, precision, switch, settings, common, device, out, report) -> dict:
@@ -108,33 +110,3 @@ def _one_run(label, precision, switch, settings, common, device, out, report) ->
     row.update(final_test_rmse(run_dir, settings, device))
     return row
 
-
-def _summary(rows: list[dict], settings: dict, device: str, common_time: float | None) -> str:
-    fmt = lambda x, spec=".1f": "n/a" if x is None else format(x, spec)  # noqa: E731
-    per = lambda row: ", ".join(f"{p} {s:.2f} s" for p, s in row["seconds_per_epoch"].items())  # noqa: E731
-    channels = " ".join(m.split("=", 1)[1] for m in settings["model"] if m.startswith("model.channels"))
-    text = (f"Same {settings['budget_s']:g} s training budget"
-            + (f" and at most {settings['epochs']} epochs" if settings["epochs"] else "")
-            + f" on {device} (3BPA, channels {channels}, correlation {settings['correlation']}). ")
-    for row in rows:
-        skipped = f", {row['skipped_steps']} skipped steps" if row["skipped_steps"] else ""
-        text += (f"{row['precision']}: {row['epochs']} epochs ({per(row)} per epoch{skipped}), test force RMSE "
-                 f"{fmt(row['test_force_rmse_mev_per_A'])} meV/Å, energy "
-                 f"{fmt(row['test_energy_rmse_mev_per_atom'], '.2f')} meV/atom"
-                 + ("" if row["status"] == "ok" else f", status {row['status']}") + ". ")
-    at_common = [(row["run"], row["force_rmse_at_common_time_mev_per_A"]) for row in rows]
-    if common_time is not None and all(f is not None for _, f in at_common):
-        text += (f"At the earliest run end ({common_time:.0f} s) the test force RMSE is "
-                 + ", ".join(f"{f:.1f} ({run})" for run, f in at_common) + " meV/Å. ")
-    reached = [row for row in rows if row["time_to_fp32_final_s"] is not None]
-    if not reached:
-        return text + "No run reached the fp32 run's final test force RMSE within its training time."
-    fastest = min(reached, key=lambda row: row["time_to_fp32_final_s"])
-    missed = [row["run"] for row in rows if row["time_to_fp32_final_s"] is None]
-    others = [f"{row['run']} after {row['time_to_fp32_final_s']:.1f} s" for row in reached if row is not fastest]
-    if missed:
-        others.append(f"{', '.join(missed)} not within {'its' if len(missed) == 1 else 'their'} training time")
-    text += (f"Fastest to the fp32 run's final test force RMSE ({fmt(rows[0]['test_force_rmse_mev_per_A'])} meV/Å): "
-             f"{fastest['run']}, after {fastest['time_to_fp32_final_s']:.1f} s of training"
-             + (f" ({'; '.join(others)})" if others else "") + ".")
-    return text

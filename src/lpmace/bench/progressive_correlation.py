@@ -9,8 +9,10 @@ so the model's function is continuous at every switch). Each run is one
 between epochs), its EMA model scored on the test configurations after every epoch outside the
 training clock.
 
-Rows (one per run): schedule, epochs done, training time (s), median seconds per epoch at each
-order, final validation and test energy (meV/atom) and force (meV/Å) RMSE of the EMA model, the
+`run` returns the `progressive_correlation` section of `lpmace bench`'s results.json: {"settings":
+QUICK, FULL_CPU or FULL_GPU, "rows": one per run}; docs/experiments/progressive_correlation.md says
+what the rows showed. Rows: schedule, epochs done, training time (s), median seconds per epoch at
+each order, final validation and test energy (meV/atom) and force (meV/Å) RMSE of the EMA model, the
 time each run first reaches the fixed run's final test force RMSE, and the curve
 ``[[time_s, test force RMSE], ...]``.
 """
@@ -70,7 +72,7 @@ def run(*, device: str, quick: bool, progress: bool, seed: int = 0) -> dict:
         row["time_to_fixed_final_s"] = next(
             (t for t, f in row["curve"] if f is not None and target is not None and f <= target), None)
         row["force_rmse_at_common_time_mev_per_A"] = _at_time(row["curve"], common)
-    return {"rows": rows, "columns": COLUMNS, "summary": _summary(rows, settings, device)}
+    return {"settings": dict(settings), "rows": rows}
 
 
 def _one_run(label, schedule, settings, common, device, out, report) -> dict:
@@ -160,31 +162,3 @@ def _write_first_frames(source: Path, n: int, dest: Path) -> None:
         i += count + 2
     dest.write_text("".join(frames))
 
-
-def _summary(rows: list[dict], settings: dict, device: str) -> str:
-    fixed, progressive = rows
-    fmt = lambda x, spec=".1f": "n/a" if x is None else format(x, spec)  # noqa: E731
-    per = lambda row: ", ".join(f"ν={nu}: {s:.2f} s" for nu, s in row["seconds_per_epoch"].items())  # noqa: E731
-    model = " ".join(m.split("=", 1)[1] for m in settings["model"] if m.startswith("model.channels"))
-    text = (
-        f"Same {settings['budget_s']:g} s training budget"
-        + (f" and at most {settings['epochs']} epochs" if settings["epochs"] else "")
-        + f" on {device} (3BPA, fp32, channels {model}, "
-        f"correlation {settings['correlation']}). Fixed {fixed['schedule']}: {fixed['epochs']} epochs ({per(fixed)}), "
-        f"test force RMSE {fmt(fixed['test_force_rmse_mev_per_A'])} meV/Å, energy "
-        f"{fmt(fixed['test_energy_rmse_mev_per_atom'], '.2f')} meV/atom. Progressive {progressive['schedule']}: "
-        f"{progressive['epochs']} epochs ({per(progressive)}), test force RMSE "
-        f"{fmt(progressive['test_force_rmse_mev_per_A'])} meV/Å, energy "
-        f"{fmt(progressive['test_energy_rmse_mev_per_atom'], '.2f')} meV/atom. "
-    )
-    common = [row["force_rmse_at_common_time_mev_per_A"] for row in rows]
-    if None not in common:
-        text += (f"At the earlier run's end ({min(r['curve'][-1][0] for r in rows):.0f} s) the test force RMSE is "
-                 f"{common[0]:.1f} meV/Å (fixed) against {common[1]:.1f} meV/Å (progressive). ")
-    reached = progressive["time_to_fixed_final_s"]
-    if reached is None:
-        text += "The progressive run did not reach the fixed run's final force RMSE within the budget."
-    else:
-        text += (f"The progressive run reached the fixed run's final force RMSE after {reached:.1f} s of training "
-                 f"(the fixed run after {fmt(fixed['time_to_fixed_final_s'])} s).")
-    return text
