@@ -18,15 +18,21 @@ def _blocks(text: str, language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
 
 
-def test_python_example_runs(tmp_path, monkeypatch, capsys):
-    (example,) = _blocks(USAGE, "python")
+def test_python_examples_run(tmp_path, monkeypatch, capsys):
+    """The usage page's Python blocks, in order, in one namespace (the backends block continues the first)."""
+    examples = _blocks(USAGE, "python")
+    assert len(examples) == 2
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(example, "docs/usage.md", "exec"), namespace)
+    exec(compile(examples[0], "docs/usage.md", "exec"), namespace)
     assert (tmp_path / "untrained.safetensors").is_file()
     forces = namespace["atoms"].get_forces()
     assert forces.shape == (27, 3) and np.isfinite(forces).all()
     assert "energy" in capsys.readouterr().out
+    exec(compile(examples[1], "docs/usage.md", "exec"), namespace)
+    out = namespace["out"]
+    assert str(out["energy"].dtype) == "torch.float64" and out["energy"].shape == (1,)  # the fp64 energy sum
+    assert out["forces"].shape == (27, 3) and bool(out["forces"].isfinite().all())
 
 
 def test_ci_runs_the_readme_commands():
