@@ -16,8 +16,7 @@ def _list(text: str) -> tuple:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from lpmace.bench.runner import SECTIONS
-    from lpmace.bench.workloads import SIZES
+    from lpmace.bench.choices import SECTIONS, SIZES
 
     parser.epilog = ("Without --model the benchmark model has random weights (seeded) of the chosen --size; "
                      "errors against fp64 then measure the arithmetic, not a fit. --quick: tiny model, few "
@@ -70,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from lpmace.bench.runner import SECTIONS, BenchOptions, check, run_bench
+    from lpmace.bench.choices import SECTIONS
+    from lpmace.bench.runner import BenchOptions, check, run_bench
     from lpmace.devices import resolve_device
 
     device = str(resolve_device(args.device))
