@@ -28,7 +28,7 @@ from pathlib import Path
 
 def mean_atoms(path: str) -> float:
     from lpmace.data import read_configurations
-    from lpmace.train.config import resolve_path
+    from lpmace.datasets import resolve_path
 
     configs = read_configurations(resolve_path(path), energy_key=None, forces_key=None)
     return sum(len(c.numbers) for c in configs) / len(configs)

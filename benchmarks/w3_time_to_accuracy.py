@@ -1,128 +1,100 @@
 """W3 (shared/ANCHORS.md): time to reach a test_300K force RMSE, per precision, on one device.
 
-3BPA train_300K (450/50, seed 1), batch 5, λE=1, λF=1000, AMSGrad lr 0.01, EMA 0.99, E0s from the
-isolated atoms, model L=1 / 128 channels / correlation 3 (mace-torch's default MACE). After every
-epoch the EMA model is evaluated on the full test_300K (outside the training clock). Also times
-single training steps and profiles one bf16-mixed step.
+A thin caller of `lpmace.bench.time_to_accuracy` (what ``lpmace bench --workloads time-to-accuracy``
+runs) with the test file, epoch cap and time budget of the README's W3 section: 3BPA train_300K
+(450/50, seed 1), batch 5, λE=1, λF=1000, AMSGrad lr 0.01, EMA 0.99, E0s from the isolated atoms,
+L=1 / 128 channels / correlation 3. After every epoch the EMA model is scored on the test file
+outside the training clock. Before that, per precision, the trainer's own step
+(`lpmace.train.step.training_step`) is timed on 5 training molecules, and one bf16-mixed step is
+profiled (DIR/profile_bf16.txt).
 
     python benchmarks/w3_time_to_accuracy.py --test PATH/test_300K.xyz --out DIR \
-        [--precisions fp32,bf16-mixed,fp16-mixed] [--max-time 200] [--epochs 36] [--device cuda]
+        [--precisions fp32,bf16-mixed,fp16-mixed] [--max-time 200] [--epochs 36] [--device cuda] [--only-steps]
+
+Writes DIR/w3.json (the `time_to_accuracy` dict of results.json with the environment and the step
+times) and one training run per precision under DIR/<precision>.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import shlex
 import sys
-import time
 from pathlib import Path
 
-import torch
-
-from lpmace.data import collate, graph_from_configuration, read_configurations
+from lpmace.bench.measure import environment, synchronize, timed
+from lpmace.bench.time_to_accuracy import time_to_accuracy
+from lpmace.data import collate
+from lpmace.devices import resolve_device
 from lpmace.train import Trainer, load_train_config
+from lpmace.train.step import training_step
 
 TARGET = 31.5  # meV/Å: mace-torch fp32 at ~255 s on an H100 (ANCHORS.md)
+OVERRIDES = ("valid_batch_size=64",)
 
 
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def step_times(trainer, device, repeats=20):
-    """Median/spread of full training steps (forward, forces, double backward, optimizer)."""
+def trainer_step(precision: str, device: str, out: Path):
+    """A fresh W3 `Trainer` (never run) and one call of its training step on its first 5 molecules."""
+    trainer = Trainer(load_train_config(None, (f"precision={precision}", f"device={device}", f"output_dir={out}",
+                                               "progress=false", "test_files=[]", *OVERRIDES)), log=lambda m: None)
     batch = collate(trainer.data.train[:5]).to(device)
-    model, opt = trainer.model, trainer.optimizer
-    times = []
-    for i in range(repeats + 5):
-        sync(device)
-        t = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        out = model(batch, precision=trainer.policy, training=True)
-        loss = ((out["energy"] - batch.energy) ** 2).mean() + 1000 * ((out["forces"].double() - batch.forces) ** 2).mean()
-        trainer.scaler.scale(loss).backward()
-        trainer.scaler.step(opt)
-        trainer.scaler.update()
-        sync(device)
-        if i >= 5:
-            times.append(time.perf_counter() - t)
-    return {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times), "max_ms": 1000 * max(times)}
+    loss_of = trainer.loss_function(epoch=1)
+
+    def step():
+        training_step(trainer.call_model, batch, trainer.policy, trainer.optimizer, trainer.scaler, loss_of,
+                      clip_grad=trainer.cfg.clip_grad)
+    return step
 
 
-def profile_step(trainer, device, path):
+def profile(step, device: str, path: Path) -> str:
+    """torch.profiler's table of three calls of `step`, by device time (CPU time on a CPU)."""
     from torch.profiler import ProfilerActivity, profile
 
-    batch = collate(trainer.data.train[:5]).to(device)
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
-    with profile(activities=acts) as prof:
+    cuda = device.startswith("cuda")
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         for _ in range(3):
-            out = trainer.model(batch, precision=trainer.policy, training=True)
-            (out["forces"].double() ** 2).mean().backward()
-        sync(device)
-    key = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
-    table = prof.key_averages().table(sort_by=key, row_limit=25)
-    Path(path).write_text(table)
+            step()
+        synchronize(device)
+    table = prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=25)
+    path.write_text(table)
     return table
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--test", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--precisions", default="fp32,bf16-mixed,fp16-mixed")
-    ap.add_argument("--max-time", type=float, default=200.0)
-    ap.add_argument("--epochs", type=int, default=36)
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--only-steps", action="store_true")
-    args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    test = read_configurations(args.test)
-    results = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-               "torch": torch.__version__, "n_test": len(test), "runs": {}}
-    for precision in args.precisions.split(","):
-        cfg = load_train_config(None, (
-            f"precision={precision}", f"device={args.device}", f"epochs={args.epochs}",
-            f"max_time={args.max_time}", f"output_dir={out / precision}", "progress=false",
-            "test_files=[]", "valid_batch_size=64"))
-        curve = []
-        test_graphs = None
-
-        def on_epoch(trainer, row):
-            nonlocal test_graphs
-            if test_graphs is None:
-                test_graphs = [graph_from_configuration(c, trainer.model.config.r_max) for c in test]
-            m = trainer.evaluate(test_graphs, batch_size=64).to_dict()
-            point = {"epoch": row["epoch"], "train_time_s": row["train_time_s"],
-                     "test_force_rmse": m["force_rmse_mev_per_A"], "test_energy_rmse": m["energy_rmse_mev"],
-                     "valid_force_rmse": row.get("valid_force_rmse_mev_per_A"), "skipped": row["skipped_steps"]}
-            curve.append(point)
-            print(json.dumps({"precision": precision, **point}), flush=True)
-
-        trainer = Trainer(cfg, log=lambda m: None, on_epoch=on_epoch)
-        steps = step_times(trainer, args.device)
-        print(json.dumps({"precision": precision, "step": steps}), flush=True)
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--test", required=True, help="labelled test structures (a path or embedded:...)")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--precisions", default="fp32,bf16-mixed,fp16-mixed")
+    parser.add_argument("--max-time", type=float, default=200.0, help="training seconds per precision")
+    parser.add_argument("--epochs", type=int, default=36, help="at most this many epochs per precision")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--only-steps", action="store_true", help="time the steps, train nothing")
+    args = parser.parse_args()
+    device = str(resolve_device(args.device))
+    precisions = args.precisions.split(",")
+    args.out.mkdir(parents=True, exist_ok=True)
+    steps = {}
+    for precision in precisions:
+        step = trainer_step(precision, device, args.out / f"{precision}-steps")
+        steps[precision] = timed(step, device, repeats=20, warmup=5)
+        print(json.dumps({"precision": precision, "step": steps[precision]}), flush=True)
         if precision == "bf16-mixed":
-            print(profile_step(trainer, args.device, out / "profile_bf16.txt")[:4000], flush=True)
-        if args.only_steps:
-            results["runs"][precision] = {"step": steps}
-            continue
-        # fresh trainer so the timing steps above do not count as training
-        trainer = Trainer(load_train_config(None, (
-            f"precision={precision}", f"device={args.device}", f"epochs={args.epochs}",
-            f"max_time={args.max_time}", f"output_dir={out / (precision + '_run')}", "progress=false",
-            "test_files=[]", "valid_batch_size=64")), log=lambda m: None, on_epoch=on_epoch)
-        trainer.run()
-        reached = next((p["train_time_s"] for p in curve if p["test_force_rmse"] <= TARGET), None)
-        results["runs"][precision] = {"step": steps, "curve": curve, "time_to_target_s": reached}
-        (out / "w3.json").write_text(json.dumps(results, indent=2))
-    (out / "w3.json").write_text(json.dumps(results, indent=2))
-    print("precision | step ms (median) | epochs | final test F RMSE | time to 31.5 meV/Å")
-    for p, r in results["runs"].items():
-        c = r.get("curve") or [{}]
-        print(f"{p} | {r['step']['median_ms']:.1f} | {c[-1].get('epoch')} | {c[-1].get('test_force_rmse')} | {r.get('time_to_target_s')}")
+            print(profile(step, device, args.out / "profile_bf16.txt")[:4000], flush=True)
+    results = {"runs": []}
+    if not args.only_steps:
+        results = time_to_accuracy(precisions, device=device, budget_s=args.max_time, out_dir=args.out,
+                                   overrides=(f"epochs={args.epochs}", *OVERRIDES), test_file=args.test,
+                                   target_mev_per_A=TARGET, progress=print)
+    command = " ".join(["python", *map(shlex.quote, sys.argv)])
+    (args.out / "w3.json").write_text(json.dumps({"environment": environment(device, command), "step": steps,
+                                                  **results}, indent=2))
+    print("precision | step ms (median) | epochs | final test F RMSE (meV/Å) | time to 31.5 meV/Å (s)")
+    for run in results["runs"]:
+        epochs = run["curve"][-1]["epoch"] if run["curve"] else None
+        print(f"{run['precision']} | {steps[run['precision']]['median_ms']:.1f} | {epochs} | "
+              f"{run['final_force_rmse_mev_per_A']} | {run['time_to_target_s']}")
+    return 0
 
 
 if __name__ == "__main__":

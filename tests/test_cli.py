@@ -107,6 +107,27 @@ def test_help_lists_every_command():
     assert listed == list(COMMANDS)
 
 
+
+def test_help_and_argument_errors_import_no_torch():
+    """Building the parser, every subcommand's --help and an argument error stay off torch (cli.py's
+    promise), in a fresh interpreter so that this process's own imports cannot hide one."""
+    probe = """
+import contextlib, io, sys
+from lpmace.cli import COMMANDS, build_parser
+parser = build_parser()
+for args in (["--help"], *([name, "--help"] for name in COMMANDS), ["bench", "--size", "huge"]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            parser.parse_args(args)
+        except SystemExit:
+            pass
+print(sorted(m for m in ("torch", "numpy", "ase") if m in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 # --- interop: needs mace-torch (installed in CI by scripts/setup.sh) -------------------------------
 
 # Isolated-atom energies of 3BPA (eV), as in the embedded iso_atoms.xyz.

@@ -7,11 +7,15 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "MACE": "lpmace.model",
     "MACEConfig": "lpmace.model",
+    "PrecisionPolicy": "lpmace.precision",
     "Graph": "lpmace.data.graph",
+    "graph_from_atoms": "lpmace.data.batching",
     "InputError": "lpmace.errors",
     "save": "lpmace.io",
     "load": "lpmace.io",
+    "from_mace_torch": "lpmace.interop.mace_torch",
     "Calculator": "lpmace.calculator",
+    "Trainer": "lpmace.train.trainer",
 }
 __all__ = list(_PUBLIC)
 

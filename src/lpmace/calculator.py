@@ -17,10 +17,10 @@ import torch
 from ase.calculators.calculator import Calculator as ASECalculator
 from ase.calculators.calculator import PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
-from ase.data import chemical_symbols
 
-from lpmace.data import Configuration, graph_from_configuration
+from lpmace.data.batching import atoms_source, graph_from_atoms
 from lpmace.data.graph import Graph
+from lpmace.elements import check_known_elements
 from lpmace.errors import InputError
 from lpmace.model import MACE
 from lpmace.precision import PrecisionPolicy, resolve_policy
@@ -120,19 +120,8 @@ class Calculator(ASECalculator):
 
     def _graph(self, atoms: ase.Atoms) -> Graph:
         """The float64 graph of `atoms` within the model's cutoff; InputError for elements it lacks."""
-        unknown = sorted(set(int(z) for z in atoms.numbers) - set(self.atomic_numbers))
-        if unknown:
-            names = ", ".join(_element(z) for z in unknown)
-            known = ", ".join(chemical_symbols[z] for z in self.atomic_numbers)
-            raise InputError(f"element(s) {names} not in the model, which knows {known}")
-        config = Configuration(
-            numbers=np.asarray(atoms.numbers, dtype=np.int64),
-            positions=np.asarray(atoms.positions, dtype=np.float64),
-            cell=np.asarray(atoms.cell.array, dtype=np.float64),
-            pbc=np.asarray(atoms.pbc, dtype=bool),
-            source=f"Atoms({atoms.get_chemical_formula()})",
-        )
-        return graph_from_configuration(config, self.r_max)
+        check_known_elements(atoms.numbers, self.atomic_numbers, atoms_source(atoms))
+        return graph_from_atoms(atoms, self.r_max)
 
     def _evaluate(self, graph: Graph, *, compute_stress: bool) -> dict[str, torch.Tensor]:
         """One model call: energy [1] float64, forces [n_atoms, 3], stress [1, 3, 3] or None."""
@@ -141,6 +130,3 @@ class Calculator(ASECalculator):
                 graph, precision=self.precision, compute_forces=True, compute_stress=compute_stress, training=False
             )
 
-
-def _element(z: int) -> str:
-    return f"{chemical_symbols[z]} (Z={z})" if 0 < z < len(chemical_symbols) else f"Z={z}"

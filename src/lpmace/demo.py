@@ -114,7 +114,7 @@ def run_demo(out: Path, device: str = "cpu", epochs: int = DEFAULT_EPOCHS, log=p
 
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    datasets.path(PRETRAINED.split(":", 1)[1])  # a missing model file fails here, not in a child
+    datasets.resolve_path(PRETRAINED)  # a missing model file fails here, not in a child
     train_file = out / "fine_tune.xyz"
     first_frames(datasets.path("3bpa/train_300K.xyz"), train_file, n_fine_tune)
     test = read_configurations(datasets.path("3bpa/test_300K.xyz"))[:n_test]

@@ -21,6 +21,7 @@ import torch
 
 from lpmace.compress import compress_element_weights
 from lpmace.data.graph import Graph
+from lpmace.elements import check_known_elements
 from lpmace.errors import InputError
 from lpmace.nn.edges import Edges
 from lpmace.nn.element_weights import check_species_rank, element_weight
@@ -178,16 +179,12 @@ class MACE(torch.nn.Module):
         return next(self.parameters()).dtype
 
     def species(self, numbers: torch.Tensor) -> torch.Tensor:
-        """Atomic numbers [n] -> element indices [n]; unknown elements are an InputError."""
+        """Atomic numbers [n] -> element indices [n]; unknown elements are an InputError (`lpmace.elements`)."""
         if numbers.numel() and (numbers.min() < 1 or numbers.max() > 118):
-            raise InputError(f"atomic numbers must be 1..118, got {sorted(set(numbers.tolist()))}")
+            check_known_elements(numbers.tolist(), self.config.atomic_numbers, "input structure")
         species = self.species_of_number[numbers]
         if numbers.numel() and bool((species < 0).any()):
-            unknown = sorted(set(numbers[species < 0].tolist()))
-            raise InputError(
-                f"element(s) with atomic number {unknown} unknown to this model "
-                f"(it knows {list(self.config.atomic_numbers)})"
-            )
+            check_known_elements(numbers.tolist(), self.config.atomic_numbers, "input structure")
         return species
 
     def site_energies(self, graph: Graph, positions, cell, species, policy: PrecisionPolicy,

@@ -122,7 +122,7 @@ def test_data_with_elements_a_given_model_lacks_is_refused(tmp_path, capsys, mak
     out = tmp_path / "out"
     assert main(["bench", "--quick", "--model", str(model), "--data", str(data), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert str(data) in err and "[14]" in err
+    assert str(data) in err and "Z=14" in err
     assert not out.exists()
 
 

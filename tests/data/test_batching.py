@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lpmace.data import Configuration, GraphLoader, batches, collate, graph_from_configuration
+from lpmace.data import Configuration, batches, collate, graph_from_configuration
 from lpmace.errors import InputError
 
 
@@ -108,17 +108,6 @@ def test_batches_cover_every_graph_once_and_shuffle_reproducibly():
     unshuffled = first_positions(batches(graphs, 3))
     assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, unshuffled)
     assert sorted(a[:, 0].tolist()) == sorted(unshuffled[:, 0].tolist())
-
-
-def test_loader_length_and_new_order_each_epoch():
-    graphs = [graph_from_configuration(molecule(2, seed=i), r_max=3.0) for i in range(7)]
-    loader = GraphLoader(graphs, batch_size=3, shuffle=True, seed=0)
-    assert len(loader) == 3 and len(GraphLoader(graphs, 3, drop_last=True)) == 2
-    epoch0 = torch.cat([b.positions for b in loader])
-    epoch1 = torch.cat([b.positions for b in loader])
-    assert epoch0.shape == epoch1.shape == (14, 3) and not torch.equal(epoch0, epoch1)
-    with pytest.raises(InputError):
-        GraphLoader([], batch_size=2)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from lpmace.data import atoms_without_neighbours, neighbour_list, read_configurations
+from lpmace.data import neighbour_list, read_configurations
 
 
 def brute_force_edges(positions, cell, pbc, r_max):
@@ -93,7 +93,6 @@ def test_isolated_atoms_have_no_edges():
     positions = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [10.0, 0.0, 0.0]])
     edge_index, shifts = neighbour_list(positions, np.zeros((3, 3)), np.zeros(3, bool), 2.0)
     assert edge_index.tolist() == [[1, 0], [0, 1]] and shifts.shape == (2, 3)
-    assert atoms_without_neighbours(edge_index, 3).tolist() == [2]
     one, _ = neighbour_list(positions[:1], np.zeros((3, 3)), np.zeros(3, bool), 2.0)
     assert one.shape == (2, 0)
 

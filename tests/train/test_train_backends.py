@@ -2,7 +2,7 @@
 
 "compiled" runs with Inductor's real code generation on the CPU (C++ kernels on two threads: the
 multi-threaded scatter-adds are where torch 2.13's Inductor wrote out of bounds, see
-`lpmace.kernels.compiled._cpu_inductor`), in a subprocess so that a heap corruption fails this test
+`lpmace.compile._cpu_inductor`), in a subprocess so that a heap corruption fails this test
 and not the whole run; "triton" runs the kernels under Triton's interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1 before triton is imported). Each is compared with the same run on the reference
 backend: same data, seed and order of batches, so the losses agree up to float32 summation order.

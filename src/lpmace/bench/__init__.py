@@ -2,7 +2,8 @@
 under every precision and backend, side by side with mace-torch running the same weights.
 
 Sections (each a module, each returning JSON-ready rows that `report` renders):
-    workloads.py          the model sizes, W1/W2/W3 graphs (shared/ANCHORS.md) and the mace-torch twin
+    choices.py            the section names and model sizes (no torch: `lpmace --help` lists them)
+    workloads.py          the random models, W1/W2/W3 graphs (shared/ANCHORS.md) and the mace-torch twin
     measure.py            CUDA-synchronised timing (median and spread), peak memory, the environment
     speed.py              training-step and inference speed; scaling against system size (OOM reported)
     roofline.py           achieved FLOP/s and bytes/s against a table of known device peaks

@@ -4,14 +4,15 @@ so every section measures lpmace and mace-torch the same way.
 An engine turns a host `Graph` into device inputs once (`prepare`), then evaluates them (`infer`:
 energy [n_graphs], forces [n_atoms, 3], stress [n_graphs, 3, 3] when asked) or builds a training step
 (`train_step`: energy + forces + loss + backward through the forces + Adam step, on its own copy of
-the weights). lpmace engines run the model under a precision preset; mace-torch engines run the
-same weights, converted by `lpmace.interop`, with e3nn (float32/float64) or cuEquivariance.
+the weights; for lpmace the trainer's own step, `lpmace.train.step.training_step`). lpmace engines
+run the model under a precision preset; mace-torch engines run the same weights, converted by
+`lpmace.interop`, with e3nn (float32/float64) or cuEquivariance.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -36,7 +37,6 @@ class Engine:
     prepare: Callable[[Graph], object]
     infer: Callable[[object, bool], dict]  # (inputs, compute_stress) -> {"energy", "forces", "stress"}
     train_step: Optional[Callable[[object], Callable[[], None]]] = None
-    notes: list = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -65,17 +65,16 @@ def lpmace_engine(model: MACE, precision: str, backend: str, device: str) -> Eng
         return run(graph, precision=policy, compute_stress=compute_stress)
 
     def train_step(graph: Graph) -> Callable[[], None]:
+        from lpmace.train.step import training_step
+
         trained = copy.deepcopy(weights)
         run_trained = use(trained, backend, device)
         optimizer = torch.optim.Adam(trained.parameters(), lr=1e-3, amsgrad=True)
         scaler = torch.amp.GradScaler(torch.device(device).type, enabled=policy.uses_fp16)
 
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            out = run_trained(graph, precision=policy, training=True)
-            scaler.scale(_loss(out["energy"], out["forces"])).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        def step() -> None:  # the trainer's step (`lpmace.train.step`), on zero labels
+            training_step(run_trained, graph, policy, optimizer, scaler,
+                          lambda out, _: _loss(out["energy"], out["forces"]))
         return step
 
     return Engine("lpmace", backend, policy.name, prepare=lambda g: g.to(device), infer=infer, train_step=train_step)

@@ -12,7 +12,6 @@ the reason, never a silent gap.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -26,16 +25,15 @@ import torch
 from lpmace import datasets
 from lpmace.atomic import atomic_write_text
 from lpmace.bench import accuracy, engines, measure, roofline, speed, workloads
+from lpmace.bench.choices import EXPERIMENTS, MATRIX, SECTIONS
 from lpmace.data import graph_from_configuration, read_configurations
+from lpmace.elements import check_configurations
 from lpmace.errors import InputError
 from lpmace.model import MACE
 from lpmace.precision import resolve_policy
 
 __all__ = ["SECTIONS", "BenchOptions", "check", "run_bench"]
 
-MATRIX = ("train", "infer", "roofline", "accuracy", "equivariance", "scaling", "md", "time-to-accuracy")
-EXPERIMENTS = ("quantize", "species-rank", "progressive-correlation", "precision-schedule")
-SECTIONS = MATRIX + EXPERIMENTS
 BPA_TEST = "3bpa/test_300K.xyz"
 # results.json key of each section (train and infer share "speed"); an experiment's module is
 # lpmace.bench.<its key>
@@ -124,7 +122,7 @@ def _load_model(options: BenchOptions, elements: tuple) -> tuple[MACE, Optional[
 
 def check(options: BenchOptions) -> Plan:
     """Validate every option and input; InputError names what is wrong before anything runs."""
-    from lpmace.devices import resolve_device as _device
+    from lpmace.devices import resolve_device
 
     unknown = sorted(set(options.sections) - set(SECTIONS))
     if unknown:
@@ -135,7 +133,7 @@ def check(options: BenchOptions) -> Plan:
         resolve_policy(p)  # InputError naming the preset
     if not options.precisions:
         raise InputError("--precisions: give at least one precision")
-    device = _device(options.device)
+    device = resolve_device(options.device)
     for b in options.backends:
         if b not in engines.BACKENDS:
             raise InputError(f"--backends: {b!r} is not available (known: {', '.join(engines.BACKENDS)})")
@@ -177,10 +175,7 @@ def check(options: BenchOptions) -> Plan:
     else:
         plan.skipped.append({"section": "accuracy", "what": "3BPA test_300K", "why": "the model lacks H, C, N or O"})
     for file, configs in given:
-        missing = sorted({int(z) for c in configs for z in c.numbers} - known)
-        if missing:
-            raise InputError(f"--data {file}: atomic numbers {missing} unknown to the model "
-                             f"(it knows {sorted(known)})")
+        check_configurations(configs, known)
         plan.data.append((f"{Path(file).name} ({len(configs)} structures)", configs))
     return plan
 
@@ -374,6 +369,3 @@ def _experiment(plan: Plan, name: str) -> dict:
     found = module.run(device=o.device, quick=o.quick, progress=o.progress, seed=o.seed, **extra)
     return {**found, "seconds": time.perf_counter() - start}
 
-
-def options_dict(options: BenchOptions) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(options).items()}

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from lpmace.bench.measure import is_out_of_memory, release_memory
+from lpmace.datasets import resolve_path
 from lpmace.data import (
     graph_from_configuration,
     isolated_atom_energies,
@@ -39,7 +40,6 @@ from lpmace.data import (
 )
 from lpmace.model import MACEConfig
 from lpmace.train import TrainConfig, Trainer, load_train_config
-from lpmace.train.config import resolve_path
 
 __all__ = ["MACE_DTYPES", "parse_mace_log", "time_to_accuracy"]
 

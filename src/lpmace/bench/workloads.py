@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from lpmace.bench.choices import SIZES
 from lpmace.data import Configuration, collate, graph_from_configuration
 from lpmace.data.graph import Graph
 from lpmace.errors import InputError
@@ -27,14 +28,6 @@ from lpmace.model import MACE, MACEConfig
 __all__ = ["SIZES", "Workload", "build_model", "build_mace_torch", "random_bulk", "random_molecules",
            "rotate_graph", "workloads"]
 
-ANCHOR = dict(r_max=5.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=3, channels=128, correlation=(3, 3),
-              num_interactions=2, readout_mlp=16, radial_mlp=(64, 64, 64), avg_num_neighbors=15.0)
-SIZES = {
-    "tiny": dict(ANCHOR, channels=8, max_L=1, max_ell=2, correlation=(2, 2), radial_mlp=(16, 16), readout_mlp=8),
-    "small": dict(ANCHOR, max_L=0),
-    "medium": dict(ANCHOR, max_L=1),
-    "L2": dict(ANCHOR, max_L=2),
-}
 DEFAULT_ELEMENTS = (1, 6, 7, 8)
 
 

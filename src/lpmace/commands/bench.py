@@ -17,8 +17,7 @@ def _list(text: str) -> tuple:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from lpmace.bench.runner import EXPERIMENTS, MATRIX
-    from lpmace.bench.workloads import SIZES
+    from lpmace.bench.choices import EXPERIMENTS, MATRIX, SIZES
 
     parser.epilog = ("Without --model the benchmark model has random weights (seeded) of the chosen --size; "
                      "errors against fp64 then measure the arithmetic, not a fit. --quick: tiny model, few "
@@ -71,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from lpmace.bench.runner import MATRIX, BenchOptions, check, run_bench
+    from lpmace.bench.choices import MATRIX
+    from lpmace.bench.runner import BenchOptions, check, run_bench
     from lpmace.devices import resolve_device
 
     device = str(resolve_device(args.device))

@@ -12,7 +12,6 @@ import argparse
 from lpmace.devices import AUTO, DEVICE_HELP
 
 HELP = "energy, force and stress errors of a model on labelled extended-XYZ files"
-EMBEDDED = "embedded:"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from lpmace.bench.measure import strict_json
     from lpmace.data import graph_from_configuration, read_configurations
     from lpmace.devices import resolve_device
+    from lpmace.elements import check_configurations
     from lpmace.errors import InputError
     from lpmace.evaluate import evaluate
     from lpmace.io import load
@@ -68,20 +68,17 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.model, device=device)
     policy = resolve_policy(args.precision, default=model.default_precision)
     run = use(model, backend, device)  # the model, or its compiled wrapper
-    known = {int(z) for z in model.config.atomic_numbers}
     keys = {f"{label}_key": None if value.lower() == "none" else value
             for label, value in (("energy", args.energy_key), ("forces", args.forces_key),
                                  ("stress", args.stress_key))}
     datasets_graphs = []
     for name in args.data:
-        path = datasets.path(name[len(EMBEDDED):]) if name.startswith(EMBEDDED) else pathlib.Path(name)
+        path = datasets.resolve_path(name)
         try:
             configs = read_configurations(path, **keys)
         except InputError as err:  # its hint names the Python argument; name the flag instead
             raise InputError(re.sub(r"set (\w+)_key to null, None in Python,", r"pass --\1-key none", str(err))) from None
-        unknown = sorted({int(z) for c in configs for z in c.numbers} - known)
-        if unknown:
-            raise InputError(f"{name}: atomic number(s) {unknown} unknown to the model (it knows {sorted(known)})")
+        check_configurations(configs, model.config.atomic_numbers)
         datasets_graphs.append((name, [graph_from_configuration(c, model.config.r_max) for c in configs]))
 
     results = {}
@@ -93,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     if parity_dir is not None:
         parity_dir.mkdir(parents=True, exist_ok=True)
-        stems = [pathlib.Path(name.removeprefix(EMBEDDED)).stem for name in results]
+        stems = [datasets.display_stem(name) for name in results]
         for i, (name, metrics) in enumerate(results.items()):
             stem = stems[i] if stems.count(stems[i]) == 1 else f"{i}_{stems[i]}"
             written = parity_plot(metrics, parity_dir / f"parity_{stem}.png", f"{name} ({policy.name})")

@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from lpmace.calculator import Calculator
-    from lpmace.devices import resolve_device as _device
+    from lpmace.devices import resolve_device
+    from lpmace.elements import check_known_elements
     from lpmace.errors import InputError
     from lpmace.io import load
     from lpmace.md import run_md
@@ -82,18 +83,11 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{flag} {path}: folder {path.parent} does not exist")
         if path.is_dir():
             raise InputError(f"{flag} {path}: is a folder")
-    device = _device(args.device)
+    device = resolve_device(args.device)
 
     config = _read_structure(pathlib.Path(args.structure), args.index)
     model = load(args.model, device=device)
-    known = {int(z) for z in model.config.atomic_numbers}
-    unknown = sorted({int(z) for z in config.numbers} - known)
-    if unknown:
-        from ase.data import chemical_symbols
-
-        names = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}" for z in unknown)
-        raise InputError(f"{args.structure}: element(s) {names} unknown to the model "
-                         f"(it knows {', '.join(chemical_symbols[z] for z in sorted(known))})")
+    check_known_elements(config.numbers, model.config.atomic_numbers, config.source)
     atoms = _starting_geometry(config, model.config.r_max)
     policy = resolve_policy(args.precision, default=model.default_precision)
     calculator = Calculator(model, device=device, precision=policy, backend=args.backend)

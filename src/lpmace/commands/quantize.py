@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import pathlib
 
-    from lpmace.devices import resolve_device as _device
+    from lpmace.devices import resolve_device
     from lpmace.errors import InputError
 
     source, target = pathlib.Path(args.model), pathlib.Path(args.output)
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     check_model_paths(source, target, args.force)
     if target.exists() and target.resolve() == source.resolve():
         raise InputError(f"{target}: is the input model; write the quantized model to another file")
-    device = _device(args.device)
+    device = resolve_device(args.device)
 
     import lpmace.io
     from lpmace.quantize import quantize_readouts, unsupported_reason

@@ -1,9 +1,9 @@
 """Data: extended XYZ reading, neighbour lists, graphs and batches, dataset statistics."""
 
-from lpmace.data.batching import GraphLoader, batches, collate, graph_from_configuration
+from lpmace.data.batching import batches, collate, graph_from_atoms, graph_from_configuration
 from lpmace.data.extxyz import Configuration, isolated_atom_energies, read_configurations
 from lpmace.data.graph import Graph
-from lpmace.data.neighbours import atoms_without_neighbours, neighbour_list
+from lpmace.data.neighbours import neighbour_list
 from lpmace.data.statistics import (
     average_num_neighbours,
     e0s_from_isolated_atoms,
@@ -14,14 +14,13 @@ from lpmace.data.statistics import (
 __all__ = [
     "Configuration",
     "Graph",
-    "GraphLoader",
-    "atoms_without_neighbours",
     "average_num_neighbours",
     "batches",
     "collate",
     "e0s_from_isolated_atoms",
     "energy_shift_and_force_scale",
     "fit_e0s",
+    "graph_from_atoms",
     "graph_from_configuration",
     "isolated_atom_energies",
     "neighbour_list",

@@ -18,7 +18,7 @@ from lpmace.data.graph import Graph
 from lpmace.data.neighbours import neighbour_list
 from lpmace.errors import InputError
 
-__all__ = ["graph_from_configuration", "collate", "batches", "GraphLoader"]
+__all__ = ["graph_from_atoms", "graph_from_configuration", "collate", "batches"]
 
 _F64 = torch.float64
 
@@ -64,6 +64,26 @@ def graph_from_configuration(config: Configuration, r_max: float) -> Graph:
         has_forces=torch.tensor([config.forces is not None]),
         has_stress=torch.tensor([config.stress is not None]),
     )
+
+
+def graph_from_atoms(atoms, r_max: float) -> Graph:
+    """The single-graph `Graph` of an `ase.Atoms` (no reference labels), as `graph_from_configuration`;
+    errors name it ``Atoms(<formula>)``. What `lpmace.Calculator` evaluates, for a model called directly::
+
+        out = model(graph_from_atoms(atoms, model.config.r_max), compute_forces=True)
+    """
+    return graph_from_configuration(Configuration(
+        numbers=np.asarray(atoms.numbers, dtype=np.int64),
+        positions=np.asarray(atoms.positions, dtype=np.float64),
+        cell=np.asarray(atoms.cell.array, dtype=np.float64),
+        pbc=np.asarray(atoms.pbc, dtype=bool),
+        source=atoms_source(atoms),
+    ), r_max)
+
+
+def atoms_source(atoms) -> str:
+    """How errors name an `ase.Atoms`: ``Atoms(C2H6)``."""
+    return f"Atoms({atoms.get_chemical_formula()})"
 
 
 def _check_separations(config: Configuration, edge_index: np.ndarray, unit_shifts: np.ndarray) -> None:
@@ -161,39 +181,3 @@ def batches(
             return
         yield collate([graphs[i] for i in chosen])
 
-
-class GraphLoader:
-    """Batches of precomputed graphs, one pass per iteration; shuffled anew each epoch.
-
-    Epoch k (counting iterations from 0) uses seed ``seed + k``, so a run is reproducible and a
-    resumed run can set `epoch` to continue the same sequence.
-    """
-
-    def __init__(
-        self,
-        graphs: Sequence[Graph],
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        seed: int = 0,
-        drop_last: bool = False,
-    ) -> None:
-        if len(graphs) == 0:
-            raise InputError("no graphs to load")
-        if batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}")
-        self.graphs = list(graphs)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.drop_last = drop_last
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        full, rest = divmod(len(self.graphs), self.batch_size)
-        return full if (self.drop_last or rest == 0) else full + 1
-
-    def __iter__(self) -> Iterator[Graph]:
-        seed = self.seed + self.epoch
-        self.epoch += 1
-        return batches(self.graphs, self.batch_size, shuffle=self.shuffle, seed=seed, drop_last=self.drop_last)

@@ -18,7 +18,7 @@ import vesin
 
 from lpmace.errors import InputError
 
-__all__ = ["neighbour_list", "atoms_without_neighbours"]
+__all__ = ["neighbour_list"]
 
 
 def _box_for_vesin(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
@@ -77,16 +77,3 @@ def neighbour_list(
     edge_index = np.stack([sender[order], receiver[order]])
     return edge_index, shifts[order].astype(np.float64)
 
-
-def atoms_without_neighbours(edge_index: np.ndarray, n_atoms: int) -> np.ndarray:
-    """Indices of atoms that receive no edge (isolated within r_max; the model gives them E0 only).
-
-    Args:
-        edge_index: [2, n_edges] int (sender, receiver).
-        n_atoms: number of atoms.
-
-    Returns:
-        [k] int64 sorted atom indices.
-    """
-    received = np.bincount(np.asarray(edge_index[1], dtype=np.int64), minlength=n_atoms)
-    return np.flatnonzero(received == 0).astype(np.int64)

@@ -16,6 +16,7 @@ from ase.data import chemical_symbols
 
 from lpmace.data.extxyz import Configuration, isolated_atom_energies
 from lpmace.data.graph import Graph
+from lpmace.elements import check_known_elements
 from lpmace.errors import InputError
 
 __all__ = ["fit_e0s", "e0s_from_isolated_atoms", "average_num_neighbours", "energy_shift_and_force_scale"]
@@ -26,10 +27,7 @@ def _element_counts(configs: Sequence[Configuration], atomic_numbers: Sequence[i
     column = {int(z): k for k, z in enumerate(atomic_numbers)}
     counts = np.zeros((len(configs), len(column)))
     for row, config in enumerate(configs):
-        unknown = set(np.unique(config.numbers).tolist()) - column.keys()
-        if unknown:
-            names = ", ".join(chemical_symbols[z] for z in sorted(unknown))
-            raise InputError(f"{config.source}: element(s) {names} not in atomic_numbers {list(atomic_numbers)}")
+        check_known_elements(config.numbers, atomic_numbers, config.source, "atomic_numbers")
         z, n = np.unique(config.numbers, return_counts=True)
         counts[row, [column[int(v)] for v in z]] = n
     return counts

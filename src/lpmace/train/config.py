@@ -22,12 +22,12 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import yaml
 
+from lpmace.datasets import resolve_path  # noqa: F401 (the one `embedded:` resolver; some callers import it from here)
 from lpmace.errors import InputError
 from lpmace.backends import BACKENDS
 from lpmace.model import MACEConfig
 from lpmace.train.config_types import ConfigLoader, ConfigValueError, typed
 
-EMBEDDED = "embedded:"
 
 # Model hyperparameters a training config may set (MACEConfig fields that are not data statistics).
 MODEL_KEYS = {
@@ -272,17 +272,6 @@ def _checked_model(model: dict) -> dict:
 
 def _mace_config(model: dict, atomic_numbers, e0s=(), **statistics) -> MACEConfig:
     return MACEConfig(atomic_numbers=tuple(atomic_numbers), E0s=tuple(e0s), **statistics, **model)
-
-
-def resolve_path(name: Optional[str]) -> Optional[Path]:
-    """A user path, or ``embedded:3bpa/...`` for a file shipped with lpmace."""
-    if name is None:
-        return None
-    if name.startswith(EMBEDDED):
-        from lpmace import datasets
-
-        return datasets.path(name[len(EMBEDDED):])
-    return Path(name)
 
 
 def _set_dotted(data: dict, key: str, value: Any):

@@ -137,7 +137,7 @@ def batch_counts(graphs: Sequence[Graph]) -> dict:
 class ShardedLoader:
     """This rank's part of each global batch: yields (graph or None when the part is empty, global counts).
 
-    Epoch k shuffles with seed ``seed + k`` exactly as `lpmace.data.GraphLoader` does, whatever the
+    Epoch k shuffles with seed ``seed + k`` (`lpmace.data.batches`' permutation), whatever the
     number of ranks; `epoch` can be set to continue a resumed run.
     """
 

@@ -12,7 +12,6 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from ase.data import chemical_symbols
 
 from lpmace.data import (
     Configuration,
@@ -24,9 +23,11 @@ from lpmace.data import (
     graph_from_configuration,
     read_configurations,
 )
+from lpmace.datasets import resolve_path
+from lpmace.elements import check_configurations
 from lpmace.errors import InputError
 from lpmace.model import MACE, MACEConfig
-from lpmace.train.config import TrainConfig, model_config, resolve_path
+from lpmace.train.config import TrainConfig, model_config
 
 
 @dataclass
@@ -46,17 +47,6 @@ def _read(cfg: TrainConfig, name: str) -> List[Configuration]:
     if not configs:
         raise InputError(f"{name}: no configurations")
     return configs
-
-
-def _check_known_elements(configs: List[Configuration], elements, known_as: str = "the training data") -> None:
-    """InputError naming the file and frame if `configs` hold an element the model will not know
-    (`elements`: those of `known_as`)."""
-    elements = sorted(elements)
-    for c in configs:
-        unknown = sorted({int(z) for z in c.numbers} - set(elements))
-        if unknown:
-            raise InputError(f"{c.source}: element(s) {', '.join(chemical_symbols[z] for z in unknown)} not in "
-                             f"{known_as} (the model knows {', '.join(chemical_symbols[z] for z in elements)})")
 
 
 def _is_isolated_atom(c: Configuration) -> bool:
@@ -85,7 +75,7 @@ def prepare(cfg: TrainConfig, log=print) -> RunData:
         foundation, weights = foundation_start(cfg, {cfg.train_file: train, cfg.valid_file or "valid": valid, **tests})
     else:
         for configs in tests.values():  # found now, not after the whole run
-            _check_known_elements(configs, elements)
+            check_configurations(configs, elements, "the training data")
     if foundation is None and cfg.e0s == "isolated":
         source = cfg.isolated_atoms_file or cfg.train_file
         if cfg.isolated_atoms_file:
@@ -147,7 +137,7 @@ def foundation_start(cfg: TrainConfig, data: Dict[str, List[Configuration]]
             raise InputError(f"model.{key}={value!r} contradicts foundation_model {name}, which has "
                              f"{key} {getattr(config, key)!r}: leave model.{key} out")
     for configs in data.values():
-        _check_known_elements(configs, config.atomic_numbers, f"foundation_model {name}")
+        check_configurations(configs, config.atomic_numbers, f"foundation_model {name}")
     return config, model.state_dict()
 
 

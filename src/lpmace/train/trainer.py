@@ -31,6 +31,7 @@ import torch
 import yaml
 
 from lpmace.atomic import atomic_write_text
+from lpmace.datasets import display_stem
 from lpmace.devices import resolve_device
 from lpmace.errors import InputError, TrainingFailed
 from lpmace.io import save
@@ -46,6 +47,7 @@ from lpmace.train.health import (advice, epoch_warnings, nonfinite_metrics, nonf
 from lpmace.train.loss import weighted_loss
 from lpmace.train.prepare import RunData, build_model, parameter_groups, prepare
 from lpmace.train.runlog import append_row, json_safe, row_summary, trim_log
+from lpmace.train.step import training_step
 
 
 def peak_memory(device: str) -> dict:
@@ -173,11 +175,22 @@ class Trainer:
             return cfg.stage_two_energy_weight, cfg.stage_two_forces_weight
         return cfg.energy_weight, cfg.forces_weight
 
+    def loss_function(self, epoch: int, counts: Optional[dict] = None) -> Callable[[dict, object], torch.Tensor]:
+        """The loss of a batch in `epoch` (its stage's weights), as `training_step` takes it; `counts`:
+        the global batch's, when several ranks share it."""
+        cfg = self.cfg
+        energy_w, forces_w = self._weights(epoch)
+
+        def loss_of(out: dict, batch) -> torch.Tensor:
+            loss = weighted_loss(out, batch, energy_weight=energy_w, forces_weight=forces_w,
+                                 stress_weight=cfg.stress_weight, kind=cfg.loss, delta=cfg.huber_delta, counts=counts)
+            return loss if self.fault is None else self.fault(epoch, self.step, loss)
+        return loss_of
+
     def _train_epoch(self, bar) -> Optional[float]:
         """One pass over the training graphs; the mean finite loss (None: no step had a finite loss)."""
         cfg, model = self.cfg, self.model
         epoch = self.epoch + 1
-        energy_w, forces_w = self._weights(epoch)
         snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
         opt_snapshot = copy.deepcopy(self.optimizer.state_dict())  # state_dict() holds the live moments
         ema_snapshot = self.ema.snapshot()
@@ -191,29 +204,17 @@ class Trainer:
         # losses (and gradients) add up to the single-process ones.
         sharded = self.dist.world_size > 1
         for graph, counts in self.loader:
-            self.optimizer.zero_grad(set_to_none=True)
-            out = None
-            if graph is None:  # fewer structures in this global batch than ranks
-                loss = torch.zeros((), dtype=torch.float64, device=cfg.device)
-                self.scaler.scale(loss)  # GradScaler sets up its scale on first use; every rank must
-            else:
+            forward = {}
+            if graph is not None:  # None: fewer structures in this global batch than ranks
                 graph = graph.to(cfg.device)
-                stress = bool(cfg.stress_weight and graph.stress is not None and graph.has_stress.any())
-                out = self.call_model(graph, precision=self.policy, training=True, compute_stress=stress)
-                loss = weighted_loss(out, graph, energy_weight=energy_w, forces_weight=forces_w,
-                                     stress_weight=cfg.stress_weight, kind=cfg.loss, delta=cfg.huber_delta,
-                                     counts=counts if sharded else None)
-                if self.fault is not None:
-                    loss = self.fault(epoch, self.step, loss)
-                self.scaler.scale(loss).backward()
-            local_loss = loss.detach()
-            loss = self.reduce(model.parameters(), loss)  # sum over ranks (no-op on one)
-            self.scaler.unscale_(self.optimizer)
-            # One norm over all gradients: non-finite if any gradient is (one device sync per step).
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad or math.inf)
-            value = float(loss)
-            if math.isfinite(value) and bool(torch.isfinite(norm)):
-                self.scaler.step(self.optimizer)
+                forward["compute_stress"] = bool(cfg.stress_weight and graph.stress is not None
+                                                 and graph.has_stress.any())
+            # the reducer sums loss and gradients over ranks (no-op on one)
+            step = training_step(self.call_model, graph, self.policy, self.optimizer, self.scaler,
+                                 self.loss_function(epoch, counts if sharded else None),
+                                 clip_grad=cfg.clip_grad, reduce=self.reduce, **forward)
+            out, value = step.out, step.loss
+            if step.applied:
                 # A finite gradient can still step to non-finite weights (a huge lr): checked before the
                 # EMA sees them, as the EMA is what is validated and saved.
                 if weights_finite(list(model.parameters())):
@@ -229,13 +230,11 @@ class Trainer:
                     self.log(f"epoch {epoch}: non-finite weights after step {self.step}; restored the epoch's start")
             else:
                 self.skipped += 1
-                self.optimizer.zero_grad(set_to_none=True)
-                if out is not None and not bool(torch.isfinite(local_loss)):
+                if out is not None and not bool(torch.isfinite(step.local_loss)):
                     nonfinite += 1
                     for j in nonfinite_structures(out, graph):
                         i = self.loader.indices[j]  # the training structure at batch position j
                         culprits[i] = culprits.get(i, 0) + 1
-            self.scaler.update()
             self.step += 1
             if math.isfinite(value):
                 total, count = total + value, count + 1
@@ -416,7 +415,7 @@ class Trainer:
             results[name] = metrics.to_dict()
             if not self.dist.is_main:
                 continue
-            stem = Path(name.replace("embedded:", "")).stem
+            stem = display_stem(name)
             parity_plot(metrics, self.out / f"parity_{stem}.png", f"{stem} ({self.policy.name})")
             d = results[name]
             self.log(f"test {name}: E {d.get('energy_rmse_mev_per_atom', float('nan')):.2f} meV/atom, "
