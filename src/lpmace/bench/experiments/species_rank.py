@@ -66,7 +66,7 @@ def shared_data_dir() -> Path:
 # ---- part 1: counting ---------------------------------------------------------------------------
 def count_rows() -> List[dict]:
     """One row per (S, rank): element-weight parameters and KiB (fp32; int8 embedding) of the medium model."""
-    from lpmace.compress import element_weight_storage
+    from lpmace.compress import compress, element_weight_storage
     from lpmace.model import MACE, MACEConfig
 
     rows = []
@@ -76,8 +76,9 @@ def count_rows() -> List[dict]:
             if rank is not None and rank >= s:
                 continue
             zs = tuple(range(1, s + 1))
-            model = MACE(MACEConfig(atomic_numbers=zs, species_rank=rank))
-            int8 = MACE(MACEConfig(atomic_numbers=zs, species_rank=rank, int8_embedding=True))
+            built = MACE(MACEConfig(atomic_numbers=zs))
+            model = built if rank is None else compress(built, rank, how="random")
+            int8 = compress(built, rank, int8_embedding=True, how="random")
             stored, stored8 = element_weight_storage(model), element_weight_storage(int8)
             total = sum(p.numel() for p in model.parameters())
             full = full or stored["numel"]
