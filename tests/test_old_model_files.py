@@ -48,3 +48,11 @@ def test_a_file_written_at_96d6a36_gives_the_recorded_energy_and_forces(name, tm
     metadata = lpmace.io._read(tmp_path / "again.safetensors")[0]
     assert "readout_quantization" not in metadata and "species_rank" not in metadata["config"]
     assert json.loads(metadata.get("conversions", "[]")) == CONVERSIONS[name]
+
+
+def test_info_lists_the_conversions_of_an_old_file(capsys):
+    from lpmace.cli import main
+
+    assert main(["info", str(HERE / "species_rank2_int8_embedding.safetensors")]) == 0
+    printed = capsys.readouterr().out
+    assert "species compression: rank 2, int8 embedding\n" in printed and "  species_rank:" not in printed

@@ -113,8 +113,8 @@ CONVERSIONS: Dict[str, Conversion] = {
 
 
 def conversion(name: object) -> Conversion:
-    if name not in CONVERSIONS:
-        raise InputError(f"unknown conversion {name!r} (known: {', '.join(CONVERSIONS)})")
+    if not isinstance(name, str) or name not in CONVERSIONS:
+        raise InputError(f"unknown conversion {name!r:.80} (known: {', '.join(CONVERSIONS)})")
     return CONVERSIONS[name]
 
 
@@ -135,7 +135,7 @@ def rebuild(model: torch.nn.Module, entries: object) -> torch.nn.Module:
     {"name": ..., **params}, in the order they were applied), in place, and record them on it.
     Returns `model`. InputError for an unknown name or bad parameters."""
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise InputError(f"conversions must be a list of objects with a 'name', got {entries!r}")
+        raise InputError(f"conversions must be a list of objects with a 'name', got {entries!r:.80}")
     for entry in entries:
         step = conversion(entry.get("name"))
         params = step.checked(entry)
@@ -159,5 +159,5 @@ def legacy_conversions(config: dict, metadata: Dict[str, str]) -> Tuple[dict, li
             raise InputError(f"malformed 'readout_quantization' metadata ({err})") from None
         if not isinstance(info, dict):
             raise InputError("'readout_quantization' metadata must be an object with a 'layers' object")
-        entries.append({"name": "readout_quantization", **info})
+        entries.append({"name": "readout_quantization", **{k: v for k, v in info.items() if k != "name"}})
     return config, entries

@@ -61,6 +61,10 @@ def save(model: MACE, path: str | os.PathLike) -> pathlib.Path:
     state = model.state_dict()
     for step, params in applied(model):
         state = step.pack(model, params, state)
+    for name, value in state.items():
+        if type(value) not in (torch.Tensor, torch.nn.Parameter):  # e.g. torchao's quantized tensors
+            raise InputError(f"{name}: a {type(value).__name__}, not a plain tensor: the model was converted "
+                             "without recording it in model.conversions (see lpmace.conversions)")
     tensors = {
         name: value.detach().to("cpu").contiguous().clone()  # clone: safetensors refuses shared storage
         for name, value in state.items()

@@ -84,7 +84,8 @@ def prepare(cfg: TrainConfig, log=print) -> RunData:
     elements = sorted({int(z) for c in train + valid for z in c.numbers})
     foundation, weights, conversions = None, None, model_conversions(cfg.model)
     if cfg.foundation_model is not None:  # its elements, not the data's, are the model's
-        foundation, weights, conversions = foundation_start(cfg, {cfg.train_file: train, cfg.valid_file or "valid": valid, **tests})
+        files = {cfg.train_file: train, cfg.valid_file or "valid": valid, **tests}
+        foundation, weights, conversions = foundation_start(cfg, files)
     else:
         for configs in tests.values():  # found now, not after the whole run
             _check_known_elements(configs, elements)
