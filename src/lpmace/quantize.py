@@ -236,12 +236,12 @@ def layer_modes_from_info(info: dict, model: torch.nn.Module) -> Dict[str, str]:
     `model` (a swapped MACE of the file's config): every readout layer named once, every mode known."""
     layers = info.get("layers")
     if not isinstance(layers, dict):
-        raise InputError(f"readout_quantization: 'layers' must be an object {{layer name: mode}}, got {layers!r}")
+        raise InputError(f"readout_quantization: 'layers' must be an object {{layer name: mode}}, got {layers!r:.80}")
     names = readout_layer_names(model)
     if sorted(layers) != sorted(names):
         raise InputError(f"readout_quantization names layers {sorted(layers)}, the model has {names}")
     for name, mode in layers.items():
-        if mode != "none" and mode not in MODES:
+        if mode != "none" and (not isinstance(mode, str) or mode not in MODES):
             raise InputError(f"readout_quantization layer {name}: unknown mode {mode!r} "
                              f"(known: none, {', '.join(MODES)})")
     return {name: layers[name] for name in names}

@@ -122,10 +122,10 @@ def prepare(cfg: TrainConfig, log=print) -> RunData:
 
 def foundation_start(cfg: TrainConfig, data: Dict[str, List[Configuration]]
                      ) -> Tuple[MACEConfig, Dict[str, torch.Tensor], List[dict]]:
-    """The MACEConfig, weights and conversions of `cfg.foundation_model`, checked against the run: every model.*
-    key must repeat the file's value (the architecture, E0s and statistics are the file's, so that the
-    weights mean what they meant), and every element of `data` ({file name: configurations}) must be
-    one the model knows."""
+    """The MACEConfig, weights and conversions of `cfg.foundation_model`, checked against the run:
+    every model.* key must repeat the file's value (the architecture, E0s, statistics and species
+    compression are the file's, so that the weights mean what they meant), and every element of
+    `data` ({file name: configurations}) must be one the model knows."""
     from lpmace.io import load
     from lpmace.quantize import quantization_info
 
