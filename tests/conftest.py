@@ -14,6 +14,7 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = os.environ.get("TRITON_INTERPRET") or "1"
 
 from lpmace import datasets
+from lpmace.compress import compress
 from lpmace.model import MACE, MACEConfig
 
 # Isolated-atom energies of 3BPA (eV), from the embedded iso_atoms.xyz.
@@ -41,10 +42,15 @@ def tiny_config(**overrides) -> MACEConfig:
     return MACEConfig(**values)
 
 
-def tiny_model(dtype: torch.dtype = torch.float64, seed: int = 0, **overrides) -> MACE:
-    """A randomly initialised (seeded) tiny MACE with parameters in `dtype`."""
+def tiny_model(dtype: torch.dtype = torch.float64, seed: int = 0, species_rank=None, int8_embedding=False,
+               **overrides) -> MACE:
+    """A randomly initialised (seeded) tiny MACE with parameters in `dtype`; with species_rank or
+    int8_embedding, its species weights compressed as for training from scratch (random factors)."""
     torch.manual_seed(seed)
-    return MACE(tiny_config(**overrides)).to(dtype)
+    model = MACE(tiny_config(**overrides))
+    if species_rank is not None or int8_embedding:
+        model = compress(model, species_rank, int8_embedding, how="random")
+    return model.to(dtype)
 
 
 @pytest.fixture

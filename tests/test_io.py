@@ -222,3 +222,57 @@ def test_a_loaded_model_does_not_change_when_its_file_is_overwritten_in_place(ma
         f.write(other.read_bytes())
         f.truncate()
     assert all(torch.equal(before[k], v) for k, v in loaded.state_dict().items())
+
+
+def test_conversions_are_written_in_order_and_replayed(make_model, tmp_path, bpa_test_path):
+    from lpmace.compress import compress
+
+    model = compress(compress(make_model(), species_rank=2), species_rank=3, int8_embedding=True)
+    path = lpmace.io.save(model, tmp_path / "converted.safetensors")
+    metadata = lpmace.io._read(path)[0]
+    assert json.loads(metadata["conversions"]) == model.conversions == [
+        {"name": "species_compression", "species_rank": 2, "int8_embedding": False, "how": "svd"},
+        {"name": "species_compression", "species_rank": 3, "int8_embedding": True, "how": "svd"}]
+    assert "species_rank" not in metadata["config"]
+    loaded = lpmace.io.load(path)
+    assert loaded.conversions == model.conversions
+    graph = graph_from_configuration(read_configurations(bpa_test_path)[0], model.config.r_max)
+    assert torch.equal(loaded(graph)["forces"], model(graph)["forces"])
+    # a plain model's file has no conversions key, and a deep copy keeps the list
+    assert "conversions" not in lpmace.io._read(lpmace.io.save(make_model(), tmp_path / "plain.safetensors"))[0]
+    import copy
+
+    assert copy.deepcopy(loaded).conversions == model.conversions
+
+
+@pytest.mark.parametrize("conversions, match", [
+    ('[{"name": "bf16_weights"}]', "unknown conversion 'bf16_weights' \\(known: species_compression, "),
+    ('[{"name": "species_compression", "species_rank": 2}]', "species_compression: missing parameter\\(s\\) int8"),
+    ('[{"name": "species_compression", "species_rank": 2, "int8_embedding": false, "bits": 4}]',
+     "unknown parameter\\(s\\) bits"),
+    ('{"name": "species_compression"}', "conversions must be a list of objects"),
+    ("[{", "malformed 'conversions' metadata"),
+])
+def test_bad_conversions_are_refused_naming_the_file(saved, tmp_path, conversions, match):
+    bad = _rewrite(saved, tmp_path / "bad.safetensors", metadata_update={"conversions": conversions})
+    with pytest.raises(InputError, match=f"^{tmp_path / 'bad.safetensors'}: .*{match}") as err:
+        lpmace.io.load(bad)
+    assert "\n" not in str(err.value)
+
+
+def test_a_conversion_the_tensors_do_not_match_is_refused(saved, tmp_path):
+    conversions = '[{"name": "species_compression", "species_rank": 2, "int8_embedding": false}]'
+    bad = _rewrite(saved, tmp_path / "bad.safetensors", metadata_update={"conversions": conversions})
+    with pytest.raises(InputError, match="bad.safetensors: tensors do not match the config: missing tensor"):
+        lpmace.io.load(bad)
+
+
+def test_loading_a_plain_model_imports_neither_quantize_nor_torchao(saved):
+    import subprocess
+    import sys
+
+    code = ("import sys, lpmace.io; m = lpmace.io.load(sys.argv[1]); "
+            "print(sorted(n for n in ('lpmace.quantize', 'torchao') if n in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(saved)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.strip() == "[]"

@@ -33,6 +33,7 @@ import torch
 import lpmace.io
 from lpmace import datasets
 from lpmace.cli import main
+from lpmace.conversions import record
 from lpmace.data import collate, graph_from_configuration, read_configurations
 from lpmace.errors import InputError
 from lpmace.model import MACE
@@ -197,7 +198,8 @@ def test_save_load_round_trip_is_bit_identical(make_model, molecule, tmp_path, m
     with safetensors.safe_open(str(path), framework="pt") as f:
         metadata, names = f.metadata(), set(f.keys())
         qdata = f.get_tensor("readouts.1.layers.0.weight.qdata")
-    assert json.loads(metadata["readout_quantization"])["readout"] == mode
+    (entry,) = json.loads(metadata["conversions"])
+    assert entry == {"name": "readout_quantization", **quantization_info(quantized)} and entry["readout"] == mode
     assert "readouts.1.layers.0.weight" not in names
     assert qdata.dtype == (torch.float8_e4m3fn if mode == "fp8" else torch.int8)
     loaded = lpmace.io.load(path)
@@ -229,10 +231,10 @@ def test_damaged_quantized_files_are_refused(make_model, tmp_path):
     path = lpmace.io.save(quantize_readouts(_model(make_model), "int8"), tmp_path / "q.safetensors")
     with safetensors.safe_open(str(path), framework="pt") as f:
         metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    info = json.loads(metadata["readout_quantization"])
-    info["layers"]["readouts.0.layers.0"] = "int4"
+    conversions = json.loads(metadata["conversions"])
+    conversions[0]["layers"]["readouts.0.layers.0"] = "int4"
     bad = tmp_path / "bad_mode.safetensors"
-    safetensors.torch.save_file(tensors, str(bad), metadata={**metadata, "readout_quantization": json.dumps(info)})
+    safetensors.torch.save_file(tensors, str(bad), metadata={**metadata, "conversions": json.dumps(conversions)})
     with pytest.raises(InputError, match="readouts.0.layers.0: unknown mode 'int4'"):
         lpmace.io.load(bad)
     wrong = dict(tensors, **{"readouts.0.layers.0.weight.qdata": tensors["readouts.0.layers.0.weight.qdata"].float()})
@@ -356,6 +358,9 @@ def test_fp8_dynamic_file_has_one_scale_per_tensor_and_passes_the_shape_check(ma
     model.readouts[1].modes[0], model.readouts[1].dynamic[0] = "fp8-dynamic", True
     for readout in model.readouts:
         readout.requested = "fp8-dynamic"
+    with pytest.raises(InputError, match="readouts.1.layers.0.weight: a Float8Tensor, not a plain tensor"):
+        lpmace.io.save(model, tmp_path / "unrecorded.safetensors")  # converted, but model.conversions does not say so
+    record(model, "readout_quantization", **q.quantization_info(model))  # as quantize_readouts does on a GPU
     path = lpmace.io.save(model, tmp_path / "fp8dyn.safetensors")
     with safetensors.safe_open(str(path), "pt") as f:
         assert tuple(f.get_tensor("readouts.1.layers.0.weight.scale").shape) == (1, 1)

@@ -15,10 +15,11 @@ import torch
 
 from lpmace.backends import use
 from lpmace.compress import compress, element_weight_slots, element_weight_storage
+from lpmace.conversions import rebuild
 from lpmace.data import graph_from_configuration, read_configurations
 from lpmace.errors import InputError
 from lpmace.io import load, read_config, save
-from lpmace.model import MACE
+from lpmace.model import MACE, MACEConfig
 from lpmace.nn.element_weights import Int8ElementTable, LowRankElementWeight, element_weight
 
 ELEMENTS = (1, 6, 7, 8)  # the tiny model of conftest
@@ -91,7 +92,7 @@ def test_rank_below_the_number_of_elements_stores_r_times_s_plus_n(make_model):
         assert n_params == total - s * sum(sizes) + sum(rank * (s + n) for n in sizes)
         assert n_params < previous
         previous = n_params
-        built = MACE(low.config)  # a model built at that rank (random factors) has the same layout
+        built = rebuild(MACE(low.config), low.conversions)  # built at that rank (random factors): the same layout
         assert {k: v.shape for k, v in built.state_dict().items()} == {k: v.shape for k, v in low.state_dict().items()}
 
 
@@ -163,10 +164,11 @@ def test_int8_embedding_is_int8_within_half_a_step_and_close(make_model, graphs)
 ])
 def test_bad_compression_settings_are_named(make_model, bad, match):
     with pytest.raises(InputError, match=match):
-        dataclasses.replace(make_model().config, **bad)
-    if "species_rank" in bad:
-        with pytest.raises(InputError, match=match):
-            compress(make_model(), bad["species_rank"])
+        compress(make_model(), **bad)
+    with pytest.raises(InputError, match=match):  # as a file's conversions list would ask for it
+        rebuild(make_model(), [{"name": "species_compression", "species_rank": None, "int8_embedding": False, **bad}])
+    with pytest.raises(InputError, match="unknown MACEConfig key"):  # the config is physics only
+        MACEConfig.from_dict({**make_model().config.to_dict(), **bad})
 
 
 def test_trainer_reads_species_rank_and_refuses_a_rank_above_the_elements(tmp_path):
@@ -187,9 +189,10 @@ def test_trainer_reads_species_rank_and_refuses_a_rank_above_the_elements(tmp_pa
 def test_save_load_round_trip_of_a_compressed_model(make_model, graphs, tmp_path):
     model = compress(make_model(torch.float32), species_rank=3, int8_embedding=True)
     path = save(model, tmp_path / "low.safetensors")
-    config = read_config(path)
-    assert (config.species_rank, config.int8_embedding) == (3, True)
+    assert read_config(path) == model.config
     loaded = load(path)
+    assert loaded.conversions == model.conversions == [
+        {"name": "species_compression", "species_rank": 3, "int8_embedding": True, "how": "svd"}]
     state, back = model.state_dict(), loaded.state_dict()
     assert state.keys() == back.keys() and "embedding.A.values" in back
     assert all(torch.equal(state[k], back[k]) and state[k].dtype == back[k].dtype for k in state)

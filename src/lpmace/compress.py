@@ -5,23 +5,29 @@
 returns a new model whose embedding, skip connections and symmetric-contraction weights are stored
 as W[z] = A[z]·B of rank 8 (truncated SVD of the model's weights, the best rank-8 approximation of
 each; at species_rank = number of elements A = I and B = W, so the outputs are unchanged) and whose
-embedding table (here its coordinates A) is held in int8. Its config records the compression, so `lpmace.io.save`/`load` round-trip
-it. The weights the swap touches are found by walking the model (see `element_weight_slots`).
+embedding table (here its coordinates A) is held in int8. `how="random"` instead draws fresh factors,
+to train a compressed model from scratch. The model's conversions list records the compression
+("species_compression", see `lpmace.conversions`), so `lpmace.io.save`/`load` round-trip it; its
+config (physics only) is unchanged. The weights the swap touches are found by walking the model
+(see `element_weight_slots`).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 from typing import Iterator, Optional, Tuple
 
 import torch
 
-from lpmace.nn.element_weights import Int8ElementTable, LowRankElementWeight, element_weight, factorise
+from lpmace.conversions import record
+from lpmace.errors import InputError
+from lpmace.nn.element_weights import (Int8ElementTable, LowRankElementWeight, check_species_rank, element_weight,
+                                       factorise)
 from lpmace.nn.linear import ElementLinear
 from lpmace.nn.product import SymmetricContraction
 
-__all__ = ["compress", "compress_element_weights", "element_weight_slots", "element_weight_storage"]
+__all__ = ["compress", "compress_element_weights", "check_compression", "element_weight_slots",
+           "element_weight_storage"]
 
 
 def element_weight_slots(model: torch.nn.Module) -> Iterator[Tuple[torch.nn.Module, str, str]]:
@@ -77,14 +83,26 @@ def compress_element_weights(model: torch.nn.Module, species_rank: Optional[int]
             setattr(owner, name, new)
 
 
-def compress(model: torch.nn.Module, species_rank: Optional[int] = None, int8_embedding: bool = False):
+def check_compression(species_rank, int8_embedding, how: str, num_elements: int) -> None:
+    """InputError unless species_rank is None or 1..num_elements, int8_embedding a bool and how
+    "svd" or "random"."""
+    check_species_rank(species_rank, num_elements)
+    if not isinstance(int8_embedding, bool):
+        raise InputError(f"int8_embedding must be true or false, got {int8_embedding!r}")
+    if how not in ("svd", "random"):
+        raise InputError(f"species compression: how must be 'svd' or 'random', got {how!r}")
+
+
+def compress(model: torch.nn.Module, species_rank: Optional[int] = None, int8_embedding: bool = False,
+             how: str = "svd"):
     """A copy of `model` (a MACE) with its element weights at rank `species_rank` (None: full) and,
-    if `int8_embedding`, an int8 embedding table; `model` is not changed. InputError for a rank
-    outside 1..number of elements. Works from any stored form (full, low rank, int8)."""
-    config = dataclasses.replace(model.config, species_rank=species_rank, int8_embedding=int8_embedding)
+    if `int8_embedding`, an int8 embedding table; `model` is not changed. how="svd" approximates the
+    model's weights (works from any stored form: full, low rank, int8), how="random" draws fresh
+    factors to train from. InputError for a rank outside 1..number of elements."""
+    check_compression(species_rank, int8_embedding, how, len(model.config.atomic_numbers))
     out = copy.deepcopy(model)
-    compress_element_weights(out, species_rank, int8_embedding, how="svd")
-    out.config = config
+    compress_element_weights(out, species_rank, int8_embedding, how=how)
+    record(out, "species_compression", species_rank=species_rank, int8_embedding=int8_embedding, how=how)
     return out
 
 

@@ -1,4 +1,4 @@
-"""Model files: `*.safetensors` holding the weights, with the MACEConfig as JSON in the metadata.
+"""Model files: `*.safetensors` holding the weights, with the MACEConfig and conversions as JSON metadata.
 
 No pickle anywhere: loading a model file from a stranger reads tensors and a JSON string, and never
 runs code. (mace-torch `.model` files are pickles; importing one is `lpmace convert`'s explicit act.)
@@ -7,9 +7,20 @@ Metadata keys (all strings, as safetensors requires):
     format          "lpmace-model"
     format_version  "1"
     lpmace_version  the package version that wrote the file
-    config          json.dumps(model.config.to_dict())
-    readout_quantization  (quantized readouts only) json of `lpmace.quantize.quantization_info`:
-                    a quantized layer NAME.weight is stored as NAME.weight.qdata and NAME.weight.scale
+    config          json.dumps(model.config.to_dict()): the physics (MACEConfig)
+    conversions     (converted models only) json.dumps(model.conversions): what was done to the built
+                    model that changes the stored tensors, in order, e.g.
+                    [{"name": "species_compression", "species_rank": 8, "int8_embedding": true, "how": "svd"},
+                     {"name": "readout_quantization", "readout": "int8", "layers": {...}, "torchao": "0.18.0"}]
+                    (see lpmace.conversions; a quantized layer NAME.weight is stored as NAME.weight.qdata
+                    and NAME.weight.scale). `load` builds MACE(config), replays the list through the
+                    registry (the structure, so the file's tensors can be checked against it), then
+                    loads the tensors.
+
+The backend (reference, Triton, compiled) and compilation are not stored: they are chosen when the
+model is run, so a file written on a GPU loads on a CPU. Files written before the conversions list
+(config keys species_rank and int8_embedding, metadata key readout_quantization) load as the same
+model: those keys are read as the list they stand for.
 """
 
 from __future__ import annotations
@@ -25,9 +36,9 @@ import safetensors.torch
 import torch
 
 from lpmace.atomic import atomic_open
+from lpmace.conversions import applied, legacy_conversions, rebuild
 from lpmace.errors import InputError
 from lpmace.model import MACE, MACEConfig
-from lpmace import quantize
 
 __all__ = ["save", "load", "read_config", "FORMAT", "FORMAT_VERSION"]
 
@@ -47,9 +58,16 @@ def save(model: MACE, path: str | os.PathLike) -> pathlib.Path:
     path = pathlib.Path(path)
     from lpmace import __version__
 
+    state = model.state_dict()
+    for step, params in applied(model):
+        state = step.pack(model, params, state)
+    for name, value in state.items():
+        if type(value) not in (torch.Tensor, torch.nn.Parameter):  # e.g. torchao's quantized tensors
+            raise InputError(f"{name}: a {type(value).__name__}, not a plain tensor: the model was converted "
+                             "without recording it in model.conversions (see lpmace.conversions)")
     tensors = {
         name: value.detach().to("cpu").contiguous().clone()  # clone: safetensors refuses shared storage
-        for name, value in quantize.packed_state(model).items()
+        for name, value in state.items()
     }
     metadata = {
         "format": FORMAT,
@@ -57,9 +75,8 @@ def save(model: MACE, path: str | os.PathLike) -> pathlib.Path:
         "lpmace_version": __version__,
         "config": json.dumps(model.config.to_dict()),
     }
-    quantization = quantize.quantization_info(model)
-    if quantization is not None:
-        metadata["readout_quantization"] = json.dumps(quantization)
+    if model.conversions:
+        metadata["conversions"] = json.dumps(model.conversions)
     payload = safetensors.torch.save(tensors, metadata=metadata)
 
     with atomic_open(path, "wb") as f:
@@ -91,7 +108,8 @@ def _read(path: pathlib.Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     return metadata, tensors
 
 
-def _config_from_metadata(path: pathlib.Path, metadata: dict[str, str]) -> MACEConfig:
+def _config_from_metadata(path: pathlib.Path, metadata: dict[str, str]) -> tuple[MACEConfig, list]:
+    """The file's MACEConfig and conversions list (older files' keys read as the list)."""
     if metadata.get("format") != FORMAT:
         raise InputError(
             f"{path}: not an lpmace model file (metadata 'format' is "
@@ -109,7 +127,19 @@ def _config_from_metadata(path: pathlib.Path, metadata: dict[str, str]) -> MACEC
     if not isinstance(raw, dict):
         raise InputError(f"{path}: 'config' metadata is not a JSON object")
     try:
-        return MACEConfig.from_dict(_tuples(raw))
+        raw, conversions = legacy_conversions(raw, metadata)
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None
+    if "conversions" in metadata:
+        if conversions:
+            raise InputError(f"{path}: 'conversions' metadata and the older species_rank, int8_embedding or "
+                             "readout_quantization keys cannot both be given")
+        try:
+            conversions = json.loads(metadata["conversions"])
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}: malformed 'conversions' metadata ({err})") from None
+    try:
+        return MACEConfig.from_dict(_tuples(raw)), conversions
     except (InputError, TypeError, ValueError) as err:
         raise InputError(f"{path}: bad model config: {err}") from None
 
@@ -127,41 +157,39 @@ def read_config(path: str | os.PathLike) -> MACEConfig:
     """The MACEConfig stored in an lpmace model file (validated; weights are not checked)."""
     path = pathlib.Path(path)
     metadata, _ = _read(path)
-    return _config_from_metadata(path, metadata)
+    return _config_from_metadata(path, metadata)[0]
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> MACE:
     """Read a model written by `save`; the weights keep the dtypes they were saved in.
 
-    Raises InputError naming the file when it is not an lpmace safetensors model, its config is
-    invalid, or its tensors do not match the model the config describes (missing, extra, or of the
-    wrong shape).
+    Raises InputError naming the file when it is not an lpmace safetensors model, its config or
+    conversions are invalid, or its tensors do not match the model the config and conversions
+    describe (missing, extra, or of the wrong shape).
     """
     path = pathlib.Path(path)
     metadata, tensors = _read(path)
-    config = _config_from_metadata(path, metadata)
+    config, conversions = _config_from_metadata(path, metadata)
     _check_sizes(path, config, tensors)
     try:
         model = MACE(config)
     except (InputError, TypeError, ValueError) as err:
         raise InputError(f"{path}: bad model config: {err}") from None
 
-    quantization = None
-    if "readout_quantization" in metadata:
-        try:
-            quantization = json.loads(metadata["readout_quantization"])
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}: malformed 'readout_quantization' metadata ({err})") from None
-        quantize.swap_readouts(model)
-        layer_modes = quantize.layer_modes_from_info(quantization, model, str(path))
-        expected = quantize.packed_shapes(model, layer_modes)
-    else:
+    try:
+        rebuild(model, conversions)  # the structure; the weights come from the file below
         expected = {name: (tuple(t.shape), None) for name, t in model.state_dict().items()}
+        for step, params in applied(model):
+            expected = step.shapes(model, params, expected)
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None
     _check_tensors(path, expected, tensors)
     _check_floating(path, model.state_dict(), tensors)
-    if quantization is not None:
+    fill = [(step, params) for step, params in applied(model) if step.fill is not None]
+    if fill:
+        (step, params), = fill  # a model's readouts are quantized once (rebuild refuses a second time)
         try:
-            return quantize.load_packed(model, layer_modes, tensors, device, str(quantization.get("readout")))
+            return step.fill(model, params, tensors, device)
         except InputError as err:
             raise InputError(f"{path}: {err}") from None
 

@@ -19,12 +19,11 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from lpmace.compress import compress_element_weights
 from lpmace.data.graph import Graph
 from lpmace.elements import check_known_elements
 from lpmace.errors import InputError
 from lpmace.nn.edges import Edges
-from lpmace.nn.element_weights import check_species_rank, element_weight
+from lpmace.nn.element_weights import element_weight
 from lpmace.nn.interaction import Interaction
 from lpmace.nn.product import Product, frozen_weights
 from lpmace.nn.radial import RadialEmbedding
@@ -50,10 +49,9 @@ class MACEConfig:
     radial_mlp (hidden widths), avg_num_neighbors, scale, shift (site energy = scale · x + shift).
     first_interaction: "residual" (mace-torch's default RealAgnosticResidualInteractionBlock) or
         "plain" (RealAgnosticInteractionBlock: an isolated atom then has energy E0 + shift).
-    species_rank: None (full element weights) or r in 1..len(atomic_numbers): every element-dependent
-        weight (embedding, skip connections, contraction weights) stored as W[z] = A[z]·B of rank r.
-    int8_embedding: hold the embedding's per-element table in int8, one scale per element (the
-        table, or its coordinates A with species_rank; not trained). See lpmace.nn.element_weights.
+
+    Physics only: how weights are stored (species compression, quantized readouts) is a conversion
+    of the built model (lpmace.conversions), and how they are computed a run-time choice.
     """
 
     atomic_numbers: Tuple[int, ...]
@@ -72,8 +70,6 @@ class MACEConfig:
     scale: float = 1.0
     shift: float = 0.0
     first_interaction: str = "residual"
-    species_rank: Optional[int] = None
-    int8_embedding: bool = False
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -102,17 +98,9 @@ class MACEConfig:
             raise InputError(f"radial_mlp widths must be >= 1, got {list(self.radial_mlp)}")
         if not (0 <= self.max_L <= self.max_ell):
             raise InputError(f"need 0 <= max_L <= max_ell, got max_L={self.max_L}, max_ell={self.max_ell}")
-        check_species_rank(self.species_rank, len(zs))
-        if not isinstance(self.int8_embedding, bool):
-            raise InputError(f"int8_embedding must be true or false, got {self.int8_embedding!r}")
 
     def to_dict(self) -> dict:
-        """Compression keys are written only when used, so uncompressed model files stay as they were."""
-        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-        for key in ("species_rank", "int8_embedding"):
-            if d[key] == getattr(MACEConfig, key):
-                del d[key]
-        return d
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "MACEConfig":
@@ -138,6 +126,7 @@ class MACE(torch.nn.Module):
     def __init__(self, config: MACEConfig):
         super().__init__()
         self.config = c = config
+        self.conversions: list = []  # what changed how the weights are stored (lpmace.conversions)
         n_el = len(c.atomic_numbers)
         lookup = torch.full((119,), -1, dtype=torch.int64)
         lookup[list(c.atomic_numbers)] = torch.arange(n_el)
@@ -165,8 +154,6 @@ class MACE(torch.nn.Module):
             self.products.append(Product(c.channels, c.max_ell, lmax_out, c.correlation[t], n_el))
             mlp = t == last and c.num_interactions > 1
             self.readouts.append(MLPReadout(c.channels, c.readout_mlp) if mlp else LinearReadout(c.channels))
-        if c.species_rank is not None or c.int8_embedding:
-            compress_element_weights(self, c.species_rank, c.int8_embedding, how="random")
 
     def _apply(self, fn, recurse=True):
         # .float()/.half()/.to(dtype) cast floating buffers too; E0s (~1e3 eV) stay float64 (rule 1).

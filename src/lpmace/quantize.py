@@ -16,13 +16,14 @@ int8 and max_i |W_ij| / 448 for float8_e4m3fn):
                   capability >= 8.9 only; layers whose widths are multiples of 16
 
 MACE's readouts are tiny (C -> 1 and C -> 16 -> 1): torchao's documentation warns that 8-bit GEMMs
-lose to plain ones at such sizes, and `lpmace bench --experiment quantize` measures what they do.
+lose to plain ones at such sizes, and `lpmace bench --workloads quantize` measures what they do.
 Dynamic modes round the activations, so their forces are straight-through derivatives (see
 `lpmace.nn.quantized_readout`), not the exact gradient of the energy they report.
 
+`quantize_readouts` records the conversion on the model (`lpmace.conversions`): {"name":
+"readout_quantization", "readout": MODE, "layers": {layer name: mode or "none"}, "torchao": version}.
 Model files (`lpmace.io`) store a quantized layer's weight as two tensors, NAME.qdata (int8 or
-float8_e4m3fn, [out, in]) and NAME.scale (float32, [out, 1]; [1, 1] for fp8-dynamic), and the metadata key
-"readout_quantization" = {"readout": MODE, "layers": {layer name: mode or "none"}, "torchao": version}.
+float8_e4m3fn, [out, in]) and NAME.scale (float32, [out, 1]; [1, 1] for fp8-dynamic).
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from lpmace.conversions import record
 from lpmace.errors import InputError
 from lpmace.nn.quantized_readout import ReadoutLayers, is_quantized
 
 __all__ = ["MODES", "quantize_readouts", "quantization_info", "unsupported_reason", "readout_layer_names",
-           "swap_readouts", "quantize_layers", "packed_state", "packed_shapes", "load_packed", "unpacked_weight"]
+           "swap_readouts", "quantize_layers", "packed", "packed_state", "packed_shapes", "load_packed",
+           "unpacked_weight"]
 
 logger = logging.getLogger(__name__)
 TORCHAO_REQUIREMENT = "torchao==0.18.0"
@@ -123,8 +126,16 @@ def _torchao_config(mode: ReadoutMode):
     return q.Float8DynamicActivationFloat8WeightConfig(granularity=q.PerTensor(), set_inductor_config=False, version=2)
 
 
-def swap_readouts(model: torch.nn.Module) -> None:
-    """Replace each readout of `model` (in place) by the same function as `ReadoutLayers`."""
+def _check_unquantized(model: torch.nn.Module) -> None:
+    if any(isinstance(r, ReadoutLayers) for r in model.readouts):
+        raise InputError("the model's readouts are already quantized: quantize the unquantized model")
+
+
+def swap_readouts(model: torch.nn.Module, fresh: bool = False) -> None:
+    """Replace each readout of `model` (in place) by the same function as `ReadoutLayers`; with
+    `fresh`, InputError if one already is (a model is quantized once)."""
+    if fresh:
+        _check_unquantized(model)
     for t, readout in enumerate(model.readouts):
         if not isinstance(readout, ReadoutLayers):
             model.readouts[t] = ReadoutLayers.from_readout(readout)
@@ -165,8 +176,7 @@ def quantize_readouts(model: torch.nn.Module, mode: str, *,
     The copy lives on the model's device; `model` is unchanged. Logs "converted N/M readout layers".
     """
     spec = readout_mode(mode)
-    if quantization_info(model) is not None:
-        raise InputError("the model's readouts are already quantized: quantize the unquantized model")
+    _check_unquantized(model)
     reason = unsupported_reason(mode, _device(model))
     if reason:
         raise InputError(reason)
@@ -184,6 +194,7 @@ def quantize_readouts(model: torch.nn.Module, mode: str, *,
     if skipped:
         message += f"; kept in float (widths not multiples of {spec.multiple}): {', '.join(skipped)}"
     (log or logger.info)(message)
+    record(quantized, "readout_quantization", **quantization_info(quantized))
     return quantized
 
 
@@ -196,18 +207,23 @@ def quantization_info(model: torch.nn.Module) -> Optional[dict]:
     return {"readout": "/".join(sorted(requested)), "layers": layers, "torchao": _torchao_version()}
 
 
-def packed_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """The state dict with each quantized weight NAME as plain tensors NAME.qdata and NAME.scale."""
-    state = {}
-    for name, value in model.state_dict().items():
+def packed(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """`state` with each quantized weight NAME as plain tensors NAME.qdata and NAME.scale."""
+    out = {}
+    for name, value in state.items():
         if not is_quantized(value):
-            state[name] = value
+            out[name] = value
             continue
         zero_point = getattr(value, "zero_point", None)
         if zero_point is not None and bool(zero_point.any()):
             raise InputError(f"{name}: asymmetric quantization (non-zero zero points) cannot be saved")
-        state[name + ".qdata"], state[name + ".scale"] = value.qdata, value.scale
-    return state
+        out[name + ".qdata"], out[name + ".scale"] = value.qdata, value.scale
+    return out
+
+
+def packed_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """The state dict of `model` with each quantized weight as plain tensors (`packed`)."""
+    return packed(model.state_dict())
 
 
 def unpacked_weight(qdata: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -215,19 +231,18 @@ def unpacked_weight(qdata: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return qdata.to(torch.float32) * scale.to(torch.float32)
 
 
-def layer_modes_from_info(info: object, model: torch.nn.Module, where: str) -> Dict[str, str]:
-    """The {layer name: mode} of a file's "readout_quantization" metadata, checked against `model`
-    (a swapped MACE of the file's config): every readout layer named once, every mode known."""
-    if not isinstance(info, dict) or not isinstance(info.get("layers"), dict):
-        raise InputError(f"{where}: 'readout_quantization' metadata must be an object with a 'layers' object")
-    layers = info["layers"]
+def layer_modes_from_info(info: dict, model: torch.nn.Module) -> Dict[str, str]:
+    """The {layer name: mode} of a "readout_quantization" conversion's parameters, checked against
+    `model` (a swapped MACE of the file's config): every readout layer named once, every mode known."""
+    layers = info.get("layers")
+    if not isinstance(layers, dict):
+        raise InputError(f"readout_quantization: 'layers' must be an object {{layer name: mode}}, got {layers!r:.80}")
     names = readout_layer_names(model)
     if sorted(layers) != sorted(names):
-        raise InputError(f"{where}: 'readout_quantization' names layers {sorted(layers)}, "
-                         f"the model has {names}")
+        raise InputError(f"readout_quantization names layers {sorted(layers)}, the model has {names}")
     for name, mode in layers.items():
-        if mode != "none" and mode not in MODES:
-            raise InputError(f"{where}: 'readout_quantization' layer {name}: unknown mode {mode!r} "
+        if mode != "none" and (not isinstance(mode, str) or mode not in MODES):
+            raise InputError(f"readout_quantization layer {name}: unknown mode {mode!r} "
                              f"(known: none, {', '.join(MODES)})")
     return {name: layers[name] for name in names}
 
@@ -237,10 +252,10 @@ def scale_shape(mode: str, out_features: int) -> tuple:
     return (1, 1) if mode == "fp8-dynamic" else (out_features, 1)
 
 
-def packed_shapes(model: torch.nn.Module, layer_modes: Dict[str, str]) -> Dict[str, tuple]:
-    """{tensor name: (shape, dtype or None for any)} of the file of a swapped `model` quantized as
-    `layer_modes` says."""
-    expected = {name: (tuple(t.shape), None) for name, t in model.state_dict().items()}
+def packed_shapes(layer_modes: Dict[str, str], expected: Dict[str, tuple]) -> Dict[str, tuple]:
+    """`expected` ({tensor name: (shape, dtype or None for any)} of a swapped model's file) with the
+    layers `layer_modes` quantizes stored as NAME.qdata and NAME.scale."""
+    expected = dict(expected)
     for fqn, mode in layer_modes.items():
         if mode == "none":
             continue

@@ -70,3 +70,18 @@ def test_missing_foundation_file_is_one_line_and_exit_2(tmp_path, capsys):
                  f"output_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("lpmace: error: foundation_model ") and "no such file" in err
+
+
+def test_a_compressed_foundation_model_keeps_its_compression(tmp_path):
+    from lpmace.compress import compress
+
+    path = foundation(tmp_path / "foundation.safetensors")
+    save(compress(load(path), species_rank=2), path)
+    file = load(path)
+    trainer = Trainer(small_config(tmp_path, f"foundation_model={path}", "model.species_rank=2"), log=lambda m: None)
+    assert trainer.model.conversions == file.conversions != []
+    for name, value in file.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[name], value), name
+    with pytest.raises(InputError, match="model.species_rank=3 contradicts foundation_model .* species_rank 2"):
+        Trainer(small_config(tmp_path / "other", f"foundation_model={path}", "model.species_rank=3"),
+                log=lambda m: None)

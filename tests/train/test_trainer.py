@@ -231,3 +231,26 @@ def test_precision_schedule_switches_at_its_epoch_and_survives_resume(tmp_path):
 def test_bad_precision_schedules_are_refused(tmp_path, schedule, match):
     with pytest.raises(InputError, match=match):
         small_config(tmp_path, f"precision_schedule={schedule}")
+
+
+def test_a_compressed_model_trains_from_scratch_and_resumes_a_checkpoint_of_older_lpmace(tmp_path):
+    """model.species_rank / model.int8_embedding train random factors (a species_compression conversion
+    of the built model, recorded in the file); a checkpoint written before the conversions list (the
+    compression in its model_config) resumes as the same model."""
+    from lpmace.nn.element_weights import Int8ElementTable
+
+    compressed = ("model.species_rank=2", "model.int8_embedding=true")
+    Trainer(small_config(tmp_path, "epochs=1", *compressed), log=lambda m: None).run()
+    entry = {"name": "species_compression", "species_rank": 2, "int8_embedding": True, "how": "random"}
+    model = load(tmp_path / "run" / "model.safetensors")
+    assert model.conversions == [entry] and isinstance(model.embedding.A, Int8ElementTable)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    assert state["conversions"] == [entry] and "species_rank" not in state["model_config"]
+    del state["conversions"]
+    state["model_config"].update(species_rank=2, int8_embedding=True)
+    torch.save(state, last)
+    resumed = Trainer(small_config(tmp_path, "epochs=2", *compressed), resume=True, log=lambda m: None)
+    assert resumed.model.conversions == [{"name": "species_compression", "species_rank": 2, "int8_embedding": True}]
+    assert all(torch.equal(resumed.model.state_dict()[k], v) for k, v in state["model"].items())
+    resumed.run()

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from lpmace.bench.time_to_accuracy import time_to_accuracy
 from lpmace.data import graph_from_configuration, read_configurations
+from lpmace.datasets import resolve_path
 from lpmace.evaluate import evaluate
 from lpmace.io import load
-from lpmace.train.config import resolve_path
 
 NAME = "progressive_correlation"
 TRAIN_FILE = "embedded:3bpa/train_300K.xyz"

@@ -214,10 +214,11 @@ def run_bench(options: BenchOptions, plan: Optional[Plan] = None, log: Callable[
     plan = plan or check(options)
     o, device, model = options, options.device, plan.model
     cfg = model.config
+    described = cfg.to_dict() | ({"conversions": model.conversions} if model.conversions else {})
     o.out.mkdir(parents=True, exist_ok=True)
     results = {
         "schema": 1, "complete": False, "environment": measure.environment(device, o.command),
-        "settings": {"model": plan.description, "model_config": cfg.to_dict(),
+        "settings": {"model": plan.description, "model_config": described,
                      "parameters": sum(p.numel() for p in model.parameters()), "precisions": list(o.precisions),
                      "backends": list(o.backends), "workloads": list(o.sections), "quick": o.quick,
                      "repeats": o.n_repeats, "warmup": o.n_warmup, "seed": o.seed},

@@ -75,8 +75,8 @@ def count_rows() -> List[dict]:
         for rank in RANKS:
             if rank is not None and rank >= s:
                 continue
-            model = compress(built, species_rank=rank) if rank is not None else built
-            int8 = compress(built, species_rank=rank, int8_embedding=True)
+            model = built if rank is None else compress(built, rank, how="random")
+            int8 = compress(built, rank, int8_embedding=True, how="random")
             stored, stored8 = element_weight_storage(model), element_weight_storage(int8)
             total = sum(p.numel() for p in model.parameters())
             full = full or stored["numel"]

@@ -22,7 +22,6 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import yaml
 
-from lpmace.datasets import resolve_path  # noqa: F401 (the one `embedded:` resolver; some callers import it from here)
 from lpmace.errors import InputError
 from lpmace.backends import BACKENDS
 from lpmace.model import MACEConfig
@@ -32,8 +31,11 @@ from lpmace.train.config_types import ConfigLoader, ConfigValueError, typed
 # Model hyperparameters a training config may set (MACEConfig fields that are not data statistics).
 MODEL_KEYS = {
     "r_max", "num_bessel", "num_polynomial_cutoff", "max_ell", "channels", "max_L", "correlation",
-    "num_interactions", "readout_mlp", "radial_mlp", "first_interaction", "species_rank", "int8_embedding",
+    "num_interactions", "readout_mlp", "radial_mlp", "first_interaction",
 }
+# The model section may also ask for compressed species weights, trained from scratch: a
+# "species_compression" conversion of the built model (`model_conversions`), not a MACEConfig field.
+COMPRESSION_KEYS = {"species_rank": (Optional[int], None), "int8_embedding": (bool, False)}
 
 # Keys a resumed run may change: they decide how long and where the run goes on, not what the
 # finished epochs computed (see `check_resume`). Everything else must match the run's config.yaml.
@@ -243,6 +245,7 @@ def _field_types() -> dict:
 def _model_types() -> dict:
     hints = typing.get_type_hints(MACEConfig)
     types = {key: hints[key] for key in MODEL_KEYS}
+    types.update((key, hint) for key, (hint, _) in COMPRESSION_KEYS.items())
     types["correlation"] = Union[int, hints["correlation"]]  # one order for every interaction
     return types
 
@@ -250,11 +253,11 @@ def _model_types() -> dict:
 def _checked_model(model: dict) -> dict:
     """The model section with its values typed (lists, not tuples: config.yaml is plain YAML) and
     checked by MACEConfig, the owner of their ranges, before any data is read."""
-    unknown = sorted(set(map(str, model)) - MODEL_KEYS)
+    unknown = sorted(set(map(str, model)) - MODEL_KEYS - set(COMPRESSION_KEYS))
     if unknown:
         raise ConfigValueError([f"model.{k}" for k in unknown],
                                f"unknown model key(s): {', '.join('model.' + k for k in unknown)} "
-                               f"(known: {', '.join(sorted(MODEL_KEYS))})")
+                               f"(known: {', '.join(sorted(MODEL_KEYS | set(COMPRESSION_KEYS)))})")
     types, values = _model_types(), {}
     for key, value in model.items():
         value = typed(f"model.{key}", value, types[key])
@@ -263,7 +266,7 @@ def _checked_model(model: dict) -> dict:
     if rank is not None and rank < 1:  # its upper bound, the number of elements, comes with the data
         raise ConfigValueError("model.species_rank", f"model.species_rank must be an integer >= 1 or null, got {rank}")
     try:
-        _mace_config({k: v for k, v in values.items() if k != "species_rank"}, (1,))
+        _mace_config(values, (1,))
     except InputError as err:
         named = [k for k in values if re.search(rf"\b{k}\b", str(err))] or list(values)
         raise ConfigValueError([f"model.{k}" for k in named], f"model: {err}") from err
@@ -271,7 +274,17 @@ def _checked_model(model: dict) -> dict:
 
 
 def _mace_config(model: dict, atomic_numbers, e0s=(), **statistics) -> MACEConfig:
-    return MACEConfig(atomic_numbers=tuple(atomic_numbers), E0s=tuple(e0s), **statistics, **model)
+    physics = {k: v for k, v in model.items() if k not in COMPRESSION_KEYS}
+    return MACEConfig(atomic_numbers=tuple(atomic_numbers), E0s=tuple(e0s), **statistics, **physics)
+
+
+def model_conversions(model: dict) -> list:
+    """The conversions a run applies to its freshly built model (`lpmace.conversions`): species
+    compression with random factors when the model section asks for it, else none."""
+    rank, int8 = (model.get(key, default) for key, (_, default) in COMPRESSION_KEYS.items())
+    if rank is None and not int8:
+        return []
+    return [{"name": "species_compression", "species_rank": rank, "int8_embedding": int8, "how": "random"}]
 
 
 def _set_dotted(data: dict, key: str, value: Any):
@@ -352,7 +365,8 @@ def _comparable(config: dict) -> dict:
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
     try:
         effective = _mace_config(model, (1,))
-        model = {k: getattr(effective, k) for k in MODEL_KEYS}
+        model = {**{k: getattr(effective, k) for k in MODEL_KEYS},
+                 **{k: model.get(k, default) for k, (_, default) in COMPRESSION_KEYS.items()}}
     except (InputError, TypeError, ValueError):
         pass  # a config.yaml this version cannot read: compare what it says
     flat.update((f"model.{k}", list(v) if isinstance(v, tuple) else v) for k, v in model.items())

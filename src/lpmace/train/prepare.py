@@ -23,11 +23,12 @@ from lpmace.data import (
     graph_from_configuration,
     read_configurations,
 )
+from lpmace.conversions import rebuild
 from lpmace.datasets import resolve_path
 from lpmace.elements import check_configurations
 from lpmace.errors import InputError
 from lpmace.model import MACE, MACEConfig
-from lpmace.train.config import TrainConfig, model_config
+from lpmace.train.config import COMPRESSION_KEYS, TrainConfig, model_config, model_conversions
 
 
 @dataclass
@@ -38,6 +39,7 @@ class RunData:
     model_config: MACEConfig
     train_sources: List[str] = field(default_factory=list)  # train[i] came from train_sources[i]
     initial_weights: Optional[Dict[str, torch.Tensor]] = None  # the foundation model's, if any
+    conversions: List[dict] = field(default_factory=list)  # applied to the built model (lpmace.conversions)
 
 
 def _read(cfg: TrainConfig, name: str) -> List[Configuration]:
@@ -70,9 +72,10 @@ def prepare(cfg: TrainConfig, log=print) -> RunData:
     tests = {name: _read(cfg, name) for name in cfg.test_files}
 
     elements = sorted({int(z) for c in train + valid for z in c.numbers})
-    foundation, weights = None, None
+    foundation, weights, conversions = None, None, model_conversions(cfg.model)
     if cfg.foundation_model is not None:  # its elements, not the data's, are the model's
-        foundation, weights = foundation_start(cfg, {cfg.train_file: train, cfg.valid_file or "valid": valid, **tests})
+        files = {cfg.train_file: train, cfg.valid_file or "valid": valid, **tests}
+        foundation, weights, conversions = foundation_start(cfg, files)
     else:
         for configs in tests.values():  # found now, not after the whole run
             check_configurations(configs, elements, "the training data")
@@ -104,15 +107,15 @@ def prepare(cfg: TrainConfig, log=print) -> RunData:
         + f"; elements {elements}; avg_num_neighbors {mcfg.avg_num_neighbors:.2f}; "
         f"scale {mcfg.scale:.4f}; shift {mcfg.shift:.4f}" + (f"; from {cfg.foundation_model}" if foundation else ""))
     return RunData(train_graphs, valid_graphs, {k: to_graphs(v) for k, v in tests.items()}, mcfg,
-                   [c.source for c in train], weights)
+                   [c.source for c in train], weights, conversions)
 
 
 def foundation_start(cfg: TrainConfig, data: Dict[str, List[Configuration]]
-                     ) -> Tuple[MACEConfig, Dict[str, torch.Tensor]]:
-    """The MACEConfig and weights of `cfg.foundation_model`, checked against the run: every model.*
-    key must repeat the file's value (the architecture, E0s and statistics are the file's, so that the
-    weights mean what they meant), and every element of `data` ({file name: configurations}) must be
-    one the model knows."""
+                     ) -> Tuple[MACEConfig, Dict[str, torch.Tensor], List[dict]]:
+    """The MACEConfig, weights and conversions of `cfg.foundation_model`, checked against the run:
+    every model.* key must repeat the file's value (the architecture, E0s, statistics and species
+    compression are the file's, so that the weights mean what they meant), and every element of
+    `data` ({file name: configurations}) must be one the model knows."""
     from lpmace.io import load
     from lpmace.quantize import quantization_info
 
@@ -128,23 +131,33 @@ def foundation_start(cfg: TrainConfig, data: Dict[str, List[Configuration]]
         raise InputError("training config: correlation_schedule cannot start from a foundation_model "
                          "(it would zero the model's trained higher-order weights)")
     config = model.config
+    compression = {key: default for key, (_, default) in COMPRESSION_KEYS.items()}
+    for entry in model.conversions:  # the file's species compression, as the model section says it
+        if entry["name"] == "species_compression":
+            compression = {key: entry[key] for key in COMPRESSION_KEYS}
     for key, value in cfg.model.items():
-        try:  # through MACEConfig, so that e.g. correlation 3 equals the file's (3, 3)
-            asked = getattr(dataclasses.replace(config, **{key: value}), key)
-        except (InputError, TypeError, ValueError):
-            asked = value
-        if asked != getattr(config, key):
+        if key in COMPRESSION_KEYS:
+            asked, has = value, compression[key]
+        else:
+            try:  # through MACEConfig, so that e.g. correlation 3 equals the file's (3, 3)
+                asked = getattr(dataclasses.replace(config, **{key: value}), key)
+            except (InputError, TypeError, ValueError):
+                asked = value
+            has = getattr(config, key)
+        if asked != has:
             raise InputError(f"model.{key}={value!r} contradicts foundation_model {name}, which has "
-                             f"{key} {getattr(config, key)!r}: leave model.{key} out")
+                             f"{key} {has!r}: leave model.{key} out")
     for configs in data.values():
         check_configurations(configs, config.atomic_numbers, f"foundation_model {name}")
-    return config, model.state_dict()
+    return config, model.state_dict(), list(model.conversions)
 
 
 def build_model(mcfg: MACEConfig, seed: int, params_dtype: torch.dtype, device: str,
-                weights: Optional[Dict[str, torch.Tensor]] = None) -> MACE:
+                weights: Optional[Dict[str, torch.Tensor]] = None, conversions: Optional[List[dict]] = None) -> MACE:
+    """MACE(mcfg) seeded, given the structure of `conversions` (random species factors: the start of
+    a compressed model trained from scratch), then `weights` if given, in `params_dtype` on `device`."""
     torch.manual_seed(seed)
-    model = MACE(mcfg)
+    model = rebuild(MACE(mcfg), conversions or [])
     if weights is not None:  # a foundation model's (cast to the run's parameter dtype)
         model.load_state_dict(weights)
     return model.to(dtype=params_dtype, device=device)

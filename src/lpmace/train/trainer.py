@@ -31,6 +31,7 @@ import torch
 import yaml
 
 from lpmace.atomic import atomic_write_text
+from lpmace.conversions import legacy_conversions
 from lpmace.datasets import display_stem
 from lpmace.devices import resolve_device
 from lpmace.errors import InputError, TrainingFailed
@@ -94,8 +95,12 @@ class Trainer:
             raise InputError(f"{last}: no checkpoint to resume from")
         self.data: RunData = prepare(cfg, self.log)
         state = load_checkpoint(last) if resume else None
-        mcfg = MACEConfig.from_dict(state["model_config"]) if state else self.data.model_config
-        self.model: MACE = build_model(mcfg, cfg.seed, self.policy.params, cfg.device, self.data.initial_weights)
+        mcfg, conversions = self.data.model_config, self.data.conversions
+        if state:  # checkpoints before the conversions list kept species compression in model_config
+            config, older = legacy_conversions(state["model_config"], {})
+            mcfg, conversions = MACEConfig.from_dict(config), state.get("conversions", older)
+        self.model: MACE = build_model(mcfg, cfg.seed, self.policy.params, cfg.device, self.data.initial_weights,
+                                       conversions)
         from lpmace.backends import resolve, use
 
         # auto: compiled for a single-process run on CUDA (compiling once pays over a run), else triton
@@ -142,7 +147,8 @@ class Trainer:
     # ---- state -------------------------------------------------------------------------------
     def _state(self) -> dict:
         return {
-            "model_config": self.model.config.to_dict(), "train_config": self.cfg.to_dict(),
+            "model_config": self.model.config.to_dict(), "conversions": list(self.model.conversions),
+            "train_config": self.cfg.to_dict(),
             "model": self.model.state_dict(), "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
