@@ -8,7 +8,7 @@ computes in the dtype the precision policy (lpmace.precision) names for it; the 
 at the block boundaries and never changed, so the same weights run under any policy.
 
 Nothing here chooses how a block is computed: the heavy blocks own their implementation, set by one
-walk over the built model (`use` in lpmace/backends.py); compilation wraps a model from outside (`lpmace.compile`).
+walk over the built model; compilation wraps a model from outside (`lpmace.compile`).
 """
 
 from __future__ import annotations
