@@ -96,7 +96,11 @@ class Compiled:
             return compiled_forward(model, graph, species, policy, compute_forces, compute_stress, training)
 
     def __getattr__(self, name: str):
-        return getattr(self.__dict__["model"], name)
+        try:  # not yet set while copy/pickle rebuild the object: then it has no such attribute
+            model = self.__dict__["model"]
+        except KeyError:
+            raise AttributeError(name) from None
+        return getattr(model, name)
 
     def __repr__(self) -> str:
         return f"Compiled({self.model.__class__.__name__})"

@@ -257,6 +257,8 @@ def test_compiled_is_a_wrapper_above_the_model(make_model, configs):
     assert run.config is model.config and run.default_precision == "fp64"
     assert model.state_dict().keys() == before.keys()
     assert not [m for m in model.modules() if "Compiled" in type(m).__name__ or "Optimized" in type(m).__name__]
+    twin = copy.deepcopy(run)  # copies like the model it wraps
+    assert isinstance(twin, compiled_module.Compiled) and twin.model is not model
     graphs = [graph_from_configuration(c, 4.0) for c in configs[:3]]
     fast = evaluate(run, graphs, batch_size=2).to_dict()
     plain = evaluate(use(model, "reference"), graphs, batch_size=2).to_dict()
