@@ -34,8 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lpmace.bench.progressive_correlation import (_at_time, _log_rows, common_overrides,
-                                                              seconds_per_epoch, final_test_rmse)
+from lpmace.bench.progressive_correlation import _at_time, _log_rows, common_overrides, run_outcome, seconds_per_epoch
 from lpmace.bench.time_to_accuracy import time_to_accuracy
 
 NAME = "precision_schedule"
@@ -101,12 +100,6 @@ def _one_run(label, precision, switch, settings, common, device, out, report) ->
     row = {"run": label, "precision": f"{LOW} → {HIGH} (epoch {switch})" if switch else precision,
            "switch_epoch": switch, "epochs": len(log), "epochs_by_precision": by_precision,
            "train_time_s": last.get("train_time_s"), "seconds_per_epoch": seconds_per_epoch(log, "precision"),
-           "skipped_steps": last.get("skipped_steps"),
-           "valid_energy_rmse_mev_per_atom": last.get("valid_energy_rmse_mev_per_atom"),
-           "valid_force_rmse_mev_per_A": last.get("valid_force_rmse_mev_per_A"),
-           "test_energy_rmse_mev_per_atom": None, "test_force_rmse_mev_per_A": None,
-           "status": found["status"],
-           "curve": [[p["time_s"], p["force_rmse_mev_per_A"]] for p in found["curve"]]}
-    row.update(final_test_rmse(run_dir, settings, device))
-    return row
+           "skipped_steps": last.get("skipped_steps")}
+    return {**row, **run_outcome(last, found, run_dir, settings, device)}
 

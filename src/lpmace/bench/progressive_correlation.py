@@ -87,14 +87,8 @@ def _one_run(label, schedule, settings, common, device, out, report) -> dict:
     log = _log_rows(run_dir / "log.jsonl")
     last = log[-1] if log else {}
     row = {"run": label, "schedule": schedule_name(schedule, settings["correlation"]), "epochs": len(log),
-           "train_time_s": last.get("train_time_s"), "seconds_per_epoch": seconds_per_epoch(log, "correlation"),
-           "valid_energy_rmse_mev_per_atom": last.get("valid_energy_rmse_mev_per_atom"),
-           "valid_force_rmse_mev_per_A": last.get("valid_force_rmse_mev_per_A"),
-           "test_energy_rmse_mev_per_atom": None, "test_force_rmse_mev_per_A": None,
-           "status": found["status"],
-           "curve": [[p["time_s"], p["force_rmse_mev_per_A"]] for p in found["curve"]]}
-    row.update(final_test_rmse(run_dir, settings, device))
-    return row
+           "train_time_s": last.get("train_time_s"), "seconds_per_epoch": seconds_per_epoch(log, "correlation")}
+    return {**row, **run_outcome(last, found, run_dir, settings, device)}
 
 
 def _at_time(curve: list, time_s: float | None) -> float | None:
@@ -122,6 +116,15 @@ def seconds_per_epoch(log: list[dict], key: str) -> dict:
         groups.setdefault(str(row[key]), []).append(row["train_time_s"] - previous)
         previous = row["train_time_s"]
     return {value: round(statistics.median(times), 3) for value, times in groups.items()}
+
+
+def run_outcome(last: dict, found: dict, run_dir: Path, settings: dict, device: str) -> dict:
+    """The end of a run's row: its last validation errors, the final model's test errors
+    (`final_test_rmse`), the time-to-accuracy status and its curve [[time_s, force RMSE], ...]."""
+    return {"valid_energy_rmse_mev_per_atom": last.get("valid_energy_rmse_mev_per_atom"),
+            "valid_force_rmse_mev_per_A": last.get("valid_force_rmse_mev_per_A"),
+            **final_test_rmse(run_dir, settings, device), "status": found["status"],
+            "curve": [[p["time_s"], p["force_rmse_mev_per_A"]] for p in found["curve"]]}
 
 
 def final_test_rmse(run_dir: Path, settings: dict, device: str) -> dict:
