@@ -138,6 +138,22 @@ def test_a_random_model_learns_the_elements_of_the_data(tmp_path):
     assert [name for name, _ in plan.data] == ["3BPA test_300K (5 molecules)", "si.xyz (1 structures)"]
 
 
+def test_the_mp_size_knows_its_89_elements_and_refuses_data_beyond_them(tmp_path):
+    from pathlib import Path
+
+    from lpmace.bench.runner import BenchOptions, check
+    from lpmace.errors import InputError
+
+    data = tmp_path / "si.xyz"
+    data.write_text(SILICON)
+    plan = check(BenchOptions(out=Path(tmp_path / "out"), size="mp", quick=True, data=(str(data),)))
+    assert plan.model.config.atomic_numbers == tuple(range(1, 90))
+    uranium = tmp_path / "u.xyz"
+    uranium.write_text(SILICON.replace("Si", "U"))
+    with pytest.raises(InputError, match=r"element\(s\) U not in the model \(Z=92;"):
+        check(BenchOptions(out=Path(tmp_path / "out"), size="mp", quick=True, data=(str(uranium),)))
+
+
 def test_backend_compiled_on_the_cpu_needs_no_triton_interpreter(tmp_path, monkeypatch):
     """compiled runs the reference ops inside its graph on a CPU: TRITON_INTERPRET is triton's condition only."""
     from pathlib import Path

@@ -132,6 +132,31 @@ def test_mace_torch_twin_runs_the_same_function(model):
     assert torch.get_default_dtype() == torch.float32
 
 
+def test_mp_size_is_mace_mp_0_medium_and_its_workloads_hold_its_89_elements():
+    model = workloads.build_model("mp")  # asked for H, C, N, O (the default): mp keeps its own 89
+    c = model.config
+    assert c.atomic_numbers == tuple(range(1, 90)) and model.embedding.shape == (89, 128)
+    assert (c.r_max, c.num_bessel, c.num_polynomial_cutoff, c.avg_num_neighbors) == (6.0, 10, 5, 61.0)
+    assert (c.channels, c.max_L, c.max_ell, c.correlation, c.num_interactions) == (128, 1, 3, (3, 3), 2)
+    assert (c.radial_mlp, c.readout_mlp) == ((64, 64, 64), 16)
+    w1, w2 = workloads.workloads(c, quick=True)
+    for w in (w1, w2):
+        numbers = set(w.graph.numbers.tolist())
+        assert numbers - {1, 6, 7, 8} and numbers <= set(range(1, 90)), w.name
+    assert len(set(w2.graph.numbers.tolist())) > 40  # 128 atoms drawn from 89 elements
+
+
+def test_mp_size_gives_mace_torch_89_elements():
+    pytest.importorskip("mace", reason="mace-torch is not installed")
+    from lpmace.interop import from_mace_torch
+
+    config = workloads.build_model("mp").config
+    mace64 = workloads.build_mace_torch(config)
+    assert mace64.atomic_numbers.tolist() == list(range(1, 90))
+    assert mace64.node_embedding.linear.irreps_in.dim == 89  # num_elements
+    assert from_mace_torch(mace64).config == config
+
+
 def test_fused_kernel_flops_are_counted():
     from lpmace.kernels.monomials import monomial_table
     from lpmace.kernels.polynomial import polynomial_contraction

@@ -10,6 +10,7 @@ EXPERIMENTS = ("quantize", "species-rank", "progressive-correlation", "precision
 SECTIONS = MATRIX + EXPERIMENTS
 
 # MACEConfig hyperparameters of the shared/ANCHORS.md model (mace-torch's default MACE); sizes vary L.
+# A size without atomic_numbers knows H, C, N, O and the elements of --data; one with them knows just those.
 ANCHOR = dict(r_max=5.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=3, channels=128, correlation=(3, 3),
               num_interactions=2, readout_mlp=16, radial_mlp=(64, 64, 64), avg_num_neighbors=15.0)
 SIZES = {
@@ -17,4 +18,6 @@ SIZES = {
     "small": dict(ANCHOR, max_L=0),
     "medium": dict(ANCHOR, max_L=1),
     "L2": dict(ANCHOR, max_L=2),
+    # MACE-MP-0 medium: 89 elements (H..Ac), r_max 6 Å, 10 Bessel functions, ~61 neighbours per atom
+    "mp": dict(ANCHOR, max_L=1, r_max=6.0, num_bessel=10, avg_num_neighbors=61.0, atomic_numbers=tuple(range(1, 90))),
 }

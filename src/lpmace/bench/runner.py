@@ -164,7 +164,8 @@ def check(options: BenchOptions) -> Plan:
     # labels are not needed: accuracy is measured against fp64 on the same structures
     given = [(file, read_configurations(file, energy_key=None, forces_key=None, stress_key=None, virials_key=None))
              for file in options.data]
-    # A random model knows H, C, N, O (3BPA) and every element of --data; a given model knows its own.
+    # A random model knows H, C, N, O (3BPA) and every element of --data, unless its size names its own
+    # elements (mp: Z = 1..89); a given model knows its own. --data is then checked against what it knows.
     elements = sorted(set(workloads.DEFAULT_ELEMENTS) | {int(z) for _, cs in given for c in cs for z in c.numbers})
     model, mace64, description = _load_model(options, tuple(elements))
     known = set(model.config.atomic_numbers)

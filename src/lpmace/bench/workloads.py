@@ -3,9 +3,10 @@
 Sizes follow the MACE-MP naming (small = 128x0e, medium = 128x0e+128x1o, L2 = 128x0e+128x1o+128x2e);
 everything else is shared/ANCHORS.md's model: 2 interactions, max_ell 3, correlation 3, r_max 5 Å,
 8 Bessel functions, p = 5, radial MLP [64, 64, 64], readout MLP 16, avg_num_neighbors 15. ``tiny`` is
-for `--quick` and CI (8 channels, max_ell 2, correlation 2).
+for `--quick` and CI (8 channels, max_ell 2, correlation 2). ``mp`` is MACE-MP-0 medium's shape: medium
+with 89 elements (Z = 1..89), r_max 6 Å, 10 Bessel functions and avg_num_neighbors 61.
 
-Workloads (ANCHORS.md): W1 = 32 random 27-atom C/H/N/O molecules (7 Å box, atoms ≥ 1 Å apart), a
+Workloads (ANCHORS.md): W1 = 32 random 27-atom molecules (7 Å box, atoms ≥ 1 Å apart), a
 training batch; W2 = one periodic box at 0.1 atoms/Å³ (4096 atoms), inference. Random structures
 use the model's own elements, so any model can be benchmarked.
 """
@@ -41,11 +42,16 @@ class Workload:
 
 
 def build_model(size: str, atomic_numbers: Sequence[int] = DEFAULT_ELEMENTS, seed: int = 0) -> MACE:
-    """A randomly initialised (seeded) lpmace model of `size` with float32 parameters."""
+    """A randomly initialised (seeded) lpmace model of `size` with float32 parameters.
+
+    It knows `atomic_numbers`, unless the size names its own elements (``mp``: a foundation model's 89),
+    which it then knows instead: a structure with another element is refused against them, as it would be
+    by the foundation model.
+    """
     if size not in SIZES:
         raise InputError(f"--size must be one of {sorted(SIZES)}, got {size!r}")
     torch.manual_seed(seed)
-    return MACE(MACEConfig(atomic_numbers=tuple(atomic_numbers), **SIZES[size])).float()
+    return MACE(MACEConfig(**{"atomic_numbers": tuple(atomic_numbers), **SIZES[size]})).float()
 
 
 def build_mace_torch(config: MACEConfig, seed: int = 0) -> torch.nn.Module:
