@@ -1,12 +1,13 @@
 """Where the time goes: torch.profiler over the W1 training step and W2 inference of the medium model,
 per backend, top CUDA kernels by total time (and the CPU time of the step, to see launch-bound steps).
 
-    python benchmarks/profile_step.py --precision bf16-mixed --backends reference,triton --out DIR
+    python benchmarks/profile_step.py --precisions fp32,bf16-mixed --backends triton --size mp --out DIR
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import pathlib
 
 import torch
@@ -25,7 +26,7 @@ def step(model, graph, precision, backend, train: bool):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--precision", default="bf16-mixed")
+    parser.add_argument("--precisions", default="bf16-mixed", help="comma-separated precision policies")
     parser.add_argument("--backends", default="reference,triton")
     parser.add_argument("--size", default="medium")
     parser.add_argument("--rows", type=int, default=15)
@@ -34,18 +35,18 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     model = build_model(args.size).cuda()
     w1, w2 = workloads(model.config, quick=False)[:2]
-    for backend in args.backends.split(","):
+    for backend, precision in itertools.product(args.backends.split(","), args.precisions.split(",")):
         for name, graph, train in (("W1-train", w1.graph.to("cuda"), True), ("W2-infer", w2.graph.to("cuda"), False)):
             for _ in range(3):
-                step(model, graph, args.precision, backend, train)
+                step(model, graph, precision, backend, train)
             torch.cuda.synchronize()
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 for _ in range(5):
-                    step(model, graph, args.precision, backend, train)
+                    step(model, graph, precision, backend, train)
                 torch.cuda.synchronize()
             table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows)
-            text = f"# {name} {backend} {args.precision} {args.size} (5 steps)\n{table}\n"
-            (args.out / f"profile_{name}_{backend}.txt").write_text(text)
+            text = f"# {name} {backend} {precision} {args.size} (5 steps)\n{table}\n"
+            (args.out / f"profile_{name}_{backend}_{precision}.txt").write_text(text)
             print(text, flush=True)
 
 

@@ -192,3 +192,20 @@ def test_edge_index_that_is_a_transposed_view(interpret):
     strided = edge_segments(pairs.t(), 5)
     assert torch.allclose(conv_tensor_product(x, t, w, pcol, strided, "triton"), _plain(x, t, w, pcol, seg),
                           rtol=1e-12, atol=1e-12)
+
+
+def test_a_receiver_with_300_edges_and_one_with_a_single_edge(interpret):
+    """Node sums cross many edge tiles (300 edges into node 0, from and to nodes in shuffled order)
+    and a tile that holds one edge (node 2's single incoming edge): forward and three derivatives
+    against the plain formula; the edge kernel's tiles straddle the two receivers."""
+    x, t, w, pcol, _ = _problem(5, 301, 3, 1, 2)
+    gen = torch.Generator().manual_seed(3)
+    dst = torch.zeros(301, dtype=torch.long)
+    dst[torch.randint(0, 301, (1,), generator=gen)] = 2
+    src = torch.randint(0, 5, (301,), generator=gen)
+    seg = edge_segments(torch.stack([src, dst]), 5)
+    assert seg.dst_ptr.diff().tolist() == [300, 0, 1, 0, 0]
+    fused = _derivatives(lambda x, t, w: conv_tensor_product(x, t, w, pcol, seg, "triton"), (x, t, w))
+    plain = _derivatives(lambda x, t, w: _plain(x, t, w, pcol, seg), (x, t, w))
+    for k, (a, b) in enumerate(zip(fused, plain)):
+        assert (a - b).abs().max() <= 1e-12 * max(b.abs().max().item(), 1.0), k

@@ -30,9 +30,9 @@ float32 or float64; the block passes its policy's, see `PrecisionPolicy.block`),
 (it holds the spherical harmonics and CG coefficients), and outputs come in `acc`.
 
 Implementations: "reference" (PyTorch, forms [E, C, O] products; the definition the kernels are
-tested against) and "triton" (node sums: one program per (node, block of channels); edge outputs:
-one program per edge). The Triton kernels run on CUDA tensors, or on CPU tensors under
-TRITON_INTERPRET=1 (slow; for tests).
+tested against) and "triton" (`convolution_tiles`: node sums walk each node's edges in pipelined
+tiles, edge outputs take tiles of receiver-ordered edges). The Triton kernels run on CUDA tensors,
+or on CPU tensors under TRITON_INTERPRET=1 (slow; for tests).
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ from typing import NamedTuple
 import torch
 
 from lpmace.errors import InputError
-from lpmace.kernels.launch import launch_context, require_interpreter
-from lpmace.kernels.launch import next_power_of_2 as _next_power_of_2
+from lpmace.kernels.convolution_tiles import edge_triton, node_triton
 
 __all__ = ["EdgeSegments", "conv_edge", "conv_node", "conv_tensor_product", "edge_segments"]
 
@@ -117,135 +116,6 @@ def edge_reference(g, x, t, w, pcol, seg: EdgeSegments, want_t: bool, want_w: bo
         v = g_e * torch.bmm(x_e, t)  # [E, C, O]
         d_w = torch.zeros(w.shape[0], w.shape[2], w.shape[1], dtype=acc, device=w.device)
         d_w = d_w.index_add(2, pcol, v).transpose(1, 2).contiguous()
-    return d_t, d_w
-
-
-# ---- Triton ------------------------------------------------------------------------------------------
-
-_KERNELS: dict = {}
-
-
-def _kernels():
-    """(node kernel, edge kernel), made on first use (triton.jit gives the interpreter under TRITON_INTERPRET=1)."""
-    if not _KERNELS:
-        import triton
-        import triton.language as tl
-
-        # Plain multiply-and-sum loops, no tl.dot: tl.dot needs every dimension >= 16 (most here are 1-16)
-        # and has no float64 path on every GPU; a tl.dot version measured slower on an H100.
-
-        def node(f_ptr, t_ptr, w_ptr, pcol_ptr, gather_ptr, seg_ptr, perm_ptr, out_ptr, C, P, st_e, st_in, st_out,
-                 K_IN: tl.constexpr, K_OUT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
-                 W_ON_IN: tl.constexpr, ACC: tl.constexpr):
-            n = tl.program_id(0).to(tl.int64)
-            c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-            c_ok = c < C
-            k = tl.arange(0, BLOCK_K)
-            k_ok = k < K_OUT
-            tile_ok = c_ok[:, None] & k_ok[None, :]
-            p_out = tl.load(pcol_ptr + k, mask=k_ok, other=0).to(tl.int64)
-            acc = tl.zeros((BLOCK_C, BLOCK_K), ACC)
-            j = tl.load(seg_ptr + n)
-            end = tl.load(seg_ptr + n + 1)
-            while j < end:  # a while loop: the interpreter cannot run `for` to a loaded bound
-                e = tl.load(perm_ptr + j).to(tl.int64)
-                g = tl.load(gather_ptr + e).to(tl.int64)
-                z = tl.zeros((BLOCK_C, BLOCK_K), ACC)
-                for i in range(K_IN):
-                    f = tl.load(f_ptr + (g * C + c) * K_IN + i, mask=c_ok, other=0.0).to(ACC)
-                    if W_ON_IN:  # ∂X: the weight of input column i's path
-                        p = tl.load(pcol_ptr + i).to(tl.int64)
-                        f = f * tl.load(w_ptr + (e * P + p) * C + c, mask=c_ok, other=0.0).to(ACC)
-                    t = tl.load(t_ptr + e * st_e + i * st_in + k * st_out, mask=k_ok, other=0.0).to(ACC)
-                    z += f[:, None] * t[None, :]
-                if not W_ON_IN:  # the message: the weight of output column k's path
-                    z = z * tl.load(w_ptr + (e * P + p_out[None, :]) * C + c[:, None], mask=tile_ok, other=0.0).to(ACC)
-                acc += z
-                j += 1
-            tl.store(out_ptr + (n * C + c[:, None]) * K_OUT + k[None, :], acc, mask=tile_ok)
-
-        def edge(g_ptr, x_ptr, t_ptr, w_ptr, pcol_ptr, src_ptr, dst_ptr, dt_ptr, dw_ptr, C,
-                 P: tl.constexpr, I: tl.constexpr, O: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr,
-                 WANT_T: tl.constexpr, WANT_W: tl.constexpr, ACC: tl.constexpr):
-            e = tl.program_id(0).to(tl.int64)
-            s = tl.load(src_ptr + e).to(tl.int64)
-            d = tl.load(dst_ptr + e).to(tl.int64)
-            o = tl.arange(0, BLOCK_O)
-            o_ok = o < O
-            p_o = tl.load(pcol_ptr + o, mask=o_ok, other=0).to(tl.int64)
-            c0 = 0
-            while c0 < C:  # one pass when BLOCK_C >= C (the launcher's choice up to 256 channels)
-                c = c0 + tl.arange(0, BLOCK_C)
-                c_ok = c < C
-                tile_ok = c_ok[:, None] & o_ok[None, :]
-                gt = tl.load(g_ptr + (d * C + c[:, None]) * O + o[None, :], mask=tile_ok, other=0.0).to(ACC)
-                if WANT_T:  # ∂T[e, i, o] = Σ_c X[s, c, i] G[d, c, o] W[e, p(o), c]
-                    gw = gt * tl.load(w_ptr + (e * P + p_o[None, :]) * C + c[:, None], mask=tile_ok, other=0.0).to(ACC)
-                    for i in range(I):
-                        xi = tl.load(x_ptr + (s * C + c) * I + i, mask=c_ok, other=0.0).to(ACC)
-                        row = tl.sum(xi[:, None] * gw, axis=0)
-                        out = dt_ptr + (e * I + i) * O + o
-                        if c0 > 0:  # later channel blocks add to what this program stored
-                            row += tl.load(out, mask=o_ok, other=0.0)
-                        tl.store(out, row, mask=o_ok)
-                if WANT_W:  # ∂W[e, p, c] = Σ_{o: p(o)=p} G[d, c, o] Σ_i X[s, c, i] T[e, i, o]
-                    z = tl.zeros((BLOCK_C, BLOCK_O), ACC)
-                    for i in range(I):
-                        xi = tl.load(x_ptr + (s * C + c) * I + i, mask=c_ok, other=0.0).to(ACC)
-                        ti = tl.load(t_ptr + (e * I + i) * O + o, mask=o_ok, other=0.0).to(ACC)
-                        z += xi[:, None] * ti[None, :]
-                    v = z * gt
-                    for p in range(P):
-                        total = tl.sum(tl.where((p_o == p)[None, :], v, 0.0), axis=1)
-                        tl.store(dw_ptr + (e * P + p) * C + c, total, mask=c_ok)
-                c0 += BLOCK_C
-
-        _KERNELS["node"], _KERNELS["edge"] = triton.jit(node), triton.jit(edge)
-    return _KERNELS["node"], _KERNELS["edge"]
-
-
-def _tl_dtype(dtype: torch.dtype):
-    import triton.language as tl
-
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def node_triton(f, t, w, pcol, seg: EdgeSegments, to_src: bool, acc: torch.dtype) -> torch.Tensor:
-    n, c = seg.dst_ptr.shape[0] - 1, f.shape[1]
-    k_in, k_out = (t.shape[2], t.shape[1]) if to_src else (t.shape[1], t.shape[2])
-    out = torch.zeros(n, c, k_out, dtype=acc, device=f.device)
-    if n == 0 or c == 0 or k_out == 0 or t.shape[0] == 0:
-        return out
-    require_interpreter(f.device)
-    st_e, st_i, st_o = t.stride()
-    block_k = max(_next_power_of_2(k_out), 2)
-    block_c = max(2, min(_next_power_of_2(c), 32, 4096 // block_k))
-    gather, ptr, perm = (seg.dst, seg.src_ptr, seg.src_perm) if to_src else (seg.src, seg.dst_ptr, seg.dst_perm)
-    node_kernel, _ = _kernels()
-    with launch_context(f.device):
-        node_kernel[(n, (c + block_c - 1) // block_c)](
-            f.contiguous(), t, w.contiguous(), pcol, gather, ptr, perm, out, c, w.shape[1], st_e,
-            st_o if to_src else st_i, st_i if to_src else st_o, K_IN=k_in, K_OUT=k_out, BLOCK_K=block_k,
-            BLOCK_C=block_c, W_ON_IN=to_src, ACC=_tl_dtype(acc))
-    return out
-
-
-def edge_triton(g, x, t, w, pcol, seg: EdgeSegments, want_t: bool, want_w: bool, acc: torch.dtype):
-    e, i, o = t.shape
-    p, c = w.shape[1], w.shape[2]
-    d_t = torch.zeros(e, i, o, dtype=acc, device=t.device) if want_t else g.new_zeros(0, dtype=acc)
-    d_w = torch.zeros(e, p, c, dtype=acc, device=t.device) if want_w else g.new_zeros(0, dtype=acc)
-    if e == 0 or c == 0 or o == 0 or not (want_t or want_w):
-        return d_t, d_w
-    require_interpreter(t.device)
-    block_o = max(_next_power_of_2(o), 2)
-    block_c = max(2, min(_next_power_of_2(c), 256, 16384 // block_o))
-    _, edge_kernel = _kernels()
-    with launch_context(t.device):
-        edge_kernel[(e,)](
-            g.contiguous(), x.contiguous(), t.contiguous(), w.contiguous(), pcol, seg.src, seg.dst, d_t, d_w, c,
-            P=p, I=i, O=o, BLOCK_O=block_o, BLOCK_C=block_c, WANT_T=want_t, WANT_W=want_w, ACC=_tl_dtype(acc),
-            num_warps=8 if block_c * block_o >= 8192 else 4)
     return d_t, d_w
 
 
