@@ -44,17 +44,18 @@ def check_conv_operator(model, graph) -> int:
     gen = torch.Generator(device="cuda").manual_seed(0)
     n, e = graph.positions.shape[0], graph.edge_index.shape[1]
     seg = edge_segments(graph.edge_index, n)
-    i, q, p, c = (interaction.lmax_in + 1) ** 2, interaction.conv.coupling.shape[2], len(interaction.paths), interaction.channels
+    i, n_sh = (interaction.lmax_in + 1) ** 2, (interaction.max_ell + 1) ** 2
+    p, c = len(interaction.paths), interaction.channels
     failures = 0
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         x = torch.randn(n, c, i, device="cuda", generator=gen).to(dtype).requires_grad_()
-        t = torch.randn(e, i, q, device="cuda", generator=gen).requires_grad_()
+        y = torch.randn(e, n_sh, device="cuda", generator=gen).requires_grad_()
         w = torch.randn(e, p, c, device="cuda", generator=gen).to(dtype).requires_grad_()
         found = {}
         for impl in ("reference", "triton"):
-            out = conv_tensor_product(x, t, w, interaction.conv.path_of_column, seg, impl)
-            first = torch.autograd.grad((out * out.detach()).sum(), (x, t, w), create_graph=True)
-            second = torch.autograd.grad(sum((g.float() ** 2).sum() for g in first), (x, t, w))
+            out = conv_tensor_product(x, y, w, seg, interaction.lmax_in, interaction.max_ell, impl)
+            first = torch.autograd.grad((out * out.detach()).sum(), (x, y, w), create_graph=True)
+            second = torch.autograd.grad(sum((g.float() ** 2).sum() for g in first), (x, y, w))
             found[impl] = [out, *first, *second]
         worst = max(float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
                     for a, b in zip(found["triton"], found["reference"]))

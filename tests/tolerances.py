@@ -97,9 +97,10 @@ def representable(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.to(dtype).double()
 
 
-def check_low_precision_kernel(kernel, plain, leaves, dtypes, dtype, roundings, names, seed=0) -> None:
+def check_low_precision_kernel(kernel, plain, leaves, dtypes, dtype, roundings, names, seed=0, magnitude=None) -> None:
     """A kernel on float64 `leaves` rounded to `dtypes`, forward and two derivatives, against `plain`
-    (an independent formula that computes in its first input's dtype):
+    (an independent formula that computes in its first input's dtype; `magnitude`, when given, is the
+    same formula with its own constants replaced by their absolute values, for Σ|terms|):
 
     - within `assert_rounding_error` of float64 sums of the same rounded operands (catches a kernel
       that accumulates in less than float32 and any dropped term);
@@ -123,7 +124,7 @@ def check_low_precision_kernel(kernel, plain, leaves, dtypes, dtype, roundings, 
 
     got = chain(kernel, rounded)
     exact = chain(plain, [r.double() for r in rounded])
-    scale = chain(plain, [r.double().abs() for r in rounded], weights.abs(), [x.abs() for x in v])
+    scale = chain(magnitude or plain, [r.double().abs() for r in rounded], weights.abs(), [x.abs() for x in v])
     labels = ["forward"] + [f"d/d{n}" for n in names] + [f"d²/d{n}" for n in names]
     for label, g, e, s in zip(labels, got, exact, scale):
         assert g.shape == e.shape, label

@@ -14,7 +14,7 @@ kernels. Training differentiates the compiled graph once more (the force loss's 
 gradients, the "double backward") through AOTAutograd like any other compiled function.
 
 The heavy blocks inside the graph compute with the implementation they hold: `backends.use` sets the
-Triton kernels (`lpmace::conv_node`, `conv_edge`, `polynomial_contraction`; opaque operators for
+Triton kernels (`lpmace::conv_message`, `conv_grads`, `polynomial_contraction`; opaque operators for
 Inductor) on CUDA, and the reference PyTorch ops on the CPU, where Inductor generates C++ (the Triton
 interpreter would defeat the purpose).
 

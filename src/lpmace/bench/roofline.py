@@ -61,7 +61,7 @@ def _count_fused_ops() -> None:
     from lpmace.kernels import convolution, polynomial
 
     register_flop_formula(torch.ops.lpmace.polynomial_contraction)(polynomial.flop_count)
-    register_flop_formula(torch.ops.lpmace.conv_node)(convolution.flop_count)
+    register_flop_formula(torch.ops.lpmace.conv_message)(convolution.flop_count)
     _REGISTERED.append(True)
 
 

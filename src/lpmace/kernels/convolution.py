@@ -1,50 +1,51 @@
 """Convolution tensor product: the neighbour sum of MACE Eq. 8 as one 4-linear form, and its kernels.
 
-Edges e run from src_e to dst_e. With node features X [N, C, I], per-edge coupling tables
-T [E, I, O] (T[e, i, o] = Σ_b Y_b(r̂_e) CG[i, b, o]: spherical harmonics contracted with the
-Clebsch–Gordan table of every path) and radial weights W [E, P, C] (one per edge, path and channel;
-output column o belongs to path p(o)), the interaction's message is
+Edges e run from src_e to dst_e. With node features X [N, C, I], spherical harmonics Y [E, B] of the
+edge directions, radial weights W [E, P, C] (one per edge, path and channel) and the Clebsch–Gordan
+table CG [I, B, O] of the paths (l1, l2, l3) of features of degree <= lmax_in and harmonics of degree
+<= max_ell (`lpmace.o3.clebsch_gordan.conv_coupling_table`; output column o belongs to path p(o)),
+the interaction's message is
 
-    M[n, c, o] = Σ_{e: dst_e = n} W[e, p(o), c] Σ_i X[src_e, c, i] T[e, i, o]                     (1)
+    M[n, c, o] = Σ_{e: dst_e = n} W[e, p(o), c] Σ_{i, b} X[src_e, c, i] Y[e, b] CG[i, b, o]           (1)
 
 (1) is ∂L/∂G of the 4-linear form
 
-    L(G, X, T, W) = Σ_e Σ_c Σ_{i, o} G[dst_e, c, o] X[src_e, c, i] T[e, i, o] W[e, p(o), c]        (2)
+    L(G, X, Y, W) = Σ_e Σ_c Σ_{i, b, o} G[dst_e, c, o] X[src_e, c, i] Y[e, b] CG[i, b, o] W[e, p(o), c]   (2)
 
 and every derivative of (1), to any order, is a partial derivative of (2) with some arguments
-replaced by cotangents:
+replaced by cotangents. Two operators compute them:
 
-    conv_node(to_src=False)   ∂L/∂G, node output summed over the edges into each node   (= (1))
-    conv_node(to_src=True)    ∂L/∂X, node output summed over the edges out of each node
-    conv_edge                 ∂L/∂T [E, I, O] and ∂L/∂W [E, P, C], one output row per edge
+    conv_message   ∂L/∂G [N, C, O]: the message (1), summed over the edges into each node
+    conv_grads     ∂L/∂X [N, C, I] (summed over the edges out of each node), ∂L/∂Y [E, B] and
+                   ∂L/∂W [E, P, C] (one row per edge): any subset, in one pass
 
-Each operator registers its backward in terms of the two (see `_node_backward`, `_edge_backward`),
-so forces (first derivative) and the force loss's parameter gradients (second derivative) run
-through the same kernels, and no [E, C, O] tensor is ever formed.
-
-The node sums walk each node's edges in a fixed order (CSR segments, `EdgeSegments`): no atomics,
-the same result every run.
+Each registers its backward in terms of the two (`_message_backward`, `_grads_backward`), so forces
+(first derivative) and the force loss's parameter gradients (second derivative) run through the same
+kernels, and no [E, C, O] tensor is ever formed.
 
 Numerics: X and W may be 16-bit; every load is converted to the accumulation dtype `acc` (an argument:
-float32 or float64; the block passes its policy's, see `PrecisionPolicy.block`), T is at least float32
-(it holds the spherical harmonics and CG coefficients), and outputs come in `acc`.
+float32 or float64; the block passes its policy's), Y is at least float32, CG is float64 in the
+reference and float32 literals in the kernels, and outputs come in `acc`.
 
-Implementations: "reference" (PyTorch, forms [E, C, O] products; the definition the kernels are
-tested against) and "triton" (`convolution_tiles`: node sums walk each node's edges in pipelined
-tiles, edge outputs take tiles of receiver-ordered edges). The Triton kernels run on CUDA tensors,
-or on CPU tensors under TRITON_INTERPRET=1 (slow; for tests).
+Implementations: "reference" (PyTorch: forms T = Y·CG [E, I, O] and [E, C, O] products; the
+definition the kernels are tested against) and "triton" (`convolution_triton`: one lane per channel,
+CG non-zeros unrolled, nodes' edges walked in CSR order, no atomics: the same result every run). The
+kernels sum in float32; a float64 `acc` runs the reference. They run on CUDA tensors, or on CPU
+tensors under TRITON_INTERPRET=1 (slow; for tests).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
 
 from lpmace.errors import InputError
-from lpmace.kernels.convolution_tiles import edge_triton, node_triton
+from lpmace.kernels import convolution_triton as _triton
+from lpmace.kernels.convolution_triton import layout
 
-__all__ = ["EdgeSegments", "conv_edge", "conv_node", "conv_tensor_product", "edge_segments"]
+__all__ = ["EdgeSegments", "conv_grads", "conv_message", "conv_tensor_product", "edge_segments", "layout"]
 
 
 class EdgeSegments(NamedTuple):
@@ -94,7 +95,8 @@ def _expand(w: torch.Tensor, pcol: torch.Tensor) -> torch.Tensor:
 
 
 def node_reference(f, t, w, pcol, seg: EdgeSegments, to_src: bool, acc: torch.dtype) -> torch.Tensor:
-    """conv_node in plain PyTorch (differentiable; forms [E, C, ·] products)."""
+    """With T = Y·CG [E, I, O]: ∂L/∂G [N, C, O] (to_src=False, f = X) or ∂L/∂X [N, C, I] (to_src=True,
+    f = G), in plain PyTorch (differentiable; forms [E, C, ·] products)."""
     f, t, w = f.to(acc), t.to(acc), w.to(acc)
     n = seg.dst_ptr.shape[0] - 1
     if to_src:  # f = G [N, C, O]: out[n, c, i] = Σ_{e: src=n} Σ_o G[dst,c,o] W[e,p(o),c] T[e,i,o]
@@ -106,10 +108,10 @@ def node_reference(f, t, w, pcol, seg: EdgeSegments, to_src: bool, acc: torch.dt
 
 
 def edge_reference(g, x, t, w, pcol, seg: EdgeSegments, want_t: bool, want_w: bool, acc: torch.dtype):
-    """conv_edge in plain PyTorch: (∂L/∂T [E, I, O] or empty, ∂L/∂W [E, P, C] or empty)."""
+    """With T = Y·CG: (∂L/∂T [E, I, O] or empty, ∂L/∂W [E, P, C] or empty) in plain PyTorch."""
     g, x, t, w = g.to(acc), x.to(acc), t.to(acc), w.to(acc)
     g_e, x_e = torch.index_select(g, 0, seg.dst), torch.index_select(x, 0, seg.src)
-    d_t = d_w = g.new_zeros(0)
+    d_t, d_w = g.new_zeros(0), g.new_zeros(0)
     if want_t:
         d_t = torch.einsum("eci,eco->eio", x_e, g_e * _expand(w, pcol))
     if want_w:
@@ -119,122 +121,164 @@ def edge_reference(g, x, t, w, pcol, seg: EdgeSegments, want_t: bool, want_w: bo
     return d_t, d_w
 
 
+@lru_cache(maxsize=None)
+def _table(lmax_in: int, max_ell: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CG [I, B, O] in dtype, path of each column [O] int64) on device, made once."""
+    _, pcol, table = layout(lmax_in, max_ell)
+    return table.to(device=device, dtype=dtype), torch.tensor(pcol, device=device)
+
+
+def message_reference(x, y, w, seg: EdgeSegments, lmax_in: int, max_ell: int, acc: torch.dtype) -> torch.Tensor:
+    """conv_message in plain PyTorch (differentiable)."""
+    table, pcol = _table(lmax_in, max_ell, acc, y.device)
+    t = torch.einsum("eb,ibo->eio", y.to(acc), table)
+    return node_reference(x, t, w, pcol, seg, False, acc)
+
+
+def grads_reference(g, x, y, w, seg: EdgeSegments, lmax_in: int, max_ell: int, want_x: bool, want_y: bool,
+                    want_w: bool, acc: torch.dtype):
+    """conv_grads in plain PyTorch: (∂L/∂X, ∂L/∂Y, ∂L/∂W), an unwanted one empty."""
+    table, pcol = _table(lmax_in, max_ell, acc, y.device)
+    t = torch.einsum("eb,ibo->eio", y.to(acc), table)
+    d_x = node_reference(g, t, w, pcol, seg, True, acc) if want_x else g.new_zeros(0, dtype=acc)
+    d_t, d_w = edge_reference(g, x, t, w, pcol, seg, want_y, want_w, acc)
+    d_y = torch.einsum("eio,ibo->eb", d_t, table) if want_y else g.new_zeros(0, dtype=acc)
+    return d_x, d_y, d_w
+
+
 # ---- the operators and their derivatives --------------------------------------------------------------
 
-@torch.library.custom_op("lpmace::conv_node", mutates_args=())
-def _conv_node(f: torch.Tensor, t: torch.Tensor, w: torch.Tensor, pcol: torch.Tensor, src: torch.Tensor,
-               dst: torch.Tensor, dst_ptr: torch.Tensor, dst_perm: torch.Tensor, src_ptr: torch.Tensor,
-               src_perm: torch.Tensor, to_src: bool, impl: str, acc: torch.dtype) -> torch.Tensor:
+def _fast(impl: str, acc: torch.dtype) -> bool:
+    return impl == "triton" and acc == torch.float32
+
+
+@torch.library.custom_op("lpmace::conv_message", mutates_args=())
+def _conv_message(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                  dst_ptr: torch.Tensor, dst_perm: torch.Tensor, src_ptr: torch.Tensor, src_perm: torch.Tensor,
+                  lmax_in: int, max_ell: int, impl: str, acc: torch.dtype) -> torch.Tensor:
     seg = EdgeSegments(src, dst, dst_ptr, dst_perm, src_ptr, src_perm)
-    if impl == "triton":
-        return node_triton(f, t, w, pcol, seg, to_src, acc)
+    if _fast(impl, acc):
+        return _triton.message_triton(x, y, w, seg, lmax_in, max_ell)
     with torch.no_grad():
-        return node_reference(f, t, w, pcol, seg, to_src, acc)
+        return message_reference(x, y, w, seg, lmax_in, max_ell, acc)
 
 
-@_conv_node.register_fake
-def _(f, t, w, pcol, src, dst, dst_ptr, dst_perm, src_ptr, src_perm, to_src, impl, acc):
-    k_out = t.shape[1] if to_src else t.shape[2]
-    return f.new_empty(dst_ptr.shape[0] - 1, f.shape[1], k_out, dtype=acc)
+@_conv_message.register_fake
+def _(x, y, w, src, dst, dst_ptr, dst_perm, src_ptr, src_perm, lmax_in, max_ell, impl, acc):
+    return x.new_empty(dst_ptr.shape[0] - 1, x.shape[1], len(layout(lmax_in, max_ell)[1]), dtype=acc)
 
 
-@torch.library.custom_op("lpmace::conv_edge", mutates_args=())
-def _conv_edge(g: torch.Tensor, x: torch.Tensor, t: torch.Tensor, w: torch.Tensor, pcol: torch.Tensor,
-               src: torch.Tensor, dst: torch.Tensor, dst_ptr: torch.Tensor, dst_perm: torch.Tensor,
-               src_ptr: torch.Tensor, src_perm: torch.Tensor, want_t: bool, want_w: bool,
-               impl: str, acc: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+@torch.library.custom_op("lpmace::conv_grads", mutates_args=())
+def _conv_grads(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, src: torch.Tensor,
+                dst: torch.Tensor, dst_ptr: torch.Tensor, dst_perm: torch.Tensor, src_ptr: torch.Tensor,
+                src_perm: torch.Tensor, lmax_in: int, max_ell: int, want_x: bool, want_y: bool, want_w: bool,
+                impl: str, acc: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     seg = EdgeSegments(src, dst, dst_ptr, dst_perm, src_ptr, src_perm)
-    if impl == "triton":
-        return edge_triton(g, x, t, w, pcol, seg, want_t, want_w, acc)
+    if _fast(impl, acc):
+        return _triton.grads_triton(g, x, y, w, seg, lmax_in, max_ell, want_x, want_y, want_w)
     with torch.no_grad():
-        return edge_reference(g, x, t, w, pcol, seg, want_t, want_w, acc)
+        return grads_reference(g, x, y, w, seg, lmax_in, max_ell, want_x, want_y, want_w, acc)
 
 
-@_conv_edge.register_fake
-def _(g, x, t, w, pcol, src, dst, dst_ptr, dst_perm, src_ptr, src_perm, want_t, want_w, impl, acc):
-    d_t = t.new_empty(t.shape, dtype=acc) if want_t else t.new_empty(0, dtype=acc)
-    d_w = w.new_empty(w.shape, dtype=acc) if want_w else w.new_empty(0, dtype=acc)
-    return d_t, d_w
+@_conv_grads.register_fake
+def _(g, x, y, w, src, dst, dst_ptr, dst_perm, src_ptr, src_perm, lmax_in, max_ell, want_x, want_y, want_w,
+      impl, acc):
+    return (x.new_empty(x.shape if want_x else (0,), dtype=acc), y.new_empty(y.shape if want_y else (0,), dtype=acc),
+            w.new_empty(w.shape if want_w else (0,), dtype=acc))
 
 
-def _node_setup(ctx, inputs, output):
-    f, t, w, pcol, *seg, to_src, impl, acc = inputs
-    ctx.save_for_backward(f, t, w, pcol, *seg)
-    ctx.to_src, ctx.impl, ctx.acc = to_src, impl, acc
+def _message_setup(ctx, inputs, output):
+    x, y, w, *seg, lmax_in, max_ell, impl, acc = inputs
+    ctx.save_for_backward(x, y, w, *seg)
+    ctx.lmax_in, ctx.max_ell, ctx.impl, ctx.acc = lmax_in, max_ell, impl, acc
 
 
-def _node_backward(ctx, grad):
-    f, t, w, pcol, *seg = ctx.saved_tensors
-    d_f = d_t = d_w = None
-    need_f, need_t, need_w = ctx.needs_input_grad[:3]
-    if need_f:  # the other node output of (2), with the cotangent in this output's slot
-        d_f = _conv_node(grad, t, w, pcol, *seg, not ctx.to_src, ctx.impl, ctx.acc).to(f.dtype)
-    if need_t or need_w:
-        g, x = (f, grad) if ctx.to_src else (grad, f)
-        d_t, d_w = _conv_edge(g, x, t, w, pcol, *seg, need_t, need_w, ctx.impl, ctx.acc)
-        d_t = d_t.to(t.dtype) if need_t else None
+def _message_backward(ctx, grad):
+    x, y, w, *seg = ctx.saved_tensors
+    need_x, need_y, need_w = ctx.needs_input_grad[:3]
+    d_x = d_y = d_w = None
+    if need_x or need_y or need_w:
+        d_x, d_y, d_w = _conv_grads(grad, x, y, w, *seg, ctx.lmax_in, ctx.max_ell, need_x, need_y, need_w,
+                                    ctx.impl, ctx.acc)
+        d_x = d_x.to(x.dtype) if need_x else None
+        d_y = d_y.to(y.dtype) if need_y else None
         d_w = d_w.to(w.dtype) if need_w else None
-    return d_f, d_t, d_w, None, None, None, None, None, None, None, None, None, None
+    return (d_x, d_y, d_w) + (None,) * 10
 
 
-def _edge_setup(ctx, inputs, output):
-    g, x, t, w, pcol, *seg, want_t, want_w, impl, acc = inputs
-    ctx.save_for_backward(g, x, t, w, pcol, *seg)
-    ctx.want_t, ctx.want_w, ctx.impl, ctx.acc = want_t, want_w, impl, acc
+def _grads_setup(ctx, inputs, output):
+    g, x, y, w, *seg, lmax_in, max_ell, want_x, want_y, want_w, impl, acc = inputs
+    ctx.save_for_backward(g, x, y, w, *seg)
+    ctx.lmax_in, ctx.max_ell, ctx.impl, ctx.acc = lmax_in, max_ell, impl, acc
+    ctx.wants = (want_x, want_y, want_w)
 
 
-def _edge_backward(ctx, grad_t, grad_w):
-    """(2) with T := grad_t (from the ∂T output) and W := grad_w (from the ∂W output)."""
-    g, x, t, w, pcol, *seg = ctx.saved_tensors
-    need_g, need_x, need_t, need_w = ctx.needs_input_grad[:4]
-    terms = []  # (T, W) pairs whose forms are summed
-    if ctx.want_t:
-        terms.append((grad_t, w))
-    if ctx.want_w:
-        terms.append((t, grad_w))
-    d_g = d_x = d_t = d_w = None
-    if need_g:
-        d_g = sum(_conv_node(x, tt, ww, pcol, *seg, False, ctx.impl, ctx.acc) for tt, ww in terms).to(g.dtype)
-    if need_x:
-        d_x = sum(_conv_node(g, tt, ww, pcol, *seg, True, ctx.impl, ctx.acc) for tt, ww in terms).to(x.dtype)
-    if need_t and ctx.want_w:
-        d_t = _conv_edge(g, x, t, grad_w, pcol, *seg, True, False, ctx.impl, ctx.acc)[0].to(t.dtype)
-    if need_w and ctx.want_t:
-        d_w = _conv_edge(g, x, grad_t, w, pcol, *seg, False, True, ctx.impl, ctx.acc)[1].to(w.dtype)
-    if need_t and d_t is None:
-        d_t = torch.zeros_like(t)
-    if need_w and d_w is None:
-        d_w = torch.zeros_like(w)
-    return (d_g, d_x, d_t, d_w) + (None,) * 11
+def _grads_backward(ctx, grad_x, grad_y, grad_w):
+    """The backward of conv_grads' outputs ∂L/∂X, ∂L/∂Y, ∂L/∂W with cotangents (grad_x, grad_y, grad_w):
+    by multilinearity it is the derivative of L(G, grad_x, Y, W) + L(G, X, grad_y, W) + L(G, X, Y, grad_w),
+    one term per wanted output; each term is linear in the three arguments it keeps."""
+    g, x, y, w, *seg = ctx.saved_tensors
+    need_g, need_x, need_y, need_w = ctx.needs_input_grad[:4]
+    args = (x, y, w)
+    terms = [k for k, (want, grad) in enumerate(zip(ctx.wants, (grad_x, grad_y, grad_w))) if want and grad is not None]
+    cotangent = {0: grad_x, 1: grad_y, 2: grad_w}
+    d_g = None
+    found = [None, None, None]
+    for k in terms:  # term k: slot k of (X, Y, W) replaced by its cotangent
+        a = [cotangent[k] if j == k else args[j] for j in range(3)]
+        if need_g:
+            term = _conv_message(*a, *seg, ctx.lmax_in, ctx.max_ell, ctx.impl, ctx.acc)
+            d_g = term if d_g is None else d_g + term
+        wants = [need and j != k for j, need in enumerate((need_x, need_y, need_w))]
+        if any(wants):
+            out = _conv_grads(g, *a, *seg, ctx.lmax_in, ctx.max_ell, *wants, ctx.impl, ctx.acc)
+            for j in range(3):
+                if wants[j]:
+                    found[j] = out[j] if found[j] is None else found[j] + out[j]
+    d_g = d_g.to(g.dtype) if d_g is not None else (torch.zeros_like(g) if need_g else None)
+    result = []
+    for j, (need, arg) in enumerate(zip((need_x, need_y, need_w), args)):
+        result.append((found[j].to(arg.dtype) if found[j] is not None else torch.zeros_like(arg)) if need else None)
+    return (d_g, *result) + (None,) * 13
 
 
-_conv_node.register_autograd(_node_backward, setup_context=_node_setup)
-_conv_edge.register_autograd(_edge_backward, setup_context=_edge_setup)
+_conv_message.register_autograd(_message_backward, setup_context=_message_setup)
+_conv_grads.register_autograd(_grads_backward, setup_context=_grads_setup)
 
 
-def conv_node(f, t, w, pcol, seg: EdgeSegments, to_src: bool = False, impl: str = "reference",
-              acc: torch.dtype | None = None) -> torch.Tensor:
-    """A node output of form (2): ∂L/∂G [N, C, O] (to_src=False, f = X [N, C, I]) or ∂L/∂X [N, C, I]
-    (to_src=True, f = G [N, C, O]); t [E, I, O], w [E, P, C], pcol [O] int64 path of each column;
-    `acc` as in `conv_tensor_product`."""
-    return _conv_node(f, t, w, pcol, *seg, to_src, impl, _acc(acc, f, t, w))
+def _check(impl: str, lmax_in: int, max_ell: int, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> None:
+    if impl not in ("reference", "triton"):
+        raise InputError(f"conv tensor product implementation must be 'reference' or 'triton', got {impl!r}")
+    paths, pcol, table = layout(lmax_in, max_ell)
+    want = ((table.shape[0]), table.shape[1], len(paths))
+    if (x.shape[-1], y.shape[-1], w.shape[1]) != want:
+        raise InputError(f"conv tensor product of lmax_in={lmax_in}, max_ell={max_ell} needs features [N, C, {want[0]}], "
+                         f"harmonics [E, {want[1]}] and weights [E, {want[2]}, C]; got {tuple(x.shape)}, "
+                         f"{tuple(y.shape)}, {tuple(w.shape)}")
 
 
-def conv_edge(g, x, t, w, pcol, seg: EdgeSegments, want_t: bool = True, want_w: bool = True,
-              impl: str = "reference", acc: torch.dtype | None = None):
-    """The edge outputs of form (2): (∂L/∂T [E, I, O], ∂L/∂W [E, P, C]); an unwanted one is empty."""
-    return _conv_edge(g, x, t, w, pcol, *seg, want_t, want_w, impl, _acc(acc, g, x, t, w))
+def conv_message(x, y, w, seg: EdgeSegments, lmax_in: int, max_ell: int, impl: str = "reference",
+                 acc: torch.dtype | None = None) -> torch.Tensor:
+    """∂L/∂G of form (2): the message (1), differentiable to any order."""
+    _check(impl, lmax_in, max_ell, x, y, w)
+    return _conv_message(x, y, w, *seg, lmax_in, max_ell, impl, _acc(acc, x, y, w))
 
 
-def conv_tensor_product(x: torch.Tensor, t: torch.Tensor, w: torch.Tensor, pcol: torch.Tensor,
-                        seg: EdgeSegments, impl: str = "reference", acc: torch.dtype | None = None) -> torch.Tensor:
-    """Equation (1): the message [N, C, O], differentiable to any order in x, t and w.
+def conv_grads(g, x, y, w, seg: EdgeSegments, lmax_in: int, max_ell: int, want_x: bool = True, want_y: bool = True,
+               want_w: bool = True, impl: str = "reference", acc: torch.dtype | None = None):
+    """(∂L/∂X [N, C, I], ∂L/∂Y [E, B], ∂L/∂W [E, P, C]) of form (2); an unwanted one is empty."""
+    _check(impl, lmax_in, max_ell, x, y, w)
+    return _conv_grads(g, x, y, w, *seg, lmax_in, max_ell, want_x, want_y, want_w, impl, _acc(acc, g, x, y, w))
+
+
+def conv_tensor_product(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, seg: EdgeSegments, lmax_in: int,
+                        max_ell: int, impl: str = "reference", acc: torch.dtype | None = None) -> torch.Tensor:
+    """Equation (1): the message [N, C, O], differentiable to any order in x, y and w.
 
     Args:
-        x: [N, C, I] sender features (16-bit allowed).
-        t: [E, I, O] coupling tables (float32 or float64).
-        w: [E, P, C] radial weights per path (16-bit allowed).
-        pcol: [O] int64, the path of each output column.
+        x: [N, C, (lmax_in+1)²] sender features (16-bit allowed).
+        y: [E, (max_ell+1)²] spherical harmonics of the edge directions (float32 or float64).
+        w: [E, P, C] radial weights per path (16-bit allowed), paths in `layout(lmax_in, max_ell)` order.
         seg: `edge_segments(edge_index, N)`.
         impl: "reference" or "triton".
         acc: the accumulation dtype (float32 or float64): every load is widened to it and the sums run in
@@ -243,12 +287,10 @@ def conv_tensor_product(x: torch.Tensor, t: torch.Tensor, w: torch.Tensor, pcol:
     Returns:
         [N, C, O] in `acc`.
     """
-    if impl not in ("reference", "triton"):
-        raise InputError(f"conv tensor product implementation must be 'reference' or 'triton', got {impl!r}")
-    return _conv_node(x, t, w, pcol, *seg, False, impl, _acc(acc, x, t, w))
+    return conv_message(x, y, w, seg, lmax_in, max_ell, impl, acc)
 
 
-def flop_count(f_shape, t_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
-    """FLOPs of one conv_node call (2 per edge, channel, input and output column, plus the weight)."""
-    e, i, o = t_shape
-    return e * f_shape[1] * (2 * i * o + o)
+def flop_count(x_shape, y_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of one conv_message call as the dense form counts them (2 per edge, channel, input and
+    output column, plus the weight; the kernels skip the CG zeros)."""
+    return y_shape[0] * x_shape[1] * (2 * x_shape[2] * out_shape[2] + out_shape[2])

@@ -10,8 +10,8 @@ MLP columns map one to one.
 
 The neighbour sum is the `ConvTensorProduct` block, which owns its implementation: "reference"
 forms per-edge products ([E, C, Q]) in PyTorch; "triton" computes the sum with
-`lpmace.kernels.convolution` (one kernel per node, nothing [E, C, Q] in memory, derivatives by the
-same kernels). One walk over the built model chooses it for every block at once.
+`lpmace.kernels.convolution` (one lane per channel, CG non-zeros unrolled, nothing [E, C, Q] in
+memory, derivatives by the same kernels). One walk over the built model chooses it for every block at once.
 
 Two flavours, as in mace-torch:
 - residual (RealAgnosticResidualInteractionBlock): also returns the element-dependent skip
@@ -21,8 +21,7 @@ Two flavours, as in mace-torch:
 
 from __future__ import annotations
 
-import math
-from typing import List, Sequence, Tuple
+from typing import Sequence
 
 import torch
 
@@ -30,33 +29,8 @@ from lpmace.kernels.convolution import conv_tensor_product
 from lpmace.nn.edges import Edges
 from lpmace.nn.linear import ElementLinear, EquivariantLinear
 from lpmace.nn.radial import RadialMLP
-from lpmace.o3.clebsch_gordan import coupling_allowed, wigner_3j
-from lpmace.o3.irreps import l_slice, num_components
+from lpmace.o3.clebsch_gordan import conv_coupling_table, conv_paths, path_of_column
 from lpmace.precision import BlockDtypes, PrecisionPolicy
-
-
-def conv_paths(lmax_in: int, max_ell: int, lmax_out: int) -> List[Tuple[int, int, int]]:
-    """(l1, l2, l3) of the conv tensor product in mace-torch's order (stable sort by l3)."""
-    paths = [
-        (l1, l2, l3)
-        for l1 in range(lmax_in + 1)
-        for l2 in range(max_ell + 1)
-        for l3 in range(abs(l1 - l2), l1 + l2 + 1)
-        if l3 <= lmax_out and coupling_allowed(l1, l2, l3)
-    ]
-    return sorted(paths, key=lambda p: p[2])
-
-
-def conv_coupling_table(paths: Sequence[Tuple[int, int, int]], lmax_in: int, max_ell: int) -> torch.Tensor:
-    """[(lmax_in+1)², (max_ell+1)², Q] float64: sqrt(2l3+1)·CG of every path, Q = Σ_p (2 l3_p + 1)."""
-    q = sum(2 * l3 + 1 for _, _, l3 in paths)
-    table = torch.zeros(num_components(lmax_in), num_components(max_ell), q, dtype=torch.float64)
-    start = 0
-    for l1, l2, l3 in paths:
-        width = 2 * l3 + 1
-        table[l_slice(l1), l_slice(l2), start : start + width] = math.sqrt(width) * wigner_3j(l1, l2, l3)
-        start += width
-    return table
 
 
 class ConvTensorProduct(torch.nn.Module):
@@ -77,21 +51,21 @@ class ConvTensorProduct(torch.nn.Module):
     def __init__(self, lmax_in: int, max_ell: int):
         super().__init__()
         self.implementation = "reference"
+        self.lmax_in, self.max_ell = lmax_in, max_ell
         self.paths = conv_paths(lmax_in, max_ell, max_ell)
         self.register_buffer("coupling", conv_coupling_table(self.paths, lmax_in, max_ell), persistent=False)
-        path_of_column = [p for p, (_, _, l3) in enumerate(self.paths) for _ in range(2 * l3 + 1)]
-        self.register_buffer("path_of_column", torch.tensor(path_of_column), persistent=False)
+        self.register_buffer("path_of_column", torch.tensor(path_of_column(self.paths)), persistent=False)
 
     def forward(self, h: torch.Tensor, weights: torch.Tensor, edges: Edges, dtypes: BlockDtypes) -> torch.Tensor:
         math_dtype = dtypes.math
         weights = weights.to(dtypes.operand).view(-1, len(self.paths), h.shape[1])  # [E, P, C]
+        if self.implementation == "triton":  # rounded operands, widened by the kernel at each load; CG inside
+            return conv_tensor_product(h.to(dtypes.operand), edges.sh.to(math_dtype), weights, edges.segments,
+                                       self.lmax_in, self.max_ell, "triton", acc=math_dtype)
         # Contract Y with the CG table first ([E, D_in, Q], channel-free): never forms the
         # [E, C, D_in, D_sh] outer product (16x fewer FLOPs, far less memory).
         table = self.coupling.to(dtypes.table).to(math_dtype)
         y_table = torch.einsum("ej,ijq->eiq", edges.sh.to(math_dtype), table)
-        if self.implementation == "triton":  # rounded operands, widened by the kernel at each load
-            return conv_tensor_product(h.to(dtypes.operand), y_table, weights, self.path_of_column,
-                                       edges.segments, "triton", acc=math_dtype)
         sender, receiver = edges.index[0], edges.index[1]
         # index_select, not h[sender]: its backward is an index_add, where advanced indexing's is a
         # sort-based index_put that took half the GPU time of a training step (profile, H100).
