@@ -54,7 +54,8 @@ def floor_bytes(kind, x, y, w, g):
     edge_in = y.numel() * 4 + w.numel() * w.element_size()
     if kind == "message":
         return index + x.numel() * x.element_size() + edge_in + g.numel() * 4
-    return index + g.numel() * 4 + x.numel() * x.element_size() + edge_in + y.numel() * 4 + w.numel() * 4 + x.numel() * 4
+    d_out = y.numel() * 4 + w.numel() * w.element_size() + x.numel() * x.element_size()  # ∂Y, ∂W, ∂X
+    return index + g.numel() * 4 + x.numel() * x.element_size() + edge_in + d_out
 
 
 def rel_diff(a, b):
@@ -118,16 +119,16 @@ def main() -> None:
 
 def sweep(graph):
     x, y, w, g, seg = problem(graph, 1, 128, torch.bfloat16)
-    saved = convolution_triton.CHANNELS_PER_PROGRAM, convolution_triton.STAGES
+    saved = dict(convolution_triton.TILES)
     found = []
     for channels, stages in itertools.product((32, 64, 128), (1, 2, 3)):
-        convolution_triton.CHANNELS_PER_PROGRAM, convolution_triton.STAGES = channels, stages
+        convolution_triton.TILES.update(message=(channels, stages), grads=(channels, stages))
         for kind, fn in (("message", lambda: convolution_triton.message_triton(x, y, w, seg, 1, 3)),
                          ("grads", lambda: convolution_triton.grads_triton(g, x, y, w, seg, 1, 3, True, True, True))):
             row = dict(sweep=kind, channels_per_program=channels, stages=stages, ms=time_ms(fn))
             print(json.dumps(row), flush=True)
             found.append(row)
-    convolution_triton.CHANNELS_PER_PROGRAM, convolution_triton.STAGES = saved
+    convolution_triton.TILES.update(saved)
     return found
 
 

@@ -17,7 +17,8 @@ replaced by cotangents. Two operators compute them:
 
     conv_message   ∂L/∂G [N, C, O]: the message (1), summed over the edges into each node
     conv_grads     ∂L/∂X [N, C, I] (summed over the edges out of each node), ∂L/∂Y [E, B] and
-                   ∂L/∂W [E, P, C] (one row per edge): any subset, in one pass
+                   ∂L/∂W [E, P, C] (one row per edge): any subset, in one pass, each summed in `acc`
+                   and rounded once to its input's dtype (as autograd would return it)
 
 Each registers its backward in terms of the two (`_message_backward`, `_grads_backward`), so forces
 (first derivative) and the force loss's parameter gradients (second derivative) run through the same
@@ -25,7 +26,8 @@ kernels, and no [E, C, O] tensor is ever formed.
 
 Numerics: X and W may be 16-bit; every load is converted to the accumulation dtype `acc` (an argument:
 float32 or float64; the block passes its policy's), Y is at least float32, CG is float64 in the
-reference and float32 literals in the kernels, and outputs come in `acc`.
+reference and float32 literals in the kernels; the message comes in `acc`, each derivative in the
+dtype of its input.
 
 Implementations: "reference" (PyTorch: forms T = Y·CG [E, I, O] and [E, C, O] products; the
 definition the kernels are tested against) and "triton" (`convolution_triton`: one lane per channel,
@@ -137,13 +139,14 @@ def message_reference(x, y, w, seg: EdgeSegments, lmax_in: int, max_ell: int, ac
 
 def grads_reference(g, x, y, w, seg: EdgeSegments, lmax_in: int, max_ell: int, want_x: bool, want_y: bool,
                     want_w: bool, acc: torch.dtype):
-    """conv_grads in plain PyTorch: (∂L/∂X, ∂L/∂Y, ∂L/∂W), an unwanted one empty."""
+    """conv_grads in plain PyTorch: (∂L/∂X, ∂L/∂Y, ∂L/∂W) summed in acc, each returned in its input's
+    dtype; an unwanted one empty."""
     table, pcol = _table(lmax_in, max_ell, acc, y.device)
     t = torch.einsum("eb,ibo->eio", y.to(acc), table)
     d_x = node_reference(g, t, w, pcol, seg, True, acc) if want_x else g.new_zeros(0, dtype=acc)
     d_t, d_w = edge_reference(g, x, t, w, pcol, seg, want_y, want_w, acc)
     d_y = torch.einsum("eio,ibo->eb", d_t, table) if want_y else g.new_zeros(0, dtype=acc)
-    return d_x, d_y, d_w
+    return d_x.to(x.dtype), d_y.to(y.dtype), d_w.to(w.dtype)
 
 
 # ---- the operators and their derivatives --------------------------------------------------------------
@@ -183,8 +186,8 @@ def _conv_grads(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tens
 @_conv_grads.register_fake
 def _(g, x, y, w, src, dst, dst_ptr, dst_perm, src_ptr, src_perm, lmax_in, max_ell, want_x, want_y, want_w,
       impl, acc):
-    return (x.new_empty(x.shape if want_x else (0,), dtype=acc), y.new_empty(y.shape if want_y else (0,), dtype=acc),
-            w.new_empty(w.shape if want_w else (0,), dtype=acc))
+    return (x.new_empty(x.shape if want_x else (0,)), y.new_empty(y.shape if want_y else (0,)),
+            w.new_empty(w.shape if want_w else (0,)))
 
 
 def _message_setup(ctx, inputs, output):
@@ -200,9 +203,7 @@ def _message_backward(ctx, grad):
     if need_x or need_y or need_w:
         d_x, d_y, d_w = _conv_grads(grad, x, y, w, *seg, ctx.lmax_in, ctx.max_ell, need_x, need_y, need_w,
                                     ctx.impl, ctx.acc)
-        d_x = d_x.to(x.dtype) if need_x else None
-        d_y = d_y.to(y.dtype) if need_y else None
-        d_w = d_w.to(w.dtype) if need_w else None
+        d_x, d_y, d_w = (d if need else None for d, need in zip((d_x, d_y, d_w), (need_x, need_y, need_w)))
     return (d_x, d_y, d_w) + (None,) * 10
 
 
@@ -238,7 +239,7 @@ def _grads_backward(ctx, grad_x, grad_y, grad_w):
     d_g = d_g.to(g.dtype) if d_g is not None else (torch.zeros_like(g) if need_g else None)
     result = []
     for j, (need, arg) in enumerate(zip((need_x, need_y, need_w), args)):
-        result.append((found[j].to(arg.dtype) if found[j] is not None else torch.zeros_like(arg)) if need else None)
+        result.append((found[j] if found[j] is not None else torch.zeros_like(arg)) if need else None)
     return (d_g, *result) + (None,) * 13
 
 
@@ -266,7 +267,8 @@ def conv_message(x, y, w, seg: EdgeSegments, lmax_in: int, max_ell: int, impl: s
 
 def conv_grads(g, x, y, w, seg: EdgeSegments, lmax_in: int, max_ell: int, want_x: bool = True, want_y: bool = True,
                want_w: bool = True, impl: str = "reference", acc: torch.dtype | None = None):
-    """(∂L/∂X [N, C, I], ∂L/∂Y [E, B], ∂L/∂W [E, P, C]) of form (2); an unwanted one is empty."""
+    """(∂L/∂X [N, C, I], ∂L/∂Y [E, B], ∂L/∂W [E, P, C]) of form (2), each in its input's dtype; an
+    unwanted one is empty."""
     _check(impl, lmax_in, max_ell, x, y, w)
     return _conv_grads(g, x, y, w, *seg, lmax_in, max_ell, want_x, want_y, want_w, impl, _acc(acc, g, x, y, w))
 

@@ -39,10 +39,12 @@ import torch
 from lpmace.kernels.launch import launch_context, next_power_of_2, require_interpreter
 from lpmace.o3.clebsch_gordan import conv_coupling_table, conv_paths, path_of_column
 
-__all__ = ["CHANNELS_PER_PROGRAM", "grads_triton", "layout", "message_triton", "source"]
+__all__ = ["TILES", "grads_triton", "layout", "message_triton", "source"]
 
-CHANNELS_PER_PROGRAM = 128  # one lane per channel: 4 warps
-STAGES = 2  # software-pipelined loads of the next edge
+# (channels per program, pipeline stages) per kernel, from a sweep on the H200 (benchmarks/conv_kernels.py
+# --sweep, MACE-MP-0-medium layer 2, bf16): the message is fastest with 4 warps and 3 stages; grads with
+# one warp per program, whose ∂Y sums over channels are warp shuffles without a block-wide barrier.
+TILES = {"message": (128, 3), "grads": (32, 1)}
 
 
 @lru_cache(maxsize=None)
@@ -139,7 +141,7 @@ def source(lmax_in: int, max_ell: int) -> str:
     tensor_product(12)
     for p in range(n_paths):
         expr = " + ".join(f"g{o} * tp{o}" for o in range(n_out) if pcol[o] == p)
-        emit(12, f"tl.store(dw_ptr + (e * {n_paths} + {p}) * C + c, {expr}, mask=c_ok)")
+        emit(12, f"tl.store(dw_ptr + (e * {n_paths} + {p}) * C + c, ({expr}).to(dw_ptr.dtype.element_ty), mask=c_ok)")
     emit(8, "if WANT_X or WANT_Y:")
     for o in range(n_out):
         emit(12, f"gw{o} = g{o} * w{pcol[o]}")
@@ -153,7 +155,7 @@ def source(lmax_in: int, max_ell: int) -> str:
         emit(12, f"tl.store(dy_ptr + (block * E + e) * {n_sh} + {b}, tl.sum({expr}, axis=0))")
     emit(4, "if WANT_X:")
     for i in range(n_in):
-        emit(8, f"tl.store(dx_ptr + (s * C + c) * {n_in} + {i}, dx{i}, mask=c_ok)")
+        emit(8, f"tl.store(dx_ptr + (s * C + c) * {n_in} + {i}, dx{i}.to(dx_ptr.dtype.element_ty), mask=c_ok)")
     return "\n".join(lines) + "\n"
 
 
@@ -188,10 +190,11 @@ def kernels(lmax_in: int, max_ell: int):
     return _LOADED[key]
 
 
-def _channels(c: int) -> tuple[int, int]:
-    """(channels per program, warps): one lane per channel, at most CHANNELS_PER_PROGRAM per program."""
-    block = max(32, min(next_power_of_2(c), CHANNELS_PER_PROGRAM))
-    return block, block // 32
+def _channels(c: int, kernel: str) -> tuple[int, int, int]:
+    """(channels per program, warps, stages): one lane per channel, at most TILES[kernel][0] per program."""
+    most, stages = TILES[kernel]
+    block = max(32, min(next_power_of_2(c), most))
+    return block, block // 32, stages
 
 
 def message_triton(x, y, w, seg, lmax_in: int, max_ell: int) -> torch.Tensor:
@@ -202,25 +205,28 @@ def message_triton(x, y, w, seg, lmax_in: int, max_ell: int) -> torch.Tensor:
     if n == 0 or c == 0 or y.shape[0] == 0:
         return out
     require_interpreter(x.device)
-    block, warps = _channels(c)
+    block, warps, stages = _channels(c, "message")
     message, _ = kernels(lmax_in, max_ell)
     with launch_context(x.device):
         message[(n, (c + block - 1) // block)](
             x.transpose(1, 2).contiguous(), y.contiguous(), w.contiguous(), seg.src, seg.dst_ptr, seg.dst_perm, out,
-            c, BLOCK_C=block, STAGES=STAGES, num_warps=warps)
+            c, BLOCK_C=block, STAGES=stages, num_warps=warps)
     return out
 
 
 def grads_triton(g, x, y, w, seg, lmax_in: int, max_ell: int, want_x: bool, want_y: bool, want_w: bool):
-    """(∂L/∂X [N, C, I], ∂L/∂Y [E, B], ∂L/∂W [E, P, C]) float32; an unwanted one is empty."""
+    """(∂L/∂X [N, C, I], ∂L/∂Y [E, B], ∂L/∂W [E, P, C]), each summed in float32 and stored once in its
+    input's dtype (a 16-bit ∂W never exists in float32); an unwanted one is empty."""
     n, c, n_in = x.shape
     e, n_sh = y.shape
     n_paths = w.shape[1]
-    block, warps = _channels(c)
+    block, warps, stages = _channels(c, "grads")
     blocks = (c + block - 1) // block
-    d_x = torch.zeros(n, c, n_in, dtype=torch.float32, device=x.device) if want_x else x.new_zeros(0, dtype=torch.float32)
-    d_y = torch.zeros(blocks, e, n_sh, dtype=torch.float32, device=x.device) if want_y else x.new_zeros(0, dtype=torch.float32)
-    d_w = torch.zeros(e, n_paths, c, dtype=torch.float32, device=x.device) if want_w else x.new_zeros(0, dtype=torch.float32)
+    d_x = torch.empty(n, c, n_in, dtype=x.dtype, device=x.device) if want_x else x.new_zeros(0)
+    d_y = torch.empty(blocks, e, n_sh, dtype=torch.float32, device=x.device) if want_y else y.new_zeros(0)
+    d_w = torch.empty(e, n_paths, c, dtype=w.dtype, device=x.device) if want_w else w.new_zeros(0)
+    if want_x and (n == 0 or e == 0):
+        d_x.zero_()
     if n > 0 and c > 0 and e > 0 and (want_x or want_y or want_w):
         require_interpreter(x.device)
         _, grads = kernels(lmax_in, max_ell)
@@ -228,7 +234,7 @@ def grads_triton(g, x, y, w, seg, lmax_in: int, max_ell: int, want_x: bool, want
             grads[(n, blocks)](
                 g.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous(), y.contiguous(), w.contiguous(),
                 seg.dst, seg.src_ptr, seg.src_perm, d_x, d_y, d_w, c, e, BLOCK_C=block, WANT_X=want_x,
-                WANT_Y=want_y, WANT_W=want_w, STAGES=STAGES, num_warps=warps)
+                WANT_Y=want_y, WANT_W=want_w, STAGES=stages, num_warps=warps)
     if want_y:
-        d_y = d_y.sum(0) if blocks > 1 else d_y[0]
+        d_y = (d_y.sum(0) if blocks > 1 else d_y[0]).to(y.dtype)
     return d_x, d_y, d_w
