@@ -98,6 +98,7 @@ SHAPES = [  # n, C, lmax, degree, elements, outputs, q
     (1, 1, 1, 3, 1, 4, 1),
     (21, 3, 1, 2, 3, 4, 2),  # several 8-node blocks per element in the Triton kernel
     (10, 64, 0, 3, 10, 1, 1),  # 10 elements, two 32-channel blocks
+    (40, 2, 1, 3, 89, 4, 1),  # a foundation model's 89 elements, most of them absent from the graph
 ]
 
 
