@@ -1,9 +1,10 @@
 """lpmace's fused kernels, each next to its plain PyTorch reference.
 
-    convolution   the conv tensor product (neighbour sums of per-edge tensor products) and its derivatives
-    polynomial    the polynomial contraction behind the symmetric contraction and its derivatives
-    monomials     the monomial tables the contraction evaluates
-    launch        what every Triton launch needs (availability, the CPU interpreter, block sizes)
+    convolution          the conv tensor product (neighbour sums of per-edge tensor products) and its derivatives
+    convolution_triton   its kernels, generated per (L, max_ell) with the CG non-zeros as literals
+    polynomial           the polynomial contraction behind the symmetric contraction and its derivatives
+    monomials            the monomial tables the contraction evaluates
+    launch               what every Triton launch needs (availability, the CPU interpreter, block sizes)
 
 Which one a model uses is set on its blocks by `lpmace.backends.use`; nothing here knows the model.
 """
