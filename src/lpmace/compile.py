@@ -22,7 +22,9 @@ One trace is kept per model, precision policy, force/stress/training flags, devi
 of the batch, and the blocks' implementations: make_fx fixes sizes 0 and 1, so a batch of one structure, or one without edges, gets
 its own trace. Traces live beside the model (a table with weak keys; no trace refers back to the model), not in
 it: state dicts and copies of the model never see them. The first call of each kind pays for tracing and compiling
-(seconds on the CPU for a small model, up to a few minutes on the GPU).
+(seconds on the CPU for a small model, up to a few minutes on the GPU). Inductor keeps what it compiled under
+`lpmace.cache.cache_dir("inductor")` (``$LPMACE_CACHE_DIR``, default ``~/.cache/lpmace``) unless
+TORCHINDUCTOR_CACHE_DIR names another folder.
 
 `LPMACE_COMPILE_MODE` picks torch.compile's mode on CUDA ("default" unless set; "reduce-overhead" adds
 CUDA graphs, one recording per distinct batch shape); the CPU gets Inductor's defaults, with
@@ -43,6 +45,7 @@ from typing import Dict, Optional
 
 import torch
 
+from lpmace.cache import use_compile_cache
 from lpmace.data.graph import Graph
 from lpmace.errors import InputError
 from lpmace.precision import matmul_mode, resolve_policy
@@ -178,6 +181,7 @@ def _trace(model, step, state, inputs, device):
     backend = os.environ.get("LPMACE_COMPILE_BACKEND", "inductor")
     if backend == "none":
         return graph_module
+    use_compile_cache()
     if backend != "inductor":
         return torch.compile(graph_module, dynamic=True, fullgraph=True, backend=backend)
     if device.type == "cpu":

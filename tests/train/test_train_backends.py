@@ -71,7 +71,14 @@ def test_compiled_training_with_inductor_on_the_cpu_matches_reference(tmp_path):
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr.split("Extension modules")[0][-3000:]  # the faulthandler trace
     assert "backend compiled" in proc.stdout
-    _assert_same_losses(_log(tmp_path / "compiled"), _reference(tmp_path, train), 1e-4)
+    rows, ref = _log(tmp_path / "compiled"), _reference(tmp_path, train)
+    _assert_same_losses(rows, ref, 1e-4)
+    # the log says what starting up cost: compiling takes most of the first step, and nothing
+    # compiles without the backend "compiled"
+    assert rows[0]["compiles"] >= 1 and rows[1]["compiles"] >= rows[0]["compiles"]
+    assert all(r["compiles"] == 0 for r in ref)
+    assert 0 < rows[0]["first_step_s"] == rows[1]["first_step_s"]
+    assert "graphs compiled" in proc.stdout
 
 
 def test_triton_training_matches_reference(tmp_path, monkeypatch):

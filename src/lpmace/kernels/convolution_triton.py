@@ -29,13 +29,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import tempfile
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from lpmace.cache import cache_dir
 from lpmace.kernels.launch import launch_context, next_power_of_2, require_interpreter
 from lpmace.o3.clebsch_gordan import conv_coupling_table, conv_paths, path_of_column
 
@@ -159,16 +158,6 @@ def source(lmax_in: int, max_ell: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("LPMACE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "lpmace")
-    path = Path(root) / "kernels"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    except OSError:  # a read-only home: a private temporary directory
-        return Path(tempfile.mkdtemp(prefix="lpmace-kernels-"))
-
-
 _LOADED: dict = {}
 
 
@@ -178,7 +167,7 @@ def kernels(lmax_in: int, max_ell: int):
     if key not in _LOADED:
         text = source(lmax_in, max_ell)
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-        path = _cache_dir() / f"conv_l{lmax_in}_sh{max_ell}_{digest}.py"
+        path = cache_dir("kernels") / f"conv_l{lmax_in}_sh{max_ell}_{digest}.py"
         if not path.is_file():
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(text)

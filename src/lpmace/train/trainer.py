@@ -31,6 +31,7 @@ import torch
 import yaml
 
 from lpmace.atomic import atomic_write_text
+from lpmace.cache import compiled_graphs, process_age
 from lpmace.conversions import legacy_conversions
 from lpmace.datasets import display_stem
 from lpmace.devices import resolve_device
@@ -127,6 +128,8 @@ class Trainer:
         self.loader = ShardedLoader(self.data.train, cfg.batch_size, seed=cfg.seed, rank=self.dist.rank,
                                     world_size=self.dist.world_size)
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
+        self.first_step_s = None  # process start -> this invocation's first optimizer step done
+        self.compiles_before = compiled_graphs()  # graphs torch.compile compiled before this trainer
         self.skipped, self.restored = 0, 0
         self.applied = 0  # steps whose update survived (not skipped, not rolled back)
         self.best = math.inf
@@ -220,6 +223,8 @@ class Trainer:
                                  self.loss_function(epoch, counts if sharded else None),
                                  clip_grad=cfg.clip_grad, reduce=self.reduce, **forward)
             out, value = step.out, step.loss
+            if self.first_step_s is None:
+                self._first_step_done()
             if step.applied:
                 # A finite gradient can still step to non-finite weights (a huge lr): checked before the
                 # EMA sees them, as the EMA is what is validated and saved.
@@ -251,6 +256,15 @@ class Trainer:
         self._report_epoch(epoch, self.step - first_step, kept, self.skipped - skipped_before,
                            self.restored - restored_before, culprits, nonfinite)
         return total / count if count else None
+
+    def _first_step_done(self) -> None:
+        """Record (and say) how long this process took to finish its first optimizer step: start-up,
+        data, model, tracing and compiling included; one device sync, once."""
+        if torch.device(self.cfg.device).type == "cuda":
+            torch.cuda.synchronize(self.cfg.device)
+        self.first_step_s = round(process_age(), 3)
+        self.log(f"first step done {self.first_step_s:.1f} s after the process started "
+                 f"({compiled_graphs() - self.compiles_before} graphs compiled)")
 
     def _report_epoch(self, epoch: int, steps: int, kept: int, skipped: int, restored: int,
                       culprits: Dict[int, int], nonfinite: int):
@@ -336,7 +350,8 @@ class Trainer:
                        "correlation": active_correlation(self.model),
                        "lr": self.optimizer.param_groups[0]["lr"], "loss_scale": self.scaler.get_scale()
                        if self.scaler.is_enabled() else None, "skipped_steps": self.skipped,
-                       "restored": self.restored}
+                       "restored": self.restored, "first_step_s": self.first_step_s,
+                       "compiles": compiled_graphs() - self.compiles_before}
                 if self.data.valid and (self.epoch % cfg.eval_interval == 0 or self.epoch == cfg.epochs):
                     metrics = self.evaluate(self.data.valid).to_dict()
                     self.validated = (self.epoch, metrics)

@@ -1,0 +1,54 @@
+"""Where lpmace keeps what it builds once per machine, and how long a process has been running.
+
+    cache_dir(name)     ``$LPMACE_CACHE_DIR/name``, default ``~/.cache/lpmace/name`` (a private
+                        temporary folder when that cannot be written): the generated conv kernels
+                        (``kernels``) and Inductor's compiled graphs (``inductor``)
+    use_compile_cache() points Inductor's cache there unless TORCHINDUCTOR_CACHE_DIR is set
+                        (Inductor's own default, /tmp/torchinductor_USER, is lost at reboot)
+    compiled_graphs()   graphs torch.compile has compiled in this process so far
+    process_age()       seconds since this process started (Linux: /proc; elsewhere: since lpmace
+                        was imported)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["cache_dir", "compiled_graphs", "process_age", "use_compile_cache"]
+
+_IMPORTED = time.monotonic()
+
+
+def cache_dir(name: str) -> Path:
+    root = os.environ.get("LPMACE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "lpmace")
+    path = Path(root) / name
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    except OSError:  # a read-only home: a private temporary folder
+        return Path(tempfile.mkdtemp(prefix=f"lpmace-{name}-"))
+
+
+def use_compile_cache() -> None:
+    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir("inductor"))
+
+
+def compiled_graphs() -> int:
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return 0
+    return int(counters["stats"]["unique_graphs"])
+
+
+def process_age() -> float:
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks since boot
+        return float(Path("/proc/uptime").read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.monotonic() - _IMPORTED
