@@ -28,3 +28,11 @@ def test_process_age_counts_from_the_start_of_the_process_not_from_the_import():
     code = "import time; time.sleep(1.5); from lpmace.cache import process_age; print(process_age())"
     age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 1.5 <= age < 60
+
+
+def test_counting_compiled_graphs_does_not_load_the_compiler():
+    """A process that never compiles reads 0 without importing torch._dynamo (almost 2 s of start-up)."""
+    code = ("import sys; from lpmace.cache import compiled_graphs; import lpmace.train.trainer; "
+            "print(compiled_graphs(), 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", "False"]

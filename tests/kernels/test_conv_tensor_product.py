@@ -12,7 +12,7 @@ from tolerances import check_low_precision_kernel
 
 from lpmace.errors import InputError
 from lpmace.kernels.convolution import conv_grads, conv_tensor_product, edge_segments
-from lpmace.nn.interaction import conv_coupling_table, conv_paths
+from lpmace.o3.clebsch_gordan import conv_coupling_table, conv_paths
 from lpmace.o3.spherical_harmonics import SphericalHarmonics
 
 
@@ -230,3 +230,12 @@ def test_a_receiver_with_300_edges_and_one_with_a_single_edge(interpret):
     fused = _derivatives(lambda x, y, w: conv_tensor_product(x, y, w, seg, 1, 2, "triton"), (x, y, w))
     plain = _derivatives(lambda x, y, w: _plain(x.double(), y.double(), w.double(), seg, 1, 2), (x, y, w))
     _assert_close(fused, plain, 2e-6)
+
+
+def test_no_channels(interpret):
+    """A layer of zero channels: empty message and ∂X, ∂W; ∂Y is zero (nothing to sum), not an error."""
+    x, y, w, seg = _problem(3, 5, 0, 1, 1, dtype=torch.float32)
+    assert conv_tensor_product(x, y, w, seg, 1, 1, "triton").shape == (3, 0, 8)
+    d_x, d_y, d_w = conv_grads(torch.zeros(3, 0, 8), x.detach(), y.detach(), w.detach(), seg, 1, 1, impl="triton")
+    assert d_x.shape == (3, 0, 4) and d_w.shape == (5, 4, 0)
+    assert d_y.shape == (5, 4) and torch.equal(d_y, torch.zeros(5, 4))

@@ -25,7 +25,7 @@ import torch
 from lpmace.errors import InputError
 from lpmace.model import MACE, MACEConfig
 from lpmace.nn.activation import SILU_NORMALIZATION
-from lpmace.nn.interaction import conv_paths
+from lpmace.o3.clebsch_gordan import conv_paths
 from lpmace.o3.symmetric_basis import _times_table, monomials, symmetric_basis
 
 TRUST_WARNING = (

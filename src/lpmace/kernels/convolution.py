@@ -220,13 +220,12 @@ def _grads_backward(ctx, grad_x, grad_y, grad_w):
     one term per wanted output; each term is linear in the three arguments it keeps."""
     g, x, y, w, *seg = ctx.saved_tensors
     need_g, need_x, need_y, need_w = ctx.needs_input_grad[:4]
-    args = (x, y, w)
-    terms = [k for k, (want, grad) in enumerate(zip(ctx.wants, (grad_x, grad_y, grad_w))) if want and grad is not None]
-    cotangent = {0: grad_x, 1: grad_y, 2: grad_w}
+    args, cotangents = (x, y, w), (grad_x, grad_y, grad_w)
+    terms = [k for k, (want, grad) in enumerate(zip(ctx.wants, cotangents)) if want and grad is not None]
     d_g = None
     found = [None, None, None]
     for k in terms:  # term k: slot k of (X, Y, W) replaced by its cotangent
-        a = [cotangent[k] if j == k else args[j] for j in range(3)]
+        a = [cotangents[k] if j == k else args[j] for j in range(3)]
         if need_g:
             term = _conv_message(*a, *seg, ctx.lmax_in, ctx.max_ell, ctx.impl, ctx.acc)
             d_g = term if d_g is None else d_g + term
@@ -250,8 +249,8 @@ _conv_grads.register_autograd(_grads_backward, setup_context=_grads_setup)
 def _check(impl: str, lmax_in: int, max_ell: int, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> None:
     if impl not in ("reference", "triton"):
         raise InputError(f"conv tensor product implementation must be 'reference' or 'triton', got {impl!r}")
-    paths, pcol, table = layout(lmax_in, max_ell)
-    want = ((table.shape[0]), table.shape[1], len(paths))
+    paths, _, table = layout(lmax_in, max_ell)
+    want = (table.shape[0], table.shape[1], len(paths))
     if (x.shape[-1], y.shape[-1], w.shape[1]) != want:
         raise InputError(f"conv tensor product of lmax_in={lmax_in}, max_ell={max_ell} needs features [N, C, {want[0]}], "
                          f"harmonics [E, {want[1]}] and weights [E, {want[2]}, C]; got {tuple(x.shape)}, "

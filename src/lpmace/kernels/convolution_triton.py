@@ -190,10 +190,10 @@ def message_triton(x, y, w, seg, lmax_in: int, max_ell: int) -> torch.Tensor:
     """out [N, C, O] float32 = Σ_{e: dst=n} W[e, p(o), c] Σ CG X[src, c, i] Y[e, b]."""
     n, c = seg.dst_ptr.shape[0] - 1, x.shape[1]
     n_out = len(layout(lmax_in, max_ell)[1])
-    out = torch.zeros(n, c, n_out, dtype=torch.float32, device=x.device)
     if n == 0 or c == 0 or y.shape[0] == 0:
-        return out
+        return torch.zeros(n, c, n_out, dtype=torch.float32, device=x.device)
     require_interpreter(x.device)
+    out = torch.empty(n, c, n_out, dtype=torch.float32, device=x.device)  # every node's program stores its rows
     block, warps, stages = _channels(c, "message")
     message, _ = kernels(lmax_in, max_ell)
     with launch_context(x.device):
@@ -224,6 +224,6 @@ def grads_triton(g, x, y, w, seg, lmax_in: int, max_ell: int, want_x: bool, want
                 g.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous(), y.contiguous(), w.contiguous(),
                 seg.dst, seg.src_ptr, seg.src_perm, d_x, d_y, d_w, c, e, BLOCK_C=block, WANT_X=want_x,
                 WANT_Y=want_y, WANT_W=want_w, STAGES=stages, num_warps=warps)
-    if want_y:
-        d_y = (d_y.sum(0) if blocks > 1 else d_y[0]).to(y.dtype)
+    if want_y:  # the channel blocks' partial sums (none: no channels, zeros)
+        d_y = (d_y[0] if blocks == 1 else d_y.sum(0)).to(y.dtype)
     return d_x, d_y, d_w
