@@ -15,7 +15,8 @@ time, against the H200's 4.8 TB/s (NVIDIA's data sheet).
 --old PATH times the previous kernels (a convolution.py with node_triton/edge_triton on T = Y·CG
 [E, I, O]) on the same inputs: message = node, grads = node(to_src) + edge.
 
-    python benchmarks/conv_kernels.py --out DIR [--old PATH]
+    python benchmarks/conv_kernels.py --out DIR [--old PATH] [--sweep]
+    ncu --clock-control none --launch-skip 2 ... python benchmarks/conv_kernels.py --out DIR --once
 """
 
 from __future__ import annotations
@@ -83,11 +84,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=pathlib.Path, required=True)
     parser.add_argument("--old", help="a previous convolution.py to time beside (its node_triton/edge_triton)")
-    parser.add_argument("--sweep", action="store_true", help="also time layer 2 (bf16) over channels per program "
-                        "and pipeline stages")
+    parser.add_argument("--sweep", action="store_true", help="also time layer 2 (bf16, fp32) over channels per program, "
+                        "pipeline stages and edges per loop step")
+    parser.add_argument("--once", action="store_true", help="only run layer 2's kernels once per operand dtype "
+                        "(bf16, fp32), after one warm-up call: for a profiler such as ncu")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     graph = graph_from_configuration(random_bulk(4096, list(range(1, 90)), np.random.default_rng(0)), 6.0)
+    if args.once:
+        for dtype in (torch.bfloat16, torch.float32):
+            x, y, w, g, seg = problem(graph, 1, 128, dtype)
+            for _ in range(2):
+                convolution_triton.message_triton(x, y, w, seg, 1, 3)
+                convolution_triton.grads_triton(g, x, y, w, seg, 1, 3, True, True, True)
+            torch.cuda.synchronize()
+        return
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__}; W2 mp box: {graph.edge_index.shape[1]} edges")
     old = None
     if args.old:
@@ -118,16 +129,41 @@ def main() -> None:
 
 
 def sweep(graph):
-    x, y, w, g, seg = problem(graph, 1, 128, torch.bfloat16)
+    """Each kernel over channels per program × pipeline stages × edges per loop step, layer 2, bf16 and
+    float32 operands."""
     saved = dict(convolution_triton.TILES)
+    grid = {"message": list(itertools.product((64, 128), (1, 2, 3), (1, 2, 4))),
+            "grads": list(itertools.product((32, 64), (1, 2), (1, 2, 4)))}
     found = []
-    for channels, stages in itertools.product((32, 64, 128), (1, 2, 3)):
-        convolution_triton.TILES.update(message=(channels, stages), grads=(channels, stages))
-        for kind, fn in (("message", lambda: convolution_triton.message_triton(x, y, w, seg, 1, 3)),
-                         ("grads", lambda: convolution_triton.grads_triton(g, x, y, w, seg, 1, 3, True, True, True))):
-            row = dict(sweep=kind, channels_per_program=channels, stages=stages, ms=time_ms(fn))
-            print(json.dumps(row), flush=True)
-            found.append(row)
+    for dtype in (torch.bfloat16, torch.float32):
+        x, y, w, g, seg = problem(graph, 1, 128, dtype)
+        calls = {"message": lambda: convolution_triton.message_triton(x, y, w, seg, 1, 3),
+                 "grads": lambda: convolution_triton.grads_triton(g, x, y, w, seg, 1, 3, True, True, True)}
+        for kind, tiles in grid.items():
+            for tile in tiles:
+                convolution_triton.TILES.update(saved)
+                convolution_triton.TILES[kind] = tile
+                try:
+                    ms = time_ms(calls[kind])
+                except Exception as err:  # a tile that does not compile (registers, shared memory): say so
+                    ms = f"{type(err).__name__}: {err}"[:200]
+                row = dict(sweep=kind, dtype=str(dtype).split(".")[-1], channels_per_program=tile[0], stages=tile[1],
+                           unroll=tile[2], ms=ms)
+                print(json.dumps(row), flush=True)
+                found.append(row)
+        # The same edges stored in receiver order (the message's perm is then the identity): what the
+        # message's indirection (perm -> edge -> sender) costs at the default tiles.
+        convolution_triton.TILES.update(saved)
+        order = torch.argsort(seg.dst, stable=True)
+        by_dst = convolution.edge_segments(torch.stack([seg.src[order], seg.dst[order]]), x.shape[0])
+        y_d, w_d = y[order].contiguous(), w[order].contiguous()
+        row = dict(sweep="message, edges stored by receiver", dtype=str(dtype).split(".")[-1],
+                   ms=time_ms(lambda: convolution_triton.message_triton(x, y_d, w_d, by_dst, 1, 3)),
+                   ms_as_given=time_ms(calls["message"]))
+        print(json.dumps(row), flush=True)
+        found.append(row)
+        del x, y, w, g, seg, y_d, w_d, by_dst
+        torch.cuda.empty_cache()
     convolution_triton.TILES.update(saved)
     return found
 

@@ -239,3 +239,20 @@ def test_no_channels(interpret):
     d_x, d_y, d_w = conv_grads(torch.zeros(3, 0, 8), x.detach(), y.detach(), w.detach(), seg, 1, 1, impl="triton")
     assert d_x.shape == (3, 0, 4) and d_w.shape == (5, 4, 0)
     assert d_y.shape == (5, 4) and torch.equal(d_y, torch.zeros(5, 4))
+
+
+@pytest.mark.parametrize("unroll", [(2, 3), (4, 2)])
+def test_edges_unrolled_per_loop_step(interpret, monkeypatch, unroll):
+    """Kernels that take 2–4 edges per loop step (segments of 0..7 edges: most end mid-step, where the
+    extra slots must load zeros and store nothing): forward and three derivatives against the plain
+    formula."""
+    from lpmace.kernels import convolution_triton
+
+    monkeypatch.setitem(convolution_triton.TILES, "message", (128, 3, unroll[0]))
+    monkeypatch.setitem(convolution_triton.TILES, "grads", (32, 1, unroll[1]))
+    x, y, w, seg = _problem(7, 23, 3, 1, 2, dtype=torch.float32, seed=10)
+    assert sorted(seg.dst_ptr.diff().tolist()) == [1, 2, 3, 4, 4, 4, 5]
+    assert sorted(seg.src_ptr.diff().tolist()) == [0, 1, 2, 3, 3, 6, 8]
+    fused = _derivatives(lambda x, y, w: conv_tensor_product(x, y, w, seg, 1, 2, "triton"), (x, y, w))
+    plain = _derivatives(lambda x, y, w: _plain(x.double(), y.double(), w.double(), seg, 1, 2), (x, y, w))
+    _assert_close(fused, plain, 2e-6)
