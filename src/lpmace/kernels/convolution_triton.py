@@ -40,11 +40,12 @@ from lpmace.o3.clebsch_gordan import conv_coupling_table, conv_paths, path_of_co
 
 __all__ = ["TILES", "grads_triton", "layout", "message_triton", "source"]
 
-# (channels per program, pipeline stages, edges per loop step) per kernel, from a sweep on the H200
-# (benchmarks/conv_kernels.py --sweep, MACE-MP-0-medium layer 2, bf16): the message is fastest with 4 warps
-# and 3 stages; grads with one warp per program, whose ∂Y sums over channels are warp shuffles without a
-# block-wide barrier.
-TILES = {"message": (128, 3, 1), "grads": (32, 1, 1)}
+# (channels per program, pipeline stages, edges per loop step) per kernel, from sweeps on the H200
+# (benchmarks/conv_kernels.py --sweep, MACE-MP-0-medium layer 2; benchmarks/results/conv_sweep_h200_2026-12-01):
+# the message is fastest with 4 warps, no software pipelining and two edges per step (0.80 ms bf16, 0.83 ms
+# fp32, against 0.89 / 1.10 ms at one edge and 3 stages); grads with one warp per program, whose ∂Y sums
+# over channels are warp shuffles without a block-wide barrier, and one edge per step (two: 20 % slower).
+TILES = {"message": (128, 1, 2), "grads": (32, 1, 1)}
 
 
 @lru_cache(maxsize=None)
