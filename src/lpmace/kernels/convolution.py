@@ -45,7 +45,7 @@ import torch
 
 from lpmace.errors import InputError
 from lpmace.kernels import convolution_triton as _triton
-from lpmace.kernels.convolution_triton import layout
+from lpmace.kernels.convolution_triton import layout, sizes
 
 __all__ = ["EdgeSegments", "conv_grads", "conv_message", "conv_tensor_product", "edge_segments", "layout"]
 
@@ -168,7 +168,7 @@ def _conv_message(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, src: torch.
 
 @_conv_message.register_fake
 def _(x, y, w, src, dst, dst_ptr, dst_perm, src_ptr, src_perm, lmax_in, max_ell, impl, acc):
-    return x.new_empty(dst_ptr.shape[0] - 1, x.shape[1], len(layout(lmax_in, max_ell)[1]), dtype=acc)
+    return x.new_empty(dst_ptr.shape[0] - 1, x.shape[1], sizes(lmax_in, max_ell)[2], dtype=acc)
 
 
 @torch.library.custom_op("lpmace::conv_grads", mutates_args=())
@@ -249,8 +249,8 @@ _conv_grads.register_autograd(_grads_backward, setup_context=_grads_setup)
 def _check(impl: str, lmax_in: int, max_ell: int, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> None:
     if impl not in ("reference", "triton"):
         raise InputError(f"conv tensor product implementation must be 'reference' or 'triton', got {impl!r}")
-    paths, _, table = layout(lmax_in, max_ell)
-    want = (table.shape[0], table.shape[1], len(paths))
+    n_in, n_sh, _, n_paths = sizes(lmax_in, max_ell)
+    want = (n_in, n_sh, n_paths)
     if (x.shape[-1], y.shape[-1], w.shape[1]) != want:
         raise InputError(f"conv tensor product of lmax_in={lmax_in}, max_ell={max_ell} needs features [N, C, {want[0]}], "
                          f"harmonics [E, {want[1]}] and weights [E, {want[2]}, C]; got {tuple(x.shape)}, "

@@ -38,7 +38,7 @@ from lpmace.cache import cache_dir
 from lpmace.kernels.launch import launch_context, next_power_of_2, require_interpreter
 from lpmace.o3.clebsch_gordan import conv_coupling_table, conv_paths, path_of_column
 
-__all__ = ["TILES", "grads_triton", "layout", "message_triton", "source"]
+__all__ = ["TILES", "grads_triton", "layout", "message_triton", "sizes", "source"]
 
 # (channels per program, pipeline stages, edges per loop step) per kernel, from sweeps on the H200
 # (benchmarks/conv_kernels.py --sweep, MACE-MP-0-medium layer 2; benchmarks/results/conv_sweep_h200_2026-12-01):
@@ -46,6 +46,14 @@ __all__ = ["TILES", "grads_triton", "layout", "message_triton", "source"]
 # fp32, against 0.89 / 1.10 ms at one edge and 3 stages); grads with one warp per program, whose ∂Y sums
 # over channels are warp shuffles without a block-wide barrier, and one edge per step (two: 20 % slower).
 TILES = {"message": (128, 1, 2), "grads": (32, 1, 1)}
+
+
+def sizes(lmax_in: int, max_ell: int) -> tuple[int, int, int, int]:
+    """(I, B, O, P): feature components, harmonics, output columns and paths, in plain Python. Shape
+    checks and shape functions use it, never `layout`: they run while torch.compile traces, where the
+    first call of `layout` would make its table as a traced tensor (then cached for every later call)."""
+    paths = conv_paths(lmax_in, max_ell, max_ell)
+    return (lmax_in + 1) ** 2, (max_ell + 1) ** 2, len(path_of_column(paths)), len(paths)
 
 
 @lru_cache(maxsize=None)
@@ -223,7 +231,7 @@ def _channels(c: int, kernel: str) -> tuple[int, int, int]:
 def message_triton(x, y, w, seg, lmax_in: int, max_ell: int) -> torch.Tensor:
     """out [N, C, O] float32 = Σ_{e: dst=n} W[e, p(o), c] Σ CG X[src, c, i] Y[e, b]."""
     n, c = seg.dst_ptr.shape[0] - 1, x.shape[1]
-    n_out = len(layout(lmax_in, max_ell)[1])
+    n_out = sizes(lmax_in, max_ell)[2]
     if n == 0 or c == 0 or y.shape[0] == 0:
         return torch.zeros(n, c, n_out, dtype=torch.float32, device=x.device)
     require_interpreter(x.device)
