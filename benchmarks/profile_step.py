@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--backends", default="reference,triton")
     parser.add_argument("--size", default="medium")
     parser.add_argument("--rows", type=int, default=15)
+    parser.add_argument("--workloads", default="train,infer", help="W1 training step (train), W2 inference (infer)")
     parser.add_argument("--out", type=pathlib.Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -37,6 +38,8 @@ def main() -> None:
     w1, w2 = workloads(model.config, quick=False)[:2]
     for backend, precision in itertools.product(args.backends.split(","), args.precisions.split(",")):
         for name, graph, train in (("W1-train", w1.graph.to("cuda"), True), ("W2-infer", w2.graph.to("cuda"), False)):
+            if ("train" if train else "infer") not in args.workloads.split(","):
+                continue
             for _ in range(3):
                 step(model, graph, precision, backend, train)
             torch.cuda.synchronize()
