@@ -4,9 +4,10 @@
     h^(t) = Product_t( Interaction_t(h^(t-1), Y(r̂_ij), R(r_ij)), z ) (+ element-dependent skip)
 
 E_pair is the optional ZBL repulsion (lpmace.nn.pair_repulsion), inside the scale and shift as in
-ScaleShiftMACE (mace-torch's plain MACE has scale 1 and shift 0, the same sum). Forces are -∂E/∂r and stress (1/V) ∂E/∂ε by autograd (double backward when training). Each block
-computes in the dtype the precision policy (lpmace.precision) names for it; the parameters are cast
-at the block boundaries and never changed, so the same weights run under any policy.
+ScaleShiftMACE (mace-torch's plain MACE has scale 1 and shift 0, the same sum). Forces are -∂E/∂r
+and stress (1/V) ∂E/∂ε by autograd (double backward when training). Each block computes in the
+dtype the precision policy (lpmace.precision) names for it; the parameters are cast at the block
+boundaries and never changed, so the same weights run under any policy.
 
 Nothing here chooses how a block is computed: the heavy blocks own their implementation, set by one
 walk over the built model; compilation wraps a model from outside (`lpmace.compile`).

@@ -166,8 +166,8 @@ def test_feature_not_implemented_is_refused_naming_it(features, feature):
 def test_convert_of_a_refused_model_is_one_line_and_exit_2(tmp_path):
     source = tmp_path / "soft.model"
     torch.save(build_mace_torch(Z_MOLECULES, "8x0e", RESIDUAL, 2, distance_transform="Soft"), source)
-    result = subprocess.run([sys.executable, "-m", "lpmace.cli", "convert", str(source), str(tmp_path / "x.safetensors")],
-                            capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "lpmace.cli", "convert", str(source), str(tmp_path / "x.safetensors")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result
     errors = [line for line in result.stderr.strip().splitlines() if line.startswith("lpmace: error: ")]
     assert len(errors) == 1 and "SoftTransform" in errors[0] and str(source) in errors[0], result.stderr
@@ -196,7 +196,7 @@ def test_precision_floors_hold_for_repulsion_and_transform(mp0b_like, molecules)
     """bf16-full (a bfloat16 radial basis) still feeds the transform and the repulsion float32
     lengths, and the pair energy comes back float64; fp64 keeps them float64."""
     seen = {}
-    hooks = [module.register_forward_hook(lambda m, args, out, name=name: seen.update({name: (args[0].dtype, out.dtype)}))
+    hooks = [module.register_forward_hook(lambda m, args, out, key=name: seen.update({key: (args[0].dtype, out.dtype)}))
              for name, module in (("transform", mp0b_like.distance_transform), ("zbl", mp0b_like.pair_repulsion))]
     try:
         for precision, geometry in (("bf16-full", torch.float32), ("fp64", torch.float64)):
@@ -205,6 +205,11 @@ def test_precision_floors_hold_for_repulsion_and_transform(mp0b_like, molecules)
     finally:
         for hook in hooks:
             hook.remove()
+    from lpmace.precision import PRESETS
+
+    rows = {line.split()[0]: line.split()[1] for line in PRESETS["bf16-full"].table().splitlines()[2:]}
+    followers = ("distance_transform", "pair_repulsion", "pair_energy")
+    assert [rows[n] for n in followers] == ["float32", "float32", "float64"]
 
 
 @pytest.mark.parametrize("backend", ["triton", "compiled"])
@@ -225,3 +230,27 @@ def test_backends_match_reference_with_the_new_parts(monkeypatch, backend):
     interaction = (ref["energy"] - ours.e0s[ours.species(graph.numbers)].sum()).abs().max()
     assert (out["energy"] - ref["energy"]).abs().max() <= 1e-10 * interaction
     assert (out["forces"] - ref["forces"]).abs().max() <= 1e-10 * ref["forces"].abs().max()
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [(dict(distance_transform="Soft"), "distance_transform.*'Soft'"), (dict(pair_repulsion="yes"), "pair_repulsion"),
+     (dict(apply_cutoff=0), "apply_cutoff")],
+)
+def test_config_refuses_unknown_transform_and_non_booleans_in_one_line(overrides, words):
+    from lpmace.model import MACEConfig
+
+    with pytest.raises(InputError, match=words) as err:
+        MACEConfig.from_dict({"atomic_numbers": [1, 6], **overrides})
+    assert "\n" not in str(err.value)
+
+
+def test_new_config_keys_are_json_and_default_to_the_plain_model():
+    import json
+
+    from lpmace.model import MACEConfig
+
+    plain = MACEConfig(atomic_numbers=(1, 6))
+    assert (plain.pair_repulsion, plain.distance_transform, plain.apply_cutoff) == (False, "none", True)
+    config = MACEConfig(atomic_numbers=(1, 6), pair_repulsion=True, distance_transform="agnesi", apply_cutoff=False)
+    assert MACEConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
