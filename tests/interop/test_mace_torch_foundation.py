@@ -212,7 +212,7 @@ def test_precision_floors_hold_for_repulsion_and_transform(mp0b_like, molecules)
     assert [rows[n] for n in followers] == ["float32", "float32", "float64"]
 
 
-@pytest.mark.parametrize("backend", ["triton", "compiled"])
+@pytest.mark.parametrize("backend", ["triton", pytest.param("compiled", marks=pytest.mark.slow)])  # 40 s
 def test_backends_match_reference_with_the_new_parts(monkeypatch, backend):
     """triton (Triton's interpreter on the CPU) and compiled (torch.compile's aot_eager: tracing and
     autograd, no code generation) compute what the reference does with ZBL, Agnesi and
