@@ -1,11 +1,13 @@
 """MACEConfig and MACE: the model as mace-torch's ScaleShiftMACE computes it.
 
-    E = Σ_i [ E0(z_i) + scale · Σ_t readout_t(h_i^(t)) + shift ]        (summed in float64)
+    E = Σ_i [ E0(z_i) + scale · (Σ_t readout_t(h_i^(t)) + E_pair,i) + shift ]   (summed in float64)
     h^(t) = Product_t( Interaction_t(h^(t-1), Y(r̂_ij), R(r_ij)), z ) (+ element-dependent skip)
 
-Forces are -∂E/∂r and stress (1/V) ∂E/∂ε by autograd (double backward when training). Each block
-computes in the dtype the precision policy (lpmace.precision) names for it; the parameters are cast
-at the block boundaries and never changed, so the same weights run under any policy.
+E_pair is the optional ZBL repulsion (lpmace.nn.pair_repulsion), inside the scale and shift as in
+ScaleShiftMACE (mace-torch's plain MACE has scale 1 and shift 0, the same sum). Forces are -∂E/∂r
+and stress (1/V) ∂E/∂ε by autograd (double backward when training). Each block computes in the
+dtype the precision policy (lpmace.precision) names for it; the parameters are cast at the block
+boundaries and never changed, so the same weights run under any policy.
 
 Nothing here chooses how a block is computed: the heavy blocks own their implementation, set by one
 walk over the built model; compilation wraps a model from outside (`lpmace.compile`).
@@ -22,9 +24,11 @@ import torch
 from lpmace.data.graph import Graph
 from lpmace.elements import check_known_elements
 from lpmace.errors import InputError
+from lpmace.nn.distance_transform import DISTANCE_TRANSFORMS, distance_transform
 from lpmace.nn.edges import Edges
 from lpmace.nn.element_weights import element_weight
 from lpmace.nn.interaction import Interaction
+from lpmace.nn.pair_repulsion import ZBLRepulsion
 from lpmace.nn.product import Product, frozen_weights
 from lpmace.nn.radial import RadialEmbedding
 from lpmace.nn.readout import LinearReadout, MLPReadout
@@ -49,6 +53,11 @@ class MACEConfig:
     radial_mlp (hidden widths), avg_num_neighbors, scale, shift (site energy = scale · x + shift).
     first_interaction: "residual" (mace-torch's default RealAgnosticResidualInteractionBlock) or
         "plain" (RealAgnosticInteractionBlock: an isolated atom then has energy E0 + shift).
+    pair_repulsion: add the ZBL repulsion to the site energies (mace-torch's pair_repulsion=True).
+    distance_transform: "none" or "agnesi" (the Bessel basis of a transformed length, mace-torch's
+        distance_transform="Agnesi"; lpmace.nn.distance_transform).
+    apply_cutoff: False moves the cutoff envelope from the radial basis to the radial MLP's output
+        (mace-torch's apply_cutoff=False).
 
     Physics only: how weights are stored (species compression, quantized readouts) is a conversion
     of the built model (lpmace.conversions), and how they are computed a run-time choice.
@@ -70,6 +79,9 @@ class MACEConfig:
     scale: float = 1.0
     shift: float = 0.0
     first_interaction: str = "residual"
+    pair_repulsion: bool = False
+    distance_transform: str = "none"
+    apply_cutoff: bool = True
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -86,6 +98,12 @@ class MACEConfig:
             raise InputError(f"E0s has {len(self.E0s)} values for {len(zs)} atomic_numbers")
         if len(self.correlation) != self.num_interactions or min(self.correlation) < 1:
             raise InputError(f"correlation {self.correlation} must give one order >= 1 per interaction")
+        if self.distance_transform not in DISTANCE_TRANSFORMS:
+            raise InputError(f"distance_transform must be one of {DISTANCE_TRANSFORMS}, "
+                             f"got {self.distance_transform!r}")
+        for name in ("pair_repulsion", "apply_cutoff"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.first_interaction not in FIRST_INTERACTIONS:
             raise InputError(f"first_interaction must be one of {FIRST_INTERACTIONS}, got {self.first_interaction!r}")
         for name in ("num_bessel", "num_polynomial_cutoff", "channels", "num_interactions", "readout_mlp"):
@@ -135,6 +153,8 @@ class MACE(torch.nn.Module):
 
         self.embedding = torch.nn.Parameter(torch.randn(n_el, c.channels))
         self.radial = RadialEmbedding(c.r_max, c.num_bessel, c.num_polynomial_cutoff)
+        self.distance_transform = distance_transform(c.distance_transform, c.atomic_numbers)
+        self.pair_repulsion = ZBLRepulsion(c.atomic_numbers, c.num_polynomial_cutoff) if c.pair_repulsion else None
         self.spherical_harmonics = SphericalHarmonics(c.max_ell)
         self.interactions = torch.nn.ModuleList()
         self.products = torch.nn.ModuleList()
@@ -191,8 +211,9 @@ class MACE(torch.nn.Module):
         shifts = torch.einsum("ek,ekx->ex", graph.unit_shifts.to(p.geometry), edge_cell)
         vectors = torch.index_select(positions, 0, receiver) - torch.index_select(positions, 0, sender) + shifts
         lengths = vectors.norm(dim=-1, keepdim=True)
+        radial, cutoff = self.radial_features(lengths, species, graph.edge_index, p)
         edges = Edges(graph.edge_index, self.spherical_harmonics(vectors.to(p.spherical_harmonics)),
-                      self.radial(lengths.to(p.radial)), positions.shape[0])
+                      radial, positions.shape[0], cutoff=cutoff)
 
         emb = element_weight(self.embedding)
         emb = scaled_weight(emb, emb.shape[0], p.linear)
@@ -202,7 +223,24 @@ class MACE(torch.nn.Module):
             a, sc = interaction(h, one_hot, edges, p)
             h = product(a, species, sc, p)
             total = total + readout(h, p.readout).to(p.accumulate)
+        if self.pair_repulsion is not None:
+            total = total.to(p.follows("pair_energy")) + self.pair_repulsion(
+                lengths.to(p.follows("pair_repulsion")), species, graph.edge_index, p.follows("pair_energy"))
         return c.scale * total + c.shift if with_shift else c.scale * total
+
+    def radial_features(self, lengths: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
+                        policy: PrecisionPolicy):
+        """(radial basis [E, num_bessel], envelope [E, 1] or None) of edge lengths [E, 1] (geometry
+        dtype), both in the policy's radial dtype. The envelope is returned apart only with
+        apply_cutoff=False (the interactions then apply it to the radial MLP's output)."""
+        p = policy
+        if self.distance_transform is None and self.config.apply_cutoff:
+            return self.radial(lengths.to(p.radial)), None
+        x = lengths
+        if self.distance_transform is not None:
+            x = self.distance_transform(lengths.to(p.follows("distance_transform")), species, edge_index)
+        bessel, envelope = self.radial.bessel(x.to(p.radial)), self.radial.envelope(lengths.to(p.radial))
+        return (bessel * envelope, None) if self.config.apply_cutoff else (bessel, envelope)
 
     @property
     def default_precision(self) -> str:

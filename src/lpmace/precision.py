@@ -11,6 +11,8 @@ Floors (DESIGN.md "Numerics", refused with the reason when a policy asks for les
 - the energy sum and E0s in float64: E0s are ~10³ eV per atom, bf16 has 8 mantissa bits;
 - geometry (positions, edge vectors) in >= float32: vectors are differences of close numbers;
 - parameters (master weights) in >= float32.
+Parts listed in FOLLOWS (the ZBL repulsion, distance transforms, the pair-energy sum) are not set
+on their own: they compute in the dtype of the component they follow, under its floor.
 """
 
 from __future__ import annotations
@@ -39,6 +41,14 @@ COMPONENTS: Dict[str, str] = {
     "accumulate": "neighbour sums and contraction accumulators",
     "energy": "site-energy sum and E0s",
     "params": "master weights and optimizer state",
+}
+
+# Parts that are not set on their own: each computes in the dtype of the component it follows, whose
+# floor is theirs (at least float32 for the geometry, float64 for the energy).
+FOLLOWS: Dict[str, tuple] = {
+    "distance_transform": ("geometry", "Agnesi distance transform of edge lengths"),
+    "pair_repulsion": ("geometry", "ZBL pair repulsion per edge"),
+    "pair_energy": ("energy", "neighbour sum of the pair repulsion"),
 }
 
 DTYPES: Dict[str, torch.dtype] = {
@@ -111,6 +121,11 @@ class PrecisionPolicy:
     def is_16bit(self) -> bool:
         return any(_BITS[getattr(self, c)] == 16 for c in COMPONENTS)
 
+    def follows(self, name: str) -> torch.dtype:
+        """The dtype of a part that follows a component (FOLLOWS): e.g. the ZBL repulsion computes in
+        the geometry dtype, so in at least float32 (float64 where positions are float64)."""
+        return getattr(self, FOLLOWS[name][0])
+
     def block(self, name: str) -> "BlockDtypes":
         """The dtypes of the block that computes component `name` (one of COMPONENTS): its operands are
         rounded to the component's dtype; the heavy equivariant blocks ("tensor_product", "contraction")
@@ -131,6 +146,7 @@ class PrecisionPolicy:
         """A printable table: component, dtype, what it covers."""
         rows = [f"precision policy: {self.name}", f"{'component':<20} {'dtype':<9} covers"]
         rows += [f"{c:<20} {dtype_name(getattr(self, c)):<9} {COMPONENTS[c]}" for c in COMPONENTS]
+        rows += [f"{n:<20} {dtype_name(self.follows(n)):<9} {what} (follows {c})" for n, (c, what) in FOLLOWS.items()]
         rows.append(f"{'tf32 matmuls':<20} {'on' if self.tf32 else 'off':<9} fp32 matmuls on TF32 tensor cores")
         return "\n".join(rows)
 

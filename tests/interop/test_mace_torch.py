@@ -20,8 +20,9 @@ from shared_data import shared_data_dir  # noqa: E402
 
 
 def build_mace_torch(z, hidden, first, correlation, num_interactions=2, cls="ScaleShiftMACE", seed=0,
-                     dtype=torch.float64):
-    """A random mace-torch model; restores the global default dtype it needs to set."""
+                     dtype=torch.float64, **features):
+    """A random mace-torch model (`features`: more constructor arguments, e.g. pair_repulsion=True);
+    restores the global default dtype it needs to set."""
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -33,7 +34,7 @@ def build_mace_torch(z, hidden, first, correlation, num_interactions=2, cls="Sca
             num_interactions=num_interactions, num_elements=len(z), hidden_irreps=o3.Irreps(hidden),
             MLP_irreps=o3.Irreps("16x0e"), atomic_energies=np.linspace(-10.0, -2000.0, len(z)),
             avg_num_neighbors=11.0, atomic_numbers=z, correlation=correlation,
-            gate=torch.nn.functional.silu, radial_MLP=[16, 16, 16],
+            gate=torch.nn.functional.silu, radial_MLP=[16, 16, 16], **features,
         )
         if cls == "ScaleShiftMACE":
             return mace_modules.ScaleShiftMACE(atomic_inter_scale=0.8, atomic_inter_shift=0.05, **kwargs)

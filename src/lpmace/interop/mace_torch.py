@@ -1,15 +1,24 @@
 """Import mace-torch models: `from_mace_torch(module) -> lpmace.MACE`.
 
-Supported: mace-torch `MACE` and `ScaleShiftMACE` with RealAgnosticInteractionBlock or
-RealAgnosticResidualInteractionBlock first and RealAgnosticResidualInteractionBlock after, e3nn
-(not cuEquivariance) layout, hidden irreps C×(0e + 1o + ... + L) (same C for every l), Bessel radial
-basis with polynomial cutoff, one head, no pair repulsion or distance transform. Anything else is
-refused with the reason.
+Supported: mace-torch `MACE` and `ScaleShiftMACE` (any 0.3.x; attributes that older versions did
+not pickle, such as `edge_irreps` before 0.3.14 or `apply_cutoff`, take the value those versions
+computed with) with RealAgnosticInteractionBlock or RealAgnosticResidualInteractionBlock first and
+RealAgnosticResidualInteractionBlock after, e3nn (not cuEquivariance) layout, hidden irreps
+C×(0e + 1o + ... + L) (same C for every l), Bessel radial basis with polynomial cutoff, one head;
+with or without ZBL pair repulsion (`pair_repulsion=True`), the Agnesi distance transform
+(`distance_transform="Agnesi"`) and `apply_cutoff=False` — what MP-0a, MP-0b and OFF23 use.
+
+Refused, with a one-line reason naming the feature: other model classes (MACELES, PolarMACE,
+AtomicDipolesMACE, ...), `embedding_specs`, several heads, the density-normalised and non-linear
+interaction blocks, edge irreps other than the hidden irreps, the element-agnostic product, odd
+parity or non-uniform hidden irreps, other radial bases and distance transforms (Soft), trained
+ZBL / Agnesi constants, `use_so3`, `use_last_readout_only`, `keep_last_layer_irreps`.
 
 Weights map one to one (lpmace's blocks keep e3nn's normalisation), except the symmetric
 contraction: mace-torch stores weights against its U tensors (``U_matrix_ν``), lpmace against its
 own polynomial basis (lpmace.o3.symmetric_basis). Both span the same space of symmetric equivariant
-maps, so the weights are carried over by an exact change of basis, checked to round-off.
+maps, so the weights are carried over by an exact change of basis, checked to round-off. The ZBL
+and Agnesi constants are not weights: lpmace holds them, and the import checks the model's equal them.
 
 `load_mace_torch_model` unpickles a `.model` file: that runs code from the file. Only load files
 you trust (the same trust mace-torch itself asks for).
@@ -19,12 +28,15 @@ from __future__ import annotations
 
 import math
 import warnings
+from types import SimpleNamespace
 
 import torch
 
 from lpmace.errors import InputError
 from lpmace.model import MACE, MACEConfig
 from lpmace.nn.activation import SILU_NORMALIZATION
+from lpmace.nn.distance_transform import AGNESI
+from lpmace.nn.pair_repulsion import EXPONENT, SCREENING, SCREENING_LENGTH
 from lpmace.o3.clebsch_gordan import conv_paths
 from lpmace.o3.symmetric_basis import _times_table, monomials, symmetric_basis
 
@@ -150,21 +162,58 @@ def _contraction_weights(u: torch.Tensor, weight: torch.Tensor, lmax_in: int, de
     return x.reshape(-1, weight.shape[0], weight.shape[2]).permute(1, 0, 2)
 
 
+def _same_constants(module, expected: dict, what: str):
+    """Refuse `module` unless its buffers named in `expected` hold those values (to float32 round-off:
+    a model built in float32 stores them rounded)."""
+    for name, value in expected.items():
+        got = torch.as_tensor(getattr(module, name)).detach().to(torch.float64).reshape(-1)
+        want = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
+        if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-6, atol=0.0):
+            _unsupported(f"{what} with {name}={got.tolist()} (lpmace has the fixed {want.tolist()})")
+
+
+def _check_pair_and_transform(model, atomic_numbers):
+    """ZBL repulsion and the Agnesi transform: lpmace holds their constants (lpmace.nn.pair_repulsion,
+    lpmace.nn.distance_transform); a model whose buffers differ (trained, or another radius table)
+    is refused."""
+    from ase.data import covalent_radii
+
+    radii = {"covalent_radii": [float(covalent_radii[z]) for z in atomic_numbers]}
+    take = lambda m: torch.as_tensor(m.covalent_radii).detach()[list(atomic_numbers)]  # noqa: E731
+    if hasattr(model, "pair_repulsion"):
+        zbl = getattr(model, "pair_repulsion_fn", None)
+        if type(zbl).__name__ != "ZBLBasis":
+            _unsupported(f"pair repulsion {type(zbl).__name__} (supported: ZBLBasis)")
+        _same_constants(zbl, {"a_exp": EXPONENT, "a_prefactor": SCREENING_LENGTH,
+                              "c": [c for c, _ in SCREENING]}, "ZBL repulsion")
+        _same_constants(SimpleNamespace(covalent_radii=take(zbl)), radii, "ZBL repulsion")
+        if int(zbl.p) != int(model.radial_embedding.cutoff_fn.p):
+            _unsupported(f"ZBL envelope p={int(zbl.p)} differs from the radial cutoff's "
+                         f"p={int(model.radial_embedding.cutoff_fn.p)}")
+    transform = getattr(model.radial_embedding, "distance_transform", None)
+    if transform is not None:
+        if type(transform).__name__ != "AgnesiTransform":
+            _unsupported(f"distance transform {type(transform).__name__} is not implemented (supported: Agnesi)")
+        _same_constants(transform, AGNESI, "Agnesi transform")
+        _same_constants(SimpleNamespace(covalent_radii=take(transform)), radii, "Agnesi transform")
+
+
 def _check_supported(model):
     name = type(model).__name__
     if name not in ("MACE", "ScaleShiftMACE"):
         _unsupported(f"model class {name} (supported: MACE, ScaleShiftMACE)")
-    if hasattr(model, "pair_repulsion"):
-        _unsupported("pair repulsion (ZBL) is not implemented")
-    if hasattr(model, "joint_embedding"):
+    if hasattr(model, "joint_embedding") or getattr(model, "embedding_specs", None):
         _unsupported("extra embeddings (embedding_specs) are not implemented")
-    if len(getattr(model, "heads", ["Default"])) != 1:
+    if len(getattr(model, "heads", None) or ["Default"]) != 1:
         _unsupported(f"multi-head models ({model.heads}) are not supported")
+    if getattr(model, "use_last_readout_only", False):
+        _unsupported("use_last_readout_only (one readout for all layers) is not implemented")
+    if getattr(model, "use_so3", False):
+        _unsupported("use_so3 (even-parity spherical harmonics) is not implemented")
     radial = model.radial_embedding
-    if hasattr(radial, "distance_transform") or type(radial.bessel_fn).__name__ != "BesselBasis":
-        _unsupported("only the Bessel radial basis without distance transform is supported")
-    if getattr(radial, "apply_cutoff", True) is False:
-        _unsupported("apply_cutoff=False is not supported")
+    if type(radial.bessel_fn).__name__ != "BesselBasis":
+        _unsupported(f"radial basis {type(radial.bessel_fn).__name__} (supported: BesselBasis)")
+    _check_pair_and_transform(model, [int(z) for z in model.atomic_numbers.tolist()])
     for t, inter in enumerate(model.interactions):
         kind = type(inter).__name__
         ok = ("RealAgnosticResidualInteractionBlock",) + (("RealAgnosticInteractionBlock",) if t == 0 else ())
@@ -172,8 +221,11 @@ def _check_supported(model):
             _unsupported(f"interaction {t} is {kind} (supported: {', '.join(ok)})")
         if getattr(inter, "cueq_config", None) is not None and getattr(inter.cueq_config, "enabled", False):
             _unsupported("cuEquivariance layout; convert it back to e3nn with mace-torch first")
-        if inter.edge_irreps != inter.node_feats_irreps:
+        # mace-torch < 0.3.14 pickles have no edge_irreps: they were the node irreps
+        if (getattr(inter, "edge_irreps", None) or inter.node_feats_irreps) != inter.node_feats_irreps:
             _unsupported("edge_irreps different from the node irreps")
+    if model.products[-1].linear.irreps_out.lmax != 0:
+        _unsupported("keep_last_layer_irreps (non-scalar features after the last layer) is not implemented")
     for prod in model.products:
         if getattr(prod, "use_agnostic_product", False):
             _unsupported("element-agnostic product is not supported")
@@ -230,6 +282,10 @@ def config_from_mace_torch(model) -> MACEConfig:
         scale=scale,
         shift=shift,
         first_interaction="residual" if "Residual" in type(inter0).__name__ else "plain",
+        pair_repulsion=hasattr(model, "pair_repulsion"),
+        distance_transform="agnesi" if hasattr(model.radial_embedding, "distance_transform") else "none",
+        # absent before mace-torch 0.3.14 (and on its MACE object before the radial block had it)
+        apply_cutoff=bool(getattr(model.radial_embedding, "apply_cutoff", True)),
     )
 
 

@@ -3,6 +3,8 @@
     index      [2, E] senders (row 0) and receivers (row 1)
     sh         [E, (max_ell+1)²] spherical harmonics of the edge directions
     radial     [E, num_bessel] radial basis of the edge lengths (envelope included)
+    cutoff     None, or [E, 1] the envelope when it multiplies the radial MLP's output instead
+               (mace-torch's apply_cutoff=False)
     num_nodes  atoms in the graph
     segments   the edges grouped by receiver and by sender (`lpmace.kernels.convolution.EdgeSegments`),
                made on first use (a sort) and kept for the other interactions of the same call: only
@@ -11,14 +13,18 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from lpmace.kernels.convolution import EdgeSegments, edge_segments
 
 
 class Edges:
-    def __init__(self, index: torch.Tensor, sh: torch.Tensor, radial: torch.Tensor, num_nodes: int):
+    def __init__(self, index: torch.Tensor, sh: torch.Tensor, radial: torch.Tensor, num_nodes: int,
+                 cutoff: Optional[torch.Tensor] = None):
         self.index, self.sh, self.radial, self.num_nodes = index, sh, radial, num_nodes
+        self.cutoff = cutoff
         self._segments = None
 
     @property

@@ -119,6 +119,8 @@ class Interaction(torch.nn.Module):
         sc = self.skip(node_feats, one_hot, linear_dtype) if self.residual else None
         h = self.linear_up(node_feats, linear_dtype)
         weights = self.radial_mlp(edges.radial, policy.radial_mlp)
+        if edges.cutoff is not None:
+            weights = weights * edges.cutoff.to(weights.dtype)
         summed = self.conv(h, weights, edges, policy.block("tensor_product"))
         per_degree, start = [[] for _ in range(self.max_ell + 1)], 0
         for _, _, l3 in self.paths:

@@ -4,6 +4,11 @@ Bessel basis b_n(r) = sqrt(2/r_max) sin(nπ r / r_max) / r, n = 1..num_bessel, t
 envelope u(r) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2), x = r / r_max, which
 vanishes with its first and second derivatives at r_max (for every p), so energies and forces are
 continuous as atoms leave the cutoff. Everything runs in the dtype of the input lengths.
+
+With a distance transform (mace-torch's `distance_transform`), the Bessel functions take the
+transformed length x(r) in place of r while the envelope keeps the raw r; with mace-torch's
+`apply_cutoff=False` the envelope multiplies the radial MLP's output instead of its input
+(lpmace.model assembles both).
 """
 
 from __future__ import annotations
@@ -29,19 +34,27 @@ class RadialEmbedding(torch.nn.Module):
 
     def envelope(self, lengths: torch.Tensor) -> torch.Tensor:
         """u(r) [n_edges, 1]; exactly zero at and beyond r_max."""
-        p, x = self.p, lengths / self.r_max
-        u = (
-            1.0
-            - (p + 1.0) * (p + 2.0) / 2.0 * x**p
-            + p * (p + 2.0) * x ** (p + 1)
-            - p * (p + 1.0) / 2.0 * x ** (p + 2)
-        )
-        return u * (x < 1.0)
+        return polynomial_envelope(lengths / self.r_max, self.p)
+
+    def bessel(self, lengths: torch.Tensor) -> torch.Tensor:
+        """b_n(r) [n_edges, num_bessel], without the envelope; r may be a transformed length
+        (lpmace.nn.distance_transform), r_max stays the model's."""
+        freqs = self.frequencies.to(lengths.dtype)
+        return math.sqrt(2.0 / self.r_max) * torch.sin(freqs * lengths) / lengths
 
     def forward(self, lengths: torch.Tensor) -> torch.Tensor:
-        freqs = self.frequencies.to(lengths.dtype)
-        bessel = math.sqrt(2.0 / self.r_max) * torch.sin(freqs * lengths) / lengths
-        return bessel * self.envelope(lengths)
+        return self.bessel(lengths) * self.envelope(lengths)
+
+
+def polynomial_envelope(x: torch.Tensor, p: int) -> torch.Tensor:
+    """u(x) of x = r / r_cut (any shape, its dtype): 1 at 0, exactly zero at and beyond 1."""
+    u = (
+        1.0
+        - (p + 1.0) * (p + 2.0) / 2.0 * x**p
+        + p * (p + 2.0) * x ** (p + 1)
+        - p * (p + 1.0) / 2.0 * x ** (p + 2)
+    )
+    return u * (x < 1.0)
 
 
 class RadialMLP(torch.nn.Module):
