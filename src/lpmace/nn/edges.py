@@ -4,6 +4,8 @@
     sh         [E, (max_ell+1)²] spherical harmonics of the edge directions
     radial     [E, num_bessel] radial basis of the edge lengths (envelope included)
     num_nodes  atoms in the graph
+    cutoff     [E, 1] cutoff envelope u(r), when the model applies it to the per-edge weights and
+               densities instead of the radial basis (mace-torch's apply_cutoff=False); else None
     segments   the edges grouped by receiver and by sender (`lpmace.kernels.convolution.EdgeSegments`),
                made on first use (a sort) and kept for the other interactions of the same call: only
                the fused tensor product reads them
@@ -17,6 +19,8 @@ from lpmace.kernels.convolution import EdgeSegments, edge_segments
 
 
 class Edges:
+    cutoff = None
+
     def __init__(self, index: torch.Tensor, sh: torch.Tensor, radial: torch.Tensor, num_nodes: int):
         self.index, self.sh, self.radial, self.num_nodes = index, sh, radial, num_nodes
         self._segments = None
