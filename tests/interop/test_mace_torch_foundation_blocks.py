@@ -79,7 +79,8 @@ def assert_same(ref_model, graph, z, stress=False, head=None):
 
 
 @pytest.mark.parametrize("first, rest", [("density", "density_residual"), ("density_residual", "density_residual"),
-                                         ("residual", "density"), ("density", "nonlinear_residual")])
+                                         ("residual", "density"), ("density", "nonlinear_residual"),
+                                         ("nonlinear_residual", "nonlinear_residual")])
 def test_density_and_nonlinear_blocks_match_mace_torch(molecules, first, rest):  # noqa: F811
     ref = build(Z, first, rest)
     assert config_from_mace_torch(ref).first_interaction == first
