@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,3 +79,18 @@ def test_density_precision_is_at_least_float32_and_shown(capsys):
         PrecisionPolicy("low", density=torch.bfloat16)
     assert main(["precision", "show", "bf16-full"]) == 0
     assert "\ndensity              float32 " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["one-atom-graph", "far-from-water"])
+def test_isolated_atom_of_a_density_plain_model_has_energy_e0_plus_shift(alone):
+    """No neighbours: ρ = 0, the message is 0 / (1 + 0) = 0, and a plain first interaction adds no skip
+    (the same energy as test_model_physics's plain model); the non-linear block after it sees zero
+    features and its residual of zero: exactly E0 + shift, zero force."""
+    from test_model_physics import E0S, ELEMENTS, isolated_site, make_model
+
+    model = make_model(E0s=E0S, shift=0.37, first_interaction="density", interaction="nonlinear_residual",
+                       edge_channels=6, edge_max_L=2)
+    for z, e0 in zip(ELEMENTS, E0S):
+        energy, force = isolated_site(model, z, alone)
+        assert energy == e0 + 0.37
+        assert np.all(force == 0.0)
