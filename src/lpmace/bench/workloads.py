@@ -71,7 +71,8 @@ def build_mace_torch(config: MACEConfig, seed: int = 0) -> torch.nn.Module:
     residual, first = block[config.interaction], block[config.first_interaction]
     edge = {}
     if config.edge_channels is not None or config.edge_max_L is not None:
-        edge = dict(edge_irreps=o3.Irreps(irreps(*config.edge_irreps(1))), use_edge_irreps_first=config.edge_irreps_first)
+        edge = dict(edge_irreps=o3.Irreps(irreps(*config.edge_irreps(1))),
+                    use_edge_irreps_first=config.edge_irreps_first)
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)  # mace-torch builds its buffers in the default dtype
     try:

@@ -333,7 +333,8 @@ def _layer_norm_mlp(mine, net, what: str):
     """mace-torch's RadialMLP (Linear → LayerNorm → SiLU ..., torch layers) into a LayerNormMLP."""
     linears = [m for m in net.net if isinstance(m, torch.nn.Linear)]
     norms = [m for m in net.net if isinstance(m, torch.nn.LayerNorm)]
-    others = [type(m).__name__ for m in net.net if not isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.SiLU))]
+    known = (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.SiLU)
+    others = [type(m).__name__ for m in net.net if not isinstance(m, known)]
     if others or any(abs(n.eps - mine.EPS) > 0 or n.bias is None for n in norms):
         _unsupported(f"{what}: MLP layers {others or 'LayerNorm'} differ from Linear → LayerNorm → SiLU")
     f64 = lambda t: t.detach().to(torch.float64)  # noqa: E731
@@ -372,8 +373,8 @@ def _readout_weights(readout, mine, h: int, n_heads: int, t: int):
         m = w1.shape[1] // n_heads
         if w2.shape != (n_heads * m, n_heads) or (n_heads > 1 and getattr(readout, "num_heads", 1) != n_heads):
             _unsupported(f"readout {t}: hidden units are not one block per head")
-        _copy([mine.weight_1, mine.weight_2], [w1[:, h * m:(h + 1) * m], w2[h * m:(h + 1) * m, h:h + 1] / math.sqrt(n_heads)],
-              f"readout {t}")
+        mine_w2 = w2[h * m:(h + 1) * m, h:h + 1] / math.sqrt(n_heads)
+        _copy([mine.weight_1, mine.weight_2], [w1[:, h * m:(h + 1) * m], mine_w2], f"readout {t}")
     else:
         _copy([mine.weight], [_linear_blocks(readout.linear)[0][:, h:h + 1]], f"readout {t}")
 
@@ -401,11 +402,13 @@ def from_mace_torch(model, head=None) -> MACE:
         if isinstance(mine, NonLinearInteraction):
             _nonlinear_weights(inter, mine, t)
             continue
-        _copy(mine.radial_mlp.weights, [f64(layer.weight) for layer in inter.conv_tp_weights], f"interaction {t} radial MLP")
+        layers = [f64(layer.weight) for layer in inter.conv_tp_weights]
+        _copy(mine.radial_mlp.weights, layers, f"interaction {t} radial MLP")
         _copy(mine.linear.weights, _linear_blocks(inter.linear), f"interaction {t} linear")
         _copy(mine.skip.weights, _skip_blocks(inter.skip_tp, n_el), f"interaction {t} skip")
         if mine.density_mlp is not None:
-            _copy(mine.density_mlp.weights, [f64(layer.weight) for layer in inter.density_fn], f"interaction {t} density")
+            layers = [f64(layer.weight) for layer in inter.density_fn]
+            _copy(mine.density_mlp.weights, layers, f"interaction {t} density")
     for t, (prod, mine) in enumerate(zip(model.products, ours.products)):
         lmax_in = cfg.max_ell
         for L, contraction in enumerate(prod.symmetric_contractions.contractions):
