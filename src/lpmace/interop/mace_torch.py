@@ -331,6 +331,8 @@ def _copy(weights, blocks, what: str):
 
 def _layer_norm_mlp(mine, net, what: str):
     """mace-torch's RadialMLP (Linear → LayerNorm → SiLU ..., torch layers) into a LayerNormMLP."""
+    if not isinstance(getattr(net, "net", None), torch.nn.Sequential):
+        _unsupported(f"{what}: {type(net).__name__} is not mace-torch's RadialMLP (Linear → LayerNorm → SiLU)")
     linears = [m for m in net.net if isinstance(m, torch.nn.Linear)]
     norms = [m for m in net.net if isinstance(m, torch.nn.LayerNorm)]
     known = (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.SiLU)
