@@ -33,13 +33,14 @@ __all__ = ["compress", "compress_element_weights", "check_compression", "element
 def element_weight_slots(model: torch.nn.Module) -> Iterator[Tuple[torch.nn.Module, str, str]]:
     """(owner, attribute, role) of every element-dependent weight store: the embedding (one weight)
     and the `weights` containers of the skip connections and symmetric contractions (role "skip" or
-    "contraction"; one weight per degree / per (L, ν))."""
+    "contraction"; one weight per degree / per (L, ν)); not the contractions of an element-agnostic
+    product."""
     yield model, "embedding", "embedding"
     for module in model.modules():
         if isinstance(module, ElementLinear):
             yield module, "weights", "skip"
-        elif isinstance(module, SymmetricContraction):
-            yield module, "weights", "contraction"
+        elif isinstance(module, SymmetricContraction) and not getattr(model.config, "agnostic_product", False):
+            yield module, "weights", "contraction"  # (an element-agnostic product has one set: nothing to compress)
 
 
 def _converted(w, rank: Optional[int], int8: bool, how: str):

@@ -28,6 +28,7 @@ from lpmace.nn.distance_transform import DISTANCE_TRANSFORMS, distance_transform
 from lpmace.nn.edges import Edges
 from lpmace.nn.element_weights import element_weight
 from lpmace.nn.interaction import Interaction
+from lpmace.nn.nonlinear_interaction import NonLinearInteraction
 from lpmace.nn.pair_repulsion import ZBLRepulsion
 from lpmace.nn.product import Product, frozen_weights
 from lpmace.nn.radial import RadialEmbedding
@@ -35,7 +36,10 @@ from lpmace.nn.readout import LinearReadout, MLPReadout
 from lpmace.o3.spherical_harmonics import SphericalHarmonics
 from lpmace.precision import PrecisionPolicy, matmul_mode, resolve_policy, scaled_weight
 
-FIRST_INTERACTIONS = ("residual", "plain")
+# mace-torch's RealAgnostic{Residual,,DensityResidual,Density}InteractionBlock and
+# RealAgnosticResidualNonLinearInteractionBlock
+INTERACTIONS = ("residual", "plain", "density_residual", "density", "nonlinear_residual")
+FIRST_INTERACTIONS = INTERACTIONS
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,14 @@ class MACEConfig:
     num_interactions, readout_mlp (width of the last readout's hidden layer, mace's MLP_irreps),
     radial_mlp (hidden widths), avg_num_neighbors, scale, shift (site energy = scale · x + shift).
     first_interaction: "residual" (mace-torch's default RealAgnosticResidualInteractionBlock) or
-        "plain" (RealAgnosticInteractionBlock: an isolated atom then has energy E0 + shift).
+        "plain" (RealAgnosticInteractionBlock: an isolated atom then has energy E0 + shift), or one
+        of the other INTERACTIONS: "density_residual", "density" (messages divided by a learned
+        neighbour density, lpmace.nn.density), "nonlinear_residual" (lpmace.nn.nonlinear_interaction).
+    interaction: the kind of every interaction after the first (same names).
+    agnostic_product: the symmetric contraction's weights are shared by all elements (one set).
+    edge_channels, edge_max_L: the convolution runs on edge_channels × (0e + 1o + ... + edge_max_L)
+        features (mace-torch's edge_irreps; None: channels, max_L) after the first interaction;
+        the first runs on its input's channels × 0e, or on edge_channels × 0e if edge_irreps_first.
     pair_repulsion: add the ZBL repulsion to the site energies (mace-torch's pair_repulsion=True).
     distance_transform: "none" or "agnesi" (the Bessel basis of a transformed length, mace-torch's
         distance_transform="Agnesi"; lpmace.nn.distance_transform).
@@ -79,6 +90,11 @@ class MACEConfig:
     scale: float = 1.0
     shift: float = 0.0
     first_interaction: str = "residual"
+    interaction: str = "residual"
+    agnostic_product: bool = False
+    edge_channels: Optional[int] = None
+    edge_max_L: Optional[int] = None
+    edge_irreps_first: bool = False
     pair_repulsion: bool = False
     distance_transform: str = "none"
     apply_cutoff: bool = True
@@ -101,11 +117,18 @@ class MACEConfig:
         if self.distance_transform not in DISTANCE_TRANSFORMS:
             raise InputError(f"distance_transform must be one of {DISTANCE_TRANSFORMS}, "
                              f"got {self.distance_transform!r}")
-        for name in ("pair_repulsion", "apply_cutoff"):
+        for name in ("first_interaction", "interaction"):
+            if getattr(self, name) not in INTERACTIONS:
+                raise InputError(f"{name} must be one of {INTERACTIONS}, got {getattr(self, name)!r}")
+        for name in ("agnostic_product", "edge_irreps_first", "pair_repulsion", "apply_cutoff"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.first_interaction not in FIRST_INTERACTIONS:
-            raise InputError(f"first_interaction must be one of {FIRST_INTERACTIONS}, got {self.first_interaction!r}")
+        for name, low in (("edge_channels", 1), ("edge_max_L", 0)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise InputError(f"{name} must be null or an integer >= {low}, got {value!r}")
+        if self.edge_max_L is not None and self.edge_max_L > self.max_ell:
+            raise InputError(f"need edge_max_L <= max_ell, got edge_max_L={self.edge_max_L}, max_ell={self.max_ell}")
         for name in ("num_bessel", "num_polynomial_cutoff", "channels", "num_interactions", "readout_mlp"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -116,6 +139,13 @@ class MACEConfig:
             raise InputError(f"radial_mlp widths must be >= 1, got {list(self.radial_mlp)}")
         if not (0 <= self.max_L <= self.max_ell):
             raise InputError(f"need 0 <= max_L <= max_ell, got max_L={self.max_L}, max_ell={self.max_ell}")
+
+    def edge_irreps(self, t: int) -> Tuple[int, int]:
+        """(channels, lmax) of the features the convolution of interaction t runs on."""
+        channels = self.channels if self.edge_channels is None else self.edge_channels
+        if t == 0:
+            return (channels if self.edge_irreps_first else self.channels), 0
+        return channels, (self.max_L if self.edge_max_L is None else self.edge_max_L)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -163,15 +193,19 @@ class MACE(torch.nn.Module):
         for t in range(c.num_interactions):
             lmax_in = 0 if t == 0 else c.max_L
             lmax_out = 0 if t == last else c.max_L
-            self.interactions.append(
-                Interaction(
-                    channels=c.channels, lmax_in=lmax_in, max_ell=c.max_ell, lmax_sc=lmax_out,
-                    num_elements=n_el, num_bessel=c.num_bessel, radial_mlp=c.radial_mlp,
-                    avg_num_neighbors=c.avg_num_neighbors,
-                    residual=(t > 0 or c.first_interaction == "residual"),
-                )
-            )
-            self.products.append(Product(c.channels, c.max_ell, lmax_out, c.correlation[t], n_el))
+            kind = c.first_interaction if t == 0 else c.interaction
+            edge_channels, lmax_edge = c.edge_irreps(t)
+            shape = dict(channels=c.channels, lmax_in=lmax_in, max_ell=c.max_ell, lmax_sc=lmax_out,
+                         num_elements=n_el, num_bessel=c.num_bessel, radial_mlp=c.radial_mlp,
+                         edge_channels=edge_channels, lmax_edge=lmax_edge)
+            if kind == "nonlinear_residual":
+                self.interactions.append(NonLinearInteraction(**shape))
+            else:
+                self.interactions.append(Interaction(**shape, avg_num_neighbors=c.avg_num_neighbors,
+                                                     residual=kind.endswith("residual"),
+                                                     density=kind.startswith("density")))
+            self.products.append(Product(c.channels, c.max_ell, lmax_out, c.correlation[t],
+                                         1 if c.agnostic_product else n_el))
             mlp = t == last and c.num_interactions > 1
             self.readouts.append(MLPReadout(c.channels, c.readout_mlp) if mlp else LinearReadout(c.channels))
 
@@ -219,9 +253,10 @@ class MACE(torch.nn.Module):
         emb = scaled_weight(emb, emb.shape[0], p.linear)
         h = (one_hot @ emb)[:, :, None]  # [n, C, 1]
         total = torch.zeros(positions.shape[0], dtype=p.accumulate, device=positions.device)
+        product_species = torch.zeros_like(species) if c.agnostic_product else species  # one shared set
         for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
             a, sc = interaction(h, one_hot, edges, p)
-            h = product(a, species, sc, p)
+            h = product(a, product_species, sc, p)
             total = total + readout(h, p.readout).to(p.accumulate)
         if self.pair_repulsion is not None:
             total = total.to(p.follows("pair_energy")) + self.pair_repulsion(

@@ -10,7 +10,8 @@ Floors (DESIGN.md "Numerics", refused with the reason when a policy asks for les
 - accumulation (neighbour sums, contraction sums) in >= float32;
 - the energy sum and E0s in float64: E0s are ~10³ eV per atom, bf16 has 8 mantissa bits;
 - geometry (positions, edge vectors) in >= float32: vectors are differences of close numbers;
-- parameters (master weights) in >= float32.
+- parameters (master weights) in >= float32;
+- learned neighbour densities (the divisors of density-normalised messages) in >= float32.
 Parts listed in FOLLOWS (the ZBL repulsion, distance transforms, the pair-energy sum) are not set
 on their own: they compute in the dtype of the component they follow, under its floor.
 """
@@ -39,6 +40,7 @@ COMPONENTS: Dict[str, str] = {
     "linear": "equivariant linears, embedding and skip connections",
     "readout": "readout linears and MLP",
     "accumulate": "neighbour sums and contraction accumulators",
+    "density": "learned neighbour densities dividing the messages (density blocks)",
     "energy": "site-energy sum and E0s",
     "params": "master weights and optimizer state",
 }
@@ -67,6 +69,8 @@ _FLOORS = {
     "accumulate": (torch.float32, "every reduction accumulates in at least float32 (rule 3)"),
     "energy": (torch.float64, "E0s are ~1e3 eV per atom: the energy sum is float64 (rule 1)"),
     "params": (torch.float32, "master weights and optimizer state are at least float32 (rule 5)"),
+    "density": (torch.float32, "a neighbour density sums up to hundreds of edge terms and divides "
+                               "every message of its atom"),
 }
 
 
@@ -99,6 +103,7 @@ class PrecisionPolicy:
     accumulate: torch.dtype = torch.float32
     energy: torch.dtype = torch.float64
     params: torch.dtype = torch.float32
+    density: torch.dtype = torch.float32
     tf32: bool = False
 
     def __post_init__(self):

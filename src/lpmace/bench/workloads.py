@@ -63,10 +63,16 @@ def build_mace_torch(config: MACEConfig, seed: int = 0) -> torch.nn.Module:
     from e3nn import o3
     from mace import modules
 
-    hidden = "+".join(f"{config.channels}x{ell}{'e' if ell % 2 == 0 else 'o'}" for ell in range(config.max_L + 1))
-    residual = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
-    first = residual if config.first_interaction == "residual" else modules.interaction_classes[
-        "RealAgnosticInteractionBlock"]
+    from lpmace.interop.mace_torch import INTERACTION_KINDS
+
+    irreps = lambda c, lmax: "+".join(f"{c}x{ell}{'eo'[ell % 2]}" for ell in range(lmax + 1))  # noqa: E731
+    hidden = irreps(config.channels, config.max_L)
+    block = {kind: modules.interaction_classes[name] for name, kind in INTERACTION_KINDS.items()}
+    residual, first = block[config.interaction], block[config.first_interaction]
+    edge = {}
+    if config.edge_channels is not None or config.edge_max_L is not None:
+        edge = dict(edge_irreps=o3.Irreps(irreps(*config.edge_irreps(1))),
+                    use_edge_irreps_first=config.edge_irreps_first)
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)  # mace-torch builds its buffers in the default dtype
     try:
@@ -79,7 +85,7 @@ def build_mace_torch(config: MACEConfig, seed: int = 0) -> torch.nn.Module:
             atomic_energies=np.zeros(len(config.atomic_numbers)), avg_num_neighbors=config.avg_num_neighbors,
             atomic_numbers=list(config.atomic_numbers), correlation=list(config.correlation),
             gate=torch.nn.functional.silu, radial_MLP=list(config.radial_mlp),
-            atomic_inter_scale=1.0, atomic_inter_shift=0.0)
+            atomic_inter_scale=1.0, atomic_inter_shift=0.0, use_agnostic_product=config.agnostic_product, **edge)
     finally:
         torch.set_default_dtype(old)
 

@@ -1,4 +1,6 @@
-"""`lpmace convert IN.model OUT.safetensors`: import a mace-torch model into an lpmace model file.
+"""`lpmace convert IN.model OUT.safetensors [--head NAME]`: import a mace-torch model into an lpmace
+model file. A multi-head model (MH-0, MH-1, fine-tuned multi-head models) keeps the head NAME; without
+--head it is refused with the list of its heads.
 
 A mace-torch `.model` file is a pickle: loading it runs whatever code it contains. Converting is
 therefore an explicit act of trust in the file, and the command says so before it loads anything.
@@ -21,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="IN.model", help="mace-torch model saved with torch.save")
     parser.add_argument("output", metavar="OUT.safetensors", help="lpmace model file to write")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    parser.add_argument("--head", metavar="NAME", default=None,
+                        help="the head to keep of a multi-head model (its E0s, scale, shift and readouts)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         warnings.filterwarnings("ignore", message=re.escape(lpmace.interop.TRUST_WARNING))
         mace_model = lpmace.interop.load_mace_torch_model(source)
     try:
-        model = lpmace.interop.from_mace_torch(mace_model)
+        model = lpmace.interop.from_mace_torch(mace_model, head=args.head)
     except InputError as err:
         raise InputError(f"{source}: {err}") from None
     lpmace.io.save(model, target)

@@ -1,18 +1,24 @@
 """Import mace-torch models: `from_mace_torch(module) -> lpmace.MACE`.
 
-Supported: mace-torch `MACE` and `ScaleShiftMACE` (any 0.3.x; attributes that older versions did
-not pickle, such as `edge_irreps` before 0.3.14 or `apply_cutoff`, take the value those versions
-computed with) with RealAgnosticInteractionBlock or RealAgnosticResidualInteractionBlock first and
-RealAgnosticResidualInteractionBlock after, e3nn (not cuEquivariance) layout, hidden irreps
-C×(0e + 1o + ... + L) (same C for every l), Bessel radial basis with polynomial cutoff, one head;
-with or without ZBL pair repulsion (`pair_repulsion=True`), the Agnesi distance transform
-(`distance_transform="Agnesi"`) and `apply_cutoff=False` — what MP-0a, MP-0b and OFF23 use.
-
+Supported: mace-torch `MACE` and `ScaleShiftMACE` saved by any 0.3.x (attributes that older versions
+did not pickle, such as `edge_irreps` before 0.3.14 or `apply_cutoff`, take the value those versions
+computed with), in the e3nn (not cuEquivariance) layout, with hidden irreps C×(0e + 1o + ... + L)
+(same C for every l), Bessel radial basis with polynomial cutoff, and
+- interactions RealAgnostic{Residual,,DensityResidual,Density}InteractionBlock or
+  RealAgnosticResidualNonLinearInteractionBlock (any first, one kind for all the others);
+- edge irreps C_e×(0e + 1o + ... + L_e) different from the hidden ones (`edge_irreps`,
+  `use_edge_irreps_first`), and the element-agnostic product (`use_agnostic_product`);
+- ZBL pair repulsion (`pair_repulsion=True`), the Agnesi distance transform
+  (`distance_transform="Agnesi"`) and `apply_cutoff=False`;
+- several heads: `head=NAME` keeps that one (its E0s, scale and shift, and its slice of every
+  readout, as mace-torch's `remove_pt_head` does); a multi-head model without `head` is refused
+  with the list of its heads.
+That covers MP-0a/b/b2/b3, MPA-0, OMAT-0, MATPES, OFF23 and MH-0/MH-1 as mace-torch builds them.
 Refused, with a one-line reason naming the feature: other model classes (MACELES, PolarMACE,
-AtomicDipolesMACE, ...), `embedding_specs`, several heads, the density-normalised and non-linear
-interaction blocks, edge irreps other than the hidden irreps, the element-agnostic product, odd
-parity or non-uniform hidden irreps, other radial bases and distance transforms (Soft), trained
-ZBL / Agnesi constants, `use_so3`, `use_last_readout_only`, `keep_last_layer_irreps`.
+AtomicDipolesMACE, ...), extra embeddings (`embedding_specs`), other interaction or readout blocks,
+odd-parity or non-uniform hidden irreps, other radial bases and distance transforms (Soft), trained
+ZBL / Agnesi constants or Bessel frequencies, `use_so3`, `use_last_readout_only`,
+`keep_last_layer_irreps`.
 
 Weights map one to one (lpmace's blocks keep e3nn's normalisation), except the symmetric
 contraction: mace-torch stores weights against its U tensors (``U_matrix_ν``), lpmace against its
@@ -34,8 +40,9 @@ import torch
 
 from lpmace.errors import InputError
 from lpmace.model import MACE, MACEConfig
-from lpmace.nn.activation import SILU_NORMALIZATION
+from lpmace.nn.activation import SIGMOID_NORMALIZATION, SILU_NORMALIZATION
 from lpmace.nn.distance_transform import AGNESI
+from lpmace.nn.nonlinear_interaction import NonLinearInteraction
 from lpmace.nn.pair_repulsion import EXPONENT, SCREENING, SCREENING_LENGTH
 from lpmace.o3.clebsch_gordan import conv_paths
 from lpmace.o3.symmetric_basis import _times_table, monomials, symmetric_basis
@@ -64,8 +71,9 @@ def load_mace_torch_model(path: str) -> torch.nn.Module:
     return model
 
 
-def mace_torch_inputs(graph, atomic_numbers) -> dict:
-    """A mace-torch input dict for an lpmace `Graph` (same edges), to run both models on one batch."""
+def mace_torch_inputs(graph, atomic_numbers, head: int = 0) -> dict:
+    """A mace-torch input dict for an lpmace `Graph` (same edges), to run both models on one batch
+    (every structure evaluated with the head of index `head`)."""
     index = torch.tensor([list(atomic_numbers).index(n) for n in graph.numbers.tolist()], device=graph.numbers.device)
     edge_cell = graph.cell[graph.batch[graph.edge_index[0]]]
     return dict(
@@ -73,12 +81,43 @@ def mace_torch_inputs(graph, atomic_numbers) -> dict:
         node_attrs=torch.nn.functional.one_hot(index, len(atomic_numbers)).to(graph.positions.dtype),
         edge_index=graph.edge_index, shifts=torch.einsum("ek,ekx->ex", graph.unit_shifts, edge_cell),
         unit_shifts=graph.unit_shifts, cell=graph.cell.reshape(-1, 3), batch=graph.batch, ptr=graph.ptr,
-        head=torch.zeros(graph.num_graphs, dtype=torch.long, device=graph.numbers.device),
+        head=torch.full((graph.num_graphs,), int(head), dtype=torch.long, device=graph.numbers.device),
     )
 
 
 def _unsupported(reason: str):
     raise InputError(f"cannot import this mace-torch model: {reason}")
+
+
+# mace-torch interaction block -> MACEConfig interaction kind
+INTERACTION_KINDS = {
+    "RealAgnosticResidualInteractionBlock": "residual",
+    "RealAgnosticInteractionBlock": "plain",
+    "RealAgnosticDensityResidualInteractionBlock": "density_residual",
+    "RealAgnosticDensityInteractionBlock": "density",
+    "RealAgnosticResidualNonLinearInteractionBlock": "nonlinear_residual",
+}
+READOUTS = ("LinearReadoutBlock", "NonLinearReadoutBlock")
+
+
+def head_index(model, head=None) -> int:
+    """The index of `head` among the model's heads (mace-torch's `heads`; one "Default" head when the
+    model has none). None is the only head of a one-head model; for several heads it is an error that
+    lists them."""
+    heads = [str(h) for h in getattr(model, "heads", None) or ["Default"]]
+    if head is None:
+        if len(heads) > 1:
+            raise InputError(f"this mace-torch model has {len(heads)} heads ({', '.join(heads)}): "
+                             f"choose one with head=NAME (lpmace convert --head NAME)")
+        return 0
+    if str(head) not in heads:
+        raise InputError(f"no head {head!r} in this mace-torch model (heads: {', '.join(heads)})")
+    return heads.index(str(head))
+
+
+def _edge_irreps(inter):
+    """An interaction's edge irreps (models saved before mace-torch 0.3.14 have none: the node irreps)."""
+    return getattr(inter, "edge_irreps", None) or inter.node_feats_irreps
 
 
 def _uniform_irreps(irreps, what: str):
@@ -204,8 +243,6 @@ def _check_supported(model):
         _unsupported(f"model class {name} (supported: MACE, ScaleShiftMACE)")
     if hasattr(model, "joint_embedding") or getattr(model, "embedding_specs", None):
         _unsupported("extra embeddings (embedding_specs) are not implemented")
-    if len(getattr(model, "heads", None) or ["Default"]) != 1:
-        _unsupported(f"multi-head models ({model.heads}) are not supported")
     if getattr(model, "use_last_readout_only", False):
         _unsupported("use_last_readout_only (one readout for all layers) is not implemented")
     if getattr(model, "use_so3", False):
@@ -214,21 +251,27 @@ def _check_supported(model):
     if type(radial.bessel_fn).__name__ != "BesselBasis":
         _unsupported(f"radial basis {type(radial.bessel_fn).__name__} (supported: BesselBasis)")
     _check_pair_and_transform(model, [int(z) for z in model.atomic_numbers.tolist()])
+    kinds = []
     for t, inter in enumerate(model.interactions):
         kind = type(inter).__name__
-        ok = ("RealAgnosticResidualInteractionBlock",) + (("RealAgnosticInteractionBlock",) if t == 0 else ())
-        if kind not in ok:
-            _unsupported(f"interaction {t} is {kind} (supported: {', '.join(ok)})")
+        if kind not in INTERACTION_KINDS:
+            _unsupported(f"interaction {t} is {kind} (supported: {', '.join(INTERACTION_KINDS)})")
         if getattr(inter, "cueq_config", None) is not None and getattr(inter.cueq_config, "enabled", False):
             _unsupported("cuEquivariance layout; convert it back to e3nn with mace-torch first")
-        # mace-torch < 0.3.14 pickles have no edge_irreps: they were the node irreps
-        if (getattr(inter, "edge_irreps", None) or inter.node_feats_irreps) != inter.node_feats_irreps:
-            _unsupported("edge_irreps different from the node irreps")
-    if model.products[-1].linear.irreps_out.lmax != 0:
-        _unsupported("keep_last_layer_irreps (non-scalar features after the last layer) is not implemented")
-    for prod in model.products:
-        if getattr(prod, "use_agnostic_product", False):
-            _unsupported("element-agnostic product is not supported")
+        _uniform_irreps(_edge_irreps(inter), f"interaction {t} edge")
+        kinds.append(INTERACTION_KINDS[kind])
+    if len(set(kinds[1:])) > 1:
+        _unsupported(f"interactions after the first of different kinds ({', '.join(kinds[1:])})")
+    if len({bool(getattr(p, "use_agnostic_product", False)) for p in model.products}) > 1:
+        _unsupported("element-agnostic product in some interactions only")
+    if len(model.readouts) != len(model.interactions):
+        _unsupported("use_last_readout_only (one readout for several interactions) is not implemented")
+    for t, readout in enumerate(model.readouts):
+        if type(readout).__name__ not in READOUTS:
+            _unsupported(f"readout {t} is {type(readout).__name__} (supported: {', '.join(READOUTS)})")
+    last = model.products[-1].linear.irreps_out
+    if last.lmax > 0:
+        _unsupported(f"keep_last_layer_irreps (last product outputs {last}) is not implemented")
 
 
 def _on_host(model):
@@ -241,30 +284,64 @@ def _on_host(model):
     return copy.deepcopy(model).cpu()
 
 
-def config_from_mace_torch(model) -> MACEConfig:
-    """The MACEConfig of a supported mace-torch model (raises InputError otherwise)."""
+def _radial_hidden(inter) -> list:
+    """Hidden widths of an interaction's edge-weight MLP (e3nn FullyConnectedNet, or the LayerNorm
+    MLP of the non-linear block)."""
+    net = inter.conv_tp_weights
+    if hasattr(net, "net"):
+        return [m.out_features for m in net.net if isinstance(m, torch.nn.Linear)][:-1]
+    return [layer.weight.shape[1] for layer in net][:-1]
+
+
+def _edge_config(model, channels: int, max_l: int) -> dict:
+    """MACEConfig's edge_channels, edge_max_L and edge_irreps_first from the interactions' edge irreps."""
+    first = _uniform_irreps(_edge_irreps(model.interactions[0]), "interaction 0 edge")
+    later = {_uniform_irreps(_edge_irreps(inter), f"interaction {t} edge")
+             for t, inter in enumerate(model.interactions) if t > 0}
+    if len(later) > 1 or (first[1] != 0):
+        _unsupported(f"edge irreps that differ between interactions ({first}, {sorted(later)})")
+    edge_channels, edge_l = later.pop() if later else (first[0], max_l)
+    if first[0] not in (channels, edge_channels):
+        _unsupported(f"first interaction's edge irreps {first[0]}x0e match neither the hidden nor the edge irreps")
+    out = {"edge_irreps_first": first[0] != channels}
+    if (edge_channels, edge_l) != (channels, max_l) or out["edge_irreps_first"]:
+        out.update(edge_channels=edge_channels, edge_max_L=edge_l)
+    return out
+
+
+def config_from_mace_torch(model, head=None) -> MACEConfig:
+    """The MACEConfig of a supported mace-torch model, for its head `head` (see `head_index`);
+    raises InputError otherwise."""
     model = _on_host(model)
     _check_supported(model)
+    h = head_index(model, head)
+    n_heads = len(getattr(model, "heads", None) or ["Default"])
     inter0 = model.interactions[0]
     channels, _ = _uniform_irreps(inter0.node_feats_irreps, "node embedding")
     t_count = len(model.interactions)
     max_l = _uniform_irreps(model.interactions[1].node_feats_irreps, "hidden")[1] if t_count > 1 else 0
     max_ell = inter0.edge_attrs_irreps.lmax
+    if inter0.edge_attrs_irreps != type(inter0.edge_attrs_irreps).spherical_harmonics(max_ell):
+        _unsupported(f"edge attributes {inter0.edge_attrs_irreps} are not the spherical harmonics (use_so3?)")
     bessel = model.radial_embedding.bessel_fn
     r_max = float(bessel.r_max)
     expected = math.pi / r_max * torch.arange(1, bessel.bessel_weights.numel() + 1, dtype=torch.float64)
     if not torch.allclose(bessel.bessel_weights.detach().to(torch.float64), expected, rtol=1e-6):
         _unsupported("trained Bessel frequencies are not supported")
-    e0 = model.atomic_energies_fn.atomic_energies.detach().to(torch.float64).reshape(-1)
-    scale = float(model.scale_shift.scale) if hasattr(model, "scale_shift") else 1.0
-    shift = float(model.scale_shift.shift) if hasattr(model, "scale_shift") else 0.0
-    radial_sizes = [layer.weight.shape[1] for layer in inter0.conv_tp_weights][:-1]
+    e0 = torch.atleast_2d(model.atomic_energies_fn.atomic_energies.detach().to(torch.float64))[h]
+    per_head = lambda x: float(torch.atleast_1d(x.detach())[h if x.numel() > 1 else 0])  # noqa: E731
+    scale = per_head(model.scale_shift.scale) if hasattr(model, "scale_shift") else 1.0
+    shift = per_head(model.scale_shift.shift) if hasattr(model, "scale_shift") else 0.0
+    radial_sizes = {tuple(_radial_hidden(inter)) for inter in model.interactions}
+    if len(radial_sizes) > 1:
+        _unsupported(f"radial MLPs of different widths {sorted(radial_sizes)}")
     readout_mlp = 16
     if t_count > 1:
-        readout_mlp = model.readouts[-1].linear_1.irreps_out.num_irreps
+        readout_mlp = model.readouts[-1].linear_1.irreps_out.num_irreps // n_heads
         cst = getattr(getattr(model.readouts[-1].non_linearity, "acts", [None])[0], "cst", SILU_NORMALIZATION)
         if abs(cst - SILU_NORMALIZATION) > 1e-12:
             _unsupported("readout activation is not the normalised SiLU")
+    kinds = [INTERACTION_KINDS[type(inter).__name__] for inter in model.interactions]
     return MACEConfig(
         atomic_numbers=tuple(int(z) for z in model.atomic_numbers.tolist()),
         E0s=tuple(e0.tolist()),
@@ -277,11 +354,14 @@ def config_from_mace_torch(model) -> MACEConfig:
         correlation=tuple(int(p.symmetric_contractions.contractions[0].correlation) for p in model.products),
         num_interactions=t_count,
         readout_mlp=readout_mlp,
-        radial_mlp=tuple(radial_sizes),
+        radial_mlp=radial_sizes.pop(),
         avg_num_neighbors=float(inter0.avg_num_neighbors),
         scale=scale,
         shift=shift,
-        first_interaction="residual" if "Residual" in type(inter0).__name__ else "plain",
+        first_interaction=kinds[0],
+        interaction=kinds[1] if t_count > 1 else "residual",
+        agnostic_product=bool(getattr(model.products[0], "use_agnostic_product", False)),
+        **_edge_config(model, channels, max_l),
         pair_repulsion=hasattr(model, "pair_repulsion"),
         distance_transform="agnesi" if hasattr(model.radial_embedding, "distance_transform") else "none",
         # absent before mace-torch 0.3.14 (and on its MACE object before the radial block had it)
@@ -289,11 +369,75 @@ def config_from_mace_torch(model) -> MACEConfig:
     )
 
 
+def _copy(weights, blocks, what: str):
+    """Copy `blocks` into the parameters `weights`, one to one (their numbers and shapes must agree)."""
+    weights, blocks = list(weights), list(blocks)
+    if len(weights) != len(blocks) or any(w.shape != b.shape for w, b in zip(weights, blocks)):
+        _unsupported(f"{what}: weights {[tuple(b.shape) for b in blocks]} do not map onto "
+                     f"{[tuple(w.shape) for w in weights]}")
+    for w, b in zip(weights, blocks):
+        w.copy_(b)
+
+
+def _layer_norm_mlp(mine, net, what: str):
+    """mace-torch's RadialMLP (Linear → LayerNorm → SiLU ..., torch layers) into a LayerNormMLP."""
+    if not isinstance(getattr(net, "net", None), torch.nn.Sequential):
+        _unsupported(f"{what}: {type(net).__name__} is not mace-torch's RadialMLP (Linear → LayerNorm → SiLU)")
+    linears = [m for m in net.net if isinstance(m, torch.nn.Linear)]
+    norms = [m for m in net.net if isinstance(m, torch.nn.LayerNorm)]
+    known = (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.SiLU)
+    others = [type(m).__name__ for m in net.net if not isinstance(m, known)]
+    if others or any(abs(n.eps - mine.EPS) > 0 or n.bias is None for n in norms):
+        _unsupported(f"{what}: MLP layers {others or 'LayerNorm'} differ from Linear → LayerNorm → SiLU")
+    f64 = lambda t: t.detach().to(torch.float64)  # noqa: E731
+    _copy(mine.weights, [f64(m.weight).T for m in linears], what)
+    _copy(mine.biases, [f64(m.bias) for m in linears], what)
+    _copy(mine.norm_scales, [f64(n.weight) for n in norms], what)
+    _copy(mine.norm_offsets, [f64(n.bias) for n in norms], what)
+
+
+def _nonlinear_weights(inter, mine, t: int):
+    """RealAgnosticResidualNonLinearInteractionBlock -> lpmace.nn.nonlinear_interaction."""
+    c, gates = mine.channels, mine.max_ell
+    gate_irreps = f"{(1 + gates) * c}x0e" + "".join(f"+{c}x{l}{'eo'[l % 2]}" for l in range(1, gates + 1))
+    if str(inter.irreps_nonlin) != gate_irreps:
+        _unsupported(f"interaction {t}: gate input {inter.irreps_nonlin} is not {gate_irreps}")
+    consts = (getattr(inter.equivariant_nonlin, "_scalar_cst", SILU_NORMALIZATION),
+              getattr(inter.equivariant_nonlin, "_gate_cst", SIGMOID_NORMALIZATION))
+    if abs(consts[0] - SILU_NORMALIZATION) + abs(consts[1] - SIGMOID_NORMALIZATION) > 1e-12:
+        _unsupported(f"interaction {t}: gate activations are not the normalised SiLU and sigmoid")
+    mine.source_embedding.copy_(_linear_blocks(inter.source_embedding)[0])
+    mine.target_embedding.copy_(_linear_blocks(inter.target_embedding)[0])
+    _layer_norm_mlp(mine.radial_mlp, inter.conv_tp_weights, f"interaction {t} radial MLP")
+    _layer_norm_mlp(mine.density_mlp, inter.density_fn, f"interaction {t} density MLP")
+    mine.alpha.copy_(inter.alpha.detach())
+    mine.beta.copy_(inter.beta.detach())
+    for name in ("linear_1", "linear_res", "linear_2"):
+        _copy(getattr(mine, name).weights, _linear_blocks(getattr(inter, name)), f"interaction {t} {name}")
+    _copy(mine.skip.weights, _linear_blocks(inter.skip_tp), f"interaction {t} skip")
+
+
+def _readout_weights(readout, mine, h: int, n_heads: int, t: int):
+    """One head's slice of a readout: column h of the output; for the MLP readout also the h-th block
+    of hidden units, whose fan-in in linear_2 was n_heads times larger (mace-torch's mask_head)."""
+    if hasattr(readout, "linear_1"):
+        w1, w2 = _linear_blocks(readout.linear_1)[0], _linear_blocks(readout.linear_2)[0]
+        m = w1.shape[1] // n_heads
+        if w2.shape != (n_heads * m, n_heads) or (n_heads > 1 and getattr(readout, "num_heads", 1) != n_heads):
+            _unsupported(f"readout {t}: hidden units are not one block per head")
+        mine_w2 = w2[h * m:(h + 1) * m, h:h + 1] / math.sqrt(n_heads)
+        _copy([mine.weight_1, mine.weight_2], [w1[:, h * m:(h + 1) * m], mine_w2], f"readout {t}")
+    else:
+        _copy([mine.weight], [_linear_blocks(readout.linear)[0][:, h:h + 1]], f"readout {t}")
+
+
 @torch.no_grad()
-def from_mace_torch(model) -> MACE:
-    """An lpmace MACE (float64 parameters, on the CPU) computing what the mace-torch `model` computes."""
+def from_mace_torch(model, head=None) -> MACE:
+    """An lpmace MACE (float64 parameters, on the CPU) computing what the mace-torch `model` computes
+    for its head `head` (a name from `model.heads`; needed only when the model has several)."""
     model = _on_host(model)
-    cfg = config_from_mace_torch(model)
+    cfg = config_from_mace_torch(model, head)
+    h, n_heads = head_index(model, head), len(getattr(model, "heads", None) or ["Default"])
     ours = MACE(cfg).double()
     n_el = len(cfg.atomic_numbers)
     f64 = lambda t: t.detach().to(torch.float64)  # noqa: E731
@@ -304,17 +448,19 @@ def from_mace_torch(model) -> MACE:
              inter.conv_tp.irreps_out[i.i_out].ir.l)
             for i in inter.conv_tp.instructions
         ]
-        if theirs_paths != mine.paths or mine.paths != conv_paths(mine.lmax_in, mine.max_ell, mine.max_ell):
+        if theirs_paths != mine.paths or mine.paths != conv_paths(mine.lmax_edge, mine.max_ell, mine.max_ell):
             _unsupported(f"interaction {t}: tensor-product paths {theirs_paths} differ from {mine.paths}")
-        for w, block in zip(mine.linear_up.weights, _linear_blocks(inter.linear_up)):
-            w.copy_(block)
-        layers = [layer.weight for layer in inter.conv_tp_weights]
-        for w, layer in zip(mine.radial_mlp.weights, layers):
-            w.copy_(f64(layer))
-        for w, block in zip(mine.linear.weights, _linear_blocks(inter.linear)):
-            w.copy_(block)
-        for w, block in zip(mine.skip.weights, _skip_blocks(inter.skip_tp, n_el)):
-            w.copy_(block)
+        _copy(mine.linear_up.weights, _linear_blocks(inter.linear_up), f"interaction {t} linear_up")
+        if isinstance(mine, NonLinearInteraction):
+            _nonlinear_weights(inter, mine, t)
+            continue
+        layers = [f64(layer.weight) for layer in inter.conv_tp_weights]
+        _copy(mine.radial_mlp.weights, layers, f"interaction {t} radial MLP")
+        _copy(mine.linear.weights, _linear_blocks(inter.linear), f"interaction {t} linear")
+        _copy(mine.skip.weights, _skip_blocks(inter.skip_tp, n_el), f"interaction {t} skip")
+        if mine.density_mlp is not None:
+            layers = [f64(layer.weight) for layer in inter.density_fn]
+            _copy(mine.density_mlp.weights, layers, f"interaction {t} density")
     for t, (prod, mine) in enumerate(zip(model.products, ours.products)):
         lmax_in = cfg.max_ell
         for L, contraction in enumerate(prod.symmetric_contractions.contractions):
@@ -325,12 +471,7 @@ def from_mace_torch(model) -> MACE:
             for nu, w in by_nu.items():
                 u = contraction.U_tensors(nu)
                 mine.contraction.weights[f"L{L}_nu{nu}"].copy_(_contraction_weights(u, w, lmax_in, nu, L))
-        for w, block in zip(mine.linear.weights, _linear_blocks(prod.linear)):
-            w.copy_(block)
+        _copy(mine.linear.weights, _linear_blocks(prod.linear), f"product {t} linear")
     for t, (readout, mine) in enumerate(zip(model.readouts, ours.readouts)):
-        if hasattr(readout, "linear_1"):
-            mine.weight_1.copy_(_linear_blocks(readout.linear_1)[0])
-            mine.weight_2.copy_(_linear_blocks(readout.linear_2)[0])
-        else:
-            mine.weight.copy_(_linear_blocks(readout.linear)[0])
+        _readout_weights(readout, mine, h, n_heads, t)
     return ours

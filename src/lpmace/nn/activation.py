@@ -14,3 +14,7 @@ SILU_NORMALIZATION = 1.6791767923989418
 def scaled_silu(x: torch.Tensor) -> torch.Tensor:
     """c · silu(x), same shape and dtype as x."""
     return torch.nn.functional.silu(x) * SILU_NORMALIZATION
+
+# The same constant for the sigmoid gates of the non-linear interaction (mace-torch's gate.py and
+# e3nn's Gate draw it the same way): 1.8467055342154763.
+SIGMOID_NORMALIZATION = 1.8467055342154763

@@ -3,9 +3,9 @@
     index      [2, E] senders (row 0) and receivers (row 1)
     sh         [E, (max_ell+1)²] spherical harmonics of the edge directions
     radial     [E, num_bessel] radial basis of the edge lengths (envelope included)
-    cutoff     None, or [E, 1] the envelope when it multiplies the radial MLP's output instead
-               (mace-torch's apply_cutoff=False)
     num_nodes  atoms in the graph
+    cutoff     [E, 1] cutoff envelope u(r), when the model applies it to the per-edge weights and
+               densities instead of the radial basis (mace-torch's apply_cutoff=False); else None
     segments   the edges grouped by receiver and by sender (`lpmace.kernels.convolution.EdgeSegments`),
                made on first use (a sort) and kept for the other interactions of the same call: only
                the fused tensor product reads them

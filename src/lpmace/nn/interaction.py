@@ -17,15 +17,24 @@ Two flavours, as in mace-torch:
 - residual (RealAgnosticResidualInteractionBlock): also returns the element-dependent skip
   connection sc = ElementLinear(h), added after the product block;
 - plain (RealAgnosticInteractionBlock): no skip; the element-dependent linear acts on the message.
+Each with either normalisation of the neighbour sum: 1/avg_num_neighbors, or 1/(1 + ρ_i) with ρ_i a
+learned count of neighbours (`density=True`: mace-torch's RealAgnosticDensity[Residual]InteractionBlock,
+lpmace.nn.density).
+
+Edge irreps: the convolution may run on other features than the hidden ones (mace-torch's
+`edge_irreps`, as MH-0/MH-1 use them): linear_up maps h (C × 0..lmax_in) to C_e × 0..lmax_edge
+(degrees above lmax_in get no weights, so they are zero, as in e3nn), the tensor product runs on
+those, and the linear after it maps the C_e-channel paths back to C channels.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from lpmace.kernels.convolution import conv_tensor_product
+from lpmace.nn.density import edge_density, node_density, normalised
 from lpmace.nn.edges import Edges
 from lpmace.nn.linear import ElementLinear, EquivariantLinear
 from lpmace.nn.radial import RadialMLP
@@ -81,6 +90,8 @@ class Interaction(torch.nn.Module):
 
     forward(node_feats [n, C, (lmax_in+1)²], one_hot [n, n_elements], edges (`Edges`), policy) ->
     (A [n, C, (max_ell+1)²] in the policy's linear dtype, sc [n, C, (lmax_sc+1)²] or None).
+    edge_channels, lmax_edge: the irreps of the convolution's input (default: C, lmax_in);
+    density: normalise by 1 + ρ_i (lpmace.nn.density) instead of avg_num_neighbors.
     """
 
     def __init__(
@@ -95,6 +106,9 @@ class Interaction(torch.nn.Module):
         radial_mlp: Sequence[int],
         avg_num_neighbors: float,
         residual: bool,
+        edge_channels: Optional[int] = None,
+        lmax_edge: Optional[int] = None,
+        density: bool = False,
     ):
         super().__init__()
         self.channels = channels
@@ -102,13 +116,17 @@ class Interaction(torch.nn.Module):
         self.max_ell = max_ell
         self.residual = residual
         self.avg_num_neighbors = float(avg_num_neighbors)
-        self.conv = ConvTensorProduct(lmax_in, max_ell)
+        self.edge_channels = channels if edge_channels is None else int(edge_channels)
+        self.lmax_edge = lmax_in if lmax_edge is None else int(lmax_edge)
+        self.conv = ConvTensorProduct(self.lmax_edge, max_ell)
         self.paths = self.conv.paths
         paths_per_l = [sum(1 for *_, l3 in self.paths if l3 == l) for l in range(max_ell + 1)]
 
-        self.linear_up = EquivariantLinear([channels] * (lmax_in + 1), channels, lmax_in)
-        self.radial_mlp = RadialMLP([num_bessel, *radial_mlp, len(self.paths) * channels])
-        self.linear = EquivariantLinear([p * channels for p in paths_per_l], channels, max_ell)
+        self.linear_up = EquivariantLinear([channels] * (lmax_in + 1), self.edge_channels,
+                                           min(lmax_in, self.lmax_edge))
+        self.radial_mlp = RadialMLP([num_bessel, *radial_mlp, len(self.paths) * self.edge_channels])
+        self.linear = EquivariantLinear([p * self.edge_channels for p in paths_per_l], channels, max_ell)
+        self.density_mlp = RadialMLP([num_bessel, 1]) if density else None
         if residual:
             self.skip = ElementLinear(channels, channels, lmax_in, lmax_sc, num_elements)
         else:
@@ -118,6 +136,8 @@ class Interaction(torch.nn.Module):
         linear_dtype = policy.linear
         sc = self.skip(node_feats, one_hot, linear_dtype) if self.residual else None
         h = self.linear_up(node_feats, linear_dtype)
+        if self.lmax_edge > self.lmax_in:  # edge degrees the hidden features lack: zero, as in e3nn
+            h = torch.nn.functional.pad(h, (0, (self.lmax_edge + 1) ** 2 - h.shape[-1]))
         weights = self.radial_mlp(edges.radial, policy.radial_mlp)
         if edges.cutoff is not None:
             weights = weights * edges.cutoff.to(weights.dtype)
@@ -126,7 +146,13 @@ class Interaction(torch.nn.Module):
         for _, _, l3 in self.paths:
             per_degree[l3].append(summed[:, :, start : start + 2 * l3 + 1])
             start += 2 * l3 + 1
-        a = self.linear([torch.cat(b, dim=1) for b in per_degree], linear_dtype) / self.avg_num_neighbors
+        a = self.linear([torch.cat(b, dim=1) for b in per_degree], linear_dtype)
+        if self.density_mlp is None:
+            a = a / self.avg_num_neighbors
+        else:
+            f = self.density_mlp(edges.radial, policy.density)
+            rho = node_density(edge_density(f, edges.cutoff), edges.index[1], a.shape[0])
+            a = normalised(a, 1.0 + rho)
         if not self.residual:
             a = self.skip(a, one_hot, linear_dtype)
         return a, sc

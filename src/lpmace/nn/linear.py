@@ -89,3 +89,32 @@ class ElementLinear(torch.nn.Module):
             c_out = element_weight(self.weights[0]).shape[-1]
             out.append(x.new_zeros(n, c_out, missing))
         return torch.cat(out, dim=-1)
+
+
+class DegreeLinear(torch.nn.Module):
+    """An equivariant linear whose channel counts differ per degree (e3nn's Linear between any two
+    irreps of natural parity): y_l = x_l W_l / sqrt(c_in_l), for the degrees l that both sides have.
+
+    channels_in[l], channels_out[l]: channels of degree l (0 or a missing entry: the degree is absent).
+    ``weights`` holds one [c_in_l, c_out_l] matrix per degree in `degrees` (those with both sides).
+    forward(x: per-degree list [n, c_in_l, 2l+1] or one [n, C, (L+1)²] tensor) -> per-degree list
+    [n, c_out_l, 2l+1] for every output degree, zeros where the input lacks the degree.
+    """
+
+    def __init__(self, channels_in: Sequence[int], channels_out: Sequence[int]):
+        super().__init__()
+        self.channels_out = [int(c) for c in channels_out]
+        self.degrees = [l for l, c in enumerate(self.channels_out) if c and l < len(channels_in) and channels_in[l]]
+        self.weights = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.randn(channels_in[l], self.channels_out[l])) for l in self.degrees]
+        )
+
+    def forward(self, x, dtype: Optional[torch.dtype] = None) -> List[torch.Tensor]:
+        """Computes in `dtype` (default: the input's)."""
+        if isinstance(x, torch.Tensor):
+            x = split_degrees(x, int(round(x.shape[-1] ** 0.5)) - 1)
+        dtype = dtype or x[0].dtype
+        out = [x[0].new_zeros(x[0].shape[0], c, 2 * l + 1, dtype=dtype) for l, c in enumerate(self.channels_out)]
+        for l, w in zip(self.degrees, self.weights):
+            out[l] = torch.einsum("ncm,cd->ndm", x[l].to(dtype), scaled_weight(w, w.shape[0], dtype))
+        return out

@@ -32,6 +32,7 @@ from lpmace.train.config_types import ConfigLoader, ConfigValueError, typed
 MODEL_KEYS = {
     "r_max", "num_bessel", "num_polynomial_cutoff", "max_ell", "channels", "max_L", "correlation",
     "num_interactions", "readout_mlp", "radial_mlp", "first_interaction",
+    "interaction", "agnostic_product", "edge_channels", "edge_max_L", "edge_irreps_first",
 }
 # The model section may also ask for compressed species weights, trained from scratch: a
 # "species_compression" conversion of the built model (`model_conversions`), not a MACEConfig field.
