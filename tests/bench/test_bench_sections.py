@@ -166,3 +166,23 @@ def test_fused_kernel_flops_are_counted():
     a, species, table = torch.randn(3, 2, 4, generator=g), torch.tensor([0, 1, 0]), torch.randn(2, 15, 4, 1, 2, generator=g)
     flop, _ = roofline.count_flop_and_bytes(lambda: polynomial_contraction(a, species, index, table))
     assert flop == 3 * 2 * 15 * (1 + 2 * 4)  # n·C·R·((ν−1) products + 2·O·Q multiply-adds)
+
+
+def test_mpa_size_is_mp_with_density_blocks_zbl_and_agnesi_and_mace_torch_builds_it():
+    """`mpa` is the MPA-0 / OMAT-0 medium shape: mp's widths and 89 elements, density-normalised
+    interactions (plain first, residual after), ZBL repulsion and the Agnesi transform; the mace-torch
+    twin of the bench has the same blocks (its import gives back the same config)."""
+    pytest.importorskip("mace", reason="mace-torch is not installed")
+    from lpmace.interop import from_mace_torch
+
+    c = workloads.build_model("mpa").config
+    mp = workloads.build_model("mp").config
+    assert (c.first_interaction, c.interaction, c.pair_repulsion, c.distance_transform) == \
+        ("density", "density_residual", True, "agnesi")
+    assert (c.atomic_numbers, c.r_max, c.num_bessel, c.channels, c.max_L) == \
+        (mp.atomic_numbers, mp.r_max, mp.num_bessel, mp.channels, mp.max_L)
+    mace64 = workloads.build_mace_torch(c)
+    assert [type(b).__name__ for b in mace64.interactions] == ["RealAgnosticDensityInteractionBlock",
+                                                               "RealAgnosticDensityResidualInteractionBlock"]
+    assert hasattr(mace64, "pair_repulsion") and hasattr(mace64.radial_embedding, "distance_transform")
+    assert from_mace_torch(mace64).config == c

@@ -178,9 +178,6 @@ def test_bf16_mixed_of_an_imported_mpa_like_model_stays_within_the_bf16_bound(mo
 
 
 def test_features_still_missing_are_refused_by_name():
-    ref = build(Z, "residual", "residual", pair_repulsion=True)
-    with pytest.raises(InputError, match="pair repulsion"):
-        from_mace_torch(ref)
     ref = build(Z, "residual", "residual", use_last_readout_only=True)
     with pytest.raises(InputError, match="use_last_readout_only"):
         from_mace_torch(ref)
@@ -193,7 +190,9 @@ def test_bench_builds_the_mace_torch_model_of_a_foundation_config():
 
     from lpmace.bench.workloads import build_mace_torch
 
-    for blocks in (dict(first_interaction="density", interaction="density_residual"),
+    for blocks in (dict(first_interaction="density", interaction="density_residual", pair_repulsion=True,
+                        distance_transform="agnesi"),
+                   dict(first_interaction="residual", interaction="residual", apply_cutoff=False),
                    dict(first_interaction="plain", interaction="nonlinear_residual", agnostic_product=True,
                         edge_channels=6, edge_max_L=2, edge_irreps_first=True)):
         config = tiny_config(**blocks)

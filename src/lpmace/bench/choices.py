@@ -21,3 +21,6 @@ SIZES = {
     # MACE-MP-0 medium: 89 elements (H..Ac), r_max 6 Å, 10 Bessel functions, ~61 neighbours per atom
     "mp": dict(ANCHOR, max_L=1, r_max=6.0, num_bessel=10, avg_num_neighbors=61.0, atomic_numbers=tuple(range(1, 90))),
 }
+# MPA-0 / OMAT-0 medium: mp's shape with density-normalised interactions, ZBL repulsion and the Agnesi transform
+SIZES["mpa"] = dict(SIZES["mp"], first_interaction="density", interaction="density_residual", pair_repulsion=True,
+                    distance_transform="agnesi")

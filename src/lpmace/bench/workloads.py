@@ -85,7 +85,9 @@ def build_mace_torch(config: MACEConfig, seed: int = 0) -> torch.nn.Module:
             atomic_energies=np.zeros(len(config.atomic_numbers)), avg_num_neighbors=config.avg_num_neighbors,
             atomic_numbers=list(config.atomic_numbers), correlation=list(config.correlation),
             gate=torch.nn.functional.silu, radial_MLP=list(config.radial_mlp),
-            atomic_inter_scale=1.0, atomic_inter_shift=0.0, use_agnostic_product=config.agnostic_product, **edge)
+            atomic_inter_scale=1.0, atomic_inter_shift=0.0, use_agnostic_product=config.agnostic_product,
+            pair_repulsion=config.pair_repulsion, apply_cutoff=config.apply_cutoff,
+            distance_transform={"none": "None", "agnesi": "Agnesi"}[config.distance_transform], **edge)
     finally:
         torch.set_default_dtype(old)
 

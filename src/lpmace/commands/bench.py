@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="lpmace .safetensors model, or a mace-torch .model (needs --trust-mace-model)")
     model.add_argument("--size", choices=sorted(SIZES), default=None,
                        help="random model: small 128x0e, medium 128x0e+128x1o (default), L2 +128x2e, tiny (--quick), "
-                            "mp MACE-MP-0 medium's shape (medium with 89 elements, r_max 6, 10 Bessel, 61 neighbours)")
+                            "mp MACE-MP-0 medium's shape (medium with 89 elements, r_max 6, 10 Bessel, 61 neighbours), "
+                            "mpa MPA-0 / OMAT-0 medium's (mp with density-normalised blocks, ZBL, Agnesi)")
     parser.add_argument("--trust-mace-model", action="store_true",
                         help="allow loading a mace-torch .model file (a pickle: it can run code)")
     parser.add_argument("--precisions", type=_list, default=None, metavar="P,P,...",
