@@ -295,3 +295,26 @@ def test_a_fresh_process_traces_the_triton_blocks():
     assert done.returncode == 0, done.stderr[-2000:]
     d_energy, d_forces = map(float, done.stdout.split()[-2:])
     assert d_energy <= 1e-5 and d_forces <= 1e-5
+
+
+def test_padding_adds_no_pair_repulsion(monkeypatch, configs):
+    """The CUDA-graph padding's dummy pairs may lie within the ZBL repulsion's range (Cs as element 0:
+    covalent radius 2.44 Å, ZBL reaches 4.88 Å; pairs 2·r_max = 4 Å apart), but their repulsion lands
+    on the dummy structure, which is dropped: padded and unpadded energies, forces and force-loss
+    gradients agree."""
+    from lpmace.model import MACE, MACEConfig
+
+    monkeypatch.setenv("LPMACE_COMPILE_MODE", "reduce-overhead")
+    torch.manual_seed(0)
+    model = MACE(MACEConfig(atomic_numbers=(55, 1, 6, 7, 8), channels=4, radial_mlp=(4,), r_max=2.0,
+                            correlation=2, pair_repulsion=True)).double()
+    graph = _batch(configs, 2, r_max=2.0)
+    padded, species = compiled_module.pad_graph(graph, model.species(graph.numbers), 2.0)
+    assert int(species[-1]) == 0  # the dummies are element 0: Cs
+    ref, ref_grads = _run(model, graph, "reference")
+    out, grads = _run(model, graph, "compiled")
+    for key in ("energy", "forces"):
+        _assert_close(out[key], ref[key])
+    for a, b in zip(grads, ref_grads):
+        if b is not None:
+            _assert_close(a, b)
