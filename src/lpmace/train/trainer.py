@@ -215,9 +215,23 @@ class Trainer:
                        copy.deepcopy(self.optimizer.state_dict()),  # state_dict() holds the live moments
                        self.ema.snapshot())
         tally = EpochTally()
-        first_step, skipped_before, restored_before = self.step, self.skipped, self.restored
+        first_step = self.step
         every = 1 if self.fault is not None else READ_BACK_STEPS
         model.train()
+        model.elements_checked = True  # prepare() checked every element: the forward reads nothing back
+        try:
+            self._steps(epoch, tally, every, bar)
+        finally:
+            model.elements_checked = False
+        self._read_back(tally, epoch, bar)
+        self.applied += tally.kept
+        self._report_epoch(epoch, self.step - first_step, tally.kept, tally.skipped, tally.restored,
+                           tally.culprits, tally.nonfinite)
+        return tally.total / tally.count if tally.count else None
+
+    def _steps(self, epoch: int, tally: EpochTally, every: int, bar) -> None:
+        """The steps of epoch `epoch`, read back every `every` steps."""
+        cfg, model = self.cfg, self.model
         # With several ranks each loss term is normalised by the global batch's counts, so the rank
         # losses (and gradients) add up to the single-process ones.
         sharded = self.dist.world_size > 1
@@ -240,18 +254,15 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
             if len(tally.pending) >= every:
-                self._read_back(tally, epoch, skipped_before, restored_before, bar)
-        self._read_back(tally, epoch, skipped_before, restored_before, bar)
-        self.applied += tally.kept
-        self._report_epoch(epoch, self.step - first_step, tally.kept, tally.skipped, tally.restored,
-                           tally.culprits, tally.nonfinite)
-        return tally.total / tally.count if tally.count else None
+                self._read_back(tally, epoch, bar)
 
-    def _read_back(self, tally: EpochTally, epoch: int, skipped_before: int, restored_before: int, bar) -> None:
+    def _read_back(self, tally: EpochTally, epoch: int, bar) -> None:
         """Read the pending step records (one sync); restore the epoch's start if the weights went
         non-finite since the last read-back."""
+        skipped, restored = tally.skipped, tally.restored
         bad_after = tally.read_back()
-        self.skipped, self.restored = skipped_before + tally.skipped, restored_before + tally.restored
+        self.skipped += tally.skipped - skipped
+        self.restored += tally.restored - restored
         if bad_after is not None:
             weights, optimizer, ema = self._start
             self.model.load_state_dict(weights)
