@@ -9,6 +9,16 @@ unscaled before clipping, and steps whose loss or gradients are not finite are s
 restores the weights, the EMA and the optimizer from the start of the epoch; the EMA only ever
 averages finite weights. An epoch in which at least half of the steps had no effect is warned about.
 
+Steps do not wait for the device. `training_step` skips a non-finite step on the device (fused Adam),
+the EMA averages on the device only steps that took effect and left finite weights, and each step's
+loss and flags stay on the device (`EpochTally`) until a read-back — every READ_BACK_STEPS steps, at
+the end of the epoch, and after every step when a test's `fault` hook is set (and on devices without
+a fused Adam, where the step itself syncs). What used to happen right after a step happens there: the
+counts, the structures named, and the restore of the epoch's start, so a step that leaves non-finite
+weights is undone at the next read-back; the steps that ran on those weights until then count as
+skipped. Nothing non-finite reaches the EMA, and checkpoints and models are written after the
+epoch's last read-back.
+
 A run ends with `TrainingFailed` (the CLI's one error line) instead of a model no one should use: no
 step took effect, the EMA weights are not finite, or the final model's validation is not finite.
 Ctrl-C abandons the current epoch, says which checkpoint holds the run, and re-raises; `--resume`
