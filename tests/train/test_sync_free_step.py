@@ -2,6 +2,7 @@
 Adam's `found_inf`), a finite one updates exactly as the foreach Adam with the same clipping did,
 and the trainer's step loop reads nothing back between its read-backs."""
 
+import copy
 import math
 import sys
 
@@ -15,7 +16,7 @@ from lpmace.precision import resolve_policy
 from lpmace.train import Trainer
 from lpmace.train.ema import EMA
 from lpmace.train.prepare import parameter_groups
-from lpmace.train.step import adam, skips_on_device, training_step
+from lpmace.train.step import adam, set_fused, skips_on_device, training_step
 
 
 def _batch(model, bpa_test_path, index):
@@ -208,3 +209,48 @@ def test_non_finite_weights_are_restored_at_the_next_read_back_and_never_reach_t
     assert trainer.skipped == 3 and trainer.applied == steps - 4
     assert all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters())
     assert not any("skipped for a non-finite loss" in m for m in messages)  # steps 2, 3 name no structures
+
+
+def test_a_foreach_adam_state_resumes_in_the_fused_adam(make_model, bpa_test_path):
+    # checkpoints written before the fused Adam hold a foreach Adam's state (step counts on the host)
+    model, reference = make_model(dtype=torch.float64), make_model(dtype=torch.float64)
+    graph, policy = _batch(model, bpa_test_path, ":2"), resolve_policy("fp64")
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    old = torch.optim.Adam(parameter_groups(reference, 5e-3), lr=1e-2, amsgrad=True, foreach=True)
+    for _ in range(2):
+        training_step(reference, graph, policy, old, scaler, _forces_loss)
+    model.load_state_dict(reference.state_dict())
+    optimizer = adam(parameter_groups(model, 5e-3), "cpu", lr=1e-2, amsgrad=True)
+    optimizer.load_state_dict(copy.deepcopy(old.state_dict()))  # as from a file: no shared tensors
+    assert not skips_on_device(optimizer)  # load_state_dict took the saved groups' flags
+    set_fused(optimizer, True)
+    assert skips_on_device(optimizer)
+    training_step(model, graph, policy, optimizer, scaler, _forces_loss)
+    training_step(reference, graph, policy, old, scaler, _forces_loss)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        _assert_close(p.detach(), q.detach(), 1e-12, "weights")
+        assert float(optimizer.state[p]["step"]) == float(old.state[q]["step"]) == 3
+
+
+def test_a_second_rollback_in_an_epoch_restores_the_epochs_start_again(tmp_path):
+    # lr = inf at two steps of epoch 2: both restore the optimizer of epoch 2's start (the first
+    # restore must not hand the snapshot's own tensors to the optimizer, which steps them in place)
+    trainer, start, after = None, {}, {}
+
+    def faults(epoch, step, loss):
+        first = len(trainer.loader)  # epoch 2's first step
+        if step == first:
+            start.update(copy.deepcopy(trainer.optimizer.state_dict())["state"])
+        if step in (first + 3, first + 5):  # right after the restores at first + 2 and first + 4
+            after[step] = copy.deepcopy(trainer.optimizer.state_dict())["state"]
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = math.inf if step in (first + 2, first + 4) else 0.01
+        return loss
+
+    trainer = Trainer(small_config(tmp_path, "epochs=2", n_train=40), log=lambda m: None, warn=lambda m: None,
+                      fault=faults)
+    trainer.run()
+    assert trainer.restored == 2 and len(after) == 2 and start
+    for state in after.values():
+        assert state.keys() == start.keys()
+        assert all(torch.equal(state[i][k], start[i][k]) for i in start for k in start[i])

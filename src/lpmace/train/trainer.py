@@ -12,8 +12,9 @@ averages finite weights. An epoch in which at least half of the steps had no eff
 Steps do not wait for the device. `training_step` skips a non-finite step on the device (fused Adam),
 the EMA averages on the device only steps that took effect and left finite weights, and each step's
 loss and flags stay on the device (`EpochTally`) until a read-back — every READ_BACK_STEPS steps, at
-the end of the epoch, and after every step when a test's `fault` hook is set (and on devices without
-a fused Adam, where the step itself syncs). What used to happen right after a step happens there: the
+the end of the epoch, and after every step when a test's `fault` hook is set. (Where torch has no
+fused Adam for the device the step reads its skip decision back itself, and with several ranks the
+gradient reduction syncs once per step.) What used to happen right after a step happens there: the
 counts, the structures named, and the restore of the epoch's start, so a step that leaves non-finite
 weights is undone at the next read-back; the steps that ran on those weights until then count as
 skipped. Nothing non-finite reaches the EMA, and checkpoints and models are written after the
@@ -276,7 +277,7 @@ class Trainer:
         if bad_after is not None:
             weights, optimizer, ema = self._start
             self.model.load_state_dict(weights)
-            self.optimizer.load_state_dict(optimizer)
+            self.optimizer.load_state_dict(copy.deepcopy(optimizer))  # it would adopt the snapshot's tensors
             self.ema.load_state_dict(ema)
             self.log(f"epoch {epoch}: non-finite weights after step {bad_after}; restored the epoch's start")
         if bar is not None:
