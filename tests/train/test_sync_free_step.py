@@ -254,3 +254,36 @@ def test_a_second_rollback_in_an_epoch_restores_the_epochs_start_again(tmp_path)
     for state in after.values():
         assert state.keys() == start.keys()
         assert all(torch.equal(state[i][k], start[i][k]) for i in start for k in start[i])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_on_a_gpu_the_step_loop_syncs_only_at_its_read_backs(tmp_path, monkeypatch, backend):
+    # torch's sync debug mode raises on any device sync (C++ ones included) outside the read-backs and
+    # the first step's timing; the first epoch (Triton compiling and tuning) is not under test.
+    from lpmace.train.tally import EpochTally
+
+    def allowed(fn):
+        def call(*args, **kwargs):
+            mode = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode(0)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode(mode)
+        return call
+
+    monkeypatch.setattr(lpmace.train.trainer, "READ_BACK_STEPS", 3)
+    monkeypatch.setattr(EpochTally, "read_back", allowed(EpochTally.read_back))
+    monkeypatch.setattr(Trainer, "_first_step_done", allowed(Trainer._first_step_done))
+    trainer = Trainer(small_config(tmp_path, "epochs=2", "device=cuda", f"backend={backend}", n_train=40),
+                      log=lambda m: None, warn=lambda m: None)
+    assert trainer.fused
+    trainer._train_epoch(None)
+    trainer.epoch += 1
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = trainer._train_epoch(None)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert loss > 0 and trainer.skipped == 0 and trainer.applied == 2 * len(trainer.loader)

@@ -249,7 +249,7 @@ class Trainer:
         for graph, counts in self.loader:
             forward, indices = {}, list(self.loader.indices)
             if graph is not None:  # None: fewer structures in this global batch than ranks
-                graph = graph.to(cfg.device)
+                graph = graph.to(cfg.device, non_blocking=True)  # no wait for the previous step
                 forward["compute_stress"] = bool(cfg.stress_weight) and any(self.stressed[i] for i in indices)
             # the reducer sums loss and gradients over ranks (no-op on one)
             step = training_step(self.call_model, graph, self.policy, self.optimizer, self.scaler,
