@@ -3,8 +3,8 @@
 An MPA-like model (density interaction blocks, ZBL repulsion, Agnesi transform) of H, C, O and Si,
 saved by mace-torch 0.3.16 with torch.save, starts a run from its `.model` (only with
 trust_mace_model) or from its converted `.safetensors`, and is fine-tuned for 2 epochs on bulk Si
-(Zuo et al. 2020): the data's elements are a subset of the model's, which keeps all four. The
-held-out Si force error must fall, in fp32 and in bf16-mixed; in fp64 the run starts from exactly
+(Zuo et al. 2020): the data's elements are a subset of the model's, which keeps all four, and
+the weights of H, C and O that depend on the element stay as they were. The held-out Si force error must fall, in fp32 and in bf16-mixed; in fp64 the run starts from exactly
 the imported weights, so its first evaluation is mace-torch's.
 """
 
@@ -75,6 +75,11 @@ def test_fine_tuning_lowers_the_held_out_si_force_error(files, foundation, preci
     trainer.run()
     tuned = load(files["folder"] / f"run-{precision}" / "model.safetensors")
     assert tuned.config.atomic_numbers == tuple(Z)
+    start = from_mace_torch(files["mace"]).to(tuned.embedding.dtype).state_dict()
+    for name, weight in tuned.state_dict().items():  # H, C, O keep their rows (weight decay would move them)
+        if name.startswith("embedding") or ".contraction.weights." in name or ".skip.weights." in name:
+            assert torch.equal(weight[:3], start[name][:3]), name
+            assert not torch.equal(weight[3], start[name][3]), name  # while Si's trained
     before = evaluate(from_mace_torch(files["mace"]), files["held_out"], precision="fp64").force_rmse_mev_per_A
     after = evaluate(tuned, files["held_out"], precision="fp64").force_rmse_mev_per_A
     assert after < 0.99 * before, (before, after)

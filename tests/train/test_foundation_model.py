@@ -17,7 +17,8 @@ ARCH = dict(channels=8, max_L=0, correlation=(2, 2), max_ell=2, radial_mlp=(16,)
 
 
 def foundation(path, atomic_numbers=(1, 6, 7, 8), **features):
-    config = MACEConfig(atomic_numbers=atomic_numbers, E0s=[-13.6, -1029.5, -1485.0, -2042.0][:len(atomic_numbers)],
+    e0 = {1: -13.6, 6: -1029.5, 7: -1485.0, 8: -2042.0, 14: -4.6}
+    config = MACEConfig(atomic_numbers=atomic_numbers, E0s=[e0[z] for z in atomic_numbers],
                         avg_num_neighbors=9.5, scale=0.5, shift=-4.0, **ARCH, **features)
     torch.manual_seed(123)  # not the run's seed, so a fresh initialisation cannot pass for the file
     save(MACE(config), path)
@@ -126,3 +127,24 @@ def test_foundation_head_needs_a_foundation_model(tmp_path):
     path = foundation(tmp_path / "f.safetensors")
     with pytest.raises(InputError, match="foundation_head 'pbe': foundation_model .* lpmace model with one head"):
         Trainer(small_config(tmp_path, f"foundation_model={path}", "foundation_head=pbe"), log=lambda m: None)
+
+
+@pytest.mark.parametrize("species_rank", [None, 2])
+def test_elements_without_training_data_keep_their_weights(tmp_path, species_rank):
+    from lpmace.compress import compress
+
+    path = foundation(tmp_path / "foundation.safetensors", atomic_numbers=(1, 6, 7, 8, 14))  # 3BPA has no Si
+    if species_rank is not None:
+        save(compress(load(path), species_rank=species_rank), path)
+    extra = () if species_rank is None else (f"model.species_rank={species_rank}",)
+    trainer = Trainer(small_config(tmp_path, f"foundation_model={path}", "epochs=1", "ema_decay=0.0", *extra),
+                      log=lambda m: None)
+    trainer.run()
+    start, trained = load(path).state_dict(), load(tmp_path / "run" / "model.safetensors").state_dict()
+    rows = [name for name in start if name.startswith("embedding") or ".skip.weights." in name
+            or ".contraction.weights." in name]
+    rows = [name for name in rows if species_rank is None or name.endswith(".A")]  # low rank: B is shared
+    assert len(rows) >= 4
+    for name in rows:  # weight decay alone would move Si's rows of the skip and contraction weights
+        assert torch.equal(trained[name][4], start[name][4]), name
+    assert any(not torch.equal(trained[name][:4], start[name][:4]) for name in rows)
