@@ -90,7 +90,9 @@ def test_an_fp64_run_starts_from_the_imported_weights(files):
     trainer = Trainer(cfg, log=lambda m: None)
     imported = from_mace_torch(files["mace"]).state_dict()
     for name, value in trainer.model.state_dict().items():
-        torch.testing.assert_close(value, imported[name], rtol=0, atol=0, msg=lambda m: f"{name}: {m}")
+        # the import's change of basis (a least-squares solve) may round differently run to run with
+        # the BLAS thread count: equal to float64 round-off, not bit for bit
+        torch.testing.assert_close(value, imported[name], rtol=1e-12, atol=1e-14, msg=lambda m: f"{name}: {m}")
     held_out = collate(files["held_out"])
     first = evaluate(trainer.model, [held_out], precision="fp64").energy_pred
     want = reference(files["mace"], held_out, Z)["energy"].detach().numpy()
