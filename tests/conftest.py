@@ -54,6 +54,13 @@ def tiny_model(dtype: torch.dtype = torch.float64, seed: int = 0, species_rank=N
 
 
 @pytest.fixture
+def make_config():
+    """`tiny_config` for tests in other folders (`from conftest import ...` can resolve to another
+    folder's conftest once several are imported)."""
+    return tiny_config
+
+
+@pytest.fixture
 def model() -> MACE:
     """Tiny fp64 MACE for H, C, N, O."""
     return tiny_model()

@@ -32,11 +32,9 @@ FOUNDATION = dict(first_interaction="density", interaction="nonlinear_residual",
     (dict(edge_max_L=-1), "edge_max_L"),
     (dict(edge_max_L=3), "edge_max_L"),  # above max_ell = 2
 ])
-def test_bad_values_are_one_line_input_errors_naming_the_key(override, key):
-    from conftest import tiny_config
-
+def test_bad_values_are_one_line_input_errors_naming_the_key(make_config, override, key):
     with pytest.raises(InputError, match=key) as err:
-        tiny_config(**override)
+        make_config(**override)
     assert "\n" not in str(err.value)
 
 

@@ -183,11 +183,9 @@ def test_features_still_missing_are_refused_by_name():
         from_mace_torch(ref)
 
 
-def test_bench_builds_the_mace_torch_model_of_a_foundation_config():
+def test_bench_builds_the_mace_torch_model_of_a_foundation_config(make_config):
     """`lpmace bench --compare-mace-torch` builds mace-torch from an lpmace config: the blocks, edge
     irreps and product of the config come back from the import."""
-    from conftest import tiny_config
-
     from lpmace.bench.workloads import build_mace_torch
 
     for blocks in (dict(first_interaction="density", interaction="density_residual", pair_repulsion=True,
@@ -195,7 +193,7 @@ def test_bench_builds_the_mace_torch_model_of_a_foundation_config():
                    dict(first_interaction="residual", interaction="residual", apply_cutoff=False),
                    dict(first_interaction="plain", interaction="nonlinear_residual", agnostic_product=True,
                         edge_channels=6, edge_max_L=2, edge_irreps_first=True)):
-        config = tiny_config(**blocks)
+        config = make_config(**blocks)
         back = config_from_mace_torch(build_mace_torch(config))
         assert {k: getattr(back, k) for k in blocks} == blocks
         assert (back.channels, back.max_L, back.correlation) == (config.channels, config.max_L, config.correlation)

@@ -63,7 +63,7 @@ def build_mace_torch(config: MACEConfig, seed: int = 0) -> torch.nn.Module:
     from e3nn import o3
     from mace import modules
 
-    from lpmace.interop.mace_torch import INTERACTION_KINDS
+    from lpmace.interop.supported import INTERACTION_KINDS
 
     irreps = lambda c, lmax: "+".join(f"{c}x{ell}{'eo'[ell % 2]}" for ell in range(lmax + 1))  # noqa: E731
     hidden = irreps(config.channels, config.max_L)

@@ -26,6 +26,8 @@ own polynomial basis (lpmace.o3.symmetric_basis). Both span the same space of sy
 maps, so the weights are carried over by an exact change of basis, checked to round-off. The ZBL
 and Agnesi constants are not weights: lpmace holds them, and the import checks the model's equal them.
 
+The checks behind each refusal live in `lpmace.interop.supported`.
+
 `load_mace_torch_model` unpickles a `.model` file: that runs code from the file. Only load files
 you trust (the same trust mace-torch itself asks for).
 """
@@ -34,16 +36,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from types import SimpleNamespace
 
 import torch
 
 from lpmace.errors import InputError
+from lpmace.interop.supported import (INTERACTION_KINDS, check_supported, edge_irreps, head_index, uniform_irreps,
+                                      unsupported)
 from lpmace.model import MACE, MACEConfig
 from lpmace.nn.activation import SIGMOID_NORMALIZATION, SILU_NORMALIZATION
-from lpmace.nn.distance_transform import AGNESI
 from lpmace.nn.nonlinear_interaction import NonLinearInteraction
-from lpmace.nn.pair_repulsion import EXPONENT, SCREENING, SCREENING_LENGTH
 from lpmace.o3.clebsch_gordan import conv_paths
 from lpmace.o3.symmetric_basis import _times_table, monomials, symmetric_basis
 
@@ -85,55 +86,10 @@ def mace_torch_inputs(graph, atomic_numbers, head: int = 0) -> dict:
     )
 
 
-def _unsupported(reason: str):
-    raise InputError(f"cannot import this mace-torch model: {reason}")
-
-
-# mace-torch interaction block -> MACEConfig interaction kind
-INTERACTION_KINDS = {
-    "RealAgnosticResidualInteractionBlock": "residual",
-    "RealAgnosticInteractionBlock": "plain",
-    "RealAgnosticDensityResidualInteractionBlock": "density_residual",
-    "RealAgnosticDensityInteractionBlock": "density",
-    "RealAgnosticResidualNonLinearInteractionBlock": "nonlinear_residual",
-}
-READOUTS = ("LinearReadoutBlock", "NonLinearReadoutBlock")
-
-
-def head_index(model, head=None) -> int:
-    """The index of `head` among the model's heads (mace-torch's `heads`; one "Default" head when the
-    model has none). None is the only head of a one-head model; for several heads it is an error that
-    lists them."""
-    heads = [str(h) for h in getattr(model, "heads", None) or ["Default"]]
-    if head is None:
-        if len(heads) > 1:
-            raise InputError(f"this mace-torch model has {len(heads)} heads ({', '.join(heads)}): "
-                             f"choose one with head=NAME (lpmace convert --head NAME)")
-        return 0
-    if str(head) not in heads:
-        raise InputError(f"no head {head!r} in this mace-torch model (heads: {', '.join(heads)})")
-    return heads.index(str(head))
-
-
-def _edge_irreps(inter):
-    """An interaction's edge irreps (models saved before mace-torch 0.3.14 have none: the node irreps)."""
-    return getattr(inter, "edge_irreps", None) or inter.node_feats_irreps
-
-
-def _uniform_irreps(irreps, what: str):
-    """(channels, lmax) of C×(0e+1o+...+L), else refuse."""
-    muls = [mul for mul, _ in irreps]
-    ls = [ir.l for _, ir in irreps]
-    parities = [ir.p for _, ir in irreps]
-    if ls != list(range(len(ls))) or len(set(muls)) != 1 or parities != [(-1) ** l for l in ls]:
-        _unsupported(f"{what} irreps {irreps} are not C x (0e + 1o + 2e + ...)")
-    return muls[0], ls[-1]
-
-
 def _linear_blocks(linear) -> list:
     """Per-output-irrep lists of [mul_in, mul_out] weights of an e3nn o3.Linear, in instruction order."""
     if not hasattr(linear, "instructions"):
-        _unsupported(f"{type(linear).__name__} is not an e3nn Linear (cuEquivariance layout?)")
+        unsupported(f"{type(linear).__name__} is not an e3nn Linear (cuEquivariance layout?)")
     w = linear.weight.detach().to(torch.float64).reshape(-1)
     blocks, start = {}, 0
     for ins in linear.instructions:
@@ -192,86 +148,13 @@ def _contraction_weights(u: torch.Tensor, weight: torch.Tensor, lmax_in: int, de
     b = target.reshape(a.shape[0], -1)
     if a.shape[1] == 0:
         if b.abs().max() > 1e-12 if b.numel() else False:
-            _unsupported(f"symmetric contraction (L={L}, nu={degree}) outside lpmace's basis")
+            unsupported(f"symmetric contraction (L={L}, nu={degree}) outside lpmace's basis")
         return torch.zeros(weight.shape[0], 0, weight.shape[2], dtype=torch.float64)
     x = torch.linalg.lstsq(a, b).solution
     residual = float((a @ x - b).norm()) / max(float(b.norm()), 1e-300)
     if residual > tolerance:
-        _unsupported(f"symmetric contraction (L={L}, nu={degree}) not in lpmace's basis (residual {residual:.1e})")
+        unsupported(f"symmetric contraction (L={L}, nu={degree}) not in lpmace's basis (residual {residual:.1e})")
     return x.reshape(-1, weight.shape[0], weight.shape[2]).permute(1, 0, 2)
-
-
-def _same_constants(module, expected: dict, what: str):
-    """Refuse `module` unless its buffers named in `expected` hold those values (to float32 round-off:
-    a model built in float32 stores them rounded)."""
-    for name, value in expected.items():
-        got = torch.as_tensor(getattr(module, name)).detach().to(torch.float64).reshape(-1)
-        want = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
-        if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-6, atol=0.0):
-            _unsupported(f"{what} with {name}={got.tolist()} (lpmace has the fixed {want.tolist()})")
-
-
-def _check_pair_and_transform(model, atomic_numbers):
-    """ZBL repulsion and the Agnesi transform: lpmace holds their constants (lpmace.nn.pair_repulsion,
-    lpmace.nn.distance_transform); a model whose buffers differ (trained, or another radius table)
-    is refused."""
-    from ase.data import covalent_radii
-
-    radii = {"covalent_radii": [float(covalent_radii[z]) for z in atomic_numbers]}
-    take = lambda m: torch.as_tensor(m.covalent_radii).detach()[list(atomic_numbers)]  # noqa: E731
-    if hasattr(model, "pair_repulsion"):
-        zbl = getattr(model, "pair_repulsion_fn", None)
-        if type(zbl).__name__ != "ZBLBasis":
-            _unsupported(f"pair repulsion {type(zbl).__name__} (supported: ZBLBasis)")
-        _same_constants(zbl, {"a_exp": EXPONENT, "a_prefactor": SCREENING_LENGTH,
-                              "c": [c for c, _ in SCREENING]}, "ZBL repulsion")
-        _same_constants(SimpleNamespace(covalent_radii=take(zbl)), radii, "ZBL repulsion")
-        if int(zbl.p) != int(model.radial_embedding.cutoff_fn.p):
-            _unsupported(f"ZBL envelope p={int(zbl.p)} differs from the radial cutoff's "
-                         f"p={int(model.radial_embedding.cutoff_fn.p)}")
-    transform = getattr(model.radial_embedding, "distance_transform", None)
-    if transform is not None:
-        if type(transform).__name__ != "AgnesiTransform":
-            _unsupported(f"distance transform {type(transform).__name__} is not implemented (supported: Agnesi)")
-        _same_constants(transform, AGNESI, "Agnesi transform")
-        _same_constants(SimpleNamespace(covalent_radii=take(transform)), radii, "Agnesi transform")
-
-
-def _check_supported(model):
-    name = type(model).__name__
-    if name not in ("MACE", "ScaleShiftMACE"):
-        _unsupported(f"model class {name} (supported: MACE, ScaleShiftMACE)")
-    if hasattr(model, "joint_embedding") or getattr(model, "embedding_specs", None):
-        _unsupported("extra embeddings (embedding_specs) are not implemented")
-    if getattr(model, "use_last_readout_only", False):
-        _unsupported("use_last_readout_only (one readout for all layers) is not implemented")
-    if getattr(model, "use_so3", False):
-        _unsupported("use_so3 (even-parity spherical harmonics) is not implemented")
-    radial = model.radial_embedding
-    if type(radial.bessel_fn).__name__ != "BesselBasis":
-        _unsupported(f"radial basis {type(radial.bessel_fn).__name__} (supported: BesselBasis)")
-    _check_pair_and_transform(model, [int(z) for z in model.atomic_numbers.tolist()])
-    kinds = []
-    for t, inter in enumerate(model.interactions):
-        kind = type(inter).__name__
-        if kind not in INTERACTION_KINDS:
-            _unsupported(f"interaction {t} is {kind} (supported: {', '.join(INTERACTION_KINDS)})")
-        if getattr(inter, "cueq_config", None) is not None and getattr(inter.cueq_config, "enabled", False):
-            _unsupported("cuEquivariance layout; convert it back to e3nn with mace-torch first")
-        _uniform_irreps(_edge_irreps(inter), f"interaction {t} edge")
-        kinds.append(INTERACTION_KINDS[kind])
-    if len(set(kinds[1:])) > 1:
-        _unsupported(f"interactions after the first of different kinds ({', '.join(kinds[1:])})")
-    if len({bool(getattr(p, "use_agnostic_product", False)) for p in model.products}) > 1:
-        _unsupported("element-agnostic product in some interactions only")
-    if len(model.readouts) != len(model.interactions):
-        _unsupported("use_last_readout_only (one readout for several interactions) is not implemented")
-    for t, readout in enumerate(model.readouts):
-        if type(readout).__name__ not in READOUTS:
-            _unsupported(f"readout {t} is {type(readout).__name__} (supported: {', '.join(READOUTS)})")
-    last = model.products[-1].linear.irreps_out
-    if last.lmax > 0:
-        _unsupported(f"keep_last_layer_irreps (last product outputs {last}) is not implemented")
 
 
 def _on_host(model):
@@ -295,14 +178,14 @@ def _radial_hidden(inter) -> list:
 
 def _edge_config(model, channels: int, max_l: int) -> dict:
     """MACEConfig's edge_channels, edge_max_L and edge_irreps_first from the interactions' edge irreps."""
-    first = _uniform_irreps(_edge_irreps(model.interactions[0]), "interaction 0 edge")
-    later = {_uniform_irreps(_edge_irreps(inter), f"interaction {t} edge")
+    first = uniform_irreps(edge_irreps(model.interactions[0]), "interaction 0 edge")
+    later = {uniform_irreps(edge_irreps(inter), f"interaction {t} edge")
              for t, inter in enumerate(model.interactions) if t > 0}
     if len(later) > 1 or (first[1] != 0):
-        _unsupported(f"edge irreps that differ between interactions ({first}, {sorted(later)})")
+        unsupported(f"edge irreps that differ between interactions ({first}, {sorted(later)})")
     edge_channels, edge_l = later.pop() if later else (first[0], max_l)
     if first[0] not in (channels, edge_channels):
-        _unsupported(f"first interaction's edge irreps {first[0]}x0e match neither the hidden nor the edge irreps")
+        unsupported(f"first interaction's edge irreps {first[0]}x0e match neither the hidden nor the edge irreps")
     out = {"edge_irreps_first": first[0] != channels}
     if (edge_channels, edge_l) != (channels, max_l) or out["edge_irreps_first"]:
         out.update(edge_channels=edge_channels, edge_max_L=edge_l)
@@ -313,34 +196,34 @@ def config_from_mace_torch(model, head=None) -> MACEConfig:
     """The MACEConfig of a supported mace-torch model, for its head `head` (see `head_index`);
     raises InputError otherwise."""
     model = _on_host(model)
-    _check_supported(model)
+    check_supported(model)
     h = head_index(model, head)
     n_heads = len(getattr(model, "heads", None) or ["Default"])
     inter0 = model.interactions[0]
-    channels, _ = _uniform_irreps(inter0.node_feats_irreps, "node embedding")
+    channels, _ = uniform_irreps(inter0.node_feats_irreps, "node embedding")
     t_count = len(model.interactions)
-    max_l = _uniform_irreps(model.interactions[1].node_feats_irreps, "hidden")[1] if t_count > 1 else 0
+    max_l = uniform_irreps(model.interactions[1].node_feats_irreps, "hidden")[1] if t_count > 1 else 0
     max_ell = inter0.edge_attrs_irreps.lmax
     if inter0.edge_attrs_irreps != type(inter0.edge_attrs_irreps).spherical_harmonics(max_ell):
-        _unsupported(f"edge attributes {inter0.edge_attrs_irreps} are not the spherical harmonics (use_so3?)")
+        unsupported(f"edge attributes {inter0.edge_attrs_irreps} are not the spherical harmonics (use_so3?)")
     bessel = model.radial_embedding.bessel_fn
     r_max = float(bessel.r_max)
     expected = math.pi / r_max * torch.arange(1, bessel.bessel_weights.numel() + 1, dtype=torch.float64)
     if not torch.allclose(bessel.bessel_weights.detach().to(torch.float64), expected, rtol=1e-6):
-        _unsupported("trained Bessel frequencies are not supported")
+        unsupported("trained Bessel frequencies are not supported")
     e0 = torch.atleast_2d(model.atomic_energies_fn.atomic_energies.detach().to(torch.float64))[h]
     per_head = lambda x: float(torch.atleast_1d(x.detach())[h if x.numel() > 1 else 0])  # noqa: E731
     scale = per_head(model.scale_shift.scale) if hasattr(model, "scale_shift") else 1.0
     shift = per_head(model.scale_shift.shift) if hasattr(model, "scale_shift") else 0.0
     radial_sizes = {tuple(_radial_hidden(inter)) for inter in model.interactions}
     if len(radial_sizes) > 1:
-        _unsupported(f"radial MLPs of different widths {sorted(radial_sizes)}")
+        unsupported(f"radial MLPs of different widths {sorted(radial_sizes)}")
     readout_mlp = 16
     if t_count > 1:
         readout_mlp = model.readouts[-1].linear_1.irreps_out.num_irreps // n_heads
         cst = getattr(getattr(model.readouts[-1].non_linearity, "acts", [None])[0], "cst", SILU_NORMALIZATION)
         if abs(cst - SILU_NORMALIZATION) > 1e-12:
-            _unsupported("readout activation is not the normalised SiLU")
+            unsupported("readout activation is not the normalised SiLU")
     kinds = [INTERACTION_KINDS[type(inter).__name__] for inter in model.interactions]
     return MACEConfig(
         atomic_numbers=tuple(int(z) for z in model.atomic_numbers.tolist()),
@@ -373,7 +256,7 @@ def _copy(weights, blocks, what: str):
     """Copy `blocks` into the parameters `weights`, one to one (their numbers and shapes must agree)."""
     weights, blocks = list(weights), list(blocks)
     if len(weights) != len(blocks) or any(w.shape != b.shape for w, b in zip(weights, blocks)):
-        _unsupported(f"{what}: weights {[tuple(b.shape) for b in blocks]} do not map onto "
+        unsupported(f"{what}: weights {[tuple(b.shape) for b in blocks]} do not map onto "
                      f"{[tuple(w.shape) for w in weights]}")
     for w, b in zip(weights, blocks):
         w.copy_(b)
@@ -382,13 +265,13 @@ def _copy(weights, blocks, what: str):
 def _layer_norm_mlp(mine, net, what: str):
     """mace-torch's RadialMLP (Linear → LayerNorm → SiLU ..., torch layers) into a LayerNormMLP."""
     if not isinstance(getattr(net, "net", None), torch.nn.Sequential):
-        _unsupported(f"{what}: {type(net).__name__} is not mace-torch's RadialMLP (Linear → LayerNorm → SiLU)")
+        unsupported(f"{what}: {type(net).__name__} is not mace-torch's RadialMLP (Linear → LayerNorm → SiLU)")
     linears = [m for m in net.net if isinstance(m, torch.nn.Linear)]
     norms = [m for m in net.net if isinstance(m, torch.nn.LayerNorm)]
     known = (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.SiLU)
     others = [type(m).__name__ for m in net.net if not isinstance(m, known)]
     if others or any(abs(n.eps - mine.EPS) > 0 or n.bias is None for n in norms):
-        _unsupported(f"{what}: MLP layers {others or 'LayerNorm'} differ from Linear → LayerNorm → SiLU")
+        unsupported(f"{what}: MLP layers {others or 'LayerNorm'} differ from Linear → LayerNorm → SiLU")
     f64 = lambda t: t.detach().to(torch.float64)  # noqa: E731
     _copy(mine.weights, [f64(m.weight).T for m in linears], what)
     _copy(mine.biases, [f64(m.bias) for m in linears], what)
@@ -401,11 +284,11 @@ def _nonlinear_weights(inter, mine, t: int):
     c, gates = mine.channels, mine.max_ell
     gate_irreps = f"{(1 + gates) * c}x0e" + "".join(f"+{c}x{l}{'eo'[l % 2]}" for l in range(1, gates + 1))
     if str(inter.irreps_nonlin) != gate_irreps:
-        _unsupported(f"interaction {t}: gate input {inter.irreps_nonlin} is not {gate_irreps}")
+        unsupported(f"interaction {t}: gate input {inter.irreps_nonlin} is not {gate_irreps}")
     consts = (getattr(inter.equivariant_nonlin, "_scalar_cst", SILU_NORMALIZATION),
               getattr(inter.equivariant_nonlin, "_gate_cst", SIGMOID_NORMALIZATION))
     if abs(consts[0] - SILU_NORMALIZATION) + abs(consts[1] - SIGMOID_NORMALIZATION) > 1e-12:
-        _unsupported(f"interaction {t}: gate activations are not the normalised SiLU and sigmoid")
+        unsupported(f"interaction {t}: gate activations are not the normalised SiLU and sigmoid")
     mine.source_embedding.copy_(_linear_blocks(inter.source_embedding)[0])
     mine.target_embedding.copy_(_linear_blocks(inter.target_embedding)[0])
     _layer_norm_mlp(mine.radial_mlp, inter.conv_tp_weights, f"interaction {t} radial MLP")
@@ -424,7 +307,7 @@ def _readout_weights(readout, mine, h: int, n_heads: int, t: int):
         w1, w2 = _linear_blocks(readout.linear_1)[0], _linear_blocks(readout.linear_2)[0]
         m = w1.shape[1] // n_heads
         if w2.shape != (n_heads * m, n_heads) or (n_heads > 1 and getattr(readout, "num_heads", 1) != n_heads):
-            _unsupported(f"readout {t}: hidden units are not one block per head")
+            unsupported(f"readout {t}: hidden units are not one block per head")
         mine_w2 = w2[h * m:(h + 1) * m, h:h + 1] / math.sqrt(n_heads)
         _copy([mine.weight_1, mine.weight_2], [w1[:, h * m:(h + 1) * m], mine_w2], f"readout {t}")
     else:
@@ -449,7 +332,7 @@ def from_mace_torch(model, head=None) -> MACE:
             for i in inter.conv_tp.instructions
         ]
         if theirs_paths != mine.paths or mine.paths != conv_paths(mine.lmax_edge, mine.max_ell, mine.max_ell):
-            _unsupported(f"interaction {t}: tensor-product paths {theirs_paths} differ from {mine.paths}")
+            unsupported(f"interaction {t}: tensor-product paths {theirs_paths} differ from {mine.paths}")
         _copy(mine.linear_up.weights, _linear_blocks(inter.linear_up), f"interaction {t} linear_up")
         if isinstance(mine, NonLinearInteraction):
             _nonlinear_weights(inter, mine, t)

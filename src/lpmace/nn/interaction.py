@@ -85,6 +85,16 @@ class ConvTensorProduct(torch.nn.Module):
         return out.index_add_(0, receiver, tp)
 
 
+def by_degree(summed: torch.Tensor, paths, max_ell: int) -> list:
+    """The conv's output [n, C, Q] as one [n, paths_l · C, 2 l + 1] block per output degree l (the
+    paths of degree l stacked on the channel axis), what the following equivariant linear takes."""
+    blocks, start = [[] for _ in range(max_ell + 1)], 0
+    for _, _, l3 in paths:
+        blocks[l3].append(summed[:, :, start : start + 2 * l3 + 1])
+        start += 2 * l3 + 1
+    return [torch.cat(b, dim=1) for b in blocks]
+
+
 class Interaction(torch.nn.Module):
     """One MACE interaction.
 
@@ -142,11 +152,7 @@ class Interaction(torch.nn.Module):
         if edges.cutoff is not None:
             weights = weights * edges.cutoff.to(weights.dtype)
         summed = self.conv(h, weights, edges, policy.block("tensor_product"))
-        per_degree, start = [[] for _ in range(self.max_ell + 1)], 0
-        for _, _, l3 in self.paths:
-            per_degree[l3].append(summed[:, :, start : start + 2 * l3 + 1])
-            start += 2 * l3 + 1
-        a = self.linear([torch.cat(b, dim=1) for b in per_degree], linear_dtype)
+        a = self.linear(by_degree(summed, self.paths, self.max_ell), linear_dtype)
         if self.density_mlp is None:
             a = a / self.avg_num_neighbors
         else:

@@ -23,7 +23,7 @@ import torch
 from lpmace.nn.activation import SIGMOID_NORMALIZATION, SILU_NORMALIZATION
 from lpmace.nn.density import edge_density, node_density, normalised
 from lpmace.nn.edges import Edges
-from lpmace.nn.interaction import ConvTensorProduct
+from lpmace.nn.interaction import ConvTensorProduct, by_degree
 from lpmace.nn.linear import DegreeLinear, EquivariantLinear
 from lpmace.precision import PrecisionPolicy, scaled_weight
 
@@ -114,11 +114,7 @@ class NonLinearInteraction(torch.nn.Module):
         denominator = rho * self.beta.to(rho.dtype) + self.alpha.to(rho.dtype)
 
         summed = self.conv(h, weights, edges, policy.block("tensor_product"))
-        per_degree, start = [[] for _ in range(self.max_ell + 1)], 0
-        for _, _, l3 in self.paths:
-            per_degree[l3].append(summed[:, :, start : start + 2 * l3 + 1])
-            start += 2 * l3 + 1
-        message = self.linear_1([torch.cat(b, dim=1) for b in per_degree], linear_dtype)
+        message = self.linear_1(by_degree(summed, self.paths, self.max_ell), linear_dtype)
         residual = self.linear_res(h, linear_dtype)
         message = [normalised(m, denominator) + r for m, r in zip(message, residual)]
         a = self.linear_2(gate(message[0], message[1:]), linear_dtype)

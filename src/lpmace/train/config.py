@@ -33,6 +33,7 @@ MODEL_KEYS = {
     "r_max", "num_bessel", "num_polynomial_cutoff", "max_ell", "channels", "max_L", "correlation",
     "num_interactions", "readout_mlp", "radial_mlp", "first_interaction",
     "interaction", "agnostic_product", "edge_channels", "edge_max_L", "edge_irreps_first",
+    "pair_repulsion", "distance_transform", "apply_cutoff",
 }
 # The model section may also ask for compressed species weights, trained from scratch: a
 # "species_compression" conversion of the built model (`model_conversions`), not a MACEConfig field.
@@ -70,7 +71,7 @@ RANGES = {
     "stage_two_epoch": _COUNT, "stage_two_energy_weight": _NON_NEGATIVE, "stage_two_forces_weight": _NON_NEGATIVE,
     "seed": (lambda v: v >= 0, "an integer >= 0"),  # numpy's generators refuse negative seeds
     "max_time": (lambda v: v > 0, "> 0 seconds, or null for no limit"),
-    "output_dir": _NAMED,
+    "output_dir": _NAMED, "foundation_head": _NAMED,
 }
 
 
@@ -90,9 +91,12 @@ class TrainConfig:
     stress_key: Optional[str] = "REF_stress"
     # model (MACEConfig fields; statistics such as E0s, avg_num_neighbors, scale, shift come from data)
     model: Dict[str, Any] = field(default_factory=lambda: {"channels": 128, "max_L": 1, "correlation": 3})
-    # a lpmace .safetensors model to start from: its weights, and its config instead of the data's
-    # statistics (lpmace.train.prepare.foundation_start); model.* may only repeat what the file says
+    # a model to start from: its weights, and its config instead of the data's statistics
+    # (lpmace.train.prepare.foundation_start); model.* may only repeat what the file says. An lpmace
+    # .safetensors, or a mace-torch .model (a pickle: only with trust_mace_model, as lpmace convert)
     foundation_model: Optional[str] = None
+    trust_mace_model: bool = False
+    foundation_head: Optional[str] = None  # the head a multi-head mace-torch .model keeps
     # precision
     precision: str = "fp32"
     # {epoch: preset}: from that epoch (1-based) on, train with that preset; `precision` until the first
@@ -146,6 +150,8 @@ class TrainConfig:
                     raise ConfigValueError(f.name, f"{f.name} must be {wanted}, got {value!r}")
             fix(f.name, value)
         fix("model", _checked_model(self.model))
+        if self.foundation_head is not None and self.foundation_model is None:
+            raise ConfigValueError("foundation_head", "foundation_head is set but foundation_model is not")
         weights = [("energy_weight", "forces_weight")]
         if self.stage_two_epoch is not None:
             weights.append(("stage_two_energy_weight", "stage_two_forces_weight"))

@@ -115,15 +115,16 @@ def foundation_start(cfg: TrainConfig, data: Dict[str, List[Configuration]]
     """The MACEConfig, weights and conversions of `cfg.foundation_model`, checked against the run:
     every model.* key must repeat the file's value (the architecture, E0s, statistics and species
     compression are the file's, so that the weights mean what they meant), and every element of
-    `data` ({file name: configurations}) must be one the model knows."""
-    from lpmace.io import load
+    `data` ({file name: configurations}) must be one the model knows (a subset: the model keeps
+    all of its elements, and the weights of those the data lacks are trained only through what
+    they share with the others)."""
     from lpmace.quantize import quantization_info
 
     name = cfg.foundation_model
     path = resolve_path(name)
     if not path.is_file():
         raise InputError(f"foundation_model {name}: no such file")
-    model = load(path)
+    model = _foundation_file(cfg, path)
     if quantization_info(model) is not None:
         raise InputError(f"foundation_model {name}: its readouts are quantized (for inference only); "
                          "start from the unquantized model file")
@@ -152,15 +153,46 @@ def foundation_start(cfg: TrainConfig, data: Dict[str, List[Configuration]]
     return config, model.state_dict(), list(model.conversions)
 
 
+def _foundation_file(cfg: TrainConfig, path) -> MACE:
+    """The model in `path`: an lpmace .safetensors, or a mace-torch pickle imported (lpmace.interop)
+    with its head `cfg.foundation_head`, which only `trust_mace_model` lets us unpickle."""
+    from lpmace.io import load
+
+    name = cfg.foundation_model
+    if path.suffix == ".safetensors":
+        if cfg.foundation_head is not None:
+            raise InputError(f"foundation_head {cfg.foundation_head!r}: foundation_model {name} is an lpmace "
+                             "model with one head; leave foundation_head out")
+        return load(path)
+    if not cfg.trust_mace_model:
+        raise InputError(f"foundation_model {name}: a mace-torch .model file is a pickle that runs code when "
+                         "loaded; set trust_mace_model: true if you trust it (or convert it once with lpmace convert)")
+    from lpmace.interop import from_mace_torch, load_mace_torch_model
+    from lpmace.interop.mace_torch import head_index
+
+    try:
+        mace = load_mace_torch_model(str(path))
+    except InputError as err:
+        raise InputError(f"foundation_model {name}: {str(err).removeprefix(f'{path}: ')}") from None
+    try:
+        head_index(mace, cfg.foundation_head)  # a multi-head model without a head: the list of its heads
+    except InputError as err:
+        raise InputError(f"foundation_model {name}: {err}; here: foundation_head: NAME") from None
+    try:
+        return from_mace_torch(mace, head=cfg.foundation_head)
+    except InputError as err:
+        raise InputError(f"foundation_model {name}: {err}") from None
+
+
 def build_model(mcfg: MACEConfig, seed: int, params_dtype: torch.dtype, device: str,
                 weights: Optional[Dict[str, torch.Tensor]] = None, conversions: Optional[List[dict]] = None) -> MACE:
     """MACE(mcfg) seeded, given the structure of `conversions` (random species factors: the start of
     a compressed model trained from scratch), then `weights` if given, in `params_dtype` on `device`."""
     torch.manual_seed(seed)
-    model = rebuild(MACE(mcfg), conversions or [])
-    if weights is not None:  # a foundation model's (cast to the run's parameter dtype)
+    model = rebuild(MACE(mcfg), conversions or []).to(dtype=params_dtype)
+    if weights is not None:  # a foundation model's, cast to the run's parameter dtype (not rounded on the way)
         model.load_state_dict(weights)
-    return model.to(dtype=params_dtype, device=device)
+    return model.to(device=device)
 
 
 def parameter_groups(model: MACE, weight_decay: float):

@@ -50,6 +50,7 @@ from lpmace.errors import InputError, TrainingFailed
 from lpmace.io import save
 from lpmace.model import MACE, MACEConfig
 from lpmace.precision import resolve_policy
+from lpmace.train.absent_elements import keep_absent_elements
 from lpmace.train.checkpoint import load_checkpoint, save_checkpoint
 from lpmace.train.config import TrainConfig
 from lpmace.train.correlation import active_correlation, set_correlation
@@ -159,6 +160,12 @@ class Trainer:
             if self.dist.is_main:
                 self._truncate_log()
             self.log(f"resumed from {last} after epoch {self.epoch}")
+        if cfg.foundation_model is not None:  # fine-tuning: elements without training data keep their weights
+            present = {int(z) for g in self.data.train for z in g.numbers.tolist()}
+            kept = keep_absent_elements(self.model, self.optimizer, present)
+            if kept:
+                self.log(f"elements without training data keep their weights: {len(kept)} of "
+                         f"{len(self.model.config.atomic_numbers)} (lpmace.train.absent_elements)")
         self.policy = resolve_policy(cfg.precision_at(self.epoch + 1))  # the schedule's, also after a resume
         # the order of the last finished epoch (of the first, in a fresh run); run() raises it on schedule
         self.correlation = cfg.correlation_at(max(self.epoch, 1))
