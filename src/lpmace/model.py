@@ -219,8 +219,14 @@ class MACE(torch.nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    # True while a caller that checked every element of its inputs on the host (the trainer, which
+    # checks its data when reading it) runs the model: `species` then reads nothing from the device.
+    elements_checked = False
+
     def species(self, numbers: torch.Tensor) -> torch.Tensor:
         """Atomic numbers [n] -> element indices [n]; unknown elements are an InputError (`lpmace.elements`)."""
+        if self.elements_checked:
+            return self.species_of_number[numbers]
         if numbers.numel() and (numbers.min() < 1 or numbers.max() > 118):
             check_known_elements(numbers.tolist(), self.config.atomic_numbers, "input structure")
         species = self.species_of_number[numbers]

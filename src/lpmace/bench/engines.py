@@ -65,11 +65,12 @@ def lpmace_engine(model: MACE, precision: str, backend: str, device: str) -> Eng
         return run(graph, precision=policy, compute_stress=compute_stress)
 
     def train_step(graph: Graph) -> Callable[[], None]:
-        from lpmace.train.step import training_step
+        from lpmace.train.step import adam, training_step
 
         trained = copy.deepcopy(weights)
+        trained.elements_checked = True  # as in the trainer, whose data are checked when read
         run_trained = use(trained, backend, device)
-        optimizer = torch.optim.Adam(trained.parameters(), lr=1e-3, amsgrad=True)
+        optimizer = adam(trained.parameters(), device, lr=1e-3, amsgrad=True)  # the trainer's (fused) Adam
         scaler = torch.amp.GradScaler(torch.device(device).type, enabled=policy.uses_fp16)
 
         def step() -> None:  # the trainer's step (`lpmace.train.step`), on zero labels

@@ -62,10 +62,19 @@ class Graph:
     def num_edges(self) -> int:
         return self.edge_index.shape[1]
 
-    def to(self, device: torch.device | str) -> "Graph":
-        """A copy with every tensor on `device` (dtypes unchanged)."""
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Graph":
+        """A copy with every tensor on `device` (dtypes unchanged). non_blocking: host tensors go to a
+        GPU through pinned memory without waiting (a copy from pageable memory first waits for all
+        work queued on the GPU: one device sync per tensor)."""
+        pin = non_blocking and torch.device(device).type == "cuda"
+
+        def move(v: torch.Tensor) -> torch.Tensor:
+            if pin and v.device.type == "cpu":
+                v = v.pin_memory()
+            return v.to(device, non_blocking=non_blocking)
+
         moved = {
-            f.name: (v.to(device) if isinstance(v, torch.Tensor) else v)
+            f.name: (move(v) if isinstance(v, torch.Tensor) else v)
             for f in dataclasses.fields(self)
             for v in [getattr(self, f.name)]
         }

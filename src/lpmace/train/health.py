@@ -22,14 +22,20 @@ def weights_finite(parameters: Sequence[torch.Tensor]) -> bool:
     return bool(torch.isfinite(torch.stack(norms)).all())
 
 
-def nonfinite_structures(out: dict, graph) -> List[int]:
-    """Positions in the batch of the structures with a non-finite predicted energy ([n_graphs]) or
-    force ([n_atoms, 3]); all of them when none has (the loss overflowed on finite predictions)."""
+def nonfinite_mask(out: dict, graph) -> torch.Tensor:
+    """[n_graphs] bool on the device: the structures of the batch with a non-finite predicted energy
+    or force. Nothing is read back (the step loop keeps it until its next read-back)."""
     bad = ~torch.isfinite(out["energy"].detach())
     if out.get("forces") is not None:
         atoms = ~torch.isfinite(out["forces"].detach()).all(dim=-1)
-        bad = bad | torch.zeros_like(bad).index_fill_(0, graph.batch[atoms], True)
-    return bad.nonzero().flatten().tolist() or list(range(graph.num_graphs))
+        bad = bad | (torch.zeros_like(bad, dtype=torch.int64).index_add_(0, graph.batch, atoms.long()) > 0)
+    return bad
+
+
+def structures_in(mask: torch.Tensor) -> List[int]:
+    """Positions in the batch where `mask` (`nonfinite_mask`) is True; all of them when none is (the
+    loss overflowed on finite predictions). One device sync."""
+    return mask.nonzero().flatten().tolist() or list(range(mask.shape[0]))
 
 
 def structure_names(indices: Sequence[int], sources: Sequence[str], limit: int = 8) -> str:

@@ -9,6 +9,17 @@ unscaled before clipping, and steps whose loss or gradients are not finite are s
 restores the weights, the EMA and the optimizer from the start of the epoch; the EMA only ever
 averages finite weights. An epoch in which at least half of the steps had no effect is warned about.
 
+Steps do not wait for the device. `training_step` skips a non-finite step on the device (fused Adam),
+the EMA averages on the device only steps that took effect and left finite weights, and each step's
+loss and flags stay on the device (`EpochTally`) until a read-back — every READ_BACK_STEPS steps, at
+the end of the epoch, and after every step when a test's `fault` hook is set. (Where torch has no
+fused Adam for the device the step reads its skip decision back itself, and with several ranks the
+gradient reduction syncs once per step.) What used to happen right after a step happens there: the
+counts, the structures named, and the restore of the epoch's start, so a step that leaves non-finite
+weights is undone at the next read-back; the steps that ran on those weights until then count as
+skipped. Nothing non-finite reaches the EMA, and checkpoints and models are written after the
+epoch's last read-back.
+
 A run ends with `TrainingFailed` (the CLI's one error line) instead of a model no one should use: no
 step took effect, the EMA weights are not finite, or the final model's validation is not finite.
 Ctrl-C abandons the current epoch, says which checkpoint holds the run, and re-raises; `--resume`
@@ -45,12 +56,14 @@ from lpmace.train.config import TrainConfig
 from lpmace.train.correlation import active_correlation, set_correlation
 from lpmace.train.distributed import DistributedContext, GradientReducer, ShardedLoader
 from lpmace.train.ema import EMA
-from lpmace.train.health import (advice, epoch_warnings, nonfinite_metrics, nonfinite_structures,
-                                 weights_finite)
+from lpmace.train.health import advice, epoch_warnings, nonfinite_metrics, weights_finite
 from lpmace.train.loss import weighted_loss
 from lpmace.train.prepare import RunData, build_model, parameter_groups, prepare
 from lpmace.train.runlog import append_row, json_safe, row_summary, trim_log
-from lpmace.train.step import training_step
+from lpmace.train.step import adam, set_fused, skips_on_device, training_step
+from lpmace.train.tally import EpochTally
+
+READ_BACK_STEPS = 25  # steps between two reads of the step records (loss, skips, finite weights)
 
 
 def peak_memory(device: str) -> dict:
@@ -117,8 +130,10 @@ class Trainer:
                 raise InputError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from err
         reduce_dtype = {"fp32": None, "bf16": torch.bfloat16}[cfg.allreduce_dtype]
         self.reduce = GradientReducer(self.dist, reduce_dtype)
-        self.optimizer = torch.optim.Adam(parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr,
-                                          amsgrad=cfg.amsgrad)
+        # fused where torch has the kernel: it skips a non-finite step on the device (no sync)
+        self.optimizer = adam(parameter_groups(self.model, cfg.weight_decay), cfg.device, lr=cfg.lr,
+                              amsgrad=cfg.amsgrad)
+        self.fused = skips_on_device(self.optimizer)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=cfg.scheduler_factor, patience=cfg.scheduler_patience)
         device_type = torch.device(cfg.device).type
@@ -128,6 +143,9 @@ class Trainer:
         self.ema = EMA(self.model, cfg.ema_decay)
         self.loader = ShardedLoader(self.data.train, cfg.batch_size, seed=cfg.seed, rank=self.dist.rank,
                                     world_size=self.dist.world_size)
+        # which training graphs have a stress reference: a batch's compute_stress without reading a tensor
+        self.stressed = [g.stress is not None and (g.has_stress is None or bool(g.has_stress.any()))
+                         for g in self.data.train]
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         self.first_step_s = None  # process start -> this invocation's first optimizer step done
         self.compiles_before = compiled_graphs()  # graphs torch.compile compiled before this trainer
@@ -171,6 +189,7 @@ class Trainer:
         self.model.load_state_dict(s["model"])
         self.ema.load_state_dict(s["ema"])
         self.optimizer.load_state_dict(s["optimizer"])
+        set_fused(self.optimizer, self.fused)  # a checkpoint of a foreach Adam (lpmace before fused)
         self.scheduler.load_state_dict(s["scheduler"])
         self.scaler.load_state_dict(s["scaler"])
         self.epoch, self.step, self.elapsed = int(s["epoch"]), int(s["step"]), float(s["elapsed"])
@@ -204,65 +223,72 @@ class Trainer:
         return loss_of
 
     def _train_epoch(self, bar) -> Optional[float]:
-        """One pass over the training graphs; the mean finite loss (None: no step had a finite loss)."""
+        """One pass over the training graphs; the mean finite loss (None: no step had a finite loss).
+
+        Steps read nothing back: their records stay on the device (`EpochTally`) until every
+        READ_BACK_STEPS steps (every step under a test's `fault`) and at the epoch's end."""
         cfg, model = self.cfg, self.model
         epoch = self.epoch + 1
-        snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        opt_snapshot = copy.deepcopy(self.optimizer.state_dict())  # state_dict() holds the live moments
-        ema_snapshot = self.ema.snapshot()
-        total, count = 0.0, 0
-        kept = 0  # steps of this epoch whose update is still in the weights
-        first_step, skipped_before, restored_before = self.step, self.skipped, self.restored
-        culprits: Dict[int, int] = {}  # training-graph index -> non-finite-loss batches it was in
-        nonfinite = 0  # steps skipped for a non-finite loss on this rank
+        self._start = ({k: v.detach().clone() for k, v in model.state_dict().items()},
+                       copy.deepcopy(self.optimizer.state_dict()),  # state_dict() holds the live moments
+                       self.ema.snapshot())
+        tally = EpochTally()
+        first_step = self.step
+        every = 1 if self.fault is not None else READ_BACK_STEPS
         model.train()
+        model.elements_checked = True  # prepare() checked every element: the forward reads nothing back
+        try:
+            self._steps(epoch, tally, every, bar)
+        finally:
+            model.elements_checked = False
+        self._read_back(tally, epoch, bar)
+        self.applied += tally.kept
+        self._report_epoch(epoch, self.step - first_step, tally.kept, tally.skipped, tally.restored,
+                           tally.culprits, tally.nonfinite)
+        return tally.total / tally.count if tally.count else None
+
+    def _steps(self, epoch: int, tally: EpochTally, every: int, bar) -> None:
+        """The steps of epoch `epoch`, read back every `every` steps."""
+        cfg, model = self.cfg, self.model
         # With several ranks each loss term is normalised by the global batch's counts, so the rank
         # losses (and gradients) add up to the single-process ones.
         sharded = self.dist.world_size > 1
         for graph, counts in self.loader:
-            forward = {}
+            forward, indices = {}, list(self.loader.indices)
             if graph is not None:  # None: fewer structures in this global batch than ranks
-                graph = graph.to(cfg.device)
-                forward["compute_stress"] = bool(cfg.stress_weight and graph.stress is not None
-                                                 and graph.has_stress.any())
+                graph = graph.to(cfg.device, non_blocking=True)  # no wait for the previous step
+                forward["compute_stress"] = bool(cfg.stress_weight) and any(self.stressed[i] for i in indices)
             # the reducer sums loss and gradients over ranks (no-op on one)
             step = training_step(self.call_model, graph, self.policy, self.optimizer, self.scaler,
                                  self.loss_function(epoch, counts if sharded else None),
                                  clip_grad=cfg.clip_grad, reduce=self.reduce, **forward)
-            out, value = step.out, step.loss
+            # A finite gradient can still step to non-finite weights (a huge lr): the EMA, which is
+            # validated and saved, averages only steps that took effect and left finite weights.
+            finite = self.ema.update(model, step.ok)
+            tally.add(self.step, step, finite, graph, indices)
             if self.first_step_s is None:
                 self._first_step_done()
-            if step.applied:
-                # A finite gradient can still step to non-finite weights (a huge lr): checked before the
-                # EMA sees them, as the EMA is what is validated and saved.
-                if weights_finite(list(model.parameters())):
-                    self.ema.update(model)
-                    kept += 1
-                else:
-                    model.load_state_dict(snapshot)
-                    self.optimizer.load_state_dict(opt_snapshot)
-                    self.ema.load_state_dict(ema_snapshot)
-                    self.skipped += 1
-                    self.restored += 1
-                    kept = 0
-                    self.log(f"epoch {epoch}: non-finite weights after step {self.step}; restored the epoch's start")
-            else:
-                self.skipped += 1
-                if out is not None and not bool(torch.isfinite(step.local_loss)):
-                    nonfinite += 1
-                    for j in nonfinite_structures(out, graph):
-                        i = self.loader.indices[j]  # the training structure at batch position j
-                        culprits[i] = culprits.get(i, 0) + 1
             self.step += 1
-            if math.isfinite(value):
-                total, count = total + value, count + 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{value:.4g}", refresh=False)
-        self.applied += kept
-        self._report_epoch(epoch, self.step - first_step, kept, self.skipped - skipped_before,
-                           self.restored - restored_before, culprits, nonfinite)
-        return total / count if count else None
+            if len(tally.pending) >= every:
+                self._read_back(tally, epoch, bar)
+
+    def _read_back(self, tally: EpochTally, epoch: int, bar) -> None:
+        """Read the pending step records (one sync); restore the epoch's start if the weights went
+        non-finite since the last read-back."""
+        skipped, restored = tally.skipped, tally.restored
+        bad_after = tally.read_back()
+        self.skipped += tally.skipped - skipped
+        self.restored += tally.restored - restored
+        if bad_after is not None:
+            weights, optimizer, ema = self._start
+            self.model.load_state_dict(weights)
+            self.optimizer.load_state_dict(copy.deepcopy(optimizer))  # it would adopt the snapshot's tensors
+            self.ema.load_state_dict(ema)
+            self.log(f"epoch {epoch}: non-finite weights after step {bad_after}; restored the epoch's start")
+        if bar is not None:
+            bar.set_postfix(loss=f"{tally.last_loss:.4g}", refresh=False)
 
     def _first_step_done(self) -> None:
         """Record (and say) how long this process took to finish its first optimizer step: start-up,
