@@ -47,6 +47,8 @@ import torch
 
 from lpmace.cache import use_compile_cache
 from lpmace.data.graph import Graph
+from lpmace.data.padding import bucket
+from lpmace.data.padding import pad_graph as pad_batch
 from lpmace.errors import InputError
 from lpmace.precision import matmul_mode, resolve_policy
 
@@ -229,43 +231,11 @@ def _cpu_inductor(graph_module, example_inputs):
 _ATEN_ON_CPU = (torch.ops.aten.index_add.default,)
 
 
-def bucket(n: int) -> int:
-    """n rounded up to a multiple of 2^(bits(n) - 4): at most 1/8 more, 8 sizes per octave."""
-    step = 1 << max(0, int(n).bit_length() - 4)
-    return -(-int(n) // step) * step
-
-
 def pad_graph(graph: Graph, species: torch.Tensor, r_max: float):
-    """`graph` with its atom and edge counts padded to `bucket` sizes, for CUDA graphs (one recording
-    per shape). The padding is one extra structure of dummy atoms of element 0 in pairs (a, b) 2·r_max
-    apart, with the extra edges a → b: beyond the cutoff the radial envelope, hence every message
-    and its derivatives, is exactly 0. Returns (graph, species) padded; the real atoms, edges and
-    structures come first."""
-    n, e, g = graph.num_atoms, graph.num_edges, graph.num_graphs
-    n_pad = bucket(n + 2)
-    pairs = (n_pad - n) // 2
-    e_pad = bucket(e) if e else 0
-    dev = graph.positions.device
-    j = torch.arange(pairs, device=dev)
-    a, b = n + 2 * j, n + 2 * j + 1
-    pos = torch.zeros(n_pad - n, 3, dtype=graph.positions.dtype, device=dev)
-    pos[2 * j, 2] = pos[2 * j + 1, 2] = 4.0 * r_max * j.to(pos.dtype)  # pairs far from each other too
-    pos[2 * j + 1, 0] = 2.0 * r_max  # (an odd atom left over has no edges)
-    extra = torch.arange(e_pad - e, device=dev) % pairs
-    edge_index = torch.cat([graph.edge_index, torch.stack([a[extra], b[extra]])], dim=1)
-    cell = torch.cat([graph.cell, torch.eye(3, dtype=graph.cell.dtype, device=dev)[None]])
-    padded = Graph(
-        positions=torch.cat([graph.positions, pos]),
-        # numbers are not read (the species are); a copy of the first, without a host sync
-        numbers=torch.cat([graph.numbers, graph.numbers[:1].expand(n_pad - n) if n else
-                           graph.numbers.new_ones(n_pad - n)]),
-        edge_index=edge_index,
-        unit_shifts=torch.cat([graph.unit_shifts, graph.unit_shifts.new_zeros(e_pad - e, 3)]),
-        cell=cell, pbc=torch.cat([graph.pbc, graph.pbc.new_zeros(1, 3)]),
-        batch=torch.cat([graph.batch, graph.batch.new_full((n_pad - n,), g)]),
-        ptr=torch.cat([graph.ptr, graph.ptr.new_full((1,), n_pad)]),
-    )
-    return padded, torch.cat([species, species.new_zeros(n_pad - n)])
+    """(graph, species) padded for CUDA graphs (`lpmace.data.padding.pad_graph`); the dummy atoms are
+    of element 0."""
+    padded = pad_batch(graph, r_max)
+    return padded, torch.cat([species, species.new_zeros(padded.num_atoms - graph.num_atoms)])
 
 
 def compiled_forward(model, graph: Graph, species, policy, compute_forces: bool, compute_stress: bool,

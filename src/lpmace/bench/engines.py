@@ -4,7 +4,8 @@ so every section measures lpmace and mace-torch the same way.
 An engine turns a host `Graph` into device inputs once (`prepare`), then evaluates them (`infer`:
 energy [n_graphs], forces [n_atoms, 3], stress [n_graphs, 3, 3] when asked) or builds a training step
 (`train_step`: energy + forces + loss + backward through the forces + Adam step, on its own copy of
-the weights; for lpmace the trainer's own step, `lpmace.train.step.training_step`). lpmace engines
+the weights; for lpmace the trainer's own step, `lpmace.train.step.training_step`, on CUDA recorded
+as a CUDA graph as the trainer does, `lpmace.train.cuda_graphs`). lpmace engines
 run the model under a precision preset; mace-torch engines run the same weights, converted by
 `lpmace.interop`, with e3nn (float32/float64) or cuEquivariance.
 """
@@ -17,6 +18,7 @@ from typing import Callable, Optional
 
 import torch
 
+from lpmace.compile import compile_mode
 from lpmace.data.graph import Graph
 from lpmace.errors import InputError
 from lpmace.model import MACE
@@ -73,10 +75,17 @@ def lpmace_engine(model: MACE, precision: str, backend: str, device: str) -> Eng
         optimizer = adam(trained.parameters(), device, lr=1e-3, amsgrad=True)  # the trainer's (fused) Adam
         scaler = torch.amp.GradScaler(torch.device(device).type, enabled=policy.uses_fp16)
 
-        def step() -> None:  # the trainer's step (`lpmace.train.step`), on zero labels
-            training_step(run_trained, graph, policy, optimizer, scaler,
-                          lambda out, _: _loss(out["energy"], out["forces"]))
-        return step
+        def run(batch: Graph):  # the trainer's step (`lpmace.train.step`), on zero labels
+            return training_step(run_trained, batch, policy, optimizer, scaler,
+                                 lambda out, _: _loss(out["energy"], out["forces"]))
+
+        if torch.device(device).type != "cuda" or compile_mode() == "reduce-overhead":
+            return lambda: run(graph)
+        from lpmace.train.cuda_graphs import StepGraphs
+
+        # as the trainer on one GPU: the whole step recorded as a CUDA graph (first call eager)
+        graphs = StepGraphs(optimizer, trained.config.r_max, device)
+        return lambda: graphs.step(graph, "bench", run)
 
     return Engine("lpmace", backend, policy.name, prepare=lambda g: g.to(device), infer=infer, train_step=train_step)
 

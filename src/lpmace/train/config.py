@@ -41,7 +41,7 @@ COMPRESSION_KEYS = {"species_rank": (Optional[int], None), "int8_embedding": (bo
 
 # Keys a resumed run may change: they decide how long and where the run goes on, not what the
 # finished epochs computed (see `check_resume`). Everything else must match the run's config.yaml.
-RESUMABLE_KEYS = ("epochs", "max_time", "output_dir", "device", "backend", "progress", "tensorboard")
+RESUMABLE_KEYS = ("epochs", "max_time", "output_dir", "device", "backend", "progress", "tensorboard", "cuda_graphs")
 
 _finite = math.isfinite
 _POSITIVE = (lambda v: _finite(v) and v > 0, "a finite number > 0")
@@ -107,6 +107,7 @@ class TrainConfig:
     # correlation order, lpmace.train.correlation). ν increases and stays <= model.correlation.
     correlation_schedule: Optional[Dict[int, int]] = None
     backend: str = "auto"  # lpmace.backends: auto | reference | triton | compiled
+    cuda_graphs: bool = True  # on one CUDA device: each batch shape's step recorded once, then replayed (lpmace.train.cuda_graphs)
     allreduce_dtype: str = "fp32"  # data-parallel gradient sum on the wire: fp32, or bf16 (half the bytes)
     # optimisation
     epochs: int = 100

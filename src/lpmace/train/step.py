@@ -77,9 +77,10 @@ def set_fused(optimizer: torch.optim.Optimizer, fused: bool) -> None:
     """After `optimizer.load_state_dict` (which takes the saved groups' flags): make the groups fused or
     not, as this process built the optimizer (`skips_on_device` of the fresh one), whatever saved the
     state — e.g. a checkpoint of a foreach Adam. A fused Adam reads each parameter's step count on the
-    parameter's device: moved there. Counts and moments are unchanged."""
+    parameter's device: moved there. `capturable` is cleared. Counts and moments are unchanged."""
     for group in optimizer.param_groups:
-        group["fused"], group["foreach"] = (True if fused else None), None
+        # capturable: set by whoever records the step in a CUDA graph (`StepGraphs`), not by the checkpoint
+        group["fused"], group["foreach"], group["capturable"] = (True if fused else None), None, False
         for p in group["params"]:
             state = optimizer.state.get(p)
             if fused and state and torch.is_tensor(state.get("step")) and state["step"].device != p.device:

@@ -18,7 +18,9 @@ gradient reduction syncs once per step.) What used to happen right after a step 
 counts, the structures named, and the restore of the epoch's start, so a step that leaves non-finite
 weights is undone at the next read-back; the steps that ran on those weights until then count as
 skipped. Nothing non-finite reaches the EMA, and checkpoints and models are written after the
-epoch's last read-back.
+epoch's last read-back. On one CUDA device the whole step — forward, loss, backward, clipping and the
+fused Adam — is recorded as a CUDA graph per batch shape and replayed (`lpmace.train.cuda_graphs`;
+batches padded to a few sizes; `cuda_graphs: false` turns it off); the rules above are the same.
 
 A run ends with `TrainingFailed` (the CLI's one error line) instead of a model no one should use: no
 step took effect, the EMA weights are not finite, or the final model's validation is not finite.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -43,6 +46,7 @@ import yaml
 
 from lpmace.atomic import atomic_write_text
 from lpmace.cache import compiled_graphs, process_age
+from lpmace.compile import compile_mode
 from lpmace.conversions import legacy_conversions
 from lpmace.datasets import display_stem
 from lpmace.devices import resolve_device
@@ -54,6 +58,7 @@ from lpmace.train.absent_elements import keep_absent_elements
 from lpmace.train.checkpoint import load_checkpoint, save_checkpoint
 from lpmace.train.config import TrainConfig
 from lpmace.train.correlation import active_correlation, set_correlation
+from lpmace.train.cuda_graphs import StepGraphs
 from lpmace.train.distributed import DistributedContext, GradientReducer, ShardedLoader
 from lpmace.train.ema import EMA
 from lpmace.train.health import advice, epoch_warnings, nonfinite_metrics, weights_finite
@@ -167,6 +172,10 @@ class Trainer:
                 self.log(f"elements without training data keep their weights: {len(kept)} of "
                          f"{len(self.model.config.atomic_numbers)} (lpmace.train.absent_elements)")
         self.policy = resolve_policy(cfg.precision_at(self.epoch + 1))  # the schedule's, also after a resume
+        self.step_graphs = None  # CUDA graphs of the step: one CUDA device, a device-side skip, no test fault
+        if (cfg.cuda_graphs and torch.device(cfg.device).type == "cuda" and self.dist.world_size == 1
+                and self.fused and fault is None and compile_mode() != "reduce-overhead"):
+            self.step_graphs = StepGraphs(self.optimizer, self.model.config.r_max, cfg.device)
         # the order of the last finished epoch (of the first, in a fresh run); run() raises it on schedule
         self.correlation = cfg.correlation_at(max(self.epoch, 1))
         if self.correlation is not None:
@@ -256,12 +265,18 @@ class Trainer:
         for graph, counts in self.loader:
             forward, indices = {}, list(self.loader.indices)
             if graph is not None:  # None: fewer structures in this global batch than ranks
-                graph = graph.to(cfg.device, non_blocking=True)  # no wait for the previous step
                 forward["compute_stress"] = bool(cfg.stress_weight) and any(self.stressed[i] for i in indices)
             # the reducer sums loss and gradients over ranks (no-op on one)
-            step = training_step(self.call_model, graph, self.policy, self.optimizer, self.scaler,
-                                 self.loss_function(epoch, counts if sharded else None),
-                                 clip_grad=cfg.clip_grad, reduce=self.reduce, **forward)
+            run = functools.partial(training_step, self.call_model, policy=self.policy, optimizer=self.optimizer,
+                                    scaler=self.scaler, loss_of=self.loss_function(epoch, counts if sharded else None),
+                                    clip_grad=cfg.clip_grad, reduce=self.reduce, **forward)
+            if self.step_graphs is not None:  # what the recording fixes besides the batch's shape
+                key = (self.policy.name, self._weights(epoch), self.correlation, tuple(forward.items()))
+                step, graph = self.step_graphs.step(graph, key, run)
+            else:
+                if graph is not None:
+                    graph = graph.to(cfg.device, non_blocking=True)  # no wait for the previous step
+                step = run(graph)
             # A finite gradient can still step to non-finite weights (a huge lr): the EMA, which is
             # validated and saved, averages only steps that took effect and left finite weights.
             finite = self.ema.update(model, step.ok)
@@ -285,6 +300,8 @@ class Trainer:
             weights, optimizer, ema = self._start
             self.model.load_state_dict(weights)
             self.optimizer.load_state_dict(copy.deepcopy(optimizer))  # it would adopt the snapshot's tensors
+            if self.step_graphs is not None:  # the recordings address the replaced moments
+                self.step_graphs.reset()
             self.ema.load_state_dict(ema)
             self.log(f"epoch {epoch}: non-finite weights after step {bad_after}; restored the epoch's start")
         if bar is not None:
@@ -373,6 +390,8 @@ class Trainer:
                     self.log(f"epoch {self.epoch + 1}: correlation order {self.correlation} -> {nu}")
                     set_correlation(self.model, nu, ema=self.ema, optimizer=self.optimizer)
                     self.correlation = nu
+                    if self.step_graphs is not None:
+                        self.step_graphs.reset()
                 start = time.perf_counter()
                 train_loss = self._train_epoch(bar)
                 self.elapsed += time.perf_counter() - start

@@ -1,0 +1,70 @@
+"""Batches padded to a few sizes, so that CUDA graphs (one recording per shape) are reused.
+
+`bucket(n)` rounds a count up to one of 8 sizes per octave (at most 1/8 more). `pad_graph` pads a
+batch's atoms and edges to bucket sizes with one extra structure of dummy atoms in pairs (a, b)
+2·r_max apart, joined by the extra edges a → b: beyond the cutoff the radial envelope, hence every
+message and its derivatives, is exactly 0, so the real structures' energies, forces, stresses and
+the gradients of any loss over them are those of the unpadded batch. The dummy structure has no
+references (``has_energy``/``has_forces``/``has_stress`` False, labels 0), so the masked loss
+(`lpmace.train.loss`) ignores it. Real atoms, edges and structures come first.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lpmace.data.graph import Graph
+
+__all__ = ["bucket", "pad_graph"]
+
+
+def bucket(n: int) -> int:
+    """n rounded up to a multiple of 2^(bits(n) - 4): at most 1/8 more, 8 sizes per octave."""
+    step = 1 << max(0, int(n).bit_length() - 4)
+    return -(-int(n) // step) * step
+
+
+def _pad_rows(value, rows: int, fill=0):
+    """`value` ([k, ...]) with `rows` more rows of `fill`; None stays None."""
+    if value is None:
+        return None
+    return torch.cat([value, value.new_full((rows, *value.shape[1:]), fill)])
+
+
+def pad_graph(graph: Graph, r_max: float) -> Graph:
+    """`graph` with n atoms padded to bucket(n + 2) (at least two dummies, so the dummy structure is
+    never empty) and e edges to bucket(e); see the module docstring. Works on any device without a
+    host sync (the sizes are the tensors' shapes)."""
+    n, e, g = graph.num_atoms, graph.num_edges, graph.num_graphs
+    n_pad = bucket(n + 2)
+    pairs = (n_pad - n) // 2
+    e_pad = bucket(e) if e else 0
+    dev = graph.positions.device
+    j = torch.arange(pairs, device=dev)
+    a, b = n + 2 * j, n + 2 * j + 1
+    pos = torch.zeros(n_pad - n, 3, dtype=graph.positions.dtype, device=dev)
+    pos[2 * j, 2] = pos[2 * j + 1, 2] = 4.0 * r_max * j.to(pos.dtype)  # pairs far from each other too
+    pos[2 * j + 1, 0] = 2.0 * r_max  # (an odd atom left over has no edges)
+    extra = torch.arange(e_pad - e, device=dev) % pairs
+    return Graph(
+        positions=torch.cat([graph.positions, pos]),
+        # a copy of the first atom's number (a known element), without a host sync
+        numbers=torch.cat([graph.numbers, graph.numbers[:1].expand(n_pad - n) if n else
+                           graph.numbers.new_ones(n_pad - n)]),
+        edge_index=torch.cat([graph.edge_index, torch.stack([a[extra], b[extra]])], dim=1),
+        unit_shifts=_pad_rows(graph.unit_shifts, e_pad - e),
+        cell=torch.cat([graph.cell, torch.eye(3, dtype=graph.cell.dtype, device=dev)[None]]),
+        pbc=_pad_rows(graph.pbc, 1, False),
+        batch=_pad_rows(graph.batch, n_pad - n, g),
+        ptr=_pad_rows(graph.ptr, 1, n_pad),
+        energy=_pad_rows(graph.energy, 1),
+        forces=_pad_rows(graph.forces, n_pad - n),
+        stress=_pad_rows(graph.stress, 1),
+        # no references in the dummy structure; a batch without the flags gets them (all real: True)
+        has_energy=None if graph.energy is None else _pad_rows(
+            graph.has_energy if graph.has_energy is not None else graph.energy.new_ones(g, dtype=torch.bool), 1, False),
+        has_forces=None if graph.forces is None else _pad_rows(
+            graph.has_forces if graph.has_forces is not None else graph.forces.new_ones(g, dtype=torch.bool), 1, False),
+        has_stress=None if graph.stress is None else _pad_rows(
+            graph.has_stress if graph.has_stress is not None else graph.stress.new_ones(g, dtype=torch.bool), 1, False),
+    )

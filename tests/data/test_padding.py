@@ -1,0 +1,71 @@
+"""Padded batches (what the CUDA-graph training step records): the real structures' predictions,
+the masked loss and every parameter gradient of the loss equal the unpadded batch's."""
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+
+from lpmace.data import collate, graph_from_configuration, read_configurations
+from lpmace.data.extxyz import Configuration
+from lpmace.data.padding import bucket, pad_graph
+from lpmace.train.loss import weighted_loss
+
+
+def _diamond(seed: int) -> Configuration:
+    """A rattled periodic carbon cell with random references (energy, forces, stress)."""
+    rng = np.random.default_rng(seed)
+    atoms = bulk("C", "diamond", a=3.57, cubic=True)
+    atoms.rattle(0.05, seed=seed)
+    n = len(atoms)
+    return Configuration(numbers=atoms.numbers.astype(np.int64), positions=atoms.positions, cell=atoms.cell.array,
+                         pbc=np.array([True] * 3), energy=float(rng.normal()), forces=rng.normal(size=(n, 3)),
+                         stress=rng.normal(size=(3, 3)) * 0.01)
+
+
+def _loss_and_gradients(model, graph, stress: bool):
+    model.zero_grad(set_to_none=True)
+    out = model(graph, compute_stress=stress, training=True)
+    loss = weighted_loss(out, graph, energy_weight=1.0, forces_weight=100.0, stress_weight=10.0 if stress else 0.0)
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    return out, loss.detach(), grads
+
+
+@pytest.mark.parametrize("kind", ["molecules", "crystals with stress"])
+def test_a_padded_batch_gives_the_unpadded_predictions_loss_and_gradients(make_model, bpa_test_path, kind):
+    model = make_model(dtype=torch.float64)
+    if kind == "molecules":
+        configs = read_configurations(bpa_test_path, index=":3")
+    else:
+        configs = [_diamond(0), _diamond(1)]
+    graph = collate([graph_from_configuration(c, model.config.r_max) for c in configs])
+    stress = kind != "molecules"
+    padded = pad_graph(graph, model.config.r_max)
+    n, e, g = graph.num_atoms, graph.num_edges, graph.num_graphs
+    assert padded.num_atoms == bucket(n + 2) and padded.num_edges == bucket(e) > e and padded.num_graphs == g + 1
+    assert padded.has_energy.tolist() == [True] * g + [False] and padded.has_forces.tolist()[-1] is False
+
+    out, loss, grads = _loss_and_gradients(model, graph, stress)
+    out_p, loss_p, grads_p = _loss_and_gradients(model, padded, stress)
+    assert torch.allclose(out_p["energy"][:g], out["energy"], rtol=1e-12, atol=1e-12)
+    assert torch.allclose(out_p["forces"][:n], out["forces"], rtol=1e-10, atol=1e-12)
+    assert torch.equal(out_p["forces"][n:], torch.zeros_like(out_p["forces"][n:]))  # dummies feel nothing
+    if stress:
+        assert torch.allclose(out_p["stress"][:g], out["stress"], rtol=1e-10, atol=1e-12)
+    assert loss > 0 and torch.allclose(loss_p, loss, rtol=1e-12, atol=0)
+    assert grads.keys() == grads_p.keys() and len(grads) > 5
+    for k in grads:
+        assert torch.allclose(grads_p[k], grads[k], rtol=1e-9, atol=1e-12), k
+
+
+def test_a_batch_without_reference_flags_gets_them_for_its_real_structures(make_model, bpa_test_path):
+    model = make_model(dtype=torch.float64)
+    graph = collate([graph_from_configuration(c, model.config.r_max)
+                     for c in read_configurations(bpa_test_path, index=":2")])
+    graph.has_energy = graph.has_forces = None  # e.g. a hand-built batch
+    padded = pad_graph(graph, model.config.r_max)
+    assert padded.has_energy.tolist() == padded.has_forces.tolist() == [True, True, False]
+    assert padded.has_stress.tolist() == [False, False, False]  # the batch had no stress references
+    assert padded.energy[-1] == 0 and torch.equal(padded.forces[graph.num_atoms:],
+                                                   torch.zeros_like(padded.forces[graph.num_atoms:]))
