@@ -13,6 +13,10 @@ launches it as one graph:
 - a shape's first batch runs eagerly (compiling, tuning, creating the optimizer's moments), its
   second is recorded and then replayed, later ones are replayed: every batch is stepped once;
 - a batch is copied into its shape's static input tensors (from pinned host memory, no wait);
+- every step (eager, recorded, replayed) runs on one side stream, the way torch's CUDA-graph notes
+  warm up: autograd remembers the stream a parameter's gradient was first accumulated on, and a
+  recording whose backward waits on the default stream fails (or, worse, leaves that work out of
+  the graph, so a replay would reuse a stale gradient). The caller's stream waits for the step;
 - the recordings share one memory pool. Each keeps its outputs (loss, flags, predictions), so no
   other recording reuses their memory; they are overwritten by the recording's next replay, so a
   caller uses them before the next step (the trainer's `EpochTally` stacks them at once).
@@ -84,6 +88,7 @@ class StepGraphs:
         for group in optimizer.param_groups:
             group["capturable"] = True
         self.pool = torch.cuda.graph_pool_handle()
+        self.stream = torch.cuda.Stream(self.device)
         self.recordings: Dict[Hashable, _Recording] = {}
         self.warm: set = set()  # (shape, key) pairs that ran eagerly once
         self.inputs: Dict[tuple, Graph] = {}  # shape -> static padded batch on the device
@@ -91,8 +96,10 @@ class StepGraphs:
         self.counts = {"eager": 0, "recorded": 0, "replayed": 0}
 
     def reset(self) -> None:
-        """Drop the recordings (after the optimizer's state tensors were replaced)."""
+        """Drop the recordings (after the optimizer's state tensors were replaced). Their pool goes with
+        the last of them: later recordings get a new one."""
         self.recordings.clear()
+        self.pool = torch.cuda.graph_pool_handle()
 
     def _hyperparameters(self) -> tuple:
         return tuple(tuple(sorted((k, v) for k, v in group.items() if k != "params" and not torch.is_tensor(v)
@@ -120,28 +127,34 @@ class StepGraphs:
         with everything but the batch bound), on the padded batch. Returns the step's result, its
         predictions cut to the real rows, and the real part of the batch on the device (views)."""
         atoms, structures = graph.num_atoms, graph.num_graphs
-        shape, static = self._static(pad_graph(graph, self.r_max))
+        padded = pad_graph(graph, self.r_max)
         hyper = self._hyperparameters()
         if hyper != self.hyper:
-            self.recordings.clear()
+            if self.hyper is not None:
+                self.reset()
             self.hyper = hyper
-        which = (shape, key)
-        recording = self.recordings.get(which)
-        if recording is None:
-            if which not in self.warm or len(self.recordings) >= MAX_RECORDINGS:
+        caller = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(caller)
+        with torch.cuda.stream(self.stream):
+            shape, static = self._static(padded)
+            which = (shape, key)
+            recording = self.recordings.get(which)
+            if recording is None and (which not in self.warm or len(self.recordings) >= MAX_RECORDINGS):
                 self.warm.add(which)
                 self.counts["eager"] += 1
                 result = run(static)
-                return dataclasses.replace(result, out=_rows(result.out, atoms, structures)), \
-                    _real_part(static, atoms, structures)
-            cuda_graph = torch.cuda.CUDAGraph()
-            # thread_local: a pinned-memory allocation in another thread does not void the recording
-            with torch.cuda.graph(cuda_graph, pool=self.pool, capture_error_mode="thread_local"):
-                result = run(static)
-            recording = self.recordings[which] = _Recording(cuda_graph, result)
-            self.counts["recorded"] += 1
-        recording.graph.replay()
-        self.counts["replayed"] += 1
-        result = recording.result
+            else:
+                if recording is None:
+                    cuda_graph = torch.cuda.CUDAGraph()
+                    # thread_local: a pinned-memory allocation in another thread does not void it
+                    with torch.cuda.graph(cuda_graph, pool=self.pool, stream=self.stream,
+                                          capture_error_mode="thread_local"):
+                        recorded = run(static)
+                    recording = self.recordings[which] = _Recording(cuda_graph, recorded)
+                    self.counts["recorded"] += 1
+                recording.graph.replay()
+                self.counts["replayed"] += 1
+                result = recording.result
+        caller.wait_stream(self.stream)
         return dataclasses.replace(result, out=_rows(result.out, atoms, structures)), \
             _real_part(static, atoms, structures)
