@@ -134,4 +134,9 @@ def training_step(model: torch.nn.Module, graph: Optional[Graph], policy: Precis
         scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+    # The predictions without their autograd graph: it would keep the step's saved tensors and the
+    # parameters' gradient-accumulation nodes alive into the next step (CUDA graphs record those nodes'
+    # streams: `lpmace.train.cuda_graphs`).
+    if out is not None:
+        out = {k: v.detach() if torch.is_tensor(v) else v for k, v in out.items()}
     return StepResult(out=out, local_loss=local_loss, total=total, ok=ok)
