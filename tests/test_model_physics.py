@@ -359,3 +359,14 @@ def test_e0s_stay_float64_when_the_model_is_cast():
         cast()
         assert model.e0s.dtype == torch.float64
         assert model.e0s[1].item() == -2041.9816003861047
+
+
+def test_a_move_to_the_same_device_keeps_the_e0s_tensor():
+    # a recorded CUDA graph reads the E0s at their address: `evaluate` moving the model to the device
+    # it is on already must not replace them (it did, and replayed training steps read freed memory)
+    model = MACE(MACEConfig(atomic_numbers=(1, 8), E0s=(-13.587222780835477, -2041.9816003861047), channels=4))
+    model.float()
+    address = model.e0s.data_ptr()
+    model.to("cpu")
+    model.to(torch.device("cpu"))
+    assert model.e0s.data_ptr() == address and model.e0s.dtype == torch.float64

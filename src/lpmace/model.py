@@ -211,8 +211,10 @@ class MACE(torch.nn.Module):
 
     def _apply(self, fn, recurse=True):
         # .float()/.half()/.to(dtype) cast floating buffers too; E0s (~1e3 eV) stay float64 (rule 1).
+        # Made afresh only when cast: a move or a no-op keeps the tensor (CUDA graphs address it).
         super()._apply(fn, recurse)
-        self.e0s = torch.tensor(self.config.E0s, dtype=torch.float64, device=self.e0s.device)
+        if self.e0s.dtype != torch.float64:
+            self.e0s = torch.tensor(self.config.E0s, dtype=torch.float64, device=self.e0s.device)
         return self
 
     @property

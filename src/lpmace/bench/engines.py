@@ -84,7 +84,7 @@ def lpmace_engine(model: MACE, precision: str, backend: str, device: str) -> Eng
         from lpmace.train.cuda_graphs import StepGraphs
 
         # as the trainer on one GPU: the whole step recorded as a CUDA graph (first call eager)
-        graphs = StepGraphs(optimizer, trained.config.r_max, device)
+        graphs = StepGraphs(trained, optimizer, trained.config.r_max, device)
         return lambda: graphs.step(graph, "bench", run)
 
     return Engine("lpmace", backend, policy.name, prepare=lambda g: g.to(device), infer=infer, train_step=train_step)

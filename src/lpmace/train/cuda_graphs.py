@@ -24,9 +24,13 @@ launches it as one graph:
 What a recording fixes besides the shapes: the step's Python-side values (loss weights, precision
 policy, compute_stress, clipping), which the caller passes as `key`; the optimizer's hyperparameters,
 read from its groups at every step (a change, e.g. the plateau scheduler lowering lr, records again);
-and the addresses of the parameters and the optimizer's state, which the step updates in place but
-`Optimizer.load_state_dict` replaces: a caller that loads optimizer state calls `reset()`.
+and the addresses of the model's parameters and buffers and of the optimizer's state: the step
+updates them in place, but `Optimizer.load_state_dict` (a rollback) replaces the moments, and a cast
+or a `load_state_dict(assign=True)` replaces weights. Every step compares those addresses with the
+recordings' and records again when one moved (`reset()` does it at once).
 """
+
+import itertools
 
 from __future__ import annotations
 
@@ -77,14 +81,15 @@ class StepGraphs:
     """Training steps replayed from CUDA graphs (see the module docstring).
 
     Args:
+        model: the module whose parameters and buffers the step reads (their addresses are watched).
         optimizer: the step's optimizer; its groups are made `capturable` (same update, lr read on
             the device side of a recording).
         r_max: the model's cutoff (the dummy atoms are placed beyond it).
         device: the CUDA device the model is on.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, r_max: float, device):
-        self.optimizer, self.r_max, self.device = optimizer, float(r_max), torch.device(device)
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, r_max: float, device):
+        self.model, self.optimizer, self.r_max, self.device = model, optimizer, float(r_max), torch.device(device)
         for group in optimizer.param_groups:
             group["capturable"] = True
         self.pool = torch.cuda.graph_pool_handle()
@@ -92,7 +97,7 @@ class StepGraphs:
         self.recordings: Dict[Hashable, _Recording] = {}
         self.warm: set = set()  # (shape, key) pairs that ran eagerly once
         self.inputs: Dict[tuple, Graph] = {}  # shape -> static padded batch on the device
-        self.hyper = None
+        self.fixed = None
         self.counts = {"eager": 0, "recorded": 0, "replayed": 0}
 
     def reset(self) -> None:
@@ -100,6 +105,13 @@ class StepGraphs:
         the last of them: later recordings get a new one."""
         self.recordings.clear()
         self.pool = torch.cuda.graph_pool_handle()
+
+    def _fixed(self) -> tuple:
+        """What a recording fixes outside the batch: the optimizer's hyperparameters and the addresses
+        of the weights, buffers and optimizer state."""
+        state = (v for st in self.optimizer.state.values() for v in st.values() if torch.is_tensor(v))
+        addresses = tuple(t.data_ptr() for t in itertools.chain(self.model.parameters(), self.model.buffers(), state))
+        return self._hyperparameters(), addresses
 
     def _hyperparameters(self) -> tuple:
         return tuple(tuple(sorted((k, v) for k, v in group.items() if k != "params" and not torch.is_tensor(v)
@@ -128,11 +140,11 @@ class StepGraphs:
         predictions cut to the real rows, and the real part of the batch on the device (views)."""
         atoms, structures = graph.num_atoms, graph.num_graphs
         padded = pad_graph(graph, self.r_max)
-        hyper = self._hyperparameters()
-        if hyper != self.hyper:
-            if self.hyper is not None:
+        fixed = self._fixed()
+        if fixed != self.fixed:
+            if self.fixed is not None:
                 self.reset()
-            self.hyper = hyper
+            self.fixed = fixed
         caller = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(caller)
         with torch.cuda.stream(self.stream):

@@ -175,7 +175,7 @@ class Trainer:
         self.step_graphs = None  # CUDA graphs of the step: one CUDA device, a device-side skip, no test fault
         if (cfg.cuda_graphs and torch.device(cfg.device).type == "cuda" and self.dist.world_size == 1
                 and self.fused and fault is None and compile_mode() != "reduce-overhead"):
-            self.step_graphs = StepGraphs(self.optimizer, self.model.config.r_max, cfg.device)
+            self.step_graphs = StepGraphs(self.model, self.optimizer, self.model.config.r_max, cfg.device)
         # the order of the last finished epoch (of the first, in a fresh run); run() raises it on schedule
         self.correlation = cfg.correlation_at(max(self.epoch, 1))
         if self.correlation is not None:
