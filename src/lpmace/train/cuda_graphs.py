@@ -30,11 +30,10 @@ or a `load_state_dict(assign=True)` replaces weights. Every step compares those 
 recordings' and records again when one moved (`reset()` does it at once).
 """
 
-import itertools
-
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import Callable, Dict, Hashable, Optional, Tuple
 
