@@ -14,11 +14,19 @@ def test_cache_dir_is_under_lpmace_cache_dir(monkeypatch, tmp_path):
     assert cache.cache_dir("kernels") == tmp_path / "c" / "kernels" and (tmp_path / "c" / "kernels").is_dir()
 
 
-def test_inductor_cache_goes_there_unless_already_named(monkeypatch, tmp_path):
+def test_inductor_cache_goes_there_unless_the_user_named_another(monkeypatch, tmp_path):
+    import lpmace
+
     monkeypatch.setenv("LPMACE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(lpmace, "_INDUCTOR_CACHE_NAMED", False)
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     cache.use_compile_cache()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    # torch names its default folder itself when it first looks: that is not the user's choice
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_someone")
+    cache.use_compile_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    monkeypatch.setattr(lpmace, "_INDUCTOR_CACHE_NAMED", True)  # set before lpmace was imported
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/else")
     cache.use_compile_cache()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/else"

@@ -1,8 +1,13 @@
 """lpmace: low-precision training and inference for MACE interatomic potentials."""
 
+import os as _os
 from importlib import import_module
 
 __version__ = "0.1.0"
+
+# Whether the user named Inductor's cache folder: torch sets TORCHINDUCTOR_CACHE_DIR itself the first
+# time it looks the folder up, so later the variable no longer says (`lpmace.cache.use_compile_cache`).
+_INDUCTOR_CACHE_NAMED = "TORCHINDUCTOR_CACHE_DIR" in _os.environ
 
 _PUBLIC = {
     "MACE": "lpmace.model",

@@ -3,9 +3,11 @@
     cache_dir(name)     ``$LPMACE_CACHE_DIR/name``, default ``~/.cache/lpmace/name`` (a private
                         temporary folder when that cannot be written): the generated conv kernels
                         (``kernels``) and Inductor's compiled graphs (``inductor``)
-    use_compile_cache() points Inductor's cache there unless TORCHINDUCTOR_CACHE_DIR is set
+    use_compile_cache() points Inductor's cache there unless TORCHINDUCTOR_CACHE_DIR was set when
+                        lpmace was imported
                         (Inductor's own default, /tmp/torchinductor_USER, is lost at reboot)
-    compiled_graphs()   graphs torch.compile has compiled in this process so far
+    compiled_graphs()   graphs compiled in this process so far: Inductor's graphs that were not in
+                        its cache (0 in a process that found everything there), else torch.compile's
     process_age()       seconds since this process started (Linux: /proc; elsewhere: since lpmace
                         was imported)
 """
@@ -34,7 +36,11 @@ def cache_dir(name: str) -> Path:
 
 
 def use_compile_cache() -> None:
-    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+    import lpmace
+
+    # torch's own lookup sets the variable to /tmp/torchinductor_USER when it is unset, which
+    # happens before lpmace compiles anything: only a folder the user named at start-up is kept
+    if not (lpmace._INDUCTOR_CACHE_NAMED and os.environ.get("TORCHINDUCTOR_CACHE_DIR")):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir("inductor"))
 
 
@@ -45,7 +51,11 @@ def compiled_graphs() -> int:
         return 0
     from torch._dynamo.utils import counters
 
-    return int(counters["stats"]["unique_graphs"])
+    inductor = counters["inductor"]
+    if any(inductor[k] for k in ("fxgraph_cache_hit", "fxgraph_cache_miss", "fxgraph_cache_bypass")):
+        # Inductor's graphs (a training graph is two: forward and backward) not found in its cache
+        return int(inductor["fxgraph_cache_miss"] + inductor["fxgraph_cache_bypass"])
+    return int(counters["stats"]["unique_graphs"])  # another backend, or Inductor's cache off
 
 
 def process_age() -> float:

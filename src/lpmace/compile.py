@@ -217,15 +217,38 @@ def _cpu_inductor(graph_module, example_inputs):
     CppVecKernel.store's ops.index_expr transforms it again): the adds land in the wrong rows and
     past the end of the buffer, a heap corruption that aborted CPU training (pytorch/pytorch#191837;
     reproduction in tests/kernels/test_compiled_backend.py). The ATen index_add has no such path.
-    AOTAutograd's cache is bypassed: its key omits the decomposition table, so it would hand back
-    a graph compiled with the decomposition."""
-    from torch._functorch import config as functorch_config
-    from torch._inductor.compile_fx import compile_fx
-    from torch._inductor.decomposition import select_decomp_table
 
-    table = {op: fn for op, fn in select_decomp_table().items() if op not in _ATEN_ON_CPU}
-    with functorch_config.patch(enable_autograd_cache=False):
-        return compile_fx(graph_module, example_inputs, decompositions=table)
+    The decomposition is taken out of Inductor's own table while it compiles, not handed over as a
+    table of our own: an explicit table enters the FX graph cache's key, which cannot hash it
+    (its operators hold pybind functions), so every process compiled everything again. Inductor's
+    and AOTAutograd's caches do key on the post-grad pass `_ATEN_INDEX_ADD` (a no-op), so what is
+    compiled here is never mistaken for a graph compiled with the decomposition."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor import decomposition
+    from torch._inductor.compile_fx import compile_fx
+
+    table = decomposition.decompositions
+    kept = {op: table.pop(op) for op in _ATEN_ON_CPU if op in table}
+    try:
+        with inductor_config.patch(post_grad_custom_post_pass=_aten_index_add()):
+            return compile_fx(graph_module, example_inputs)
+    finally:
+        table.update(kept)
+
+
+@functools.lru_cache(maxsize=None)
+def _aten_index_add():
+    """A post-grad pass that changes nothing; its uuid marks the CPU compiles' cache entries."""
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    class AtenIndexAdd(CustomGraphPass):
+        def __call__(self, graph) -> None:
+            return None
+
+        def uuid(self) -> str:
+            return "lpmace: aten.index_add not decomposed on the CPU (pytorch/pytorch#191837), v1"
+
+    return AtenIndexAdd()
 
 
 _ATEN_ON_CPU = (torch.ops.aten.index_add.default,)
