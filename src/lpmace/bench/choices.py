@@ -6,7 +6,7 @@ __all__ = ["ANCHOR", "EXPERIMENTS", "MATRIX", "SECTIONS", "SIZES"]
 # measured for every engine (code x backend x precision); the default run is these but time-to-accuracy
 MATRIX = ("train", "infer", "roofline", "accuracy", "equivariance", "scaling", "md", "time-to-accuracy")
 # the seed's experiments: run only when named
-EXPERIMENTS = ("quantize", "species-rank", "progressive-correlation", "precision-schedule")
+EXPERIMENTS = ("quantize", "species-rank", "progressive-correlation", "precision-schedule", "startup")
 SECTIONS = MATRIX + EXPERIMENTS
 
 # MACEConfig hyperparameters of the shared/ANCHORS.md model (mace-torch's default MACE); sizes vary L.

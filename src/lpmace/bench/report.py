@@ -46,6 +46,7 @@ _EXPERIMENTS = (
     ("species_rank", "Compressed species embeddings (species rank)"),
     ("progressive_correlation", "Progressive correlation order"),
     ("precision_schedule", "Precision schedules"),
+    ("startup", "Start-up: a cold and a warm training process"),
 )
 
 
@@ -342,6 +343,11 @@ _EXPERIMENT_TABLES = {
         ("s per epoch", "seconds_per_epoch", _mapping), ("skipped steps", "skipped_steps", fmt_number), *_TEST_RMSE,
         ("time to the fp32 run's final F RMSE (s)", "time_to_fp32_final_s", fmt_number),
         ("F RMSE at the earliest end (meV/Å)", "force_rmse_at_common_time_mev_per_A", fmt_number),
+        ("status", "status", _text)])],
+    "startup": [(None, [
+        ("process", "process", _text), ("first step done (s)", "first_step_s", fmt_number),
+        ("graphs compiled", "compiles", fmt_number), ("epoch loss", "train_loss", fmt_number),
+        ("epoch time (s)", "train_time_s", fmt_number), ("process (s)", "process_s", fmt_number),
         ("status", "status", _text)])],
 }
 
