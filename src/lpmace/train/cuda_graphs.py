@@ -27,7 +27,7 @@ read from its groups at every step (a change, e.g. the plateau scheduler lowerin
 and the addresses of the model's parameters and buffers and of the optimizer's state: the step
 updates them in place, but `Optimizer.load_state_dict` (a rollback) replaces the moments, and a cast
 or a `load_state_dict(assign=True)` replaces weights. Every step compares those addresses with the
-recordings' and records again when one moved (`reset()` does it at once).
+recordings' and records again when one moved.
 """
 
 from __future__ import annotations
@@ -113,8 +113,8 @@ class StepGraphs:
         return self._hyperparameters(), addresses
 
     def _hyperparameters(self) -> tuple:
-        return tuple(tuple(sorted((k, v) for k, v in group.items() if k != "params" and not torch.is_tensor(v)
-                                  and isinstance(v, (int, float, bool, tuple, str, type(None)))))
+        return tuple(tuple(sorted((k, v) for k, v in group.items()
+                                  if k != "params" and isinstance(v, (int, float, bool, tuple, str, type(None)))))
                      for group in self.optimizer.param_groups)
 
     def _static(self, padded: Graph) -> Tuple[tuple, Graph]:

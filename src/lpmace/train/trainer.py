@@ -299,9 +299,8 @@ class Trainer:
         if bad_after is not None:
             weights, optimizer, ema = self._start
             self.model.load_state_dict(weights)
-            self.optimizer.load_state_dict(copy.deepcopy(optimizer))  # it would adopt the snapshot's tensors
-            if self.step_graphs is not None:  # the recordings address the replaced moments
-                self.step_graphs.reset()
+            # a copy: it would adopt the snapshot's tensors (new moments: StepGraphs records again)
+            self.optimizer.load_state_dict(copy.deepcopy(optimizer))
             self.ema.load_state_dict(ema)
             self.log(f"epoch {epoch}: non-finite weights after step {bad_after}; restored the epoch's start")
         if bar is not None:
@@ -390,8 +389,6 @@ class Trainer:
                     self.log(f"epoch {self.epoch + 1}: correlation order {self.correlation} -> {nu}")
                     set_correlation(self.model, nu, ema=self.ema, optimizer=self.optimizer)
                     self.correlation = nu
-                    if self.step_graphs is not None:
-                        self.step_graphs.reset()
                 start = time.perf_counter()
                 train_loss = self._train_epoch(bar)
                 self.elapsed += time.perf_counter() - start
