@@ -9,9 +9,9 @@ once on fake tensors and records every operator the dispatcher sees, those of th
 included, so the result is a graph of plain operators whose outputs are the energy, the site
 energies, the forces and the stress: the derivative has become forward code. The node, edge and
 structure counts are symbols in that graph, so one trace serves every batch of the same kind.
-torch.compile (Inductor) then fuses the small operators around the heavy blocks into a few
-kernels. Training differentiates the compiled graph once more (the force loss's parameter
-gradients, the "double backward") through AOTAutograd like any other compiled function.
+Inductor then fuses the small operators around the heavy blocks into a few kernels. Training
+differentiates the compiled graph once more (the force loss's parameter gradients, the "double
+backward") through AOTAutograd like any other compiled function.
 
 The heavy blocks inside the graph compute with the implementation they hold: `backends.use` sets the
 Triton kernels (`lpmace::conv_message`, `conv_grads`, `polynomial_contraction`; opaque operators for
@@ -22,12 +22,18 @@ One trace is kept per model, precision policy, force/stress/training flags, devi
 of the batch, and the blocks' implementations: make_fx fixes sizes 0 and 1, so a batch of one structure, or one without edges, gets
 its own trace. Traces live beside the model (a table with weak keys; no trace refers back to the model), not in
 it: state dicts and copies of the model never see them. The first call of each kind pays for tracing and compiling
-(seconds on the CPU for a small model, up to a few minutes on the GPU). Inductor keeps what it compiled under
-`lpmace.cache.cache_dir("inductor")` (``$LPMACE_CACHE_DIR``, default ``~/.cache/lpmace``) unless
-TORCHINDUCTOR_CACHE_DIR names another folder.
+(seconds on the CPU for a small model, about a minute on the GPU). The graph goes to Inductor without
+Dynamo and the compiled step is saved whole under ``$LPMACE_CACHE_DIR/steps`` (`lpmace.precompiled`,
+default ``~/.cache/lpmace``): a later process with the same model, code and torch loads it in
+seconds and traces nothing. Inductor's own cache (`lpmace.cache.cache_dir("inductor")` unless
+TORCHINDUCTOR_CACHE_DIR names another folder) serves what is compiled again. A graph input may not
+have a size that is an expression of another's (the compiled code binds its size symbols from the
+inputs), so ptr enters as ptr[1:], and tables the backward needs are the model's buffers, never
+constants of the trace (a GPU constant stops the compiled step from being saved).
 
-`LPMACE_COMPILE_MODE` picks torch.compile's mode on CUDA ("default" unless set; "reduce-overhead" adds
-CUDA graphs, one recording per distinct batch shape); the CPU gets Inductor's defaults, with
+`LPMACE_COMPILE_MODE` picks torch.compile's mode on CUDA ("default" unless set: the path above; the
+others go through torch.compile and are not saved; "reduce-overhead" adds CUDA graphs, one recording per
+distinct batch shape; the trainer records its whole step as one CUDA graph itself); the CPU gets Inductor's defaults, with
 index_add left to ATen (`_cpu_inductor`: torch 2.13's C++ code for it corrupts memory). With CUDA graphs the atom and edge counts are
 padded to `bucket` sizes (at most 1/8 more; `pad_graph`: dummy atoms in an extra structure whose
 edges lie beyond the cutoff and contribute exactly 0), so MD, whose edge count changes a little at
@@ -37,6 +43,7 @@ the tensors a call returns are valid until the next call (the calculator copies 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -45,6 +52,7 @@ from typing import Dict, Optional
 
 import torch
 
+from lpmace import precompiled
 from lpmace.cache import use_compile_cache
 from lpmace.data.graph import Graph
 from lpmace.data.padding import bucket
@@ -55,8 +63,8 @@ from lpmace.precision import matmul_mode, resolve_policy
 __all__ = ["Compiled", "bucket", "compiled_available", "compiled_forward", "compile_mode", "pad_graph"]
 
 _TRACES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
-_GRAPH_FIELDS = ("positions", "edge_index", "unit_shifts", "cell", "batch", "ptr")
-_BATCH_AXIS = (0, 0, 1, 0, 0, 0, 0)  # species, then _GRAPH_FIELDS
+_GRAPH_FIELDS = ("positions", "edge_index", "unit_shifts", "cell", "batch")
+_BATCH_AXIS = (0, 0, 1, 0, 0, 0, 0)  # species, then _GRAPH_FIELDS, then ptr[1:]
 _OUTPUTS = ("energy", "node_energy", "forces", "stress")
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -114,7 +122,10 @@ class Compiled:
 def _step(model, policy, compute_forces, compute_stress, training):
     """The model's `compute` as a function of tensors only (what make_fx traces)."""
 
-    def step(species, positions, edge_index, unit_shifts, cell, batch, ptr):
+    def step(species, positions, edge_index, unit_shifts, cell, batch, ends):
+        # ptr enters as ptr[1:]: with ptr itself the structure count would be a size less 1, which a
+        # graph compiled without Dynamo cannot bind from its inputs
+        ptr = torch.cat([ends.new_zeros(1), ends])
         pbc = torch.zeros(cell.shape[0], 3, dtype=torch.bool, device=cell.device)
         graph = Graph(positions=positions, numbers=species, edge_index=edge_index, unit_shifts=unit_shifts,
                       cell=cell, pbc=pbc, batch=batch, ptr=ptr)
@@ -167,9 +178,10 @@ def _reattach_saved_outputs(graph_module: torch.fx.GraphModule) -> None:
     graph_module.recompile()
 
 
-def _trace(model, step, state, inputs, device):
+def _trace(model, step, state, inputs, device, training: bool = False, path=None):
     """make_fx of `step` with the parameters and buffers as inputs (the optimizer changes them between
-    calls), then torch.compile. Nothing returned refers to the model."""
+    calls), then Inductor: without Dynamo where torch allows it (`lpmace.precompiled`, saved to `path`
+    when given), else through torch.compile. Nothing returned refers to the model."""
     from torch._dynamo.source import ConstantSource
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -202,13 +214,25 @@ def _trace(model, step, state, inputs, device):
     use_compile_cache()
     if backend != "inductor":
         return torch.compile(graph_module, dynamic=True, fullgraph=True, backend=backend)
+    if mode == "default" and precompiled.available():
+        with _aten_index_add_on_cpu() if device.type == "cpu" else contextlib.nullcontext():
+            return precompiled.compile_step(graph_module, state, inputs, training, path)
     if device.type == "cpu":
         return torch.compile(graph_module, dynamic=True, fullgraph=True, backend=_cpu_inductor)
     return torch.compile(graph_module, dynamic=True, fullgraph=True, mode=None if mode == "default" else mode)
 
 
 def _cpu_inductor(graph_module, example_inputs):
-    """Inductor for the CPU with index_add left to ATen's kernel.
+    """Inductor for the CPU with index_add left to ATen's kernel (`_aten_index_add_on_cpu`)."""
+    from torch._inductor.compile_fx import compile_fx
+
+    with _aten_index_add_on_cpu():
+        return compile_fx(graph_module, example_inputs)
+
+
+@contextlib.contextmanager
+def _aten_index_add_on_cpu():
+    """Inductor for the CPU with index_add left to ATen's kernel, while this context is open.
 
     Inductor (torch 2.13) decomposes index_add into an atomic scatter-add; when that store lands in a
     2-D tiled loop (a transposed operand, e.g. the backward of index_select(a, 2, monomials) in the
@@ -225,13 +249,12 @@ def _cpu_inductor(graph_module, example_inputs):
     compiled here is never mistaken for a graph compiled with the decomposition."""
     from torch._inductor import config as inductor_config
     from torch._inductor import decomposition
-    from torch._inductor.compile_fx import compile_fx
 
     table = decomposition.decompositions
     kept = {op: table.pop(op) for op in _ATEN_ON_CPU if op in table}
     try:
         with inductor_config.patch(post_grad_custom_post_pass=_aten_index_add()):
-            return compile_fx(graph_module, example_inputs)
+            yield
     finally:
         table.update(kept)
 
@@ -261,6 +284,22 @@ def pad_graph(graph: Graph, species: torch.Tensor, r_max: float):
     return padded, torch.cat([species, species.new_zeros(padded.num_atoms - graph.num_atoms)])
 
 
+def _load_or_trace(model, key: tuple, state, inputs, device):
+    """The compiled step of `key`: from lpmace's cache of compiled steps when a process saved it there
+    (`lpmace.precompiled`), else traced and compiled now (and saved)."""
+    policy, compute_forces, compute_stress, training = key[:4]
+    backend = os.environ.get("LPMACE_COMPILE_BACKEND", "inductor")
+    path = None
+    if backend == "inductor" and compile_mode() == "default" and precompiled.available():
+        path = precompiled.step_path(precompiled.digest(model, state, key, device))
+        use_compile_cache()
+        loaded = precompiled.load_step(path)
+        if loaded is not None:
+            return loaded
+    step = _step(model, policy, compute_forces, compute_stress, training)
+    return _trace(model, step, state, inputs, device, training, path)
+
+
 def compiled_forward(model, graph: Graph, species, policy, compute_forces: bool, compute_stress: bool,
                      training: bool) -> Dict[str, Optional[torch.Tensor]]:
     """`MACE.compute` through the compiled graph of this kind of call (traced and compiled on first use)."""
@@ -269,7 +308,7 @@ def compiled_forward(model, graph: Graph, species, policy, compute_forces: bool,
     padded = compile_mode() == "reduce-overhead"  # CUDA graphs: few distinct shapes
     if padded:
         graph, species = pad_graph(graph, species, model.config.r_max)
-    inputs = (species, *(getattr(graph, f) for f in _GRAPH_FIELDS))
+    inputs = (species, *(getattr(graph, f) for f in _GRAPH_FIELDS), graph.ptr[1:])
     state = _state(model)
     # What the trace fixes besides the flags: the tensors' names (a quantized or compressed model has
     # other modules) and the active correlation orders (lpmace.train.correlation changes them).
@@ -277,11 +316,11 @@ def compiled_forward(model, graph: Graph, species, policy, compute_forces: bool,
     implementations = tuple(m.implementation for m in model.modules() if hasattr(m, "IMPLEMENTATIONS"))
     key = (policy, compute_forces, compute_stress, training, str(device), model.dtype, _size_class(graph),
            tuple(state), orders, implementations, compile_mode(), os.environ.get("LPMACE_COMPILE_BACKEND"),
-           tuple(x.dtype for x in inputs))  # a cast to the same dtype is not traced
+           tuple(x.dtype for x in inputs),  # a cast to the same dtype is not traced
+           tuple(t.requires_grad for t in state.values()) if training else ())  # frozen weights: no gradient
     traces = _TRACES.setdefault(model, {})
     if key not in traces:
-        step = _step(model, policy, compute_forces, compute_stress, training)
-        traces[key] = _trace(model, step, state, inputs, device)
+        traces[key] = _load_or_trace(model, key, state, inputs, device)
     compiled = traces[key]
     from torch.fx.experimental import _config as fx_config
 

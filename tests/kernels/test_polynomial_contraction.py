@@ -177,7 +177,34 @@ def test_no_nodes_and_constant_only_tables(interpret, impl):
 def test_opcheck():
     a, species, index, coefficients, g = _inputs(3, 2, 1, 2, 2, 4, 2)
     op = torch.ops.lpmace.polynomial_contraction.default
-    torch.library.opcheck(op, (a, species, index, coefficients, g, "reference", torch.float64))
+    empty = (index.new_zeros(0),) * 3  # derivative entries made by the backward
+    torch.library.opcheck(op, (a, species, index, coefficients, g, "reference", torch.float64, *empty))
+    entries = monomial_table(4, 2).derivative_tensors()  # passed in, as a model's buffers
+    torch.library.opcheck(op, (a, species, index, coefficients, g, "reference", torch.float64, *entries))
+
+
+@pytest.mark.parametrize("active", [1, 2, 3])
+def test_derivative_entries_passed_in_give_the_derivatives_made_inside(active):
+    """The model passes the table's derivative entries as buffers (a traced graph then holds no
+    constants): first and second derivatives equal those of the entries made by the backward, for
+    every whole-degree prefix of the table (progressive correlation order)."""
+    a, species, _, coefficients, g = _inputs(4, 3, 1, 3, 2, 4, 1)
+    table = monomial_table(4, 3)
+    rows = table.rows_up_to[active]
+    index, coefficients = table.index[:rows], coefficients[:, :rows].detach().requires_grad_()
+    results = []
+    source, target, weight = table.derivative_tensors()
+    for entries in (None, (source, target, weight), (source, target, 2 * weight)):
+        out = polynomial_contraction(a, species, index, coefficients, g, derivative=entries)
+        (d_a,) = torch.autograd.grad((out ** 2).sum(), a, create_graph=True)
+        second = torch.autograd.grad((d_a ** 2).sum(), [a, coefficients, g], allow_unused=True)
+        results.append([d_a, *second])
+    assert results[0][0].abs().max() > 0
+    assert not torch.equal(results[2][1], results[1][1])  # the entries passed in are the ones used
+    for x, y in zip(*results[:2]):
+        assert (x is None) == (y is None)
+        if x is not None:
+            assert torch.equal(x, y)
 
 
 def test_triton_on_the_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):

@@ -60,7 +60,9 @@ def _process(label: str, overrides: tuple, run_dir: Path, env: dict) -> dict:
     log = run_dir / "log.jsonl"
     if done.returncode != 0 or not log.exists():
         lines = (done.stderr or done.stdout).strip().splitlines()
-        return {**row, "status": f"error: {lines[-1] if lines else f'exit {done.returncode}'}"}
+        # the last line says what; the lines above it where (results.json keeps them)
+        return {**row, "status": f"error: {lines[-1] if lines else f'exit {done.returncode}'}",
+                "error_tail": lines[-40:]}
     last = json.loads(log.read_text().splitlines()[-1])
     return {**row, "first_step_s": last.get("first_step_s"), "compiles": last.get("compiles"),
             "train_loss": last.get("train_loss"), "train_time_s": last.get("train_time_s"), "status": "ok"}

@@ -55,6 +55,19 @@ class MonomialTable:
         """Rows [n] of the monomials `monos` [n, d] (variable indices, any order)."""
         return torch.tensor([self.row[tuple(sorted(m))] for m in monos.tolist()], dtype=torch.int64)
 
+    def derivative_tensors(self) -> tuple:
+        """(source rows, target·dim + variable, multiplicity) of every derivative entry, int64 on the
+        CPU: a model keeps them as buffers, so that a traced graph takes them as inputs rather than
+        holding them as constants (a compiled graph with constants on a GPU cannot be saved, torch
+        2.11). The entries of the first `rows` rows are the first `derivative_count(rows)`."""
+        source, variable, target, multiplicity = self.derivative
+        return (torch.tensor(source, dtype=torch.int64),
+                torch.tensor([t * self.dim + v for t, v in zip(target, variable)], dtype=torch.int64),
+                torch.tensor(multiplicity, dtype=torch.int64))
+
+    def derivative_count(self, rows: int) -> int:
+        return sum(1 for x in self.derivative[0] if x < rows)  # entries are listed by source row
+
     def _derivative_indices(self, rows: int, like: torch.Tensor) -> tuple:
         """(source rows, target·dim + variable, multiplicity) of the derivative entries of the first
         `rows` rows, on like's device: cached there, but made afresh while tracing (FakeTensor), whose
@@ -65,7 +78,7 @@ class MonomialTable:
         if key in self._cache and not is_fake(like):
             return self._cache[key]
         source, variable, target, multiplicity = self.derivative
-        count = sum(1 for x in source if x < rows)  # entries are listed by source row
+        count = self.derivative_count(rows)
         made = (torch.tensor(source[:count], dtype=torch.int64, device=like.device),
                 torch.tensor([t * self.dim + v for t, v in zip(target[:count], variable[:count])],
                              dtype=torch.int64, device=like.device),
@@ -74,11 +87,12 @@ class MonomialTable:
             self._cache[key] = made
         return made
 
-    def derivative_table(self, table: torch.Tensor) -> torch.Tensor:
+    def derivative_table(self, table: torch.Tensor, entries: tuple | None = None) -> torch.Tensor:
         """Coefficients of the derivatives of the polynomials in `table`.
 
         Args:
             table: [S, R, Q, C] coefficients of Q·C polynomials per element (rows: this table's first R).
+            entries: `derivative_tensors()` on table's device (a model's buffers), or None: made here.
 
         Returns:
             [S, R', dim, Q, C] with R' = the rows of degree ≤ (degree of row R−1) − 1:
@@ -91,7 +105,11 @@ class MonomialTable:
         if self.rows_up_to[top] != r:
             raise ValueError(f"a table must cover whole degrees: {r} rows is not one of {self.rows_up_to}")
         r_out = self.rows_up_to[top - 1] if top > 0 else 0
-        source, flat_target, weight = self._derivative_indices(r, table)
+        if entries is None:
+            source, flat_target, weight = self._derivative_indices(r, table)
+        else:
+            count = self.derivative_count(r)
+            source, flat_target, weight = (x[:count] for x in entries)
         terms = table.index_select(1, source) * weight.to(table.dtype)[None, :, None, None]
         out = table.new_zeros(s, r_out * self.dim, q, c).index_add(1, flat_target, terms)
         return out.view(s, r_out, self.dim, q, c)

@@ -168,7 +168,9 @@ def _triton(a, species, index, table, g, out_dtype):
 
 @torch.library.custom_op("lpmace::polynomial_contraction", mutates_args=())
 def _polynomial_contraction(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, table: torch.Tensor,
-                            g: torch.Tensor, impl: str, acc: torch.dtype) -> torch.Tensor:
+                            g: torch.Tensor, impl: str, acc: torch.dtype, d_source: torch.Tensor,
+                            d_target: torch.Tensor, d_weight: torch.Tensor) -> torch.Tensor:
+    # d_*: the MonomialTable's derivative entries for the backward (empty: made there), unused here
     if impl == "triton":
         return _triton(a, species, index, table, g, acc)
     with torch.no_grad():
@@ -176,48 +178,49 @@ def _polynomial_contraction(a: torch.Tensor, species: torch.Tensor, index: torch
 
 
 @_polynomial_contraction.register_fake
-def _(a, species, index, table, g, impl, acc):
+def _(a, species, index, table, g, impl, acc, d_source, d_target, d_weight):
     return a.new_empty(a.shape[0], a.shape[1], table.shape[2], dtype=acc)
 
 
 def _setup_context(ctx, inputs, output):
-    a, species, index, table, g, impl, acc = inputs
-    ctx.save_for_backward(a, species, index, table, g)
+    a, species, index, table, g, impl, acc, d_source, d_target, d_weight = inputs
+    ctx.save_for_backward(a, species, index, table, g, d_source, d_target, d_weight)
     ctx.impl, ctx.acc = impl, acc
 
 
 def _backward(ctx, grad_out):
-    a, species, index, table, g = ctx.saved_tensors
+    a, species, index, table, g, *entries = ctx.saved_tensors
     n, c, d = a.shape
     s, r, o, q, _ = table.shape
     grad_a = grad_table = grad_g = None
     if ctx.needs_input_grad[0]:
         monomials = monomial_table(int(d), int(index.shape[1]))  # D and ν are fixed by the model
         wide = table.reshape(s, r, o * q, c).to(ctx.acc)  # k·T exact, not 16-bit
-        derivative = monomials.derivative_table(wide)  # [S, R', D, O·Q, C]
+        derivative = monomials.derivative_table(wide, tuple(entries) if entries[0].numel() else None)  # [S, R', D, O·Q, C]
         if derivative.shape[1] == 0:
             grad_a = torch.zeros_like(a)
         else:
             h = (grad_out[..., :, None] * g[..., None, :]).reshape(n, c, o * q)
-            grad_a = _polynomial_contraction(a, species, index[: derivative.shape[1]], derivative, h, ctx.impl, ctx.acc)
+            grad_a = _polynomial_contraction(a, species, index[: derivative.shape[1]], derivative, h, ctx.impl, ctx.acc,
+                                             *entries)
             grad_a = grad_a.to(a.dtype)
     if ctx.needs_input_grad[4]:
         swapped = table.transpose(2, 3).contiguous()  # out index q, summed index o
-        grad_g = _polynomial_contraction(a, species, index, swapped, grad_out, ctx.impl, ctx.acc).to(g.dtype)
+        grad_g = _polynomial_contraction(a, species, index, swapped, grad_out, ctx.impl, ctx.acc, *entries).to(g.dtype)
     if ctx.needs_input_grad[3]:
         acc = grad_out.dtype
         values = monomial_values(a.to(acc), index)  # [n, C, R]
         h = (grad_out[..., :, None] * g.to(acc)[..., None, :]).reshape(n, c, o * q)
         onehot = torch.nn.functional.one_hot(species, s).to(acc)
         grad_table = torch.einsum("iz,icr,icp->zrpc", onehot, values, h).reshape(s, r, o, q, c).to(table.dtype)
-    return grad_a, None, None, grad_table, grad_g, None, None
+    return grad_a, None, None, grad_table, grad_g, None, None, None, None, None
 
 
 _polynomial_contraction.register_autograd(_backward, setup_context=_setup_context)
 
 
-def flop_count(a_shape, species_shape, index_shape, table_shape, g_shape, impl, acc=None, out_shape=None,
-               **kwargs) -> int:
+def flop_count(a_shape, species_shape, index_shape, table_shape, g_shape, impl, acc=None, *derivative_shapes,
+               out_shape=None, **kwargs) -> int:
     """FLOPs of one call, for torch.utils.flop_counter (lpmace bench's roofline registers it): the
     monomials (ν−1 products per node, channel and row) and the contraction (2 per node, channel, row,
     output and q)."""
@@ -229,7 +232,7 @@ def flop_count(a_shape, species_shape, index_shape, table_shape, g_shape, impl, 
 
 def polynomial_contraction(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, table: torch.Tensor,
                            g: torch.Tensor | None = None, impl: str = "reference",
-                           acc: torch.dtype | None = None) -> torch.Tensor:
+                           acc: torch.dtype | None = None, derivative: tuple | None = None) -> torch.Tensor:
     """Equation (1) of this module, differentiable to any order in `a`, `table` and `g`.
 
     Args:
@@ -241,6 +244,8 @@ def polynomial_contraction(a: torch.Tensor, species: torch.Tensor, index: torch.
         impl: "reference" or "triton".
         acc: the accumulation dtype (float32 or float64): every load is widened to it and the sums run
             in it; None: float64 when `a` or `table` is float64, else float32.
+        derivative: `MonomialTable.derivative_tensors()` of `index`'s table on `a`'s device (a model's
+            buffers: a traced graph then holds no constants), or None: the backward makes them.
 
     Returns:
         [n, C, O] in `acc`.
@@ -252,7 +257,9 @@ def polynomial_contraction(a: torch.Tensor, species: torch.Tensor, index: torch.
     acc = _acc(acc, a, table)
     if g is None:
         g = a.new_ones(a.shape[0], a.shape[1], table.shape[3], dtype=acc)
-    return _polynomial_contraction(a, species, index, table, g, impl, acc)
+    if derivative is None:
+        derivative = (index.new_zeros(0),) * 3
+    return _polynomial_contraction(a, species, index, table, g, impl, acc, *derivative)
 
 
 def _acc(acc, a: torch.Tensor, table: torch.Tensor) -> torch.dtype:

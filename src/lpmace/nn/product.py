@@ -68,6 +68,9 @@ class SymmetricContraction(torch.nn.Module):
         table = monomial_table((lmax_in + 1) ** 2, correlation)
         self.rows_up_to = table.rows_up_to  # monomials of degree ≤ d: the first rows_up_to[d] rows
         self.register_buffer("fused_index", table.index, persistent=False)  # [R, ν] monomials of degree ≤ ν
+        # the fused kernel's backward: its derivative entries, inputs of a traced graph, not constants
+        for name, entries in zip(("source", "target", "weight"), table.derivative_tensors()):
+            self.register_buffer(f"derivative_{name}", entries, persistent=False)
         for L in range(lmax_out + 1):
             for nu in range(1, correlation + 1):
                 monos, coeffs = symmetric_basis(lmax_in, nu, L)
@@ -135,7 +138,9 @@ class SymmetricContraction(torch.nn.Module):
         table = self.table(operand, math_dtype, table_dtype, weight_grads)
         a = a.to(operand) if math_dtype != torch.float64 else a.to(operand).to(math_dtype)
         index = self.fused_index[: table.shape[1]]  # a whole-degree prefix: the active orders' monomials
-        return polynomial_contraction(a, species, index, table, None, impl="triton", acc=math_dtype)
+        derivative = (self.derivative_source, self.derivative_target, self.derivative_weight)
+        return polynomial_contraction(a, species, index, table, None, impl="triton", acc=math_dtype,
+                                      derivative=derivative)
 
 
 class Product(torch.nn.Module):
