@@ -123,3 +123,69 @@ def test_a_compiled_step_takes_non_contiguous_inputs(monkeypatch, tmp_path, make
     ref = use(model, "reference")(graph, precision="fp64")
     out = compiled(graph, precision="fp64")
     assert torch.allclose(out["forces"], ref["forces"], rtol=0, atol=1e-10)
+
+
+# --- guards and variants ------------------------------------------------------------------------
+
+
+def test_guards_accept_the_sizes_they_name():
+    step = precompiled.Precompiled(lambda *x: x, "L['t1'].size()[0] <= 10 and 2 <= L['t1'].size()[0]")
+    assert step.accepts([None, torch.zeros(10, 3)]) and step.accepts([None, torch.zeros(2, 3)])
+    assert not step.accepts([None, torch.zeros(11, 3)]) and not step.accepts([None, torch.zeros(1, 3)])
+    assert precompiled.Precompiled(lambda *x: x, None).accepts([])  # no condition: every batch
+
+
+def test_a_batch_the_guards_refuse_gets_a_variant_of_its_own(monkeypatch, tmp_path, make_model):
+    """Inductor's guards on the sizes (32-bit indexing on a GPU) are checked before each call, as
+    Dynamo would: a batch they refuse gets a variant compiled for it and saved as variant 1, and the
+    batches the first variant accepts keep using it. (Inductor is replaced by the traced graph run as
+    it is, with a guard on the atom count: what is tested is the choice of variant.)"""
+    from lpmace import datasets
+    from lpmace.backends import use
+    from lpmace.data import collate, graph_from_configuration, read_configurations
+
+    monkeypatch.setenv("LPMACE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("LPMACE_COMPILE_BACKEND", raising=False)
+    monkeypatch.delenv("LPMACE_COMPILE_MODE", raising=False)
+    compiled_paths = []
+
+    def compile_step(graph_module, state, inputs, training, path):
+        compiled_paths.append(path.name)
+        names, atoms = list(state), inputs[1].shape[0]
+
+        def run(*flat):
+            return graph_module(dict(zip(names, flat[: len(names)])), *flat[len(names):])
+
+        return precompiled.Precompiled(run, f"L['t1'].size()[0] <= {atoms}")
+
+    monkeypatch.setattr(precompiled, "compile_step", compile_step)
+    model = make_model(torch.float64)
+    configs = read_configurations(datasets.path("3bpa/test_300K.xyz"), index=":5")
+    small, large = (collate([graph_from_configuration(c, 4.0) for c in configs[:k]]) for k in (2, 5))
+    run = use(model, "compiled")
+    for graph in (small, large, small, large):
+        out = run(graph, precision="fp64", compute_forces=True)
+        ref = use(model, "reference")(graph, precision="fp64")
+        assert torch.allclose(out["forces"], ref["forces"], rtol=0, atol=1e-10)
+    assert [p.rsplit("-", 1)[1] for p in compiled_paths] == ["0.bin", "1.bin"]
+    assert compiled_paths[0].rsplit("-", 1)[0] == compiled_paths[1].rsplit("-", 1)[0]  # one digest
+
+
+def test_a_training_call_without_gradients_is_an_inference_call(monkeypatch, make_model):
+    """Under torch.no_grad a training call returns no autograd graph (nothing kept alive), like the
+    inference call it is; its forces are still computed (the reference backend needs grad mode)."""
+    from lpmace import datasets
+    from lpmace.backends import use
+    from lpmace.data import collate, graph_from_configuration, read_configurations
+
+    monkeypatch.setenv("LPMACE_COMPILE_BACKEND", "none")  # the traced graph, run as it is
+    model = make_model(torch.float64)
+    graph = collate([graph_from_configuration(c, 4.0) for c in
+                     read_configurations(datasets.path("3bpa/test_300K.xyz"), index=":2")])
+    with torch.no_grad():
+        out = use(model, "compiled")(graph, precision="fp64", training=True)
+    assert out["forces"].grad_fn is None and not out["energy"].requires_grad
+    ref = use(model, "reference")(graph, precision="fp64")
+    assert torch.allclose(out["forces"], ref["forces"], rtol=0, atol=1e-12)
+    trained = use(model, "compiled")(graph, precision="fp64", training=True)
+    assert trained["energy"].requires_grad  # with gradients on, the same call is a training call

@@ -1,8 +1,9 @@
 """Where lpmace keeps what it builds once per machine, and how long a process has been running.
 
-    cache_dir(name)     ``$LPMACE_CACHE_DIR/name``, default ``~/.cache/lpmace/name`` (a private
-                        temporary folder when that cannot be written): the generated conv kernels
-                        (``kernels``) and Inductor's compiled graphs (``inductor``)
+    cache_dir(name)     ``$LPMACE_CACHE_DIR/name``, default ``~/.cache/lpmace/name`` (one private
+                        temporary folder per name and process when that cannot be written, with a
+                        warning): the generated conv kernels (``kernels``), Inductor's compiled
+                        graphs (``inductor``) and lpmace's compiled steps (``steps``)
     use_compile_cache() points Inductor's cache there unless TORCHINDUCTOR_CACHE_DIR was set when
                         lpmace was imported
                         (Inductor's own default, /tmp/torchinductor_USER, is lost at reboot)
@@ -18,11 +19,15 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
-__all__ = ["cache_dir", "compiled_graphs", "process_age", "use_compile_cache"]
+__all__ = ["cache_dir", "compiled_graphs", "is_temporary", "process_age", "use_compile_cache"]
 
 _IMPORTED = time.monotonic()
+
+
+_TEMPORARY: dict = {}  # (root, name) -> the temporary folder used instead of an unusable one
 
 
 def cache_dir(name: str) -> Path:
@@ -31,8 +36,17 @@ def cache_dir(name: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
         return path
-    except OSError:  # a read-only home: a private temporary folder
-        return Path(tempfile.mkdtemp(prefix=f"lpmace-{name}-"))
+    except OSError as error:  # a read-only home: one private temporary folder per name, said once
+        if (root, name) not in _TEMPORARY:
+            _TEMPORARY[root, name] = Path(tempfile.mkdtemp(prefix=f"lpmace-{name}-"))
+            warnings.warn(f"lpmace: cannot use the cache folder {path} ({error.strerror}); using "
+                          f"{_TEMPORARY[root, name]} for this process (set LPMACE_CACHE_DIR)", stacklevel=2)
+        return _TEMPORARY[root, name]
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether `path` is a folder `cache_dir` made for this process only (what it holds is lost)."""
+    return path in _TEMPORARY.values()
 
 
 def use_compile_cache() -> None:

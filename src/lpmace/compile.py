@@ -201,7 +201,7 @@ def _trace(model, step, state, inputs, device, training: bool = False, path=None
         sizes = [DimDynamic.DYNAMIC if d == _BATCH_AXIS[i] else DimDynamic.STATIC for d in range(x.dim())]
         context = StatelessSymbolicContext(dynamic_sizes=sizes)
         fake_inputs.append(fake_mode.from_tensor(x, source=ConstantSource(f"batch_{i}"), symbolic_context=context))
-    with fake_mode:
+    with fake_mode, torch.enable_grad():  # forces are a gradient, whatever the caller's grad mode
         graph_module = make_fx(run, tracing_mode="symbolic")(fake_state, *fake_inputs)
     _replace_sym_numel(graph_module)
     _reattach_saved_outputs(graph_module)
@@ -284,20 +284,32 @@ def pad_graph(graph: Graph, species: torch.Tensor, r_max: float):
     return padded, torch.cat([species, species.new_zeros(padded.num_atoms - graph.num_atoms)])
 
 
-def _load_or_trace(model, key: tuple, state, inputs, device):
-    """The compiled step of `key`: from lpmace's cache of compiled steps when a process saved it there
-    (`lpmace.precompiled`), else traced and compiled now (and saved)."""
+def _load_or_trace(model, key: tuple, state, inputs, device, variants: list):
+    """A compiled step of `key` for these inputs, appended to `variants` (those of `key` so far, none
+    of which accepts the inputs): loaded from lpmace's cache of compiled steps when a process saved
+    one there (`lpmace.precompiled`), else traced and compiled now (and saved)."""
     policy, compute_forces, compute_stress, training = key[:4]
-    backend = os.environ.get("LPMACE_COMPILE_BACKEND", "inductor")
+    backend = os.environ.get("LPMACE_COMPILE_BACKEND") or "inductor"
     path = None
     if backend == "inductor" and compile_mode() == "default" and precompiled.available():
-        path = precompiled.step_path(precompiled.digest(model, state, key, device))
         use_compile_cache()
-        loaded = precompiled.load_step(path)
-        if loaded is not None:
-            return loaded
+        name = precompiled.digest(model, state, key, device)
+        while (path := precompiled.step_path(name, len(variants))) is not None:
+            loaded = precompiled.load_step(path)
+            if loaded is None:
+                break
+            variants.append(loaded)
+            if loaded.accepts(inputs):
+                return loaded
     step = _step(model, policy, compute_forces, compute_stress, training)
-    return _trace(model, step, state, inputs, device, training, path)
+    variants.append(_trace(model, step, state, inputs, device, training, path))
+    return variants[-1]
+
+
+def _accepts(compiled, inputs) -> bool:
+    """Whether a compiled step serves these inputs: a saved step checks its guards; torch.compile's
+    (Dynamo) checks its own and recompiles."""
+    return compiled.accepts(inputs) if isinstance(compiled, precompiled.Precompiled) else True
 
 
 def compiled_forward(model, graph: Graph, species, policy, compute_forces: bool, compute_stress: bool,
@@ -308,8 +320,11 @@ def compiled_forward(model, graph: Graph, species, policy, compute_forces: bool,
     padded = compile_mode() == "reduce-overhead"  # CUDA graphs: few distinct shapes
     if padded:
         graph, species = pad_graph(graph, species, model.config.r_max)
-    inputs = (species, *(getattr(graph, f) for f in _GRAPH_FIELDS), graph.ptr[1:])
-    state = _state(model)
+    # contiguous: the compiled code asserts the strides it was traced with
+    inputs = tuple(x.contiguous() for x in (species, *(getattr(graph, f) for f in _GRAPH_FIELDS), graph.ptr[1:]))
+    state = {k: v.contiguous() for k, v in _state(model).items()}
+    # a training call without gradients is an inference call (the reference backend would refuse it)
+    training = training and torch.is_grad_enabled()
     # What the trace fixes besides the flags: the tensors' names (a quantized or compressed model has
     # other modules) and the active correlation orders (lpmace.train.correlation changes them).
     orders = tuple(m.active_correlation for m in model.modules() if hasattr(m, "active_correlation"))
@@ -318,14 +333,14 @@ def compiled_forward(model, graph: Graph, species, policy, compute_forces: bool,
            tuple(state), orders, implementations, compile_mode(), os.environ.get("LPMACE_COMPILE_BACKEND"),
            tuple(x.dtype for x in inputs),  # a cast to the same dtype is not traced
            tuple(t.requires_grad for t in state.values()) if training else ())  # frozen weights: no gradient
-    traces = _TRACES.setdefault(model, {})
-    if key not in traces:
-        traces[key] = _load_or_trace(model, key, state, inputs, device)
-    compiled = traces[key]
+    variants = _TRACES.setdefault(model, {}).setdefault(key, [])
+    compiled = next((c for c in variants if _accepts(c, inputs)), None)
+    if compiled is None:
+        compiled = _load_or_trace(model, key, state, inputs, device, variants)
     from torch.fx.experimental import _config as fx_config
 
     # torch.compile traces the graph again on first use and on new sizes: no duck shapes there either
-    with torch.set_grad_enabled(training and torch.is_grad_enabled()), fx_config.patch(use_duck_shape=False):
+    with torch.set_grad_enabled(training), fx_config.patch(use_duck_shape=False):
         values = iter(compiled(state, *inputs))
     wanted = {"energy": True, "node_energy": True, "forces": compute_forces, "stress": compute_stress}
     out = {k: next(values) if wanted[k] else None for k in _OUTPUTS}

@@ -10,12 +10,18 @@ forward, and for training the backward, compiled at once) and the result is writ
 nothing.
 
 The digest names everything the compiled code depends on: lpmace's own source files, the torch
-and Triton versions, the device (GPU name and compute capability; the CPU's vector ISA), the
-model's configuration, the names, shapes, dtypes and `requires_grad` of its parameters and
-buffers, and the caller's key (precision policy, force/stress/training flags, size class of the
+and Triton versions, the device (GPU name and compute capability; the CPU's architecture and the
+vector ISA Inductor compiles for), the model's configuration, conversions and every module's plain
+Python attributes (constants of the trace), the names, types, shapes, dtypes and `requires_grad` of
+its parameters and buffers, deterministic mode, autocast and Inductor's configuration, and the
+caller's key (precision policy, force/stress/training flags, size class of the
 batch, active correlation orders, kernel implementations, input dtypes). A file that does not load
 (another torch build, a truncated write) is deleted and the step compiled again. Batch sizes are
-symbols in the compiled code; `lpmace.compile` keys the sizes 0 and 1, which the trace fixes.
+symbols in the compiled code; `lpmace.compile` keys the sizes 0 and 1, which the trace fixes, and
+checks before every call the conditions on the sizes that the trace and Inductor assumed (saved
+beside the step as ``<digest>-<variant>.guards``; on a GPU, Inductor picks 32-bit indexing when the
+example's tensors are small enough and guards it): a batch they refuse gets a variant compiled for
+it, as Dynamo would recompile. Inputs are made contiguous first (the code asserts the traced strides).
 
 `available()` says whether this torch has what it needs (torch >= 2.11: `standalone_compile`,
 `CompiledArtifact`, eager lowering of the backward); without it `lpmace.compile` uses
@@ -28,6 +34,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import platform
 import sys
 import warnings
 from pathlib import Path
@@ -35,7 +42,7 @@ from typing import Callable, Dict, Sequence
 
 import torch
 
-from lpmace.cache import cache_dir
+from lpmace.cache import cache_dir, is_temporary
 
 __all__ = ["Precompiled", "available", "compile_step", "digest", "load_step", "step_path"]
 
@@ -54,10 +61,21 @@ def available() -> bool:
 class Precompiled:
     """A compiled step called like a torch.compile'd trace: ``run(state, *inputs)``. The compiled
     code takes the flat list of make_fx's placeholders: the state's tensors in its order, then the
-    inputs."""
+    inputs. `guards` is the condition on the inputs' sizes under which the code is right (the trace's
+    and Inductor's: e.g. 32-bit indexing chosen for the example's sizes on a GPU), a Python
+    expression in ``L['t0']``, ``L['t1']``, ... (torch's ShapeEnv.produce_guards_expression), or None;
+    `accepts` checks it, Dynamo's guards done by hand: a batch it refuses gets another variant."""
 
-    def __init__(self, fn: Callable):
-        self.fn = fn
+    def __init__(self, fn: Callable, guards: str | None):
+        self.fn, self.guards = fn, guards
+        self._check = None if guards is None else compile(guards, "<lpmace step guards>", "eval")
+
+    def accepts(self, inputs: Sequence[torch.Tensor]) -> bool:
+        if self._check is None:
+            return True
+        from torch.fx.experimental.symbolic_shapes import SYMPY_INTERP
+
+        return bool(eval(self._check, SYMPY_INTERP, {"L": {f"t{i}": x for i, x in enumerate(inputs)}}))
 
     def __call__(self, state: Dict[str, torch.Tensor], *inputs: torch.Tensor):
         return self.fn(*state.values(), *inputs)
@@ -79,36 +97,67 @@ def _device_name(device: torch.device) -> str:
         props = torch.cuda.get_device_properties(device)
         triton = sys.modules.get("triton") or __import__("triton")
         return f"cuda {props.name} sm{props.major}{props.minor} triton {triton.__version__}"
-    return f"{device.type} {torch.backends.cpu.get_cpu_capability()}"
+    from torch._inductor.cpu_vec_isa import pick_vec_isa  # what Inductor's C++ is compiled for
+
+    return f"{device.type} {platform.machine()} {pick_vec_isa()}"
+
+
+def _plain_attributes(model: torch.nn.Module) -> list:
+    """Each module's class and its plain Python attributes (numbers, strings, flags: what a trace
+    writes into the code as constants, such as a readout's quantization mode), in module order."""
+    plain = (bool, int, float, str, type(None), tuple, list, torch.dtype)
+    return [(name, type(m).__qualname__, sorted((k, repr(v)) for k, v in vars(m).items()
+                                                if isinstance(v, plain) and k != "training" and not k.startswith("_")))
+            for name, m in model.named_modules()]
+
+
+def _compiler_settings() -> list:
+    """Global settings that change what Inductor generates or what make_fx records."""
+    import torch._inductor.config as inductor_config
+
+    return [torch.are_deterministic_algorithms_enabled(), torch.is_autocast_enabled("cuda"),
+            torch.is_autocast_enabled("cpu"), sorted(inductor_config.save_config_portable().items())]
 
 
 def digest(model: torch.nn.Module, state: Dict[str, torch.Tensor], key: Sequence, device: torch.device) -> str:
     """The hex digest naming a compiled step (see the module's docstring)."""
     config = model.config
     config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else repr(config)
-    tensors = [(name, tuple(t.shape), str(t.dtype), bool(t.requires_grad)) for name, t in state.items()]
+    tensors = [(name, type(t).__name__, tuple(t.shape), str(t.dtype), bool(t.requires_grad))
+               for name, t in state.items()]
     text = json.dumps([FORMAT, _source_digest(), torch.__version__, _device_name(device), type(model).__name__,
-                       config, tensors, [repr(k) for k in key]], default=repr)
+                       config, repr(getattr(model, "conversions", None)), _plain_attributes(model), tensors,
+                       _compiler_settings(), [repr(k) for k in key]], default=repr)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def step_path(name: str) -> Path:
-    return cache_dir("steps") / f"{name}.bin"
+def step_path(name: str, variant: int = 0) -> Path | None:
+    """Where the compiled step `name` (a digest) is kept; a batch that the first variant's guards
+    refuse gets variant 1, and so on. None when the cache folder is a temporary one (nothing saved
+    there would be found again)."""
+    folder = cache_dir("steps")
+    return None if is_temporary(folder) else folder / f"{name}-{variant}.bin"
+
+
+def _guards_path(path: Path) -> Path:
+    return path.with_suffix(".guards")
 
 
 def load_step(path: Path) -> Precompiled | None:
-    """The compiled step saved at `path`, or None when there is none or it does not load (then the
-    file is removed: it is rebuilt by the caller)."""
+    """The compiled step saved at `path` (with its guards beside it), or None when there is none or
+    it does not load (then the files are removed: the caller compiles the step again)."""
     if not path.is_file():
         return None
     from torch._inductor import CompiledArtifact
 
     try:
-        return Precompiled(CompiledArtifact.load(path=str(path), format="binary"))
-    except Exception as error:  # another torch build, a damaged file: compile again
+        guards = json.loads(_guards_path(path).read_text())["guards"]
+        return Precompiled(CompiledArtifact.load(path=str(path), format="binary"), guards)
+    except Exception as error:  # another torch build, a damaged or half-deleted pair: compile again
         warnings.warn(f"lpmace: compiled step {path} did not load ({type(error).__name__}: {error}); "
                       "compiling it again", stacklevel=3)
         path.unlink(missing_ok=True)
+        _guards_path(path).unlink(missing_ok=True)
         return None
 
 
@@ -130,10 +179,20 @@ def compile_step(graph_module: torch.fx.GraphModule, state: Dict[str, torch.Tens
     with torch._guards.tracing(torch._guards.TracingContext(fake_mode)), \
             functorch_config.patch(force_non_lazy_backward_lowering=True), torch.set_grad_enabled(training):
         artifact = standalone_compile(graph_module, examples, dynamic_shapes="from_tracing_context", options={})
+    # the conditions on the batch's sizes the trace and Inductor assumed (the weights' are static)
+    try:
+        guards = fake_mode.shape_env.produce_guards_expression(examples[len(state):])
+    except Exception as error:  # not seen; without its guards the step is not saved
+        warnings.warn(f"lpmace: the compiled step's guards could not be written ({type(error).__name__}: "
+                      f"{error}); it is not saved", stacklevel=3)
+        guards, path = None, None
     if path is not None:
-        try:
-            artifact.save(path=str(path), format="binary")  # written to a temporary file, then renamed
+        from torch._inductor.codecache import write_atomic
+
+        try:  # each written to a temporary file, then renamed; the guards first
+            write_atomic(str(_guards_path(path)), json.dumps({"guards": guards}))
+            artifact.save(path=str(path), format="binary")
         except Exception as error:  # still usable in this process
             warnings.warn(f"lpmace: the compiled step could not be saved to {path} ({type(error).__name__}: "
                           f"{error}); a new process will compile it again", stacklevel=3)
-    return Precompiled(artifact)
+    return Precompiled(artifact, guards)

@@ -86,7 +86,8 @@ def test_compiled_training_with_inductor_on_the_cpu_matches_reference(tmp_path):
     # compiled steps the first one saved: tracing is made to fail there), and trains the same (its
     # first step's time against the first's is measured, not asserted: docs/benchmarks.md)
     saved = sorted((tmp_path / "cache" / "steps").iterdir())
-    assert len(saved) == 2  # the training step and the validation's evaluation
+    # the training step and the validation's evaluation, each with the guards on its sizes
+    assert [p.suffix for p in saved] == [".bin", ".guards", ".bin", ".guards"]
     no_trace = ("import sys, lpmace.compile as c\n"
                 "def refuse(*a, **k): raise AssertionError('traced in the second process')\n"
                 "c._trace = refuse\nfrom lpmace.cli import main\nsys.exit(main())")
