@@ -186,6 +186,10 @@ def compile_step(graph_module: torch.fx.GraphModule, state: Dict[str, torch.Tens
         warnings.warn(f"lpmace: the compiled step's guards could not be written ({type(error).__name__}: "
                       f"{error}); it is not saved", stacklevel=3)
         guards, path = None, None
+    if not Precompiled(artifact, guards).accepts(inputs):  # not seen: it would compile at every call
+        warnings.warn("lpmace: the compiled step's guards refuse the batch it was compiled for; it is "
+                      f"not saved and its guards are not checked ({guards})", stacklevel=3)
+        guards, path = None, None
     if path is not None:
         from torch._inductor.codecache import write_atomic
 
