@@ -214,7 +214,7 @@ def _trace(model, step, state, inputs, device, training: bool = False, path=None
     use_compile_cache()
     if backend != "inductor":
         return torch.compile(graph_module, dynamic=True, fullgraph=True, backend=backend)
-    if mode == "default" and precompiled.available():
+    if _saves_steps():
         with _aten_index_add_on_cpu() if device.type == "cpu" else contextlib.nullcontext():
             return precompiled.compile_step(graph_module, state, inputs, training, path)
     if device.type == "cpu":
@@ -284,14 +284,20 @@ def pad_graph(graph: Graph, species: torch.Tensor, r_max: float):
     return padded, torch.cat([species, species.new_zeros(padded.num_atoms - graph.num_atoms)])
 
 
+def _saves_steps() -> bool:
+    """Whether a step goes to Inductor without Dynamo and is saved (`lpmace.precompiled`): Inductor, the
+    default mode, a torch that can."""
+    backend = os.environ.get("LPMACE_COMPILE_BACKEND") or "inductor"
+    return backend == "inductor" and compile_mode() == "default" and precompiled.available()
+
+
 def _load_or_trace(model, key: tuple, state, inputs, device, variants: list):
     """A compiled step of `key` for these inputs, appended to `variants` (those of `key` so far, none
     of which accepts the inputs): loaded from lpmace's cache of compiled steps when a process saved
     one there (`lpmace.precompiled`), else traced and compiled now (and saved)."""
     policy, compute_forces, compute_stress, training = key[:4]
-    backend = os.environ.get("LPMACE_COMPILE_BACKEND") or "inductor"
     path = None
-    if backend == "inductor" and compile_mode() == "default" and precompiled.available():
+    if _saves_steps():
         use_compile_cache()
         name = precompiled.digest(model, state, key, device)
         while (path := precompiled.step_path(name, len(variants))) is not None:

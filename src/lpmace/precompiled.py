@@ -67,15 +67,15 @@ class Precompiled:
     `accepts` checks it, Dynamo's guards done by hand: a batch it refuses gets another variant."""
 
     def __init__(self, fn: Callable, guards: str | None):
-        self.fn, self.guards = fn, guards
+        from torch.fx.experimental.symbolic_shapes import SYMPY_INTERP  # what the expression may call
+
+        self.fn, self.guards, self._names = fn, guards, SYMPY_INTERP
         self._check = None if guards is None else compile(guards, "<lpmace step guards>", "eval")
 
     def accepts(self, inputs: Sequence[torch.Tensor]) -> bool:
         if self._check is None:
             return True
-        from torch.fx.experimental.symbolic_shapes import SYMPY_INTERP
-
-        return bool(eval(self._check, SYMPY_INTERP, {"L": {f"t{i}": x for i, x in enumerate(inputs)}}))
+        return bool(eval(self._check, self._names, {"L": {f"t{i}": x for i, x in enumerate(inputs)}}))
 
     def __call__(self, state: Dict[str, torch.Tensor], *inputs: torch.Tensor):
         return self.fn(*state.values(), *inputs)

@@ -14,6 +14,7 @@ all of them.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import math
@@ -49,6 +50,7 @@ class MonomialTable:
                 target.append(self.row[tuple(reduced)])
                 multiplicity.append(m.count(j))
         self.derivative = (source, variable, target, multiplicity)
+        self._flat_target = [t * dim + v for t, v in zip(target, variable)]
         self._cache: dict = {}
 
     def rows_of(self, monos: torch.Tensor) -> torch.Tensor:
@@ -60,13 +62,12 @@ class MonomialTable:
         CPU: a model keeps them as buffers, so that a traced graph takes them as inputs rather than
         holding them as constants (a compiled graph with constants on a GPU cannot be saved, torch
         2.11). The entries of the first `rows` rows are the first `derivative_count(rows)`."""
-        source, variable, target, multiplicity = self.derivative
-        return (torch.tensor(source, dtype=torch.int64),
-                torch.tensor([t * self.dim + v for t, v in zip(target, variable)], dtype=torch.int64),
+        source, _, _, multiplicity = self.derivative
+        return (torch.tensor(source, dtype=torch.int64), torch.tensor(self._flat_target, dtype=torch.int64),
                 torch.tensor(multiplicity, dtype=torch.int64))
 
     def derivative_count(self, rows: int) -> int:
-        return sum(1 for x in self.derivative[0] if x < rows)  # entries are listed by source row
+        return bisect.bisect_left(self.derivative[0], rows)  # entries are listed by source row
 
     def _derivative_indices(self, rows: int, like: torch.Tensor) -> tuple:
         """(source rows, target·dim + variable, multiplicity) of the derivative entries of the first
@@ -77,11 +78,10 @@ class MonomialTable:
         key = (rows, like.device)
         if key in self._cache and not is_fake(like):
             return self._cache[key]
-        source, variable, target, multiplicity = self.derivative
+        source, _, _, multiplicity = self.derivative
         count = self.derivative_count(rows)
         made = (torch.tensor(source[:count], dtype=torch.int64, device=like.device),
-                torch.tensor([t * self.dim + v for t, v in zip(target[:count], variable[:count])],
-                             dtype=torch.int64, device=like.device),
+                torch.tensor(self._flat_target[:count], dtype=torch.int64, device=like.device),
                 torch.tensor(multiplicity[:count], dtype=torch.float64, device=like.device))
         if not is_fake(like):
             self._cache[key] = made
