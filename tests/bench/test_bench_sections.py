@@ -163,7 +163,7 @@ def test_fused_kernel_flops_are_counted():
 
     index = monomial_table(4, 2).index[:15]
     g = torch.Generator().manual_seed(0)
-    a, species, table = torch.randn(3, 2, 4, generator=g), torch.tensor([0, 1, 0]), torch.randn(2, 15, 4, 1, 2, generator=g)
+    a, species, table = torch.randn(3, 2, 4, generator=g), torch.tensor([0, 1, 0]), torch.randn(2, 2, 15, 4, 1, generator=g)
     flop, _ = roofline.count_flop_and_bytes(lambda: polynomial_contraction(a, species, index, table))
     assert flop == 3 * 2 * 15 * (1 + 2 * 4)  # n·C·R·((ν−1) products + 2·O·Q multiply-adds)
 

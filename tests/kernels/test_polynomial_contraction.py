@@ -29,18 +29,18 @@ def _monomials(dim, degree):
 
 
 def _plain(a, species, table, g):
-    """out[i, c, o] = Σ_r Π_{j∈m_r} A[i, c, j] · Σ_q T[s_i, r, o, q, c] G[i, c, q], written directly,
+    """out[i, c, o] = Σ_r Π_{j∈m_r} A[i, c, j] · Σ_q T[s_i, c, r, o, q] G[i, c, q], written directly,
     in a's dtype (plain PyTorch in that precision)."""
-    elements, rows = table.shape[:2]
+    elements, _, rows = table.shape[:3]
     degree = next(d for d in range(rows) if len(_monomials(a.shape[2], d)) >= rows)
     monomials = _monomials(a.shape[2], degree)[:rows]
     values = torch.stack([torch.ones_like(a[..., 0]) if not m else
                           torch.stack([a[..., j] for j in m]).prod(0) for m in monomials], dim=-1)  # [n, C, R]
     table, g = table.to(a.dtype), g.to(a.dtype)
-    out = a.new_zeros(a.shape[0], a.shape[1], table.shape[2])
+    out = a.new_zeros(a.shape[0], a.shape[1], table.shape[3])
     for z in range(elements):
         nodes = (species == z).nonzero()[:, 0]
-        term = torch.einsum("icr,roqc,icq->ico", values[nodes], table[z], g[nodes])
+        term = torch.einsum("icr,croq,icq->ico", values[nodes], table[z], g[nodes])
         out = out.index_copy(0, nodes, term)
     return out
 
@@ -52,7 +52,7 @@ def _inputs(n, channels, lmax, degree, elements, outputs, q, dtype=torch.float64
     rows = table.rows_up_to[degree]
     a = torch.randn(n, channels, dim, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
     species = torch.randint(0, elements, (n,), generator=gen)
-    coefficients = torch.randn(elements, rows, outputs, q, channels, generator=gen, dtype=torch.float64)
+    coefficients = torch.randn(elements, channels, rows, outputs, q, generator=gen, dtype=torch.float64)
     coefficients = coefficients.to(dtype).requires_grad_()
     g = torch.randn(n, channels, q, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
     if device != "cpu":
@@ -80,14 +80,34 @@ def test_monomial_table_counts_and_padding():
 def test_derivative_table_is_the_derivative_of_the_polynomial():
     table = monomial_table(4, 3)
     gen = torch.Generator().manual_seed(1)
-    coefficients = torch.randn(2, 35, 3, 5, generator=gen, dtype=torch.float64)  # [S, R, Q, C]
+    coefficients = torch.randn(2, 5, 35, 3, generator=gen, dtype=torch.float64)  # [S, C, R, Q]
     x = torch.randn(6, 5, 4, generator=gen, dtype=torch.float64, requires_grad=True)  # [n, C, D]
-    p = torch.einsum("ncr,rqc->nqc", monomial_values(x, table.index), coefficients[1])
+    p = torch.einsum("ncr,crq->nqc", monomial_values(x, table.index), coefficients[1])
     (grad,) = torch.autograd.grad(p.sum(), x)
-    derivative = table.derivative_table(coefficients)  # [S, R', D, Q, C]
-    assert derivative.shape == (2, 15, 4, 3, 5)
-    by_table = torch.einsum("ncr,rjqc->ncj", monomial_values(x, table.index[:15]), derivative[1])
+    derivative = table.derivative_table(coefficients)  # [S, C, R', D, Q]
+    assert derivative.shape == (2, 5, 15, 4, 3)
+    by_table = torch.einsum("ncr,crjq->ncj", monomial_values(x, table.index[:15]), derivative[1])
     torch.testing.assert_close(by_table, grad, rtol=1e-12, atol=1e-12)
+
+
+def test_derivative_table_gradient_is_its_transpose():
+    """The gather's hand-written gradient (and that gradient's gradient) against the dense linear map
+    read off the gather itself: <y, D(T)> = <D^T(y), T> for random T and y, to second order."""
+    table = monomial_table(4, 3)
+    gen = torch.Generator().manual_seed(2)
+    coefficients = torch.randn(2, 3, 35, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    derivative = table.derivative_table(coefficients)
+    y = torch.randn(derivative.shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad((derivative * y).sum(), coefficients, create_graph=True)
+    # dense map: column r of D is D applied to the unit table e_r (every entry of D(e_r) is k or 0)
+    dense = torch.stack([table.derivative_table(torch.eye(35, dtype=torch.float64)[r].view(1, 1, 35, 1)).reshape(-1)
+                         for r in range(35)], dim=1)  # [15·4, 35]
+    expected = torch.einsum("gr,scgp->scrp", dense, y.reshape(2, 3, 60, 2))
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+    assert set(dense.unique().tolist()) == {0.0, 1.0, 2.0, 3.0}  # multiplicities of degree ≤ 3 monomials
+    v = torch.randn(grad.shape, generator=gen, dtype=torch.float64)
+    (second,) = torch.autograd.grad((grad * v).sum(), y)
+    torch.testing.assert_close(second.reshape(2, 3, 60, 2), torch.einsum("gr,scrp->scgp", dense, v))
 
 
 SHAPES = [  # n, C, lmax, degree, elements, outputs, q
@@ -168,7 +188,7 @@ def test_no_nodes_and_constant_only_tables(interpret, impl):
     assert out.shape == (0, 2, 4)
     a, species, index, coefficients, g = _inputs(2, 2, 1, 0, 2, 4, 1)  # degree 0: the constant only
     out = polynomial_contraction(a, species, index, coefficients, g, impl=impl)
-    manual = torch.einsum("ioqc,icq->ico", coefficients[species, 0], g)  # Σ_q T[s, const, o, q, c] g[q]
+    manual = torch.einsum("icoq,icq->ico", coefficients[species][:, :, 0], g)  # Σ_q T[s, c, const, o, q] g[q]
     torch.testing.assert_close(out, manual)
     (grad,) = torch.autograd.grad(out.sum(), a, allow_unused=True)
     assert grad is None or (grad == 0).all()
@@ -177,7 +197,7 @@ def test_no_nodes_and_constant_only_tables(interpret, impl):
 def test_opcheck():
     a, species, index, coefficients, g = _inputs(3, 2, 1, 2, 2, 4, 2)
     op = torch.ops.lpmace.polynomial_contraction.default
-    empty = (index.new_zeros(0),) * 3  # derivative entries made by the backward
+    empty = (index.new_zeros(0),) * 2  # derivative entries made by the backward
     torch.library.opcheck(op, (a, species, index, coefficients, g, "reference", torch.float64, *empty))
     entries = monomial_table(4, 2).derivative_tensors()  # passed in, as a model's buffers
     torch.library.opcheck(op, (a, species, index, coefficients, g, "reference", torch.float64, *entries))
@@ -191,10 +211,10 @@ def test_derivative_entries_passed_in_give_the_derivatives_made_inside(active):
     a, species, _, coefficients, g = _inputs(4, 3, 1, 3, 2, 4, 1)
     table = monomial_table(4, 3)
     rows = table.rows_up_to[active]
-    index, coefficients = table.index[:rows], coefficients[:, :rows].detach().requires_grad_()
+    index, coefficients = table.index[:rows], coefficients[:, :, :rows].detach().requires_grad_()
     results = []
-    source, target, weight = table.derivative_tensors()
-    for entries in (None, (source, target, weight), (source, target, 2 * weight)):
+    gather, scatter = table.derivative_tensors()
+    for entries in (None, (gather, scatter), (gather * torch.tensor([[1], [2]]), scatter * torch.tensor([[[1]], [[2]]]))):
         out = polynomial_contraction(a, species, index, coefficients, g, derivative=entries)
         (d_a,) = torch.autograd.grad((out ** 2).sum(), a, create_graph=True)
         second = torch.autograd.grad((d_a ** 2).sum(), [a, coefficients, g], allow_unused=True)
@@ -220,3 +240,104 @@ def test_backend_names():
     assert resolve_backend("triton", "cpu") == "triton"
     with pytest.raises(InputError, match="backend must be one of"):
         resolve_backend("cuda-graphs", "cpu")
+
+
+# ---- the prefix-product kernel (lpmace.kernels.polynomial_dot: fp32 sums) ---------------------------
+
+@pytest.mark.parametrize("dim,degree", [(1, 3), (4, 3), (9, 2), (16, 3), (16, 1), (4, 0)])
+def test_prefix_rows_cover_every_monomial_once(dim, degree):
+    """Row 0 (the constant) and the map's rows together are every monomial of the table exactly once,
+    and the row at (prefix p, variable j) is the monomial p·j (enumerated here)."""
+    from lpmace.kernels import polynomial_dot
+
+    monomials = _monomials(dim, degree)
+    if degree == 0:
+        return
+    pad = max(16, 1 << (dim - 1).bit_length())
+    rows = polynomial_dot._row_map(dim, degree, pad, torch.device("cpu")).view(-1, pad)
+    prefixes = [m for m in monomials if len(m) < degree]
+    assert rows.shape[0] == len(prefixes)
+    used = [0]
+    for p, line in zip(prefixes, rows.tolist()):
+        for j, r in enumerate(line):
+            if r >= 0:
+                assert monomials[r] == tuple(sorted(p + (j,)))
+                used.append(r)
+    assert sorted(used) == list(range(len(monomials)))
+
+
+def _fp32_inputs(shape):
+    """_inputs rounded to float32 (leaves), and the float64 copies of the same values."""
+    a, species, index, coefficients, g = _inputs(*shape)
+    low = [x.detach().float().requires_grad_() for x in (a, coefficients, g)]
+    wide = [x.detach().double().requires_grad_() for x in low]
+    return species, index, low, wide
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(70, 2, 1, 3, 2, 4, 1), (9, 2, 3, 2, 2, 1, 3)])
+def test_prefix_kernel_fp32_forward_and_two_derivatives(interpret, monkeypatch, shape):
+    """fp32 features and table: the kernel (it takes every call, counted) against the formula in float64
+    on the same rounded numbers, forward, first and second derivatives, to float32 rounding."""
+    from lpmace.kernels import polynomial_dot
+
+    calls = []
+    real = polynomial_dot.contraction_by_prefix
+    monkeypatch.setattr(polynomial_dot, "contraction_by_prefix", lambda *args, **kw: calls.append(1) or real(*args, **kw))
+    species, index, low, wide = _fp32_inputs(shape)
+    got = polynomial_contraction(low[0], species, index, low[1], low[2], impl="triton")
+    expected = _plain(wide[0], species, wide[1], wide[2])
+    assert got.dtype == torch.float32 and calls
+    weights = torch.randn(expected.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    first_got = torch.autograd.grad((got * weights.float()).sum(), low, create_graph=True)
+    first_expected = torch.autograd.grad((expected * weights).sum(), wide, create_graph=True)
+    v = torch.randn(wide[0].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    second_got = torch.autograd.grad((first_got[0] * v.float()).sum(), low, allow_unused=True)
+    second_expected = torch.autograd.grad((first_expected[0] * v).sum(), wide, allow_unused=True)
+    pairs = [(got, expected), *zip(first_got, first_expected), *zip(second_got, second_expected)]
+    for x, e in pairs:
+        if e is None or e.norm() < 1e-12:  # degree ≤ 1: no second derivative (fp64 leaves ~1e-17)
+            assert x is None or x.norm() < 1e-6
+            continue
+        assert ((x.double() - e).norm() / e.norm()).item() < 2e-6
+    assert len(calls) >= 3  # forward, ∂A and the second derivative's calls all went to this kernel
+
+
+@pytest.mark.parametrize("dot,unit", [(1, 2.0 ** -9), (2, 2.0 ** -12)])  # bf16 (emulated here), fp16
+@pytest.mark.parametrize("shape", [(70, 3, 1, 3, 2, 4, 1), (9, 2, 1, 2, 2, 16, 4), (9, 2, 1, 1, 2, 16, 64),
+                                   (5, 2, 3, 3, 3, 1, 1)])
+def test_prefix_kernel_16bit_products_within_their_rounding_bound(interpret, dot, unit, shape):
+    """16-bit products: each prefix·variable product L and each table entry T as two 16-bit terms
+    (residual ≤ unit² relative), three products L_hi·T_hi + L_lo·T_hi + L_hi·T_lo (the dropped L_lo·T_lo
+    ≤ unit²), sums in float32. Every output is within that bound of the float64 formula, scaled by the
+    sum of absolute terms (the same formula on |A|, |T|, |G|)."""
+    from lpmace.kernels import polynomial_dot
+
+    species, index, low, wide = _fp32_inputs(shape)
+    got = polynomial_dot.contraction_by_prefix(*(x.detach() for x in low[:1]), species, index,
+                                               *(x.detach() for x in low[1:]), dot=dot).double()
+    a, t, g = (x.detach() for x in wide)
+    exact, scale = _plain(a, species, t, g), _plain(a.abs(), species, t.abs(), g.abs())
+    assert ((got - exact).abs() <= _split_bound(unit, index, t) * scale + 1e-30).all()
+    assert not torch.equal(got, polynomial_dot.contraction_by_prefix(low[0].detach(), species, index, low[1].detach(),
+                                                                     low[2].detach(), dot=0).double())
+
+
+def _split_bound(unit, index, table):
+    """Relative (to Σ|terms|) error bound of the split products and the float32 sums of one output."""
+    return 3 * unit ** 2 * (1 + 4 * unit) + (index.shape[0] + index.shape[1] + table.shape[-1] + 2) * 2.0 ** -24
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dot,unit", [(1, 2.0 ** -9), (2, 2.0 ** -12)])
+def test_prefix_kernel_16bit_products_within_their_rounding_bound_on_the_gpu(dot, unit):
+    """The same bound with the GPU's tensor-core products, at a medium model's size (16 components,
+    969 monomials, 4 outputs) and at its derivative's (153 rows, 16 outputs, q = 4)."""
+    from lpmace.kernels import polynomial_dot
+
+    for shape in ((700, 16, 3, 3, 4, 4, 1), (700, 16, 3, 2, 4, 16, 4)):
+        species, index, low, wide = _fp32_inputs(shape)
+        a, t, g = (x.detach() for x in wide)
+        got = polynomial_dot.contraction_by_prefix(*(x.detach().cuda() for x in low[:1]), species.cuda(), index.cuda(),
+                                                   *(x.detach().cuda() for x in low[1:]), dot=dot).double().cpu()
+        exact, scale = _plain(a, species, t, g), _plain(a.abs(), species, t.abs(), g.abs())
+        assert ((got - exact).abs() <= _split_bound(unit, index, t) * scale + 1e-30).all()

@@ -38,3 +38,18 @@ def require_interpreter(device: torch.device) -> None:
 def launch_context(device: torch.device):
     """Triton launches on the current CUDA device: make it the tensors' device."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def element_blocks(species: torch.Tensor, elements: int, block: int) -> tuple:
+    """Nodes grouped by element, each element's nodes cut into blocks of `block`, without a host sync:
+    (order, node_ptr, block_ptr, programs). order [n] sorts the nodes by element (stable); element s
+    owns order[node_ptr[s]:node_ptr[s+1]] and programs block_ptr[s]:block_ptr[s+1]. `programs` is an
+    upper bound of the blocks (a grid size): programs past the last block must store nothing."""
+    order = torch.argsort(species, stable=True)
+    counts = torch.zeros(elements, dtype=torch.int64, device=species.device)
+    counts.scatter_add_(0, species, torch.ones_like(species))
+    node_ptr = torch.zeros(elements + 1, dtype=torch.int64, device=species.device)
+    block_ptr = torch.zeros(elements + 1, dtype=torch.int64, device=species.device)
+    torch.cumsum(counts, 0, out=node_ptr[1:])
+    torch.cumsum((counts + block - 1) // block, 0, out=block_ptr[1:])
+    return order, node_ptr, block_ptr, (species.shape[0] + block - 1) // block + elements

@@ -7,14 +7,15 @@ table ``[R, ν]`` padded with D, which stands for the constant 1: a degree-d mon
 Sorting by degree makes "all monomials of degree ≤ d" a prefix of the table.
 
 The derivative of monomial r with respect to component j is k·(r with one j removed), where k is the
-multiplicity of j in r; `derivative_table` applies that to a coefficient table, so the derivative of
-a polynomial is again a polynomial over the same table (one degree shorter), and one kernel evaluates
-all of them.
+multiplicity of j in r. Read from the other side, every (monomial r' of degree < ν, component j) pair has
+exactly one source: the derivative table's entry (r', j) is k·T[r' with j added], so `derivative_table`
+is a gather (no sums, no atomics), and its gradient, a gather of at most ν entries per source row. The
+derivative of a polynomial is again a polynomial over the same table (one degree shorter), and one kernel
+evaluates all of them.
 """
 
 from __future__ import annotations
 
-import bisect
 import functools
 import itertools
 import math
@@ -31,7 +32,6 @@ class MonomialTable:
         index: [R, degree] int64, sorted variable indices of each monomial, padded with `dim`.
         rows_up_to: rows_up_to[d] = number of monomials of degree ≤ d (a prefix of the table).
         row: {sorted tuple of variable indices: row}.
-        derivative: (source row r, variable j, target row r', multiplicity k) as four lists, by source row.
     """
 
     def __init__(self, dim: int, degree: int):
@@ -40,79 +40,88 @@ class MonomialTable:
         self.row = {m: i for i, m in enumerate(rows)}
         self.rows_up_to = [math.comb(dim + d, d) for d in range(degree + 1)]
         self.index = torch.tensor([list(m) + [dim] * (degree - len(m)) for m in rows], dtype=torch.int64)
-        source, variable, target, multiplicity = [], [], [], []
-        for m, r in self.row.items():
-            for j in sorted(set(m)):
-                reduced = list(m)
-                reduced.remove(j)
-                source.append(r)
-                variable.append(j)
-                target.append(self.row[tuple(reduced)])
-                multiplicity.append(m.count(j))
-        self.derivative = (source, variable, target, multiplicity)
-        self._flat_target = [t * dim + v for t, v in zip(target, variable)]
-        self._cache: dict = {}
+        # gather: target (r', j), r' of degree < degree, flat r'·dim + j -> its source row and multiplicity
+        lower = rows[: self.rows_up_to[degree - 1]] if degree > 0 else []
+        self._gather = [[self.row[tuple(sorted(m + (j,)))] for m in lower for j in range(dim)],
+                        [m.count(j) + 1 for m in lower for j in range(dim)]]
+        # scatter (the gather's transpose): source row -> its ≤ degree targets, padded with (0, multiplicity 0)
+        targets = [[] for _ in rows]
+        for flat, (source, k) in enumerate(zip(*self._gather)):
+            targets[source].append((flat, k))
+        self._scatter = [[[t for t, _ in ts] + [0] * (degree - len(ts)) for ts in targets],
+                         [[k for _, k in ts] + [0] * (degree - len(ts)) for ts in targets]]
 
     def rows_of(self, monos: torch.Tensor) -> torch.Tensor:
         """Rows [n] of the monomials `monos` [n, d] (variable indices, any order)."""
         return torch.tensor([self.row[tuple(sorted(m))] for m in monos.tolist()], dtype=torch.int64)
 
     def derivative_tensors(self) -> tuple:
-        """(source rows, target·dim + variable, multiplicity) of every derivative entry, int64 on the
-        CPU: a model keeps them as buffers, so that a traced graph takes them as inputs rather than
-        holding them as constants (a compiled graph with constants on a GPU cannot be saved, torch
-        2.11). The entries of the first `rows` rows are the first `derivative_count(rows)`."""
-        source, _, _, multiplicity = self.derivative
-        return (torch.tensor(source, dtype=torch.int64), torch.tensor(self._flat_target, dtype=torch.int64),
-                torch.tensor(multiplicity, dtype=torch.int64))
+        """(gather [2, R'·dim], scatter [2, R, degree]) int64 on the CPU, R' = rows of degree < `degree`.
 
-    def derivative_count(self, rows: int) -> int:
-        return bisect.bisect_left(self.derivative[0], rows)  # entries are listed by source row
-
-    def _derivative_indices(self, rows: int, like: torch.Tensor) -> tuple:
-        """(source rows, target·dim + variable, multiplicity) of the derivative entries of the first
-        `rows` rows, on like's device: cached there, but made afresh while tracing (FakeTensor), whose
-        mode must create its own constants."""
-        from torch._subclasses.fake_tensor import is_fake
-
-        key = (rows, like.device)
-        if key in self._cache and not is_fake(like):
-            return self._cache[key]
-        source, _, _, multiplicity = self.derivative
-        count = self.derivative_count(rows)
-        made = (torch.tensor(source[:count], dtype=torch.int64, device=like.device),
-                torch.tensor(self._flat_target[:count], dtype=torch.int64, device=like.device),
-                torch.tensor(multiplicity[:count], dtype=torch.float64, device=like.device))
-        if not is_fake(like):
-            self._cache[key] = made
-        return made
+        gather[:, r'·dim + j] = (source row, multiplicity) of derivative entry (r', j); scatter[:, r, k] =
+        (flat target, multiplicity) of source row r's k-th entry (multiplicity 0: padding). A model keeps
+        them as buffers, so that a traced graph takes them as inputs rather than holding them as
+        constants (a compiled graph with constants on a GPU cannot be saved, torch 2.11). For the
+        table's first `rows` rows (a whole-degree prefix) use gather[:, :rows_up_to[d - 1]·dim] and
+        scatter[:, :rows]."""
+        return torch.tensor(self._gather, dtype=torch.int64), torch.tensor(self._scatter, dtype=torch.int64)
 
     def derivative_table(self, table: torch.Tensor, entries: tuple | None = None) -> torch.Tensor:
         """Coefficients of the derivatives of the polynomials in `table`.
 
         Args:
-            table: [S, R, Q, C] coefficients of Q·C polynomials per element (rows: this table's first R).
+            table: [S, C, R, P] coefficients of P polynomials per element and channel (rows: this
+                table's first R, whole degrees).
             entries: `derivative_tensors()` on table's device (a model's buffers), or None: made here.
 
         Returns:
-            [S, R', dim, Q, C] with R' = the rows of degree ≤ (degree of row R−1) − 1:
-            out[s, r', j, q, c] = Σ_r k · table[s, r, q, c] over the (r, j, r', k) of `derivative`.
-            Differentiable in `table`.
+            [S, C, R', dim, P] with R' = the rows of degree ≤ (degree of row R−1) − 1:
+            out[s, c, r', j, p] = k · table[s, c, r' with j added, p]. Differentiable in `table` to any
+            order (its gradient is the transposed gather, whose gradient is this gather).
         """
-        s, r, q, c = table.shape
+        s, c, r, p = table.shape
         r = int(r)  # whole degrees of a fixed table: specialise under tracing
         top = next(d for d, n in enumerate(self.rows_up_to) if n >= r)
         if self.rows_up_to[top] != r:
             raise ValueError(f"a table must cover whole degrees: {r} rows is not one of {self.rows_up_to}")
         r_out = self.rows_up_to[top - 1] if top > 0 else 0
+        if r_out == 0:
+            return table.new_zeros(s, c, 0, self.dim, p)
         if entries is None:
-            source, flat_target, weight = self._derivative_indices(r, table)
-        else:
-            count = self.derivative_count(r)
-            source, flat_target, weight = (x[:count] for x in entries)
-        terms = table.index_select(1, source) * weight.to(table.dtype)[None, :, None, None]
-        out = table.new_zeros(s, r_out * self.dim, q, c).index_add(1, flat_target, terms)
-        return out.view(s, r_out, self.dim, q, c)
+            entries = tuple(x.to(table.device) for x in self.derivative_tensors())
+        gather, scatter = entries[0][:, : r_out * self.dim], entries[1][:, :r]
+        return _DerivativeMap.apply(table, gather, scatter, False).view(s, c, r_out, self.dim, p)
+
+
+def _gather_rows(x: torch.Tensor, gather: torch.Tensor) -> torch.Tensor:
+    """x [S, C, R, P] -> [S, C, G, P]: x[..., gather[0, g], :] · gather[1, g]."""
+    return x.index_select(2, gather[0]) * gather[1].to(x.dtype)[:, None]
+
+
+def _scatter_rows(y: torch.Tensor, scatter: torch.Tensor) -> torch.Tensor:
+    """The transpose of `_gather_rows`: y [S, C, G, P] -> [S, C, R, P], a gather of ≤ ν entries per row."""
+    s, c, _, p = y.shape
+    r, nu = scatter.shape[1:]
+    terms = y.index_select(2, scatter[0].reshape(-1)).view(s, c, r, nu, p)
+    return (terms * scatter[1].to(y.dtype)[:, :, None]).sum(3)
+
+
+class _DerivativeMap(torch.autograd.Function):
+    """The derivative table's gather (transposed=False) or its transpose; each is the other's gradient."""
+
+    @staticmethod
+    def forward(x, gather, scatter, transposed):
+        return _scatter_rows(x, scatter) if transposed else _gather_rows(x, gather)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[1:3])
+        ctx.transposed = inputs[3]
+
+    @staticmethod
+    def backward(ctx, grad):
+        gather, scatter = ctx.saved_tensors
+        return _DerivativeMap.apply(grad, gather, scatter, not ctx.transposed), None, None, None
 
 
 @functools.lru_cache(maxsize=None)

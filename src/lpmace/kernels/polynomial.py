@@ -3,7 +3,7 @@
 For every node i and channel c, with m_r the monomials of `monomials.MonomialTable` evaluated on the
 node's features A[i, c, :] (D components), species s_i and an element-dependent coefficient table T:
 
-    out[i, c, o] = Σ_r m_r(A[i, c]) · Σ_q T[s_i, r, o, q, c] · G[i, c, q]            (1)
+    out[i, c, o] = Σ_r m_r(A[i, c]) · Σ_q T[s_i, c, r, o, q] · G[i, c, q]            (1)
 
 The symmetric contraction B = Σ_ν Σ_k W[z, k, c] P_ν[mono, M, k] Π A is (1) with o = M, one q and
 G = 1 (T = P·W summed over the basis index k). Its derivatives are (1) again:
@@ -20,10 +20,12 @@ Numerics: A, T and G may be 16-bit; every load is converted to the accumulation 
 argument: float32 or float64; the block passes its policy's) and the sums run there, as the precision
 policies require.
 
-Implementations: "reference" (PyTorch, forms [n, C, R] monomials) and "triton" (one program per
-block of up to 8 same-element nodes and block of channels, monomials formed in registers, nothing
-[n, C, R] in memory, each table slice loaded once per block of nodes). The Triton
-kernel runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (slow; for tests).
+Implementations: "reference" (PyTorch, forms [n, C, R] monomials) and "triton". With fp32 sums,
+"triton" is `lpmace.kernels.polynomial_dot` (blocks of 64 same-element nodes, the monomials as prefix ×
+variable products on tensor cores for bf16 features); with fp64 sums, the row-by-row kernel here (one
+program per block of up to 8 same-element nodes and block of channels, monomials formed in registers,
+each table slice loaded once per block of nodes). Neither puts [n, C, R] in memory. The Triton kernels
+run on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (slow; for tests).
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ import torch
 
 from lpmace.errors import InputError
 from lpmace.kernels.launch import accumulate_dtype as _accumulate_dtype
+from lpmace.kernels.launch import element_blocks
 from lpmace.kernels.launch import launch_context, require_interpreter, triton_available
 from lpmace.kernels.launch import next_power_of_2 as _next_power_of_2
+from lpmace.kernels import polynomial_dot
 from lpmace.kernels.monomials import monomial_table
 
 __all__ = ["IMPLEMENTATIONS", "monomial_values", "polynomial_contraction", "polynomial_contraction_reference",
@@ -61,7 +65,7 @@ def polynomial_contraction_reference(a: torch.Tensor, species: torch.Tensor, ind
     table, g = table.to(acc), g.to(acc)
     out = None
     for z in range(table.shape[0]):
-        term = torch.einsum("icr,roqc,icq->ico", values, table[z], g) * (species == z).to(acc)[:, None, None]
+        term = torch.einsum("icr,croq,icq->ico", values, table[z], g) * (species == z).to(acc)[:, None, None]
         out = term if out is None else out + term
     return out
 
@@ -115,7 +119,7 @@ def _kernel(interpret: bool):
                 t_ok = r_ok[:, None, None] & o_ok[None, :, None] & c_ok[None, None, :]
                 for q in range(Q):
                     gq = tl.load(g_ptr + row * Q + q, mask=nc_ok, other=0.0).to(ACC)  # [BLOCK_N, BLOCK_C]
-                    offset = (((s * R + r[:, None, None]) * O + o[None, :, None]) * Q + q) * C + c[None, None, :]
+                    offset = (((s * C + c[None, None, :]) * R + r[:, None, None]) * O + o[None, :, None]) * Q + q
                     t = tl.load(table_ptr + offset, mask=t_ok, other=0.0).to(ACC)  # [BLOCK_R, BLOCK_O, BLOCK_C]
                     part = tl.sum(mono[:, :, None, :] * t[:, None, :, :], axis=0)  # [BLOCK_N, BLOCK_O, BLOCK_C]
                     acc += part * gq[:, None, :]
@@ -131,10 +135,18 @@ def _kernel(interpret: bool):
 
 
 def _triton(a, species, index, table, g, out_dtype):
+    require_interpreter(a.device)
+    if polynomial_dot.supports(a, table, out_dtype):
+        return polynomial_dot.contraction_by_prefix(a, species, index, table, g)
+    return _triton_rows(a, species, index, table, g, out_dtype)
+
+
+def _triton_rows(a, species, index, table, g, out_dtype):
+    """The row-by-row kernel (float64 sums, and shapes `polynomial_dot` does not take)."""
     import triton.language as tl
 
     n, c, d = a.shape
-    s, r, o, q, _ = table.shape
+    s, _, r, o, q = table.shape
     out = torch.empty(n, c, o, dtype=out_dtype, device=a.device)
     if n == 0 or c == 0 or o == 0:
         return out.zero_()
@@ -147,15 +159,8 @@ def _triton(a, species, index, table, g, out_dtype):
     block_n = 8
     block_r = max(1, min(16, 8192 // (block_n * block_o * block_c)))
     block_r = 1 << (block_r.bit_length() - 1)
-    # Nodes grouped by element, and each element's nodes cut into blocks of block_n (no host sync:
-    # the grid is an upper bound, and programs past the last block store nothing).
-    order = torch.argsort(species, stable=True)
-    counts = torch.zeros(s, dtype=torch.int64, device=a.device).scatter_add_(0, species, torch.ones_like(species))
-    node_ptr = torch.zeros(s + 1, dtype=torch.int64, device=a.device)
-    block_ptr = torch.zeros(s + 1, dtype=torch.int64, device=a.device)
-    torch.cumsum(counts, 0, out=node_ptr[1:])
-    torch.cumsum((counts + block_n - 1) // block_n, 0, out=block_ptr[1:])
-    grid = ((n + block_n - 1) // block_n + s, (c + block_c - 1) // block_c)
+    order, node_ptr, block_ptr, programs = element_blocks(species, s, block_n)
+    grid = (programs, (c + block_c - 1) // block_c)
     with launch_context(a.device):
         _kernel(interpret)[grid](
             a.contiguous(), order, node_ptr, block_ptr, index.to(torch.int32).contiguous(), table.contiguous(),
@@ -168,8 +173,8 @@ def _triton(a, species, index, table, g, out_dtype):
 
 @torch.library.custom_op("lpmace::polynomial_contraction", mutates_args=())
 def _polynomial_contraction(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, table: torch.Tensor,
-                            g: torch.Tensor, impl: str, acc: torch.dtype, d_source: torch.Tensor,
-                            d_target: torch.Tensor, d_weight: torch.Tensor) -> torch.Tensor:
+                            g: torch.Tensor, impl: str, acc: torch.dtype, d_gather: torch.Tensor,
+                            d_scatter: torch.Tensor) -> torch.Tensor:
     # d_*: the MonomialTable's derivative entries for the backward (empty: made there), unused here
     if impl == "triton":
         return _triton(a, species, index, table, g, acc)
@@ -178,42 +183,42 @@ def _polynomial_contraction(a: torch.Tensor, species: torch.Tensor, index: torch
 
 
 @_polynomial_contraction.register_fake
-def _(a, species, index, table, g, impl, acc, d_source, d_target, d_weight):
-    return a.new_empty(a.shape[0], a.shape[1], table.shape[2], dtype=acc)
+def _(a, species, index, table, g, impl, acc, d_gather, d_scatter):
+    return a.new_empty(a.shape[0], a.shape[1], table.shape[3], dtype=acc)
 
 
 def _setup_context(ctx, inputs, output):
-    a, species, index, table, g, impl, acc, d_source, d_target, d_weight = inputs
-    ctx.save_for_backward(a, species, index, table, g, d_source, d_target, d_weight)
+    a, species, index, table, g, impl, acc, d_gather, d_scatter = inputs
+    ctx.save_for_backward(a, species, index, table, g, d_gather, d_scatter)
     ctx.impl, ctx.acc = impl, acc
 
 
 def _backward(ctx, grad_out):
     a, species, index, table, g, *entries = ctx.saved_tensors
     n, c, d = a.shape
-    s, r, o, q, _ = table.shape
+    s, _, r, o, q = table.shape
     grad_a = grad_table = grad_g = None
     if ctx.needs_input_grad[0]:
         monomials = monomial_table(int(d), int(index.shape[1]))  # D and ν are fixed by the model
-        wide = table.reshape(s, r, o * q, c).to(ctx.acc)  # k·T exact, not 16-bit
-        derivative = monomials.derivative_table(wide, tuple(entries) if entries[0].numel() else None)  # [S, R', D, O·Q, C]
-        if derivative.shape[1] == 0:
+        wide = table.reshape(s, c, r, o * q).to(ctx.acc)  # k·T exact, not 16-bit
+        derivative = monomials.derivative_table(wide, tuple(entries) if entries[0].numel() else None)  # [S, C, R', D, O·Q]
+        if derivative.shape[2] == 0:
             grad_a = torch.zeros_like(a)
         else:
             h = (grad_out[..., :, None] * g[..., None, :]).reshape(n, c, o * q)
-            grad_a = _polynomial_contraction(a, species, index[: derivative.shape[1]], derivative, h, ctx.impl, ctx.acc,
+            grad_a = _polynomial_contraction(a, species, index[: derivative.shape[2]], derivative, h, ctx.impl, ctx.acc,
                                              *entries)
             grad_a = grad_a.to(a.dtype)
     if ctx.needs_input_grad[4]:
-        swapped = table.transpose(2, 3).contiguous()  # out index q, summed index o
+        swapped = table.transpose(3, 4).contiguous()  # out index q, summed index o
         grad_g = _polynomial_contraction(a, species, index, swapped, grad_out, ctx.impl, ctx.acc, *entries).to(g.dtype)
     if ctx.needs_input_grad[3]:
         acc = grad_out.dtype
         values = monomial_values(a.to(acc), index)  # [n, C, R]
         h = (grad_out[..., :, None] * g.to(acc)[..., None, :]).reshape(n, c, o * q)
         onehot = torch.nn.functional.one_hot(species, s).to(acc)
-        grad_table = torch.einsum("iz,icr,icp->zrpc", onehot, values, h).reshape(s, r, o, q, c).to(table.dtype)
-    return grad_a, None, None, grad_table, grad_g, None, None, None, None, None
+        grad_table = torch.einsum("iz,icr,icp->zcrp", onehot, values, h).reshape(s, c, r, o, q).to(table.dtype)
+    return grad_a, None, None, grad_table, grad_g, None, None, None, None
 
 
 _polynomial_contraction.register_autograd(_backward, setup_context=_setup_context)
@@ -226,7 +231,7 @@ def flop_count(a_shape, species_shape, index_shape, table_shape, g_shape, impl, 
     output and q)."""
     n, c, _ = a_shape
     r, nu = index_shape
-    _, _, o, q, _ = table_shape
+    _, _, _, o, q = table_shape
     return n * c * r * (max(nu - 1, 0) + 2 * o * q)
 
 
@@ -239,7 +244,7 @@ def polynomial_contraction(a: torch.Tensor, species: torch.Tensor, index: torch.
         a: [n, C, D] node features (any float dtype; 16-bit allowed).
         species: [n] int64 element index of each node, in [0, S).
         index: [R, ν] int64 rows of a `MonomialTable` (a whole-degree prefix), padded with D.
-        table: [S, R, O, Q, C] coefficients (any float dtype).
+        table: [S, C, R, O, Q] coefficients (any float dtype).
         g: [n, C, Q] weights of the q index; None means Q = 1 and g = 1.
         impl: "reference" or "triton".
         acc: the accumulation dtype (float32 or float64): every load is widened to it and the sums run
@@ -256,9 +261,9 @@ def polynomial_contraction(a: torch.Tensor, species: torch.Tensor, index: torch.
         raise InputError("backend 'triton' needs the triton package (pip install triton)")
     acc = _acc(acc, a, table)
     if g is None:
-        g = a.new_ones(a.shape[0], a.shape[1], table.shape[3], dtype=acc)
+        g = a.new_ones(a.shape[0], a.shape[1], table.shape[4], dtype=acc)
     if derivative is None:
-        derivative = (index.new_zeros(0),) * 3
+        derivative = (index.new_zeros(0),) * 2
     return _polynomial_contraction(a, species, index, table, g, impl, acc, *derivative)
 
 

@@ -7,7 +7,7 @@ For each node i, channel c and output degree L:
 P is the polynomial basis of lpmace.o3.symmetric_basis; the weights depend on the element z_i.
 The block owns its implementation (`implementation`, set for a whole model by one walk): "reference" forms
 the monomials explicitly ([n, C, n_mono]); it is what the fused path is tested against. "triton"
-folds weights and basis into one table per element, T[z, mono, LM, c] = Σ_k W[z, k, c] P[mono, LM, k],
+folds weights and basis into one table per element, T[z, c, mono, LM] = Σ_k W[z, k, c] P[mono, LM, k],
 and evaluates B = Σ_mono Π A · T with `lpmace.kernels.polynomial_contraction` (monomials formed in
 registers; derivatives by the same op). Inside `frozen_weights()` (the model's inference calls) the
 fused path keeps the weights out of the autograd graph, so forces do not pay for their gradients.
@@ -69,7 +69,7 @@ class SymmetricContraction(torch.nn.Module):
         self.rows_up_to = table.rows_up_to  # monomials of degree ≤ d: the first rows_up_to[d] rows
         self.register_buffer("fused_index", table.index, persistent=False)  # [R, ν] monomials of degree ≤ ν
         # the fused kernel's backward: its derivative entries, inputs of a traced graph, not constants
-        for name, entries in zip(("source", "target", "weight"), table.derivative_tensors()):
+        for name, entries in zip(("gather", "scatter"), table.derivative_tensors()):
             self.register_buffer(f"derivative_{name}", entries, persistent=False)
         for L in range(lmax_out + 1):
             for nu in range(1, correlation + 1):
@@ -111,7 +111,7 @@ class SymmetricContraction(torch.nn.Module):
 
     def table(self, operand: torch.dtype, math_dtype: torch.dtype, table_dtype: torch.dtype,
               weight_grads: bool = True) -> torch.Tensor:
-        """T [S, R, (lmax_out+1)², 1, C] = Σ_k W[z, k, c] P[mono, LM, k] over the fused monomial rows of
+        """T [S, C, R, (lmax_out+1)², 1] = Σ_k W[z, k, c] P[mono, LM, k] over the fused monomial rows of
         degree ≤ active_correlation (R of them), in math_dtype."""
         rows = self.rows_up_to[self.active_correlation]
         parts = []
@@ -123,22 +123,22 @@ class SymmetricContraction(torch.nn.Module):
                     continue
                 w = element_weight(self.weights[f"L{L}_nu{nu}"])
                 w = (w if weight_grads else w.detach()).to(operand).to(math_dtype)
-                term = torch.einsum("rmk,skc->srmc", coeffs, w)
-                full = term.new_zeros(w.shape[0], rows, 2 * L + 1, w.shape[2])
-                full = full.index_add(1, getattr(self, f"rows_L{L}_nu{nu}"), term)
+                term = torch.einsum("rmk,skc->scrm", coeffs, w)
+                full = term.new_zeros(w.shape[0], w.shape[2], rows, 2 * L + 1)
+                full = full.index_add(2, getattr(self, f"rows_L{L}_nu{nu}"), term)
                 part = full if part is None else part + full
             if part is None:
                 first = element_weight(next(iter(self.weights.values())))
-                part = first.new_zeros(first.shape[0], rows, 2 * L + 1, first.shape[2], dtype=math_dtype)
+                part = first.new_zeros(first.shape[0], first.shape[2], rows, 2 * L + 1, dtype=math_dtype)
             parts.append(part)
-        return torch.cat(parts, dim=2).unsqueeze(3)
+        return torch.cat(parts, dim=3).unsqueeze(4)
 
     def _fused(self, a, species, operand, math_dtype, table_dtype):
         weight_grads = not getattr(_FROZEN, "value", False)
         table = self.table(operand, math_dtype, table_dtype, weight_grads)
         a = a.to(operand) if math_dtype != torch.float64 else a.to(operand).to(math_dtype)
-        index = self.fused_index[: table.shape[1]]  # a whole-degree prefix: the active orders' monomials
-        derivative = (self.derivative_source, self.derivative_target, self.derivative_weight)
+        index = self.fused_index[: table.shape[2]]  # a whole-degree prefix: the active orders' monomials
+        derivative = (self.derivative_gather, self.derivative_scatter)
         return polynomial_contraction(a, species, index, table, None, impl="triton", acc=math_dtype,
                                       derivative=derivative)
 

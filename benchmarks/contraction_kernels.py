@@ -1,0 +1,89 @@
+"""Time the symmetric contraction's kernels at a model's sizes: the row-by-row kernel against the
+prefix-product kernel (lpmace.kernels.polynomial_dot) in fp32 and with bf16 features, for each call
+a training step makes (forward, ∂A, ∂G of ∂A, ∂²A), with their difference from the row kernel.
+
+    python benchmarks/contraction_kernels.py [--nodes 864] [--elements 4] [--present 4] [--out DIR]
+
+The `mp` shape: --nodes 4096 --elements 89 --present 4 (a W2 box of a few elements in an 89-element
+model). Prints a markdown table; writes contraction_kernels.json under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+import torch
+
+from lpmace.kernels import polynomial, polynomial_dot
+from lpmace.kernels.monomials import monomial_table
+
+CALLS = {  # name: (degree of the table's rows, O, Q) for 16 components (max_ell 3)
+    "forward (L ≤ 1 out)": (3, 4, 1),
+    "forward (scalar out)": (3, 1, 1),
+    "∂A": (2, 16, 4),
+    "∂G of ∂A": (2, 4, 16),
+    "∂²A": (1, 16, 64),
+}
+
+
+def _time(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(repeats):
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=864)
+    parser.add_argument("--channels", type=int, default=128)
+    parser.add_argument("--elements", type=int, default=4)
+    parser.add_argument("--present", type=int, default=4, help="elements that have nodes")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--out", type=pathlib.Path, default=None)
+    args = parser.parse_args()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    dim = 16
+    species = torch.randint(0, args.present, (args.nodes,), device="cuda", generator=gen)
+    a32 = torch.randn(args.nodes, args.channels, dim, device="cuda", generator=gen)
+    rows = [f"# contraction kernels: {args.nodes} nodes, {args.channels} channels, {args.elements} elements "
+            f"({args.present} present), {torch.cuda.get_device_name()}",
+            "", "| call | rows | O | Q | row kernel fp32 (ms) | prefix fp32 (ms) | prefix bf16 (ms) | "
+            "fp32 diff | bf16 diff |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    results = []
+    for name, (degree, o, q) in CALLS.items():
+        table_rows = monomial_table(dim, 3).rows_up_to[degree]
+        index = monomial_table(dim, 3).index[:table_rows].cuda()
+        table = torch.randn(args.elements, args.channels, table_rows, o, q, device="cuda", generator=gen)
+        g = torch.randn(args.nodes, args.channels, q, device="cuda", generator=gen)
+        a16 = a32.to(torch.bfloat16)
+        reference = polynomial._triton_rows(a32, species, index, table, g, torch.float32)
+        reference16 = polynomial._triton_rows(a16, species, index, table, g, torch.float32)
+        fast32 = polynomial_dot.contraction_by_prefix(a32, species, index, table, g)
+        fast16 = polynomial_dot.contraction_by_prefix(a16, species, index, table, g)
+        diff32 = ((fast32 - reference).norm() / reference.norm()).item()
+        diff16 = ((fast16 - reference16).norm() / reference16.norm()).item()
+        t_rows = _time(lambda: polynomial._triton_rows(a32, species, index, table, g, torch.float32), args.repeats)
+        t32 = _time(lambda: polynomial_dot.contraction_by_prefix(a32, species, index, table, g), args.repeats)
+        t16 = _time(lambda: polynomial_dot.contraction_by_prefix(a16, species, index, table, g), args.repeats)
+        results.append(dict(call=name, rows=table_rows, o=o, q=q, row_kernel_fp32_ms=t_rows, prefix_fp32_ms=t32,
+                            prefix_bf16_ms=t16, diff_fp32=diff32, diff_bf16=diff16))
+        rows.append(f"| {name} | {table_rows} | {o} | {q} | {t_rows:.3f} | {t32:.3f} | {t16:.3f} | {diff32:.1e} | {diff16:.1e} |")
+    print("\n".join(rows))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "contraction_kernels.json").write_text(json.dumps(dict(args={k: str(v) for k, v in vars(args).items()},
+                                                                            results=results), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""The polynomial contraction (lpmace.kernels.polynomial, Eq. 1) as a sum of small matrix products.
+
+Every monomial of degree d ≥ 1 is, in exactly one way, a monomial of degree d − 1 (its prefix p) times
+its largest variable j. So for one node and channel
+
+    Σ_r m_r(A) T[r, n] = T[1, n] + Σ_p m_p(A) Σ_j A_j T[p·j, n]      (T[p·j] := 0 unless j ≥ max(p))
+
+and for a block of same-element nodes that is one matrix product per block of prefixes:
+L[node, (p, j)] = m_p(A[node]) · A[node, j] against the table rows T[(p, j), (o, q)]. L is formed in
+registers from the node's D components and a few prefix values (no gather per monomial, as the
+row-by-row kernel needs), and the product runs on tensor cores:
+
+- bf16 features: L and the table each as two bf16 terms (X = X_hi + X_lo, 16 significant bits) and
+  three bf16 products L_hi·T_hi + L_lo·T_hi + L_hi·T_lo accumulated in fp32. Each term L·T is then
+  within 3·2⁻¹⁸ of its exact value (relative), next to the 2⁻⁹ of the bf16 features themselves; the
+  table is never rounded to 16 bits (DESIGN rule 2);
+- fp32 (and fp16) features: one fp32 product on the CUDA cores (`input_precision="ieee"`: no TF32).
+
+The epilogue sums over q with G in fp32 and writes each output once. Padding (j ≥ D, prefixes past the
+last, o and q past their counts) is masked to zero. Float64 stays with the row-by-row kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lpmace.kernels.launch import element_blocks, launch_context, next_power_of_2
+from lpmace.kernels.monomials import monomial_table
+
+__all__ = ["DOT_DTYPES", "supports", "contraction_by_prefix"]
+
+# operands of the products per feature dtype: 0 = fp32 on CUDA cores, 1 = bf16 pairs (three products),
+# 2 = the same in fp16 (tests). Triton's interpreter gets bf16 products wrong (DESIGN.md), so under it
+# mode 1 becomes 3: the same bf16 terms, multiplied in fp32 (exact for bf16 products, as on the GPU).
+DOT_DTYPES = {torch.bfloat16: 1, torch.float32: 0, torch.float16: 0}
+
+BLOCK_N = 64  # nodes per program: the M of one tensor-core product (wgmma needs 64)
+MAX_COLUMNS = 128  # columns (o, q) of one program's products
+
+
+def supports(a: torch.Tensor, table: torch.Tensor, acc: torch.dtype) -> bool:
+    """Whether this kernel takes the call: fp32 sums, a whole-degree table, q padded to ≤ MAX_COLUMNS."""
+    return (acc == torch.float32 and _degree_of_rows(int(a.shape[2]), int(table.shape[2])) >= 0
+            and next_power_of_2(int(table.shape[4])) <= MAX_COLUMNS)
+
+
+def _degree_of_rows(d: int, rows: int) -> int:
+    """The degree whose monomials of degree ≤ it number `rows` (−1 if none)."""
+    degree, count = 0, 1
+    while count < rows:
+        degree += 1
+        count = count * (d + degree) // degree  # C(d + k, k)
+    return degree if count == rows else -1
+
+
+_ROW_MAPS: dict = {}
+
+
+def _row_map(d: int, degree: int, d_pad: int, device: torch.device) -> torch.Tensor:
+    """[P·d_pad] int32: the table row of prefix p times variable j at p·d_pad + j, −1 where p·j is not a
+    monomial of the sum (j ≥ d, or j < the prefix's largest variable). P = monomials of degree < degree.
+
+    Made on first use and kept per device: the first call of a shape runs before any CUDA-graph
+    recording (the trainer's and torch's first steps are eager), so no copy happens inside one."""
+    key = (d, degree, d_pad, device)
+    if key not in _ROW_MAPS:
+        monomials = monomial_table(d, degree)
+        prefixes = list(monomials.row)[: monomials.rows_up_to[degree - 1]]
+        rows = [monomials.row[p + (j,)] if j < d and (not p or j >= p[-1]) else -1 for p in prefixes for j in range(d_pad)]
+        _ROW_MAPS[key] = torch.tensor(rows, dtype=torch.int32).to(device)
+    return _ROW_MAPS[key]
+
+
+_KERNELS: dict = {}
+
+
+def _kernel(interpret: bool):
+    if interpret not in _KERNELS:
+        import triton
+        import triton.language as tl
+
+        def contraction_by_prefix(a_ptr, order_ptr, node_ptr, block_ptr, index_ptr, rows_ptr, table_ptr, g_ptr,
+                                  out_ptr, C, D, R, O, Q, S: tl.constexpr, P: tl.constexpr, NU: tl.constexpr,
+                                  DP: tl.constexpr, PB: tl.constexpr, BLOCK_N: tl.constexpr,
+                                  BLOCK_O: tl.constexpr, QP: tl.constexpr, DOT: tl.constexpr):
+            p_id = tl.program_id(0)
+            s = 0
+            for z in tl.static_range(S):  # this program's element: the number of elements it is past
+                s += (tl.load(block_ptr + z + 1) <= p_id).to(tl.int32)
+            s = tl.minimum(s, S - 1)
+            first = tl.load(node_ptr + s) + (p_id - tl.load(block_ptr + s)) * BLOCK_N
+            slot = first + tl.arange(0, BLOCK_N)
+            n_ok = slot < tl.load(node_ptr + s + 1)  # programs past the last block store nothing
+            node = tl.load(order_ptr + slot, mask=n_ok, other=0).to(tl.int64)
+            c = tl.program_id(1)
+            base = node * C + c  # [BLOCK_N] row of A, G and out
+            j = tl.arange(0, DP)
+            x = tl.load(a_ptr + base[:, None] * D + j[None, :], mask=n_ok[:, None] & (j < D)[None, :],
+                        other=0.0).to(tl.float32)  # [BLOCK_N, DP]
+            col = tl.arange(0, BLOCK_O * QP)
+            o = tl.program_id(2) * BLOCK_O + col // QP
+            q = col % QP
+            col_ok = (o < O) & (q < Q)
+            slice_ = (s * C + c).to(tl.int64) * R  # first row of this element's and channel's table
+            t0 = tl.load(table_ptr + slice_ * O * Q + o * Q + q, mask=col_ok, other=0.0).to(tl.float32)
+            acc = tl.zeros((BLOCK_N, BLOCK_O * QP), tl.float32) + t0[None, :]  # the constant row
+            k = tl.arange(0, PB * DP)
+            for p0 in range(0, P, PB):
+                prefix = p0 + tl.arange(0, PB)
+                p_ok = prefix < P
+                m = tl.full((BLOCK_N, PB), 1.0, tl.float32)
+                for v in tl.static_range(NU):
+                    var = tl.load(index_ptr + prefix * NU + v, mask=p_ok, other=D)  # D: the constant 1
+                    value = tl.load(a_ptr + base[:, None] * D + var[None, :], mask=n_ok[:, None] & (var < D)[None, :],
+                                    other=1.0)
+                    m = m * value.to(tl.float32)
+                m = tl.where(p_ok[None, :], m, 0.0)
+                lhs = tl.reshape(m[:, :, None] * x[:, None, :], (BLOCK_N, PB * DP))
+                row = tl.load(rows_ptr + p0 * DP + k, mask=p0 * DP + k < P * DP, other=-1)
+                t = tl.load(table_ptr + (slice_ + row[:, None]) * O * Q + (o * Q + q)[None, :],
+                            mask=(row >= 0)[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+                if DOT == 0:
+                    acc = tl.dot(lhs, t, acc, input_precision="ieee")
+                elif DOT == 3:  # bf16 rounding to nearest even by hand: the interpreter's cast truncates
+                    bits = lhs.to(tl.uint32, bitcast=True)
+                    l_hi = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+                    bits = (lhs - l_hi).to(tl.uint32, bitcast=True)
+                    l_lo = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+                    bits = t.to(tl.uint32, bitcast=True)
+                    t_hi = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+                    bits = (t - t_hi).to(tl.uint32, bitcast=True)
+                    t_lo = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+                    acc = tl.dot(l_hi, t_hi, acc, input_precision="ieee")
+                    acc = tl.dot(l_lo, t_hi, acc, input_precision="ieee")
+                    acc = tl.dot(l_hi, t_lo, acc, input_precision="ieee")
+                else:
+                    dtype = tl.bfloat16 if DOT == 1 else tl.float16
+                    l_hi = lhs.to(dtype)
+                    l_lo = (lhs - l_hi.to(tl.float32)).to(dtype)
+                    t_hi = t.to(dtype)
+                    t_lo = (t - t_hi.to(tl.float32)).to(dtype)
+                    acc = tl.dot(l_hi, t_hi, acc)
+                    acc = tl.dot(l_lo, t_hi, acc)
+                    acc = tl.dot(l_hi, t_lo, acc)
+            gq = tl.load(g_ptr + base[:, None] * Q + q[None, :], mask=n_ok[:, None] & (q < Q)[None, :],
+                         other=0.0).to(tl.float32)
+            result = tl.sum(tl.reshape(acc * gq, (BLOCK_N, BLOCK_O, QP)), axis=2)
+            o_out = tl.program_id(2) * BLOCK_O + tl.arange(0, BLOCK_O)
+            tl.store(out_ptr + base[:, None] * O + o_out[None, :], result, mask=n_ok[:, None] & (o_out < O)[None, :])
+
+        _KERNELS[interpret] = triton.jit(contraction_by_prefix)
+    return _KERNELS[interpret]
+
+
+def contraction_by_prefix(a, species, index, table, g, dot: int | None = None) -> torch.Tensor:
+    """Eq. (1) of lpmace.kernels.polynomial in fp32 (shapes as there; `supports` must hold), by
+    prefix blocks. `dot` overrides the operand mode of DOT_DTYPES (tests)."""
+    n, c, d = a.shape
+    s, _, r, o, q = table.shape
+    out = torch.empty(n, c, o, dtype=torch.float32, device=a.device)
+    if n == 0 or c == 0 or o == 0:
+        return out.zero_()
+    degree = _degree_of_rows(d, r)
+    d_pad = max(16, next_power_of_2(d))  # a product's K is at least 16
+    prefixes = monomial_table(d, degree).rows_up_to[degree - 1] if degree > 0 else 0
+    rows = _row_map(d, degree, d_pad, a.device) if prefixes else torch.full((1,), -1, dtype=torch.int32, device=a.device)
+    per_block = max(1, min(64 // d_pad, next_power_of_2(prefixes)))
+    q_pad = next_power_of_2(q)
+    block_o = max(1, min(next_power_of_2(o), MAX_COLUMNS // 2 // q_pad))
+    block_o = max(block_o, 16 // q_pad)  # a product's N is at least 16
+    order, node_ptr, block_ptr, programs = element_blocks(species, s, BLOCK_N)
+    grid = (programs, c, (o + block_o - 1) // block_o)
+    interpret = a.device.type != "cuda"
+    dot = DOT_DTYPES.get(a.dtype, 0) if dot is None else dot
+    dot = 3 if dot == 1 and interpret else dot
+    with launch_context(a.device):
+        _kernel(interpret)[grid](
+            a.contiguous(), order, node_ptr, block_ptr, index.to(torch.int32).contiguous(), rows, table.contiguous(),
+            g.contiguous(), out, c, d, r, o, q, S=s, P=prefixes, NU=max(int(index.shape[1]), 1), DP=d_pad,
+            PB=per_block, BLOCK_N=BLOCK_N, BLOCK_O=block_o, QP=q_pad,
+            DOT=dot, num_warps=4)
+    return out
