@@ -3,6 +3,10 @@ prefix-product kernel (lpmace.kernels.polynomial_dot) in fp32 and with bf16 feat
 a training step makes (forward, ∂A, ∂G of ∂A, ∂²A), with their difference from the row kernel.
 
     python benchmarks/contraction_kernels.py [--nodes 864] [--elements 4] [--present 4] [--out DIR]
+    python benchmarks/contraction_kernels.py --sweep     # prefix kernel tile settings, forward and ∂A
+    python benchmarks/contraction_kernels.py --once      # each kernel once per call (for ncu)
+
+Species follow 3BPA's composition (H 12, C 12, N 2, O 1 per molecule) over the present elements.
 
 The `mp` shape: --nodes 4096 --elements 89 --present 4 (a W2 box of a few elements in an 89-element
 model). Prints a markdown table; writes contraction_kernels.json under --out.
@@ -42,6 +46,36 @@ def _time(fn, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _inputs(args, species, dim, degree, o, q, gen):
+    rows = monomial_table(dim, 3).rows_up_to[degree]
+    index = monomial_table(dim, 3).index[:rows].cuda()
+    table = torch.randn(args.elements, args.channels, rows, o, q, device="cuda", generator=gen)
+    g = torch.randn(args.nodes, args.channels, q, device="cuda", generator=gen)
+    a = torch.randn(args.nodes, args.channels, dim, device="cuda", generator=gen)
+    return a, index, table, g
+
+
+def _once_or_sweep(args, species, dim, gen) -> None:
+    for name, (degree, o, q) in CALLS.items():
+        a, index, table, g = _inputs(args, species, dim, degree, o, q, gen)
+        if args.once:
+            for a_ in (a, a.to(torch.bfloat16)):
+                polynomial._triton_rows(a_, species, index, table, g, torch.float32)
+                polynomial_dot.contraction_by_prefix(a_, species, index, table, g)
+            torch.cuda.synchronize()
+            continue
+        if name not in ("forward (L ≤ 1 out)", "∂A", "∂²A"):
+            continue
+        for block_n, warps, k, stages in ((64, 4, 64, 3), (64, 4, 32, 3), (64, 4, 128, 3), (128, 4, 64, 3),
+                                          (128, 8, 64, 3), (64, 4, 64, 1), (64, 8, 64, 3), (128, 8, 128, 2)):
+            polynomial_dot.BLOCK_N, polynomial_dot.NUM_WARPS, polynomial_dot.K_TARGET = block_n, warps, k
+            polynomial_dot.NUM_STAGES = stages
+            times = [_time(lambda: polynomial_dot.contraction_by_prefix(x, species, index, table, g), args.repeats)
+                     for x in (a, a.to(torch.bfloat16))]
+            print(f"{name}: BLOCK_N {block_n} warps {warps} K {k} stages {stages}: fp32 {times[0]:.3f} ms "
+                  f"bf16 {times[1]:.3f} ms", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=864)
@@ -50,10 +84,15 @@ def main() -> None:
     parser.add_argument("--present", type=int, default=4, help="elements that have nodes")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", type=pathlib.Path, default=None)
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--once", action="store_true")
     args = parser.parse_args()
     gen = torch.Generator(device="cuda").manual_seed(0)
     dim = 16
-    species = torch.randint(0, args.present, (args.nodes,), device="cuda", generator=gen)
+    weights = torch.tensor([12.0, 12.0, 2.0, 1.0] + [1.0] * max(args.present - 4, 0))[: args.present]
+    species = torch.multinomial(weights, args.nodes, replacement=True).cuda()
+    if args.once or args.sweep:
+        return _once_or_sweep(args, species, dim, gen)
     a32 = torch.randn(args.nodes, args.channels, dim, device="cuda", generator=gen)
     rows = [f"# contraction kernels: {args.nodes} nodes, {args.channels} channels, {args.elements} elements "
             f"({args.present} present), {torch.cuda.get_device_name()}",

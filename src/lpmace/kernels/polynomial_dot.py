@@ -36,6 +36,9 @@ DOT_DTYPES = {torch.bfloat16: 1, torch.float32: 0, torch.float16: 0}
 
 BLOCK_N = 64  # nodes per program: the M of one tensor-core product (wgmma needs 64)
 MAX_COLUMNS = 128  # columns (o, q) of one program's products
+K_TARGET = 64  # rows (prefix, variable) of one product
+NUM_WARPS = 4
+NUM_STAGES = 3
 
 
 def supports(a: torch.Tensor, table: torch.Tensor, acc: torch.dtype) -> bool:
@@ -164,7 +167,7 @@ def contraction_by_prefix(a, species, index, table, g, dot: int | None = None) -
     d_pad = max(16, next_power_of_2(d))  # a product's K is at least 16
     prefixes = monomial_table(d, degree).rows_up_to[degree - 1] if degree > 0 else 0
     rows = _row_map(d, degree, d_pad, a.device) if prefixes else torch.full((1,), -1, dtype=torch.int32, device=a.device)
-    per_block = max(1, min(64 // d_pad, next_power_of_2(prefixes)))
+    per_block = max(1, min(K_TARGET // d_pad, next_power_of_2(prefixes)))
     q_pad = next_power_of_2(q)
     block_o = max(1, min(next_power_of_2(o), MAX_COLUMNS // 2 // q_pad))
     block_o = max(block_o, 16 // q_pad)  # a product's N is at least 16
@@ -178,5 +181,5 @@ def contraction_by_prefix(a, species, index, table, g, dot: int | None = None) -
             a.contiguous(), order, node_ptr, block_ptr, index.to(torch.int32).contiguous(), rows, table.contiguous(),
             g.contiguous(), out, c, d, r, o, q, S=s, P=prefixes, NU=max(int(index.shape[1]), 1), DP=d_pad,
             PB=per_block, BLOCK_N=BLOCK_N, BLOCK_O=block_o, QP=q_pad,
-            DOT=dot, num_warps=4)
+            DOT=dot, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return out
