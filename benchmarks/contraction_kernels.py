@@ -66,13 +66,11 @@ def _once_or_sweep(args, species, dim, gen) -> None:
             continue
         if name not in ("forward (L ≤ 1 out)", "∂A", "∂²A"):
             continue
-        for block_n, warps, k, stages in ((64, 4, 64, 3), (64, 4, 32, 3), (64, 4, 128, 3), (128, 4, 64, 3),
-                                          (128, 8, 64, 3), (64, 4, 64, 1), (64, 8, 64, 3), (128, 8, 128, 2)):
-            polynomial_dot.BLOCK_N, polynomial_dot.NUM_WARPS, polynomial_dot.K_TARGET = block_n, warps, k
-            polynomial_dot.NUM_STAGES = stages
+        for block_n, warps, stages in ((64, 4, 1), (64, 4, 2), (64, 4, 3), (128, 4, 2), (128, 8, 2), (64, 8, 2)):
+            polynomial_dot.BLOCK_N, polynomial_dot.NUM_WARPS, polynomial_dot.NUM_STAGES = block_n, warps, stages
             times = [_time(lambda: polynomial_dot.contraction_by_prefix(x, species, index, table, g), args.repeats)
                      for x in (a, a.to(torch.bfloat16))]
-            print(f"{name}: BLOCK_N {block_n} warps {warps} K {k} stages {stages}: fp32 {times[0]:.3f} ms "
+            print(f"{name}: BLOCK_N {block_n} warps {warps} stages {stages}: fp32 {times[0]:.3f} ms "
                   f"bf16 {times[1]:.3f} ms", flush=True)
 
 

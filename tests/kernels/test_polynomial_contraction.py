@@ -306,10 +306,10 @@ def test_prefix_kernel_fp32_forward_and_two_derivatives(interpret, monkeypatch, 
 @pytest.mark.parametrize("shape", [(70, 3, 1, 3, 2, 4, 1), (9, 2, 1, 2, 2, 16, 4), (9, 2, 1, 1, 2, 16, 64),
                                    (5, 2, 3, 3, 3, 1, 1)])
 def test_prefix_kernel_16bit_products_within_their_rounding_bound(interpret, dot, unit, shape):
-    """16-bit products: each prefix·variable product L and each table entry T as two 16-bit terms
-    (residual ≤ unit² relative), three products L_hi·T_hi + L_lo·T_hi + L_hi·T_lo (the dropped L_lo·T_lo
-    ≤ unit²), sums in float32. Every output is within that bound of the float64 formula, scaled by the
-    sum of absolute terms (the same formula on |A|, |T|, |G|)."""
+    """16-bit products: the fp32 features X and each table entry T as two 16-bit terms (residual ≤
+    unit² relative), three products X_hi·T_hi + X_hi·T_lo + X_lo·T_hi (the dropped X_lo·T_lo ≤ unit²),
+    sums in float32. Every output is within that bound of the float64 formula, scaled by the sum of
+    absolute terms (the same formula on |A|, |T|, |G|)."""
     from lpmace.kernels import polynomial_dot
 
     species, index, low, wide = _fp32_inputs(shape)

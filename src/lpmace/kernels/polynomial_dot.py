@@ -5,16 +5,17 @@ its largest variable j. So for one node and channel
 
     Σ_r m_r(A) T[r, n] = T[1, n] + Σ_p m_p(A) Σ_j A_j T[p·j, n]      (T[p·j] := 0 unless j ≥ max(p))
 
-and for a block of same-element nodes that is one matrix product per block of prefixes:
-L[node, (p, j)] = m_p(A[node]) · A[node, j] against the table rows T[(p, j), (o, q)]. L is formed in
-registers from the node's D components and a few prefix values (no gather per monomial, as the
-row-by-row kernel needs), and the product runs on tensor cores:
+and for a block of 64 same-element nodes of one channel that is, per prefix p, one small matrix product
+Y_p = X @ T_p ([nodes, D] @ [D, (o, q)]: the same X for every prefix, the table rows of p·j) scaled by
+the prefix values m_p [nodes] and summed into the accumulator. No monomial is formed per row (the
+row-by-row kernel gathers each of its ν factors), and X is converted once per program:
 
-- bf16 features: L and the table each as two bf16 terms (X = X_hi + X_lo, 16 significant bits) and
-  three bf16 products L_hi·T_hi + L_lo·T_hi + L_hi·T_lo accumulated in fp32. Each term L·T is then
-  within 3·2⁻¹⁸ of its exact value (relative), next to the 2⁻⁹ of the bf16 features themselves; the
-  table is never rounded to 16 bits (DESIGN rule 2);
-- fp32 (and fp16) features: one fp32 product on the CUDA cores (`input_precision="ieee"`: no TF32).
+- bf16 features: products on tensor cores. X is exact in bf16; the fp32 table goes in as two bf16
+  terms T = T_hi + T_lo (X·T_hi + X·T_lo, each exact in fp32; residual ≤ 2⁻¹⁸|T|), so every term is
+  within 2⁻¹⁷ of its value in fp32 arithmetic, next to the 2⁻⁹ of the bf16 features themselves, and
+  the table is never rounded to 16 bits (DESIGN rule 2). fp32 features given to a 16-bit mode (tests)
+  are split the same way, with a third product X_lo·T_hi;
+- fp32 (and fp16) features: fp32 products on the CUDA cores (`input_precision="ieee"`: no TF32).
 
 The epilogue sums over q with G in fp32 and writes each output once. Padding (j ≥ D, prefixes past the
 last, o and q past their counts) is masked to zero. Float64 stays with the row-by-row kernel.
@@ -29,14 +30,13 @@ from lpmace.kernels.monomials import monomial_table
 
 __all__ = ["DOT_DTYPES", "supports", "contraction_by_prefix"]
 
-# operands of the products per feature dtype: 0 = fp32 on CUDA cores, 1 = bf16 pairs (three products),
-# 2 = the same in fp16 (tests). Triton's interpreter gets bf16 products wrong (DESIGN.md), so under it
-# mode 1 becomes 3: the same bf16 terms, multiplied in fp32 (exact for bf16 products, as on the GPU).
+# products per feature dtype: 0 = fp32 on the CUDA cores, 1 = bf16 terms on tensor cores, 2 = the same
+# in fp16 (tests). Triton's interpreter gets bf16 products wrong (DESIGN.md), so under it mode 1
+# becomes 3: the same bf16 terms, multiplied in fp32 (exact for bf16 products, as on the GPU).
 DOT_DTYPES = {torch.bfloat16: 1, torch.float32: 0, torch.float16: 0}
 
 BLOCK_N = 64  # nodes per program: the M of one tensor-core product (wgmma needs 64)
 MAX_COLUMNS = 128  # columns (o, q) of one program's products
-K_TARGET = 64  # rows (prefix, variable) of one product
 NUM_WARPS = 4
 NUM_STAGES = 3
 
@@ -84,8 +84,8 @@ def _kernel(interpret: bool):
 
         def contraction_by_prefix(a_ptr, order_ptr, node_ptr, block_ptr, index_ptr, rows_ptr, table_ptr, g_ptr,
                                   out_ptr, C, D, R, O, Q, S: tl.constexpr, P: tl.constexpr, NU: tl.constexpr,
-                                  DP: tl.constexpr, PB: tl.constexpr, BLOCK_N: tl.constexpr,
-                                  BLOCK_O: tl.constexpr, QP: tl.constexpr, DOT: tl.constexpr):
+                                  DP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, QP: tl.constexpr,
+                                  DOT: tl.constexpr, SPLIT_X: tl.constexpr):
             p_id = tl.program_id(0)
             s = 0
             for z in tl.static_range(S):  # this program's element: the number of elements it is past
@@ -100,6 +100,14 @@ def _kernel(interpret: bool):
             j = tl.arange(0, DP)
             x = tl.load(a_ptr + base[:, None] * D + j[None, :], mask=n_ok[:, None] & (j < D)[None, :],
                         other=0.0).to(tl.float32)  # [BLOCK_N, DP]
+            if DOT == 3:  # bf16 rounding to nearest even by hand: the interpreter's cast truncates
+                bits = x.to(tl.uint32, bitcast=True)
+                x_hi = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+                bits = (x - x_hi).to(tl.uint32, bitcast=True)
+                x_lo = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+            elif DOT != 0:
+                x_hi = x.to(tl.bfloat16 if DOT == 1 else tl.float16)
+                x_lo = (x - x_hi.to(tl.float32)).to(tl.bfloat16 if DOT == 1 else tl.float16)
             col = tl.arange(0, BLOCK_O * QP)
             o = tl.program_id(2) * BLOCK_O + col // QP
             q = col % QP
@@ -107,44 +115,34 @@ def _kernel(interpret: bool):
             slice_ = (s * C + c).to(tl.int64) * R  # first row of this element's and channel's table
             t0 = tl.load(table_ptr + slice_ * O * Q + o * Q + q, mask=col_ok, other=0.0).to(tl.float32)
             acc = tl.zeros((BLOCK_N, BLOCK_O * QP), tl.float32) + t0[None, :]  # the constant row
-            k = tl.arange(0, PB * DP)
-            for p0 in range(0, P, PB):
-                prefix = p0 + tl.arange(0, PB)
-                p_ok = prefix < P
-                m = tl.full((BLOCK_N, PB), 1.0, tl.float32)
+            for p in range(0, P):
+                m = tl.full((BLOCK_N,), 1.0, tl.float32)  # the prefix monomial of each node
                 for v in tl.static_range(NU):
-                    var = tl.load(index_ptr + prefix * NU + v, mask=p_ok, other=D)  # D: the constant 1
-                    value = tl.load(a_ptr + base[:, None] * D + var[None, :], mask=n_ok[:, None] & (var < D)[None, :],
-                                    other=1.0)
+                    var = tl.load(index_ptr + p * NU + v + tl.zeros((BLOCK_N,), tl.int32))  # D: the constant 1
+                    value = tl.load(a_ptr + base * D + var, mask=n_ok & (var < D), other=1.0)
                     m = m * value.to(tl.float32)
-                m = tl.where(p_ok[None, :], m, 0.0)
-                lhs = tl.reshape(m[:, :, None] * x[:, None, :], (BLOCK_N, PB * DP))
-                row = tl.load(rows_ptr + p0 * DP + k, mask=p0 * DP + k < P * DP, other=-1)
+                row = tl.load(rows_ptr + p * DP + j)
                 t = tl.load(table_ptr + (slice_ + row[:, None]) * O * Q + (o * Q + q)[None, :],
-                            mask=(row >= 0)[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+                            mask=(row >= 0)[:, None] & col_ok[None, :], other=0.0).to(tl.float32)  # [DP, cols]
                 if DOT == 0:
-                    acc = tl.dot(lhs, t, acc, input_precision="ieee")
-                elif DOT == 3:  # bf16 rounding to nearest even by hand: the interpreter's cast truncates
-                    bits = lhs.to(tl.uint32, bitcast=True)
-                    l_hi = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
-                    bits = (lhs - l_hi).to(tl.uint32, bitcast=True)
-                    l_lo = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+                    y = tl.dot(x, t, input_precision="ieee")
+                elif DOT == 3:
                     bits = t.to(tl.uint32, bitcast=True)
                     t_hi = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
                     bits = (t - t_hi).to(tl.uint32, bitcast=True)
                     t_lo = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
-                    acc = tl.dot(l_hi, t_hi, acc, input_precision="ieee")
-                    acc = tl.dot(l_lo, t_hi, acc, input_precision="ieee")
-                    acc = tl.dot(l_hi, t_lo, acc, input_precision="ieee")
+                    y = tl.dot(x_hi, t_hi, input_precision="ieee")
+                    y = tl.dot(x_hi, t_lo, y, input_precision="ieee")
+                    if SPLIT_X:
+                        y = tl.dot(x_lo, t_hi, y, input_precision="ieee")
                 else:
-                    dtype = tl.bfloat16 if DOT == 1 else tl.float16
-                    l_hi = lhs.to(dtype)
-                    l_lo = (lhs - l_hi.to(tl.float32)).to(dtype)
-                    t_hi = t.to(dtype)
-                    t_lo = (t - t_hi.to(tl.float32)).to(dtype)
-                    acc = tl.dot(l_hi, t_hi, acc)
-                    acc = tl.dot(l_lo, t_hi, acc)
-                    acc = tl.dot(l_hi, t_lo, acc)
+                    t_hi = t.to(tl.bfloat16 if DOT == 1 else tl.float16)
+                    t_lo = (t - t_hi.to(tl.float32)).to(tl.bfloat16 if DOT == 1 else tl.float16)
+                    y = tl.dot(x_hi, t_hi)
+                    y = tl.dot(x_hi, t_lo, y)
+                    if SPLIT_X:
+                        y = tl.dot(x_lo, t_hi, y)
+                acc += m[:, None] * y
             gq = tl.load(g_ptr + base[:, None] * Q + q[None, :], mask=n_ok[:, None] & (q < Q)[None, :],
                          other=0.0).to(tl.float32)
             result = tl.sum(tl.reshape(acc * gq, (BLOCK_N, BLOCK_O, QP)), axis=2)
@@ -167,7 +165,6 @@ def contraction_by_prefix(a, species, index, table, g, dot: int | None = None) -
     d_pad = max(16, next_power_of_2(d))  # a product's K is at least 16
     prefixes = monomial_table(d, degree).rows_up_to[degree - 1] if degree > 0 else 0
     rows = _row_map(d, degree, d_pad, a.device) if prefixes else torch.full((1,), -1, dtype=torch.int32, device=a.device)
-    per_block = max(1, min(K_TARGET // d_pad, next_power_of_2(prefixes)))
     q_pad = next_power_of_2(q)
     block_o = max(1, min(next_power_of_2(o), MAX_COLUMNS // 2 // q_pad))
     block_o = max(block_o, 16 // q_pad)  # a product's N is at least 16
@@ -180,6 +177,6 @@ def contraction_by_prefix(a, species, index, table, g, dot: int | None = None) -
         _kernel(interpret)[grid](
             a.contiguous(), order, node_ptr, block_ptr, index.to(torch.int32).contiguous(), rows, table.contiguous(),
             g.contiguous(), out, c, d, r, o, q, S=s, P=prefixes, NU=max(int(index.shape[1]), 1), DP=d_pad,
-            PB=per_block, BLOCK_N=BLOCK_N, BLOCK_O=block_o, QP=q_pad,
+            BLOCK_N=BLOCK_N, BLOCK_O=block_o, QP=q_pad, SPLIT_X=a.dtype != torch.bfloat16,
             DOT=dot, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return out
