@@ -341,3 +341,15 @@ def test_prefix_kernel_16bit_products_within_their_rounding_bound_on_the_gpu(dot
                                                    *(x.detach().cuda() for x in low[1:]), dot=dot).double().cpu()
         exact, scale = _plain(a, species, t, g), _plain(a.abs(), species, t.abs(), g.abs())
         assert ((got - exact).abs() <= _split_bound(unit, index, t) * scale + 1e-30).all()
+
+
+def test_prefix_kernel_takes_the_short_prefix_loops_with_float32_sums():
+    """Which calls go to the prefix kernel: fp32 sums, tables of ≤ 32 prefixes (a correlation-3
+    model's derivative calls), not its 969-row forward table (153 prefixes) nor float64 sums."""
+    from lpmace.kernels import polynomial_dot
+
+    a = torch.zeros(2, 3, 16)
+    for rows, acc, expected in ((969, torch.float32, False), (153, torch.float32, True), (17, torch.float32, True),
+                                (1, torch.float32, True), (153, torch.float64, False), (100, torch.float32, False)):
+        assert polynomial_dot.supports(a, torch.zeros(1, 3, rows, 4, 1), acc) == expected, (rows, acc)
+    assert polynomial_dot.supports(torch.zeros(2, 3, 4), torch.zeros(1, 3, 35, 4, 1), torch.float32)  # 15 prefixes

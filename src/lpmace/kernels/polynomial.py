@@ -98,7 +98,10 @@ def _kernel(interpret: bool):
             slot = first + tl.arange(0, BLOCK_N)
             # a program past the last block (the grid is an upper bound) gets s = S - 1 and slots at or
             # beyond node_ptr[S]: it loads and stores nothing
-            n_ok = slot < tl.load(node_ptr + s + 1)
+            end = tl.load(node_ptr + s + 1)
+            if first >= end:  # a program past its element's last block (the grid is an upper bound)
+                return
+            n_ok = slot < end
             node = tl.load(order_ptr + slot, mask=n_ok, other=0).to(tl.int64)
             c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
             c_ok = c < C

@@ -37,14 +37,24 @@ DOT_DTYPES = {torch.bfloat16: 1, torch.float32: 0, torch.float16: 0}
 
 BLOCK_N = 64  # nodes per program: the M of one tensor-core product (wgmma needs 64)
 MAX_COLUMNS = 128  # columns (o, q) of one program's products
+MAX_PREFIXES = 32  # longer prefix loops go to the row-by-row kernel (see `supports`)
 NUM_WARPS = 4
 NUM_STAGES = 3
 
 
 def supports(a: torch.Tensor, table: torch.Tensor, acc: torch.dtype) -> bool:
-    """Whether this kernel takes the call: fp32 sums, a whole-degree table, q padded to ≤ MAX_COLUMNS."""
-    return (acc == torch.float32 and _degree_of_rows(int(a.shape[2]), int(table.shape[2])) >= 0
-            and next_power_of_2(int(table.shape[4])) <= MAX_COLUMNS)
+    """Whether this kernel takes the call: fp32 sums, a whole-degree table of at most MAX_PREFIXES
+    prefixes, q padded to ≤ MAX_COLUMNS.
+
+    The prefix loop is serial within a program, so a degree-3 table of 16 components (153 prefixes:
+    the forward call of a correlation-3 model) is left to the row-by-row kernel, which was faster
+    there on the H200 (0.65 against 0.98 ms bf16 / 1.12 ms fp32 at the medium W1 size); the
+    derivative calls (17 and 1 prefixes, 16–1024 columns) run 1.2–5.6× faster here
+    (benchmarks/results/contraction_prefix_h200_2026-12-02)."""
+    d, rows = int(a.shape[2]), int(table.shape[2])
+    degree = _degree_of_rows(d, rows)
+    return (acc == torch.float32 and degree >= 0 and next_power_of_2(int(table.shape[4])) <= MAX_COLUMNS
+            and (degree == 0 or monomial_table(d, degree).rows_up_to[degree - 1] <= MAX_PREFIXES))
 
 
 def _degree_of_rows(d: int, rows: int) -> int:
@@ -93,7 +103,10 @@ def _kernel(interpret: bool):
             s = tl.minimum(s, S - 1)
             first = tl.load(node_ptr + s) + (p_id - tl.load(block_ptr + s)) * BLOCK_N
             slot = first + tl.arange(0, BLOCK_N)
-            n_ok = slot < tl.load(node_ptr + s + 1)  # programs past the last block store nothing
+            end = tl.load(node_ptr + s + 1)
+            if first >= end:  # a program past its element's last block (the grid is an upper bound)
+                return
+            n_ok = slot < end
             node = tl.load(order_ptr + slot, mask=n_ok, other=0).to(tl.int64)
             c = tl.program_id(1)
             base = node * C + c  # [BLOCK_N] row of A, G and out
