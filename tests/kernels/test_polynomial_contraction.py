@@ -173,6 +173,15 @@ def test_triton_rounded_operands_sum_in_float32_forward_and_two_derivatives(inte
     _check_rounded_operands(6, 64, 1, 2, 2, 4, 1, dtype, "cpu")  # 10 elements: SHAPES (fp64), the GPU test
 
 
+def test_prefix_kernel_bf16_operands_sum_in_float32_forward_and_two_derivatives(interpret, monkeypatch):
+    """The same check through the prefix kernel (bf16 features: exact in bf16, the table as two bf16
+    terms; emulated in the interpreter)."""
+    from lpmace.kernels import polynomial_dot
+
+    monkeypatch.setattr(polynomial_dot, "ON_CPU", True)
+    _check_rounded_operands(6, 64, 1, 2, 2, 4, 1, torch.bfloat16, "cpu")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_triton_rounded_operands_at_real_size_on_the_gpu(dtype):
@@ -274,12 +283,13 @@ def _fp32_inputs(shape):
     return species, index, low, wide
 
 
-@pytest.mark.parametrize("shape", SHAPES + [(70, 2, 1, 3, 2, 4, 1), (9, 2, 3, 2, 2, 1, 3)])
-def test_prefix_kernel_fp32_forward_and_two_derivatives(interpret, monkeypatch, shape):
+@pytest.mark.parametrize("shape", [s for s in SHAPES if s[1] <= 3] + [(70, 2, 1, 3, 2, 4, 1), (9, 2, 3, 2, 2, 1, 3)])
+def test_prefix_kernel_fp32_forward_and_two_derivatives(interpret, monkeypatch, shape):  # one program per channel
     """fp32 features and table: the kernel (it takes every call, counted) against the formula in float64
     on the same rounded numbers, forward, first and second derivatives, to float32 rounding."""
     from lpmace.kernels import polynomial_dot
 
+    monkeypatch.setattr(polynomial_dot, "ON_CPU", True)
     calls = []
     real = polynomial_dot.contraction_by_prefix
     monkeypatch.setattr(polynomial_dot, "contraction_by_prefix", lambda *args, **kw: calls.append(1) or real(*args, **kw))
@@ -343,12 +353,15 @@ def test_prefix_kernel_16bit_products_within_their_rounding_bound_on_the_gpu(dot
         assert ((got - exact).abs() <= _split_bound(unit, index, t) * scale + 1e-30).all()
 
 
-def test_prefix_kernel_takes_the_short_prefix_loops_with_float32_sums():
+def test_prefix_kernel_takes_the_short_prefix_loops_with_float32_sums(monkeypatch):
     """Which calls go to the prefix kernel: fp32 sums, tables of ≤ 32 prefixes (a correlation-3
-    model's derivative calls), not its 969-row forward table (153 prefixes) nor float64 sums."""
+    model's derivative calls), not its 969-row forward table (153 prefixes) nor float64 sums; on
+    CPU tensors (the interpreter) only when asked."""
     from lpmace.kernels import polynomial_dot
 
     a = torch.zeros(2, 3, 16)
+    assert not polynomial_dot.supports(a, torch.zeros(1, 3, 153, 4, 1), torch.float32)
+    monkeypatch.setattr(polynomial_dot, "ON_CPU", True)
     for rows, acc, expected in ((969, torch.float32, False), (153, torch.float32, True), (17, torch.float32, True),
                                 (1, torch.float32, True), (153, torch.float64, False), (100, torch.float32, False)):
         assert polynomial_dot.supports(a, torch.zeros(1, 3, rows, 4, 1), acc) == expected, (rows, acc)

@@ -38,6 +38,10 @@ DOT_DTYPES = {torch.bfloat16: 1, torch.float32: 0, torch.float16: 0}
 BLOCK_N = 64  # nodes per program: the M of one tensor-core product (wgmma needs 64)
 MAX_COLUMNS = 128  # columns (o, q) of one program's products
 MAX_PREFIXES = 32  # longer prefix loops go to the row-by-row kernel (see `supports`)
+# Triton's interpreter runs programs one after another in Python, and this kernel has one per channel
+# (the row kernel one per 32): on CPU tensors the operator takes the row kernel unless this is set
+# (the tests of this kernel set it).
+ON_CPU = False
 NUM_WARPS = 4
 NUM_STAGES = 3
 
@@ -51,6 +55,8 @@ def supports(a: torch.Tensor, table: torch.Tensor, acc: torch.dtype) -> bool:
     there on the H200 (0.65 against 0.98 ms bf16 / 1.12 ms fp32 at the medium W1 size); the
     derivative calls (17 and 1 prefixes, 16–1024 columns) run 1.2–5.6× faster here
     (benchmarks/results/contraction_prefix_h200_2026-12-02)."""
+    if a.device.type != "cuda" and not ON_CPU:
+        return False
     d, rows = int(a.shape[2]), int(table.shape[2])
     degree = _degree_of_rows(d, rows)
     return (acc == torch.float32 and degree >= 0 and next_power_of_2(int(table.shape[4])) <= MAX_COLUMNS
