@@ -46,7 +46,7 @@ def _time(fn, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def _inputs(args, species, dim, degree, o, q, gen):
+def _inputs(args, dim, degree, o, q, gen):
     rows = monomial_table(dim, 3).rows_up_to[degree]
     index = monomial_table(dim, 3).index[:rows].cuda()
     table = torch.randn(args.elements, args.channels, rows, o, q, device="cuda", generator=gen)
@@ -57,7 +57,7 @@ def _inputs(args, species, dim, degree, o, q, gen):
 
 def _once_or_sweep(args, species, dim, gen) -> None:
     for name, (degree, o, q) in CALLS.items():
-        a, index, table, g = _inputs(args, species, dim, degree, o, q, gen)
+        a, index, table, g = _inputs(args, dim, degree, o, q, gen)
         if args.once:
             for a_ in (a, a.to(torch.bfloat16)):
                 polynomial._triton_rows(a_, species, index, table, g, torch.float32)

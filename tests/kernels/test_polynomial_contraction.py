@@ -179,7 +179,11 @@ def test_prefix_kernel_bf16_operands_sum_in_float32_forward_and_two_derivatives(
     from lpmace.kernels import polynomial_dot
 
     monkeypatch.setattr(polynomial_dot, "ON_CPU", True)
+    calls = []
+    real = polynomial_dot.contraction_by_prefix
+    monkeypatch.setattr(polynomial_dot, "contraction_by_prefix", lambda *args, **kw: calls.append(1) or real(*args, **kw))
     _check_rounded_operands(6, 64, 1, 2, 2, 4, 1, torch.bfloat16, "cpu")
+    assert len(calls) >= 3  # the forward and the derivative calls went to the prefix kernel
 
 
 @pytest.mark.gpu
@@ -253,15 +257,13 @@ def test_backend_names():
 
 # ---- the prefix-product kernel (lpmace.kernels.polynomial_dot: fp32 sums) ---------------------------
 
-@pytest.mark.parametrize("dim,degree", [(1, 3), (4, 3), (9, 2), (16, 3), (16, 1), (4, 0)])
+@pytest.mark.parametrize("dim,degree", [(1, 3), (4, 3), (9, 2), (16, 3), (16, 1)])
 def test_prefix_rows_cover_every_monomial_once(dim, degree):
     """Row 0 (the constant) and the map's rows together are every monomial of the table exactly once,
     and the row at (prefix p, variable j) is the monomial p·j (enumerated here)."""
     from lpmace.kernels import polynomial_dot
 
     monomials = _monomials(dim, degree)
-    if degree == 0:
-        return
     pad = max(16, 1 << (dim - 1).bit_length())
     rows = polynomial_dot._row_map(dim, degree, pad, torch.device("cpu")).view(-1, pad)
     prefixes = [m for m in monomials if len(m) < degree]
@@ -366,3 +368,16 @@ def test_prefix_kernel_takes_the_short_prefix_loops_with_float32_sums(monkeypatc
                                 (1, torch.float32, True), (153, torch.float64, False), (100, torch.float32, False)):
         assert polynomial_dot.supports(a, torch.zeros(1, 3, rows, 4, 1), acc) == expected, (rows, acc)
     assert polynomial_dot.supports(torch.zeros(2, 3, 4), torch.zeros(1, 3, 35, 4, 1), torch.float32)  # 15 prefixes
+
+
+def test_derivative_gradient_keeps_an_inf_in_its_own_row():
+    """The transposed gather pads with entry 0 at weight 0: an inf in entry 0 reaches only the source
+    rows that really have it as a target, not every padded row (no NaN from inf · 0)."""
+    table = monomial_table(4, 2)
+    coefficients = torch.zeros(1, 1, 15, 1, dtype=torch.float64, requires_grad=True)
+    derivative = table.derivative_table(coefficients)  # [1, 1, 5, 4, 1]
+    upstream = torch.zeros_like(derivative)
+    upstream[0, 0, 0, 0, 0] = float("inf")  # entry (constant, variable 0): its source is monomial x0 (row 1)
+    (grad,) = torch.autograd.grad(derivative, coefficients, upstream)
+    assert torch.isinf(grad[0, 0, 1, 0]) and not torch.isnan(grad).any()
+    assert (grad[0, 0, 2:, 0] == 0).all() and grad[0, 0, 0, 0] == 0

@@ -103,7 +103,9 @@ def _scatter_rows(y: torch.Tensor, scatter: torch.Tensor) -> torch.Tensor:
     s, c, _, p = y.shape
     r, nu = scatter.shape[1:]
     terms = y.index_select(2, scatter[0].reshape(-1)).view(s, c, r, nu, p)
-    return (terms * scatter[1].to(y.dtype)[:, :, None]).sum(3)
+    weight = scatter[1][:, :, None]
+    # padding reads entry 0 with weight 0: masked, so that an inf there stays out of other rows
+    return (terms * weight.to(y.dtype)).masked_fill(weight == 0, 0).sum(3)
 
 
 class _DerivativeMap(torch.autograd.Function):

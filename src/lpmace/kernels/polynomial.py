@@ -20,12 +20,14 @@ Numerics: A, T and G may be 16-bit; every load is converted to the accumulation 
 argument: float32 or float64; the block passes its policy's) and the sums run there, as the precision
 policies require.
 
-Implementations: "reference" (PyTorch, forms [n, C, R] monomials) and "triton". With fp32 sums,
-"triton" is `lpmace.kernels.polynomial_dot` (blocks of 64 same-element nodes, the monomials as prefix ×
-variable products on tensor cores for bf16 features); with fp64 sums, the row-by-row kernel here (one
-program per block of up to 8 same-element nodes and block of channels, monomials formed in registers,
-each table slice loaded once per block of nodes). Neither puts [n, C, R] in memory. The Triton kernels
-run on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (slow; for tests).
+Implementations: "reference" (PyTorch, forms [n, C, R] monomials) and "triton", two kernels, neither
+of which puts [n, C, R] in memory: `lpmace.kernels.polynomial_dot` (blocks of 64 same-element nodes,
+per prefix monomial one product features @ table rows, on tensor cores for bf16 features) takes the
+calls `polynomial_dot.supports` accepts: CUDA tensors, fp32 sums, tables of at most 32 prefixes (the
+derivative calls of a correlation-3 model); the row-by-row kernel here takes the rest (one program
+per block of up to 8 same-element nodes and block of channels, monomials formed in registers, each
+table slice loaded once per block of nodes). The Triton kernels run on CUDA tensors, or on CPU
+tensors under TRITON_INTERPRET=1 (slow; for tests).
 """
 
 from __future__ import annotations
@@ -96,8 +98,6 @@ def _kernel(interpret: bool):
             s = tl.minimum(s, S - 1)
             first = tl.load(node_ptr + s) + (p - tl.load(block_ptr + s)) * BLOCK_N
             slot = first + tl.arange(0, BLOCK_N)
-            # a program past the last block (the grid is an upper bound) gets s = S - 1 and slots at or
-            # beyond node_ptr[S]: it loads and stores nothing
             end = tl.load(node_ptr + s + 1)
             if first >= end:  # a program past its element's last block (the grid is an upper bound)
                 return
@@ -122,7 +122,7 @@ def _kernel(interpret: bool):
                 t_ok = r_ok[:, None, None] & o_ok[None, :, None] & c_ok[None, None, :]
                 for q in range(Q):
                     gq = tl.load(g_ptr + row * Q + q, mask=nc_ok, other=0.0).to(ACC)  # [BLOCK_N, BLOCK_C]
-                    offset = (((s * C + c[None, None, :]) * R + r[:, None, None]) * O + o[None, :, None]) * Q + q
+                    offset = (((s.to(tl.int64) * C + c[None, None, :]) * R + r[:, None, None]) * O + o[None, :, None]) * Q + q
                     t = tl.load(table_ptr + offset, mask=t_ok, other=0.0).to(ACC)  # [BLOCK_R, BLOCK_O, BLOCK_C]
                     part = tl.sum(mono[:, :, None, :] * t[:, None, :, :], axis=0)  # [BLOCK_N, BLOCK_O, BLOCK_C]
                     acc += part * gq[:, None, :]

@@ -173,7 +173,8 @@ def _kernel(interpret: bool):
 
 
 def contraction_by_prefix(a, species, index, table, g, dot: int | None = None) -> torch.Tensor:
-    """Eq. (1) of lpmace.kernels.polynomial in fp32 (shapes as there; `supports` must hold), by
+    """Eq. (1) of lpmace.kernels.polynomial in fp32 (shapes as there; any whole-degree table, though
+    `supports` sends only short prefix loops here), by
     prefix blocks. `dot` overrides the operand mode of DOT_DTYPES (tests)."""
     n, c, d = a.shape
     s, _, r, o, q = table.shape
