@@ -85,6 +85,10 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--once", action="store_true")
     args = parser.parse_args()
+    if not 1 <= args.present <= args.elements:
+        parser.error(f"--present {args.present} must be between 1 and --elements ({args.elements})")
+    if not torch.cuda.is_available():
+        parser.error("this benchmark times CUDA kernels: no CUDA device here")
     gen = torch.Generator(device="cuda").manual_seed(0)
     dim = 16
     weights = torch.tensor([12.0, 12.0, 2.0, 1.0] + [1.0] * max(args.present - 4, 0))[: args.present]
