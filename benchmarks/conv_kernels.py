@@ -129,11 +129,11 @@ def main() -> None:
 
 
 def sweep(graph):
-    """Each kernel over channels per program × pipeline stages × edges per loop step, layer 2, bf16 and
-    float32 operands."""
+    """Each kernel over channels per program × pipeline stages × edges per loop step × channels per lane,
+    layer 2, bf16 and float32 operands."""
     saved = dict(convolution_triton.TILES)
-    grid = {"message": list(itertools.product((64, 128), (1, 2, 3), (1, 2, 4))),
-            "grads": list(itertools.product((32, 64), (1, 2), (1, 2, 4)))}
+    grid = {kind: [t for t in itertools.product(channels, (1,), (1, 2), (1, 2, 4)) if t[0] >= 32 * t[3]]
+            for kind, channels in (("message", (64, 128)), ("grads", (32, 64, 128)))}
     found = []
     for dtype in (torch.bfloat16, torch.float32):
         x, y, w, g, seg = problem(graph, 1, 128, dtype)
@@ -148,9 +148,18 @@ def sweep(graph):
                 except Exception as err:  # a tile that does not compile (registers, shared memory): say so
                     ms = f"{type(err).__name__}: {err}"[:200]
                 row = dict(sweep=kind, dtype=str(dtype).split(".")[-1], channels_per_program=tile[0], stages=tile[1],
-                           unroll=tile[2], ms=ms)
+                           unroll=tile[2], channels_per_lane=tile[3], ms=ms)
                 print(json.dumps(row), flush=True)
                 found.append(row)
+        # ∂L/∂message in the operand dtype (what a 16-bit linear after the conv would hand back): the
+        # grads kernel's per-edge gather of G[dst] in half the bytes.
+        convolution_triton.TILES.update(saved)
+        g16 = g.to(dtype)
+        row = dict(sweep="grads, G in the operand dtype", dtype=str(dtype).split(".")[-1],
+                   ms=time_ms(lambda: convolution_triton.grads_triton(g16, x, y, w, seg, 1, 3, True, True, True)),
+                   ms_as_given=time_ms(calls["grads"]))
+        print(json.dumps(row), flush=True)
+        found.append(row)
         # The same edges stored in receiver order (the message's perm is then the identity): what the
         # message's indirection (perm -> edge -> sender) costs at the default tiles.
         convolution_triton.TILES.update(saved)
@@ -162,7 +171,7 @@ def sweep(graph):
                    ms_as_given=time_ms(calls["message"]))
         print(json.dumps(row), flush=True)
         found.append(row)
-        del x, y, w, g, seg, y_d, w_d, by_dst
+        del x, y, w, g, g16, seg, y_d, w_d, by_dst
         torch.cuda.empty_cache()
     convolution_triton.TILES.update(saved)
     return found

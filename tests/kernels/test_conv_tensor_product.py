@@ -241,16 +241,17 @@ def test_no_channels(interpret):
     assert d_y.shape == (5, 4) and torch.equal(d_y, torch.zeros(5, 4))
 
 
-@pytest.mark.parametrize("unroll", [(2, 3), (4, 2)])
-def test_edges_unrolled_per_loop_step(interpret, monkeypatch, unroll):
+@pytest.mark.parametrize("unroll, per_lane, channels", [((2, 3), 1, 3), ((4, 2), 1, 3), ((2, 1), 2, 70)])
+def test_edges_unrolled_per_loop_step(interpret, monkeypatch, unroll, per_lane, channels):
     """Kernels that take 2–4 edges per loop step (segments of 0..7 edges: most end mid-step, where the
-    extra slots must load zeros and store nothing): forward and three derivatives against the plain
-    formula."""
+    extra slots must load zeros and store nothing), and two channels per lane over two programs of 64:
+    forward and three derivatives against the plain formula."""
     from lpmace.kernels import convolution_triton
 
-    monkeypatch.setitem(convolution_triton.TILES, "message", (128, 3, unroll[0]))
-    monkeypatch.setitem(convolution_triton.TILES, "grads", (32, 1, unroll[1]))
-    x, y, w, seg = _problem(7, 23, 3, 1, 2, dtype=torch.float32, seed=10)
+    monkeypatch.setitem(convolution_triton.TILES, "message", (64, 3, unroll[0], per_lane))
+    monkeypatch.setitem(convolution_triton.TILES, "grads", (64, 1, unroll[1], per_lane))
+    assert convolution_triton._channels(channels, "grads")[1] == (2 // per_lane if channels > 32 else 1)
+    x, y, w, seg = _problem(7, 23, channels, 1, 2, dtype=torch.float32, seed=10)
     assert sorted(seg.dst_ptr.diff().tolist()) == [1, 2, 3, 4, 4, 4, 5]
     assert sorted(seg.src_ptr.diff().tolist()) == [0, 1, 2, 3, 3, 6, 8]
     fused = _derivatives(lambda x, y, w: conv_tensor_product(x, y, w, seg, 1, 2, "triton"), (x, y, w))
