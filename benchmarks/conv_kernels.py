@@ -143,6 +143,8 @@ def sweep(graph):
             for tile in tiles:
                 convolution_triton.TILES.update(saved)
                 convolution_triton.TILES[kind] = tile
+                if f"{kind} 16-bit" in saved:  # the sweep's tile for either operand width
+                    convolution_triton.TILES[f"{kind} 16-bit"] = tile
                 try:
                     ms = time_ms(calls[kind])
                 except Exception as err:  # a tile that does not compile (registers, shared memory): say so

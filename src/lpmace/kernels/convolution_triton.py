@@ -40,12 +40,14 @@ from lpmace.o3.clebsch_gordan import conv_coupling_table, conv_paths, path_of_co
 
 __all__ = ["TILES", "grads_triton", "layout", "message_triton", "sizes", "source"]
 
-# (channels per program, pipeline stages, edges per loop step) per kernel, from sweeps on the H200
-# (benchmarks/conv_kernels.py --sweep, MACE-MP-0-medium layer 2; benchmarks/results/conv_sweep_h200_2026-12-01):
-# the message is fastest with 4 warps, no software pipelining and two edges per step (0.80 ms bf16, 0.83 ms
-# fp32, against 0.89 / 1.10 ms at one edge and 3 stages); grads with one warp per program, whose ∂Y sums
-# over channels are warp shuffles without a block-wide barrier, and one edge per step (two: 20 % slower).
-TILES = {"message": (128, 1, 2, 1), "grads": (32, 1, 1, 1)}
+# (channels per program, pipeline stages, edges per loop step, adjacent channels per lane) per kernel, from
+# sweeps on the H200 (benchmarks/conv_kernels.py --sweep, MACE-MP-0-medium layer 2;
+# benchmarks/results/conv_sweep_h200_2026-12-01 and conv_lanes_h200_2026-12-02): the message is fastest
+# with no software pipelining and two edges per step, one channel per lane for fp32 operands and two for
+# 16-bit ones ("message 16-bit": 0.72 against 0.81 ms bf16; its edges per step must equal the message's,
+# the source is shared); grads with one warp per program (its ∂Y sums over channels are warp shuffles
+# without a block-wide barrier), one edge per step and two channels per lane (1.96 against 2.19 ms bf16).
+TILES = {"message": (128, 1, 2, 1), "message 16-bit": (128, 1, 2, 2), "grads": (64, 1, 1, 2)}
 
 
 def sizes(lmax_in: int, max_ell: int) -> tuple[int, int, int, int]:
@@ -113,17 +115,20 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1)) -> str:
 
     def load_x(indent, node, suffix=""):  # X^T [N, I, C]
         for i in range(n_in):
-            emit(indent, f"x{i}{suffix} = tl.load(x_ptr + ({node} * {n_in} + {i}) * C + c, mask=c_ok, other=0.0)"
+            emit(indent, f"x{i}{suffix} = tl.load(x_ptr + {node} * ({n_in} * C) + ({i} * C) + c, mask=c_ok, other=0.0)"
                          ".to(tl.float32)")
 
     def load_edge(indent, u, edge_mask, want_w=True):
+        # Row pointers once per edge (int64), then compile-time offsets within the row (C is constexpr):
+        # the loads take them as immediates, with no integer arithmetic per load.
+        emit(indent, f"y_row{u} = y_ptr + e{u} * {n_sh}")
         for b in range(n_sh):
             other = ", other=0.0" if edge_mask else ""
-            emit(indent, f"y{b}_{u} = tl.load(y_ptr + e{u} * {n_sh} + {b}{edge_mask}{other}).to(tl.float32)")
+            emit(indent, f"y{b}_{u} = tl.load(y_row{u} + {b}{edge_mask}{other}).to(tl.float32)")
         if want_w:
+            emit(indent, f"w_row{u} = w_ptr + e{u} * ({n_paths} * C) + c")
             for p in range(n_paths):
-                emit(indent, f"w{p}_{u} = tl.load(w_ptr + (e{u} * {n_paths} + {p}) * C + c, mask=ok{u}, other=0.0)"
-                             ".to(tl.float32)")
+                emit(indent, f"w{p}_{u} = tl.load(w_row{u} + {p} * C, mask=ok{u}, other=0.0).to(tl.float32)")
 
     def tensor_product(indent, xs, u):  # tp{o} = Σ CG x_i y_b
         for i, b in pairs:
@@ -135,7 +140,7 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1)) -> str:
     # message: out[n, c, o] = Σ_{e: dst=n} W[e, p(o), c] Σ CG X[src, c, i] Y[e, b]
     um, ug = unroll
     emit(0, "@triton.jit")
-    emit(0, "def message(x_ptr, y_ptr, w_ptr, src_ptr, ptr_ptr, perm_ptr, out_ptr, C, BLOCK_C: tl.constexpr, "
+    emit(0, "def message(x_ptr, y_ptr, w_ptr, src_ptr, ptr_ptr, perm_ptr, out_ptr, C: tl.constexpr, BLOCK_C: tl.constexpr, "
             "STAGES: tl.constexpr):")
     emit(4, "n = tl.program_id(0).to(tl.int64)")
     emit(4, "c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)")
@@ -146,20 +151,22 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1)) -> str:
     edge_loop(4, um, "n")
     masks = [edge_index(8, u, um, "src_ptr", "s") for u in range(um)]
     for u in range(um):  # every load of the step's edges first
+        emit(8, f"x_row{u} = x_ptr + s{u} * ({n_in} * C) + c")
         for i in range(n_in):
-            emit(8, f"x{i}_{u} = tl.load(x_ptr + (s{u} * {n_in} + {i}) * C + c, mask=ok{u}, other=0.0).to(tl.float32)")
+            emit(8, f"x{i}_{u} = tl.load(x_row{u} + {i} * C, mask=ok{u}, other=0.0).to(tl.float32)")
         load_edge(8, u, masks[u])
     for u in range(um):
         tensor_product(8, f"_{u}", u)
         for o in range(n_out):
             emit(8, f"a{o} += w{pcol[o]}_{u} * tp{o}")
+    emit(4, f"out_row = out_ptr + n * (C * {n_out}) + c * {n_out}")
     for o in range(n_out):
-        emit(4, f"tl.store(out_ptr + (n * C + c) * {n_out} + {o}, a{o}, mask=c_ok)")
+        emit(4, f"tl.store(out_row + {o}, a{o}, mask=c_ok)")
     emit(0, "")
 
     # grads: ∂X[s] (summed over s's outgoing edges), ∂Y[e] (per channel block), ∂W[e]
     emit(0, "@triton.jit")
-    emit(0, "def grads(g_ptr, x_ptr, y_ptr, w_ptr, dst_ptr, ptr_ptr, perm_ptr, dx_ptr, dy_ptr, dw_ptr, C, E, "
+    emit(0, "def grads(g_ptr, x_ptr, y_ptr, w_ptr, dst_ptr, ptr_ptr, perm_ptr, dx_ptr, dy_ptr, dw_ptr, C: tl.constexpr, E, "
             "BLOCK_C: tl.constexpr, WANT_X: tl.constexpr, WANT_Y: tl.constexpr, WANT_W: tl.constexpr, "
             "STAGES: tl.constexpr):")
     emit(4, "s = tl.program_id(0).to(tl.int64)")
@@ -173,8 +180,9 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1)) -> str:
     edge_loop(4, ug, "s")
     masks = [edge_index(8, u, ug, "dst_ptr", "d") for u in range(ug)]
     for u in range(ug):
-        for o in range(n_out):  # G^T [N, O, C]
-            emit(8, f"g{o}_{u} = tl.load(g_ptr + (d{u} * {n_out} + {o}) * C + c, mask=ok{u}, other=0.0).to(tl.float32)")
+        emit(8, f"g_row{u} = g_ptr + d{u} * ({n_out} * C) + c")  # G^T [N, O, C]
+        for o in range(n_out):
+            emit(8, f"g{o}_{u} = tl.load(g_row{u} + {o} * C, mask=ok{u}, other=0.0).to(tl.float32)")
         load_edge(8, u, masks[u])
     for u in range(ug):
         # s[i,b,p] = Σ_{o in p} CG[i,b,o] G_o: shared by ∂W (with X·Y) and by t[i,b] = Σ_p W_p s[i,b,p],
@@ -182,12 +190,12 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1)) -> str:
         for (i, b, p), entries in by_ibp.items():
             emit(8, f"s{i}_{b}_{p} = " + " + ".join(f"{_literal(v)} * g{o}_{u}" for o, v in entries))
         emit(8, "if WANT_W:")
+        emit(12, f"dw_row{u} = dw_ptr + e{u} * ({n_paths} * C) + c")
         for i, b in pairs:
             emit(12, f"xy{i}_{b} = x{i} * y{b}_{u}")
         for p in range(n_paths):
             expr = " + ".join(f"xy{i}_{b} * s{i}_{b}_{p}" for (i, b, pp) in by_ibp if pp == p) or "0.0 * x0"
-            emit(12, f"tl.store(dw_ptr + (e{u} * {n_paths} + {p}) * C + c, ({expr}).to(dw_ptr.dtype.element_ty), "
-                     f"mask=ok{u})")
+            emit(12, f"tl.store(dw_row{u} + {p} * C, ({expr}).to(dw_ptr.dtype.element_ty), mask=ok{u})")
         emit(8, "if WANT_X or WANT_Y:")
         for i, b in pairs:
             emit(12, f"t{i}_{b} = " + " + ".join(f"w{p}_{u} * s{i}_{b}_{p}" for (ii, bb, p) in by_ibp
@@ -197,12 +205,13 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1)) -> str:
             expr = " + ".join(f"y{b}_{u} * t{i}_{b}" for ii, b in pairs if ii == i) or "0.0 * x0"
             emit(12, f"dx{i} += {expr}")
         emit(8, "if WANT_Y:")
+        emit(12, f"dy_row{u} = dy_ptr + (block * E + e{u}) * {n_sh}")
         for b in range(n_sh):
             expr = " + ".join(f"x{i} * t{i}_{b}" for i, bb in pairs if bb == b) or "0.0 * x0"
-            emit(12, f"tl.store(dy_ptr + (block * E + e{u}) * {n_sh} + {b}, tl.sum({expr}, axis=0){masks[u]})")
+            emit(12, f"tl.store(dy_row{u} + {b}, tl.sum({expr}, axis=0){masks[u]})")
     emit(4, "if WANT_X:")
     for i in range(n_in):
-        emit(8, f"tl.store(dx_ptr + (s * C + c) * {n_in} + {i}, dx{i}.to(dx_ptr.dtype.element_ty), mask=c_ok)")
+        emit(8, f"tl.store(dx_ptr + s * (C * {n_in}) + c * {n_in} + {i}, dx{i}.to(dx_ptr.dtype.element_ty), mask=c_ok)")
     return "\n".join(lines) + "\n"
 
 
@@ -228,10 +237,12 @@ def kernels(lmax_in: int, max_ell: int):
     return _LOADED[key]
 
 
-def _channels(c: int, kernel: str) -> tuple[int, int, int]:
+def _channels(c: int, kernel: str, dtype: torch.dtype = torch.float32) -> tuple[int, int, int]:
     """(channels per program, warps, stages): at most TILES[kernel][0] channels per program, TILES[kernel][3]
-    adjacent channels per lane (a lane's loads of them are one vector load)."""
-    most, stages, _, per_lane = TILES[kernel]
+    adjacent channels per lane (a lane's loads of them are one vector load); 16-bit operands take the
+    kernel's "16-bit" entry where there is one."""
+    narrow = kernel + " 16-bit"
+    most, stages, _, per_lane = TILES[narrow if dtype.itemsize == 2 and narrow in TILES else kernel]
     block = max(32, min(next_power_of_2(c), most))
     return block, max(1, block // (32 * per_lane)), stages
 
@@ -244,7 +255,7 @@ def message_triton(x, y, w, seg, lmax_in: int, max_ell: int) -> torch.Tensor:
         return torch.zeros(n, c, n_out, dtype=torch.float32, device=x.device)
     require_interpreter(x.device)
     out = torch.empty(n, c, n_out, dtype=torch.float32, device=x.device)  # every node's program stores its rows
-    block, warps, stages = _channels(c, "message")
+    block, warps, stages = _channels(c, "message", w.dtype)
     message, _ = kernels(lmax_in, max_ell)
     with launch_context(x.device):
         message[(n, (c + block - 1) // block)](
@@ -259,7 +270,7 @@ def grads_triton(g, x, y, w, seg, lmax_in: int, max_ell: int, want_x: bool, want
     n, c, n_in = x.shape
     e, n_sh = y.shape
     n_paths = w.shape[1]
-    block, warps, stages = _channels(c, "grads")
+    block, warps, stages = _channels(c, "grads", w.dtype)
     blocks = (c + block - 1) // block
     d_x = torch.empty(n, c, n_in, dtype=x.dtype, device=x.device) if want_x else x.new_zeros(0)
     d_y = torch.empty(blocks, e, n_sh, dtype=torch.float32, device=x.device) if want_y else y.new_zeros(0)
