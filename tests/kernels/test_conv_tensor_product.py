@@ -251,6 +251,7 @@ def test_edges_unrolled_per_loop_step(interpret, monkeypatch, unroll, per_lane, 
     monkeypatch.setitem(convolution_triton.TILES, "message", (64, 3, unroll[0], per_lane))
     monkeypatch.setitem(convolution_triton.TILES, "message 16-bit", (64, 3, unroll[0], per_lane))
     monkeypatch.setitem(convolution_triton.TILES, "grads", (64, 1, unroll[1], per_lane))
+    monkeypatch.setitem(convolution_triton.TILES, "grads 16-bit", (64, 1, unroll[1], per_lane))
     assert convolution_triton._channels(channels, "grads")[1] == (2 // per_lane if channels > 32 else 1)
     x, y, w, seg = _problem(7, 23, channels, 1, 2, dtype=torch.float32, seed=10)
     assert sorted(seg.dst_ptr.diff().tolist()) == [1, 2, 3, 4, 4, 4, 5]

@@ -41,13 +41,15 @@ from lpmace.o3.clebsch_gordan import conv_coupling_table, conv_paths, path_of_co
 __all__ = ["TILES", "grads_triton", "layout", "message_triton", "sizes", "source"]
 
 # (channels per program, pipeline stages, edges per loop step, adjacent channels per lane) per kernel, from
-# sweeps on the H200 (benchmarks/conv_kernels.py --sweep, MACE-MP-0-medium layer 2;
-# benchmarks/results/conv_sweep_h200_2026-12-01 and conv_lanes_h200_2026-12-02): the message is fastest
-# with no software pipelining and two edges per step, one channel per lane for fp32 operands and two for
-# 16-bit ones ("message 16-bit": 0.72 against 0.81 ms bf16; its edges per step must equal the message's,
-# the source is shared); grads with one warp per program (its ∂Y sums over channels are warp shuffles
-# without a block-wide barrier), one edge per step and two channels per lane (1.96 against 2.19 ms bf16).
-TILES = {"message": (128, 1, 2, 1), "message 16-bit": (128, 1, 2, 2), "grads": (64, 1, 1, 2)}
+# sweeps on the H200 (benchmarks/conv_kernels.py --sweep, MACE-MP-0-medium layer 2, the last in
+# benchmarks/results/conv_lanes_h200_2026-12-02): no software pipelining anywhere; the message takes two
+# edges per step (its "16-bit" entry must keep the same count: the source is shared) at 64 channels per
+# program, one per lane for fp32 operands and two for 16-bit ones (0.79 / 0.72 ms fp32 / bf16 against
+# 0.82 / 0.78 at 128 and one per lane); grads one warp per program (its ∂Y sums over channels are warp
+# shuffles without a block-wide barrier) and one edge per step, 32 channels for fp32 operands, 64 at
+# two per lane for 16-bit ones (1.98 / 1.81 ms against 2.11 / 1.94).
+TILES = {"message": (64, 1, 2, 1), "message 16-bit": (64, 1, 2, 2),
+         "grads": (32, 1, 1, 1), "grads 16-bit": (64, 1, 1, 2)}
 
 
 def sizes(lmax_in: int, max_ell: int) -> tuple[int, int, int, int]:
