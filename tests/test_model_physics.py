@@ -80,9 +80,9 @@ def graph_of(atoms: ase.Atoms, r_max: float = R_MAX):
     return graph_from_configuration(configuration(atoms), r_max)
 
 
-def evaluate(model: MACE, atoms: ase.Atoms, stress: bool = False) -> dict:
+def evaluate(model: MACE, atoms: ase.Atoms, stress: bool = False, precision: str | None = None) -> dict:
     """energy (float), forces [n, 3] and (if asked) stress [3, 3] as float64 numpy."""
-    out = model(graph_of(atoms), compute_stress=stress)
+    out = model(graph_of(atoms), compute_stress=stress, precision=precision)
     result = {"energy": float(out["energy"][0].detach()), "forces": out["forces"].detach().numpy()}
     if stress:
         result["stress"] = out["stress"][0].detach().numpy()
@@ -370,3 +370,35 @@ def test_a_move_to_the_same_device_keeps_the_e0s_tensor():
     model.to("cpu")
     model.to(torch.device("cpu"))
     assert model.e0s.data_ptr() == address and model.e0s.dtype == torch.float64
+
+
+def test_a_float32_model_evaluated_in_fp64_computes_with_exact_tables(molecule):
+    # fp64 is the reference every precision is measured against, and the bench and trainer build
+    # float32 models: .float() must not round the CG, basis, spherical-harmonic, Bessel and radii
+    # tables. The float32 weights are float64 numbers too: both models compute one function.
+    single = make_model(distance_transform="agnesi", pair_repulsion=True).float()
+    double = make_model(distance_transform="agnesi", pair_repulsion=True)
+    double.load_state_dict(single.state_dict())
+    a = evaluate(single, molecule, precision="fp64")
+    b = evaluate(double, molecule, precision="fp64")
+    assert abs(b["energy"]) > 0.1 and np.abs(b["forces"]).max() > 0.1  # E0s are zero: all interaction
+    assert_energy_close(a["energy"], b["energy"], rel=1e-13)
+    assert_arrays_close(a["forces"], b["forces"], rel=1e-13)
+
+
+def test_casts_keep_the_exact_tables_float64_and_moves_keep_them_in_place():
+    # a recorded CUDA graph reads every buffer at its address: a move to where the model is, or a
+    # cast to the dtype it has, must keep each table; any cast leaves them float64 and exact
+    model = make_model(distance_transform="agnesi").float()
+    tables = {n: b for n, b in model.named_buffers() if b.is_floating_point()}
+    kinds = {n.rsplit(".", 1)[-1].split("_")[0] for n in tables}
+    assert kinds >= {"coupling", "coeffs", "step", "frequencies", "radii", "e0s"}
+    assert all(b.dtype == torch.float64 for b in tables.values())
+    exact = {n: b.clone() for n, b in tables.items()}
+    for move in (lambda: model.to("cpu"), lambda: model.to(torch.device("cpu")), model.float, model.cpu):
+        move()
+        assert all(b is tables[n] for n, b in model.named_buffers() if n in tables)
+    model.to(torch.bfloat16)
+    after = dict(model.named_buffers())
+    assert all(after[n].dtype == torch.float64 and torch.equal(after[n], exact[n]) for n in exact)
+    assert not any(n in model.state_dict() for n in exact)

@@ -24,6 +24,7 @@ import torch
 from lpmace.data.graph import Graph
 from lpmace.elements import check_known_elements
 from lpmace.errors import InputError
+from lpmace.nn.constants import ExactConstants
 from lpmace.nn.distance_transform import DISTANCE_TRANSFORMS, distance_transform
 from lpmace.nn.edges import Edges
 from lpmace.nn.element_weights import element_weight
@@ -159,7 +160,7 @@ class MACEConfig:
         return cls(**d)
 
 
-class MACE(torch.nn.Module):
+class MACE(ExactConstants):
     """MACE interatomic potential.
 
     ``model(graph)`` returns a dict:
@@ -179,7 +180,7 @@ class MACE(torch.nn.Module):
         lookup = torch.full((119,), -1, dtype=torch.int64)
         lookup[list(c.atomic_numbers)] = torch.arange(n_el)
         self.register_buffer("species_of_number", lookup, persistent=False)
-        self.register_buffer("e0s", torch.tensor(c.E0s, dtype=torch.float64), persistent=False)
+        self.register_constant("e0s", torch.tensor(c.E0s, dtype=torch.float64))  # ~1e3 eV: float64 (rule 1)
 
         self.embedding = torch.nn.Parameter(torch.randn(n_el, c.channels))
         self.radial = RadialEmbedding(c.r_max, c.num_bessel, c.num_polynomial_cutoff)
@@ -208,14 +209,6 @@ class MACE(torch.nn.Module):
                                          1 if c.agnostic_product else n_el))
             mlp = t == last and c.num_interactions > 1
             self.readouts.append(MLPReadout(c.channels, c.readout_mlp) if mlp else LinearReadout(c.channels))
-
-    def _apply(self, fn, recurse=True):
-        # .float()/.half()/.to(dtype) cast floating buffers too; E0s (~1e3 eV) stay float64 (rule 1).
-        # Made afresh only when cast: a move or a no-op keeps the tensor (CUDA graphs address it).
-        super()._apply(fn, recurse)
-        if self.e0s.dtype != torch.float64:
-            self.e0s = torch.tensor(self.config.E0s, dtype=torch.float64, device=self.e0s.device)
-        return self
 
     @property
     def dtype(self) -> torch.dtype:

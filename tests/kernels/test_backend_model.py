@@ -50,6 +50,18 @@ def test_triton_backend_matches_reference_with_gradients(monkeypatch, make_model
         assert (a - b).abs().max() <= 10 * tolerance * a.abs().max() + 1e-300, name
 
 
+
+def test_triton_backend_matches_reference_in_fp64_on_a_float32_model(monkeypatch, make_model, small_graph):
+    """The bench and trainer models are float32; fp64 (the reference of every precision) must compute
+    with the same exact tables in both backends (the reference's were float32-rounded: 3e-10 of the forces)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = make_model(torch.float32)
+    e_ref, f_ref = (use(model, "reference")(small_graph, precision="fp64")[k].detach() for k in ("energy", "forces"))
+    e_tri, f_tri = (use(model, "triton")(small_graph, precision="fp64")[k].detach() for k in ("energy", "forces"))
+    e0 = model.e0s[model.species(small_graph.numbers)].sum()
+    assert (e_tri - e_ref).abs().max() <= 1e-13 * (e_ref - e0).abs().max()  # of the interaction energy
+    assert (f_tri - f_ref).abs().max() <= 1e-13 * f_ref.abs().max()
+
 def _interaction(model, graph, precision, backend):
     """Site interaction energies [n], the interaction energy E − ΣE0 and forces, in float64."""
     out = use(model, backend)(graph, precision=precision)

@@ -2,7 +2,8 @@
 
 R(z) in Å from `ase.data.covalent_radii` (Cordero et al., Dalton Trans. 2008, 2832), the table
 mace-torch's ZBL repulsion and Agnesi transform read. They are constants, not weights: held in
-float64 whatever dtype the model is cast to, and rounded only to the dtype a block computes in.
+float64 whatever dtype the model is cast to (lpmace.nn.constants), and rounded only to the dtype a
+block computes in.
 """
 
 from __future__ import annotations
@@ -11,26 +12,19 @@ from typing import Sequence
 
 import torch
 
+from lpmace.nn.constants import ExactConstants
 
-class CovalentRadii(torch.nn.Module):
+
+class CovalentRadii(ExactConstants):
     """Per-element covalent radii and atomic numbers, float64 buffers indexed by element index."""
 
     def __init__(self, atomic_numbers: Sequence[int]):
         super().__init__()
         from ase.data import covalent_radii
 
-        self._numbers = [float(z) for z in atomic_numbers]
-        self._radii = [float(covalent_radii[int(z)]) for z in atomic_numbers]
-        self.register_buffer("radii", torch.tensor(self._radii, dtype=torch.float64), persistent=False)
-        self.register_buffer("numbers", torch.tensor(self._numbers, dtype=torch.float64), persistent=False)
-
-    def _apply(self, fn, recurse=True):
-        # .float()/.half() cast floating buffers too; these constants stay float64 (moved only).
-        super()._apply(fn, recurse)
-        device = self.radii.device
-        self.radii = torch.tensor(self._radii, dtype=torch.float64, device=device)
-        self.numbers = torch.tensor(self._numbers, dtype=torch.float64, device=device)
-        return self
+        radii = [float(covalent_radii[int(z)]) for z in atomic_numbers]
+        self.register_constant("radii", torch.tensor(radii, dtype=torch.float64))
+        self.register_constant("numbers", torch.tensor([float(z) for z in atomic_numbers], dtype=torch.float64))
 
     def of_edges(self, species: torch.Tensor, edge_index: torch.Tensor, dtype: torch.dtype):
         """(R_sender + R_receiver [E, 1], Z_sender [E, 1], Z_receiver [E, 1]) in `dtype`, from element

@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 import torch
 
 from lpmace.kernels.convolution import conv_tensor_product
+from lpmace.nn.constants import ExactConstants
 from lpmace.nn.density import edge_density, node_density, normalised
 from lpmace.nn.edges import Edges
 from lpmace.nn.linear import ElementLinear, EquivariantLinear
@@ -42,7 +43,7 @@ from lpmace.o3.clebsch_gordan import conv_coupling_table, conv_paths, path_of_co
 from lpmace.precision import BlockDtypes, PrecisionPolicy
 
 
-class ConvTensorProduct(torch.nn.Module):
+class ConvTensorProduct(ExactConstants):
     """The neighbour sum of per-edge tensor products (the 'uvu' convolution of MACE Eq. 8):
 
         M[i, c, q] = Σ_{j∈N(i)} W[ij, p(q), c] Σ_{a, b} h[j, c, a] Y_b(r̂_ij) C[a, b, q]
@@ -62,7 +63,7 @@ class ConvTensorProduct(torch.nn.Module):
         self.implementation = "reference"
         self.lmax_in, self.max_ell = lmax_in, max_ell
         self.paths = conv_paths(lmax_in, max_ell, max_ell)
-        self.register_buffer("coupling", conv_coupling_table(self.paths, lmax_in, max_ell), persistent=False)
+        self.register_constant("coupling", conv_coupling_table(self.paths, lmax_in, max_ell))
         self.register_buffer("path_of_column", torch.tensor(path_of_column(self.paths)), persistent=False)
 
     def forward(self, h: torch.Tensor, weights: torch.Tensor, edges: Edges, dtypes: BlockDtypes) -> torch.Tensor:

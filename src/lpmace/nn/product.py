@@ -29,6 +29,7 @@ import torch
 
 from lpmace.kernels.monomials import monomial_table
 from lpmace.kernels.polynomial import polynomial_contraction
+from lpmace.nn.constants import ExactConstants
 from lpmace.nn.element_weights import element_weight
 from lpmace.nn.linear import EquivariantLinear
 from lpmace.o3.symmetric_basis import symmetric_basis
@@ -49,7 +50,7 @@ def frozen_weights(frozen: bool = True):
         _FROZEN.value = before
 
 
-class SymmetricContraction(torch.nn.Module):
+class SymmetricContraction(ExactConstants):
     """A [n, C, (lmax_in+1)²], species [n] (indices) -> B [n, C, (lmax_out+1)²].
 
     Parameters ``weights["L{L}_nu{ν}"]``: [n_elements, n_basis(L, ν), C], initialised N(0,1)/n_basis
@@ -76,7 +77,7 @@ class SymmetricContraction(torch.nn.Module):
                 monos, coeffs = symmetric_basis(lmax_in, nu, L)
                 self.register_buffer(f"monos_L{L}_nu{nu}", monos, persistent=False)
                 self.register_buffer(f"rows_L{L}_nu{nu}", table.rows_of(monos), persistent=False)
-                self.register_buffer(f"coeffs_L{L}_nu{nu}", coeffs, persistent=False)
+                self.register_constant(f"coeffs_L{L}_nu{nu}", coeffs)
                 k = coeffs.shape[-1]
                 self.weights[f"L{L}_nu{nu}"] = torch.nn.Parameter(
                     torch.randn(num_elements, k, channels) / max(k, 1)

@@ -19,10 +19,11 @@ from typing import Optional, Sequence
 import torch
 
 from lpmace.nn.activation import scaled_silu
+from lpmace.nn.constants import ExactConstants
 from lpmace.precision import scaled_weight
 
 
-class RadialEmbedding(torch.nn.Module):
+class RadialEmbedding(ExactConstants):
     """lengths [n_edges, 1] -> Bessel features times envelope [n_edges, num_bessel]."""
 
     def __init__(self, r_max: float, num_bessel: int, num_polynomial_cutoff: int):
@@ -30,7 +31,7 @@ class RadialEmbedding(torch.nn.Module):
         self.r_max = float(r_max)
         self.p = int(num_polynomial_cutoff)
         freqs = math.pi / self.r_max * torch.arange(1, num_bessel + 1, dtype=torch.float64)
-        self.register_buffer("frequencies", freqs, persistent=False)
+        self.register_constant("frequencies", freqs)
 
     def envelope(self, lengths: torch.Tensor) -> torch.Tensor:
         """u(r) [n_edges, 1]; exactly zero at and beyond r_max."""

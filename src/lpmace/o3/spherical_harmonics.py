@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from lpmace.nn.constants import ExactConstants
 from lpmace.o3.clebsch_gordan import wigner_3j
 from lpmace.o3.irreps import num_components
 
@@ -30,7 +31,7 @@ def _recursion_tables(lmax: int) -> list[torch.Tensor]:
     return tables
 
 
-class SphericalHarmonics(torch.nn.Module):
+class SphericalHarmonics(ExactConstants):
     """Y(r̂) for l = 0..lmax of edge vectors.
 
     Input: vectors [n_edges, 3] (need not be normalised). Output: [n_edges, (lmax+1)**2] in the
@@ -41,7 +42,7 @@ class SphericalHarmonics(torch.nn.Module):
         super().__init__()
         self.lmax = lmax
         for l, t in enumerate(_recursion_tables(lmax), start=1):
-            self.register_buffer(f"step_{l}", t, persistent=False)
+            self.register_constant(f"step_{l}", t)
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
         r_hat = vectors / vectors.norm(dim=-1, keepdim=True)
