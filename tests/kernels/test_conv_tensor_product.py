@@ -185,10 +185,29 @@ def test_sums_are_deterministic_on_the_gpu():
 
 def test_opcheck():
     x, y, w, seg = _problem(4, 7, 3, 1, 1)
-    torch.library.opcheck(torch.ops.lpmace.conv_message.default, (x, y, w, *seg, 1, 1, "reference", torch.float64))
+    torch.library.opcheck(torch.ops.lpmace.conv_message.default,
+                          (x, y, w, *seg, 1, 1, "reference", torch.float64, torch.float64))
+    torch.library.opcheck(torch.ops.lpmace.conv_message.default,
+                          (x, y, w, *seg, 1, 1, "reference", torch.float64, torch.float32))
     g = torch.randn(4, 3, 8, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(torch.ops.lpmace.conv_grads.default,
                           (g, x, y, w, *seg, 1, 1, True, True, True, "reference", torch.float64))
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_a_message_asked_in_bfloat16_is_the_float32_one_rounded_once(interpret, impl):
+    """out=bfloat16 (what the block asks when its linear computes in bf16): the float32 sums rounded once,
+    bit for bit, and the derivatives of a bf16 cotangent equal those through the float32 message and an
+    explicit cast (the cotangent widened to float32 carries the same numbers)."""
+    x, y, w, seg = _problem(6, 20, 5, 1, 2, dtype=torch.float32, seed=4)
+    wide = conv_tensor_product(x, y, w, seg, 1, 2, impl)
+    narrow = conv_tensor_product(x, y, w, seg, 1, 2, impl, out=torch.bfloat16)
+    assert wide.dtype == torch.float32 and narrow.dtype == torch.bfloat16
+    assert torch.equal(narrow, wide.to(torch.bfloat16))
+    g = torch.randn(narrow.shape, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    d_narrow = torch.autograd.grad(conv_tensor_product(x, y, w, seg, 1, 2, impl, out=torch.bfloat16), (x, y, w), g)
+    d_wide = torch.autograd.grad(conv_tensor_product(x, y, w, seg, 1, 2, impl).to(torch.bfloat16), (x, y, w), g)
+    assert all(torch.equal(a, b) for a, b in zip(d_narrow, d_wide))
 
 
 def test_bad_input_unknown_implementation_and_cpu_without_interpreter(monkeypatch):

@@ -158,17 +158,17 @@ def _fast(impl: str, acc: torch.dtype) -> bool:
 @torch.library.custom_op("lpmace::conv_message", mutates_args=())
 def _conv_message(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
                   dst_ptr: torch.Tensor, dst_perm: torch.Tensor, src_ptr: torch.Tensor, src_perm: torch.Tensor,
-                  lmax_in: int, max_ell: int, impl: str, acc: torch.dtype) -> torch.Tensor:
+                  lmax_in: int, max_ell: int, impl: str, acc: torch.dtype, out: torch.dtype) -> torch.Tensor:
     seg = EdgeSegments(src, dst, dst_ptr, dst_perm, src_ptr, src_perm)
     if _fast(impl, acc):
-        return _triton.message_triton(x, y, w, seg, lmax_in, max_ell)
+        return _triton.message_triton(x, y, w, seg, lmax_in, max_ell, out)
     with torch.no_grad():
-        return message_reference(x, y, w, seg, lmax_in, max_ell, acc)
+        return message_reference(x, y, w, seg, lmax_in, max_ell, acc).to(out)
 
 
 @_conv_message.register_fake
-def _(x, y, w, src, dst, dst_ptr, dst_perm, src_ptr, src_perm, lmax_in, max_ell, impl, acc):
-    return x.new_empty(dst_ptr.shape[0] - 1, x.shape[1], sizes(lmax_in, max_ell)[2], dtype=acc)
+def _(x, y, w, src, dst, dst_ptr, dst_perm, src_ptr, src_perm, lmax_in, max_ell, impl, acc, out):
+    return x.new_empty(dst_ptr.shape[0] - 1, x.shape[1], sizes(lmax_in, max_ell)[2], dtype=out)
 
 
 @torch.library.custom_op("lpmace::conv_grads", mutates_args=())
@@ -191,7 +191,7 @@ def _(g, x, y, w, src, dst, dst_ptr, dst_perm, src_ptr, src_perm, lmax_in, max_e
 
 
 def _message_setup(ctx, inputs, output):
-    x, y, w, *seg, lmax_in, max_ell, impl, acc = inputs
+    x, y, w, *seg, lmax_in, max_ell, impl, acc, _ = inputs
     ctx.save_for_backward(x, y, w, *seg)
     ctx.lmax_in, ctx.max_ell, ctx.impl, ctx.acc = lmax_in, max_ell, impl, acc
 
@@ -204,7 +204,7 @@ def _message_backward(ctx, grad):
         d_x, d_y, d_w = _conv_grads(grad, x, y, w, *seg, ctx.lmax_in, ctx.max_ell, need_x, need_y, need_w,
                                     ctx.impl, ctx.acc)
         d_x, d_y, d_w = (d if need else None for d, need in zip((d_x, d_y, d_w), (need_x, need_y, need_w)))
-    return (d_x, d_y, d_w) + (None,) * 10
+    return (d_x, d_y, d_w) + (None,) * 11
 
 
 def _grads_setup(ctx, inputs, output):
@@ -227,7 +227,7 @@ def _grads_backward(ctx, grad_x, grad_y, grad_w):
     for k in terms:  # term k: slot k of (X, Y, W) replaced by its cotangent
         a = [cotangents[k] if j == k else args[j] for j in range(3)]
         if need_g:
-            term = _conv_message(*a, *seg, ctx.lmax_in, ctx.max_ell, ctx.impl, ctx.acc)
+            term = _conv_message(*a, *seg, ctx.lmax_in, ctx.max_ell, ctx.impl, ctx.acc, ctx.acc)
             d_g = term if d_g is None else d_g + term
         wants = [need and j != k for j, need in enumerate((need_x, need_y, need_w))]
         if any(wants):
@@ -258,10 +258,12 @@ def _check(impl: str, lmax_in: int, max_ell: int, x: torch.Tensor, y: torch.Tens
 
 
 def conv_message(x, y, w, seg: EdgeSegments, lmax_in: int, max_ell: int, impl: str = "reference",
-                 acc: torch.dtype | None = None) -> torch.Tensor:
-    """∂L/∂G of form (2): the message (1), differentiable to any order."""
+                 acc: torch.dtype | None = None, out: torch.dtype | None = None) -> torch.Tensor:
+    """∂L/∂G of form (2): the message (1), differentiable to any order; summed in `acc` and rounded once
+    to `out` (default: `acc`)."""
     _check(impl, lmax_in, max_ell, x, y, w)
-    return _conv_message(x, y, w, *seg, lmax_in, max_ell, impl, _acc(acc, x, y, w))
+    acc = _acc(acc, x, y, w)
+    return _conv_message(x, y, w, *seg, lmax_in, max_ell, impl, acc, acc if out is None else out)
 
 
 def conv_grads(g, x, y, w, seg: EdgeSegments, lmax_in: int, max_ell: int, want_x: bool = True, want_y: bool = True,
@@ -273,7 +275,8 @@ def conv_grads(g, x, y, w, seg: EdgeSegments, lmax_in: int, max_ell: int, want_x
 
 
 def conv_tensor_product(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, seg: EdgeSegments, lmax_in: int,
-                        max_ell: int, impl: str = "reference", acc: torch.dtype | None = None) -> torch.Tensor:
+                        max_ell: int, impl: str = "reference", acc: torch.dtype | None = None,
+                        out: torch.dtype | None = None) -> torch.Tensor:
     """Equation (1): the message [N, C, O], differentiable to any order in x, y and w.
 
     Args:
@@ -284,11 +287,15 @@ def conv_tensor_product(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, seg: 
         impl: "reference" or "triton".
         acc: the accumulation dtype (float32 or float64): every load is widened to it and the sums run in
             it; None: float64 when an input is float64, else float32.
+        out: the message's dtype (default: `acc`), rounded once from the `acc` sums. A block whose next
+            step rounds the message to 16 bits anyway (the linear after the conv) asks for that dtype:
+            the same numbers, half the bytes stored, and its gradient comes back in 16 bits (the
+            backward kernel's gather of it moves half the bytes).
 
     Returns:
-        [N, C, O] in `acc`.
+        [N, C, O] in `out`.
     """
-    return conv_message(x, y, w, seg, lmax_in, max_ell, impl, acc)
+    return conv_message(x, y, w, seg, lmax_in, max_ell, impl, acc, out)
 
 
 def flop_count(x_shape, y_shape, w_shape, *args, out_shape=None, **kwargs) -> int:

@@ -163,7 +163,7 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1)) -> str:
             emit(8, f"a{o} += w{pcol[o]}_{u} * tp{o}")
     emit(4, f"out_row = out_ptr + n * (C * {n_out}) + c * {n_out}")
     for o in range(n_out):
-        emit(4, f"tl.store(out_row + {o}, a{o}, mask=c_ok)")
+        emit(4, f"tl.store(out_row + {o}, a{o}.to(out_ptr.dtype.element_ty), mask=c_ok)")
     emit(0, "")
 
     # grads: ∂X[s] (summed over s's outgoing edges), ∂Y[e] (per channel block), ∂W[e]
@@ -249,21 +249,24 @@ def _channels(c: int, kernel: str, dtype: torch.dtype = torch.float32) -> tuple[
     return block, max(1, block // (32 * per_lane)), stages
 
 
-def message_triton(x, y, w, seg, lmax_in: int, max_ell: int) -> torch.Tensor:
-    """out [N, C, O] float32 = Σ_{e: dst=n} W[e, p(o), c] Σ CG X[src, c, i] Y[e, b]."""
+def message_triton(x, y, w, seg, lmax_in: int, max_ell: int, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """out [N, C, O] = Σ_{e: dst=n} W[e, p(o), c] Σ CG X[src, c, i] Y[e, b], summed in float32 and stored
+    once in out_dtype."""
     n, c = seg.dst_ptr.shape[0] - 1, x.shape[1]
     n_out = sizes(lmax_in, max_ell)[2]
     if n == 0 or c == 0 or y.shape[0] == 0:
-        return torch.zeros(n, c, n_out, dtype=torch.float32, device=x.device)
+        return torch.zeros(n, c, n_out, dtype=out_dtype, device=x.device)
     require_interpreter(x.device)
-    out = torch.empty(n, c, n_out, dtype=torch.float32, device=x.device)  # every node's program stores its rows
+    # Triton's interpreter casts to bfloat16 by truncation: on the CPU the kernel stores float32 and torch
+    # rounds (to nearest even, as the GPU's conversion does).
+    out = torch.empty(n, c, n_out, dtype=out_dtype if x.device.type == "cuda" else torch.float32, device=x.device)  # every node's program stores its rows
     block, warps, stages = _channels(c, "message", w.dtype)
     message, _ = kernels(lmax_in, max_ell)
     with launch_context(x.device):
         message[(n, (c + block - 1) // block)](
             x.transpose(1, 2).contiguous(), y.contiguous(), w.contiguous(), seg.src, seg.dst_ptr, seg.dst_perm, out,
             c, BLOCK_C=block, STAGES=stages, num_warps=warps)
-    return out
+    return out.to(out_dtype)
 
 
 def grads_triton(g, x, y, w, seg, lmax_in: int, max_ell: int, want_x: bool, want_y: bool, want_w: bool):

@@ -66,12 +66,16 @@ class ConvTensorProduct(ExactConstants):
         self.register_constant("coupling", conv_coupling_table(self.paths, lmax_in, max_ell))
         self.register_buffer("path_of_column", torch.tensor(path_of_column(self.paths)), persistent=False)
 
-    def forward(self, h: torch.Tensor, weights: torch.Tensor, edges: Edges, dtypes: BlockDtypes) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, weights: torch.Tensor, edges: Edges, dtypes: BlockDtypes,
+                out: Optional[torch.dtype] = None) -> torch.Tensor:
+        """The message [n, C, Q], summed in dtypes.math and returned in `out` (default: dtypes.math): a
+        caller that rounds it next (to its linear's dtype) passes that dtype, the same numbers in fewer bytes."""
         math_dtype = dtypes.math
+        out = math_dtype if out is None else out
         weights = weights.to(dtypes.operand).view(-1, len(self.paths), h.shape[1])  # [E, P, C]
         if self.implementation == "triton":  # rounded operands, widened by the kernel at each load; CG inside
             return conv_tensor_product(h.to(dtypes.operand), edges.sh.to(math_dtype), weights, edges.segments,
-                                       self.lmax_in, self.max_ell, "triton", acc=math_dtype)
+                                       self.lmax_in, self.max_ell, "triton", acc=math_dtype, out=out)
         # Contract Y with the CG table first ([E, D_in, Q], channel-free): never forms the
         # [E, C, D_in, D_sh] outer product (16x fewer FLOPs, far less memory).
         table = self.coupling.to(dtypes.table).to(math_dtype)
@@ -82,8 +86,8 @@ class ConvTensorProduct(ExactConstants):
         h_send = torch.index_select(h.to(dtypes.operand).to(math_dtype), 0, sender)  # [E, C, D_in]
         tp = torch.bmm(h_send, y_table)  # [E, C, Q]
         tp = tp * torch.index_select(weights.to(math_dtype), 1, self.path_of_column).transpose(1, 2)
-        out = torch.zeros(h.shape[0], h.shape[1], tp.shape[-1], dtype=tp.dtype, device=tp.device)
-        return out.index_add_(0, receiver, tp)
+        summed = torch.zeros(h.shape[0], h.shape[1], tp.shape[-1], dtype=tp.dtype, device=tp.device)
+        return summed.index_add_(0, receiver, tp).to(out)
 
 
 def by_degree(summed: torch.Tensor, paths, max_ell: int) -> list:
@@ -152,7 +156,7 @@ class Interaction(torch.nn.Module):
         weights = self.radial_mlp(edges.radial, policy.radial_mlp)
         if edges.cutoff is not None:
             weights = weights * edges.cutoff.to(weights.dtype)
-        summed = self.conv(h, weights, edges, policy.block("tensor_product"))
+        summed = self.conv(h, weights, edges, policy.block("tensor_product"), out=linear_dtype)
         a = self.linear(by_degree(summed, self.paths, self.max_ell), linear_dtype)
         if self.density_mlp is None:
             a = a / self.avg_num_neighbors

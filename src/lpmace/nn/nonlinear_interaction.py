@@ -113,7 +113,7 @@ class NonLinearInteraction(torch.nn.Module):
         rho = node_density(weight, receiver, h.shape[0])
         denominator = rho * self.beta.to(rho.dtype) + self.alpha.to(rho.dtype)
 
-        summed = self.conv(h, weights, edges, policy.block("tensor_product"))
+        summed = self.conv(h, weights, edges, policy.block("tensor_product"), out=linear_dtype)
         message = self.linear_1(by_degree(summed, self.paths, self.max_ell), linear_dtype)
         residual = self.linear_res(h, linear_dtype)
         message = [normalised(m, denominator) + r for m, r in zip(message, residual)]
