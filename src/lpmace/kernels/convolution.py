@@ -26,11 +26,12 @@ kernels, and no [E, C, O] tensor is ever formed.
 
 Numerics: X and W may be 16-bit; every load is converted to the accumulation dtype `acc` (an argument:
 float32 or float64; the block passes its policy's), Y is at least float32, CG is float64 in the
-reference and float32 literals in the kernels; the message comes in `acc`, each derivative in the
+reference and float32 literals in the kernels; the message comes in `out` (default `acc`: a block
+whose linear computes in 16 bits asks for that dtype, the sums rounded once), each derivative in the
 dtype of its input.
 
 Implementations: "reference" (PyTorch: forms T = Y·CG [E, I, O] and [E, C, O] products; the
-definition the kernels are tested against) and "triton" (`convolution_triton`: one lane per channel,
+definition the kernels are tested against) and "triton" (`convolution_triton`: channels across lanes,
 CG non-zeros unrolled, nodes' edges walked in CSR order, no atomics: the same result every run). The
 kernels sum in float32; a float64 `acc` runs the reference. They run on CUDA tensors, or on CPU
 tensors under TRITON_INTERPRET=1 (slow; for tests).

@@ -1,4 +1,4 @@
-"""The conv tensor product's Triton kernels: one lane per channel, Clebsch–Gordan non-zeros as literals.
+"""The conv tensor product's Triton kernels: channels across lanes, Clebsch–Gordan non-zeros as literals.
 
 For features X [N, C, I], spherical harmonics Y [E, B], radial weights W [E, P, C] and the coupling
 table CG [I, B, O] of `lpmace.o3.clebsch_gordan.conv_coupling_table` (paths (l1, l2, l3), output
@@ -7,16 +7,21 @@ column o in path p(o)), the 4-linear form
     L(G, X, Y, W) = Σ_e Σ_c Σ_{i,b,o} G[dst_e, c, o] X[src_e, c, i] Y[e, b] CG[i, b, o] W[e, p(o), c]
 
 has two kernels, generated per (lmax_in, max_ell) so that every CG non-zero is a float32 literal in
-the code (86 of the 4·16·40 entries for L = 1 features and max_ell 3):
+the code (86 of the 4·16·40 entries for L = 1 features and max_ell 3), and compiled per channel count
+C (a compile-time constant: each edge has one row pointer and every load within the row takes its
+offset as an immediate, with no integer arithmetic per load):
 
-    message  ∂L/∂G[n]: one program per (receiver n, block of channels), one channel per lane; it walks
-             the receiver's edges (CSR) in a pipelined loop, keeps the O outputs in registers and
-             writes them once.
+    message  ∂L/∂G[n]: one program per (receiver n, block of channels), one or two adjacent channels
+             per lane; it walks the receiver's edges (CSR), keeps the O outputs in registers and
+             writes them once, in the dtype asked (the fp32 sums rounded once).
     grads    ∂L/∂X, ∂L/∂Y, ∂L/∂W at once (any subset): one program per (sender s, block of channels);
              X[s] is loaded once, each outgoing edge loads G[dst] (receiver-major copy [N, O, C], so
-             the lanes read consecutive channels), writes its ∂W row and its ∂Y row (a sum over the
-             block's channels; blocks add up in a [blocks, E, B] buffer), and ∂X[s] is summed in
-             registers and written once.
+             the lanes read consecutive channels) and forms every CG product once:
+                 s[i,b,p] = Σ_{o in p} CG[i,b,o] G_o        ∂W_p  = Σ_{i,b} X_i Y_b s[i,b,p]
+                 t[i,b]   = Σ_p W_p s[i,b,p]                ∂X_i += Σ_b Y_b t[i,b]
+                                                            ∂Y_b  = Σ_c Σ_i X_i t[i,b]
+             It writes the edge's ∂W row and ∂Y row (a sum over the block's channels; blocks add up in
+             a [blocks, E, B] buffer), and ∂X[s] is summed in registers and written once.
 
 No atomics: every output is written by one program, in a fixed order; the same result every run.
 Sums run in float32 (the literals are float32); `convolution` sends float64 work to its reference.
