@@ -199,14 +199,25 @@ def test_a_message_asked_in_bfloat16_is_the_float32_one_rounded_once(interpret, 
     """out=bfloat16 (what the block asks when its linear computes in bf16): the float32 sums rounded once,
     bit for bit, and the derivatives of a bf16 cotangent equal those through the float32 message and an
     explicit cast (the cotangent widened to float32 carries the same numbers)."""
-    x, y, w, seg = _problem(6, 20, 5, 1, 2, dtype=torch.float32, seed=4)
-    wide = conv_tensor_product(x, y, w, seg, 1, 2, impl)
-    narrow = conv_tensor_product(x, y, w, seg, 1, 2, impl, out=torch.bfloat16)
+    _check_message_rounded_once(_problem(6, 20, 5, 1, 2, dtype=torch.float32, seed=4), impl, max_ell=2)
+
+
+@pytest.mark.gpu
+def test_a_message_asked_in_bfloat16_is_rounded_once_on_the_gpu():
+    """The same on CUDA, where the kernel itself rounds (to nearest even, as torch does), 128 channels."""
+    _check_message_rounded_once(_problem(300, 5000, 128, 1, 3, dtype=torch.bfloat16, seed=4, device="cuda"), "triton",
+                                max_ell=3)
+
+
+def _check_message_rounded_once(problem, impl, max_ell):
+    x, y, w, seg = problem
+    wide = conv_tensor_product(x, y, w, seg, 1, max_ell, impl)
+    narrow = conv_tensor_product(x, y, w, seg, 1, max_ell, impl, out=torch.bfloat16)
     assert wide.dtype == torch.float32 and narrow.dtype == torch.bfloat16
     assert torch.equal(narrow, wide.to(torch.bfloat16))
-    g = torch.randn(narrow.shape, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
-    d_narrow = torch.autograd.grad(conv_tensor_product(x, y, w, seg, 1, 2, impl, out=torch.bfloat16), (x, y, w), g)
-    d_wide = torch.autograd.grad(conv_tensor_product(x, y, w, seg, 1, 2, impl).to(torch.bfloat16), (x, y, w), g)
+    g = torch.randn(narrow.shape, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16).to(x.device)
+    d_narrow = torch.autograd.grad(conv_tensor_product(x, y, w, seg, 1, max_ell, impl, out=torch.bfloat16), (x, y, w), g)
+    d_wide = torch.autograd.grad(conv_tensor_product(x, y, w, seg, 1, max_ell, impl).to(torch.bfloat16), (x, y, w), g)
     assert all(torch.equal(a, b) for a, b in zip(d_narrow, d_wide))
 
 
