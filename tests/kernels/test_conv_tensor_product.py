@@ -221,6 +221,12 @@ def _check_message_rounded_once(problem, impl, max_ell):
     assert all(torch.equal(a, b) for a, b in zip(d_narrow, d_wide))
 
 
+def test_bad_input_a_message_dtype_that_is_not_floating():
+    x, y, w, seg = _problem(3, 4, 2, 0, 1, dtype=torch.float32)
+    with pytest.raises(InputError, match="message dtype must be a floating dtype, not torch.int32"):
+        conv_tensor_product(x, y, w, seg, 0, 1, "reference", out=torch.int32)
+
+
 def test_bad_input_unknown_implementation_and_cpu_without_interpreter(monkeypatch):
     x, y, w, seg = _problem(3, 4, 2, 0, 1, dtype=torch.float32)
     with pytest.raises(InputError, match="implementation"):

@@ -264,6 +264,8 @@ def conv_message(x, y, w, seg: EdgeSegments, lmax_in: int, max_ell: int, impl: s
     to `out` (default: `acc`)."""
     _check(impl, lmax_in, max_ell, x, y, w)
     acc = _acc(acc, x, y, w)
+    if out is not None and not (isinstance(out, torch.dtype) and out.is_floating_point):
+        raise InputError(f"the conv tensor product's message dtype must be a floating dtype, not {out}")
     return _conv_message(x, y, w, *seg, lmax_in, max_ell, impl, acc, acc if out is None else out)
 
 

@@ -262,9 +262,10 @@ def message_triton(x, y, w, seg, lmax_in: int, max_ell: int, out_dtype: torch.dt
     if n == 0 or c == 0 or y.shape[0] == 0:
         return torch.zeros(n, c, n_out, dtype=out_dtype, device=x.device)
     require_interpreter(x.device)
-    # Triton's interpreter casts to bfloat16 by truncation: on the CPU the kernel stores float32 and torch
-    # rounds (to nearest even, as the GPU's conversion does).
-    out = torch.empty(n, c, n_out, dtype=out_dtype if x.device.type == "cuda" else torch.float32, device=x.device)  # every node's program stores its rows
+    # Every node's program stores its rows. Triton's interpreter casts to bfloat16 by truncation: on the
+    # CPU the kernel stores float32 and torch rounds (to nearest even, as the GPU's conversion does).
+    stored = out_dtype if x.device.type == "cuda" else torch.float32
+    out = torch.empty(n, c, n_out, dtype=stored, device=x.device)
     block, warps, stages = _channels(c, "message", w.dtype)
     message, _ = kernels(lmax_in, max_ell)
     with launch_context(x.device):
