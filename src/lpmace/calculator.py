@@ -40,6 +40,10 @@ class Calculator(ASECalculator):
         backend: "auto" (triton on CUDA when available, else reference), "reference", "triton" or
             "compiled" (see `lpmace.backends`; for MD, compiled pays its compile time once and then
             reuses the graph at every step); the chosen one is ``calculator.backend``.
+        cuda_graphs: replay each shape's call from a CUDA graph (`lpmace.cuda_graphs.ForwardGraphs`:
+            structures padded to a few sizes, a shape's first call eager, its second recorded); None:
+            on for CUDA devices. It removes the host's launch time, which otherwise bounds the call
+            below a few thousand atoms.
         **kwargs: passed to `ase.calculators.calculator.Calculator` (e.g. ``label``).
 
     Results (ASE units: eV, Å): ``energy`` and ``free_energy`` (the same number; MACE has no
@@ -63,6 +67,7 @@ class Calculator(ASECalculator):
         device: str | torch.device = "cpu",
         precision: str | os.PathLike | PrecisionPolicy | None = None,
         backend: str = "auto",
+        cuda_graphs: bool | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -85,6 +90,14 @@ class Calculator(ASECalculator):
 
         self.backend = resolve(backend, self.device)  # checked here; "auto" resolved and kept
         self._run = use(self.model, self.backend, self.device)  # the model, or its compiled wrapper
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda"
+        elif cuda_graphs and self.device.type != "cuda":
+            raise InputError(f"cuda_graphs=True needs a CUDA device, got {self.device}")
+        if cuda_graphs:
+            from lpmace.cuda_graphs import ForwardGraphs
+
+            self._run = ForwardGraphs(self.model, self._run, self.device)
 
     def get_property(self, name: str, atoms: ase.Atoms | None = None, allow_calculation: bool = True):
         with self._lock:

@@ -35,7 +35,7 @@ def predictions(engine: Engine, graphs: Sequence[Graph], batch_size: int = 16) -
     parts: dict = {"energy": [], "atoms": [], "forces": [], "stress": []}
     for batch in batches(graphs, batch_size):
         with torch.enable_grad():  # forces are autograd derivatives
-            out = engine.infer(engine.prepare(batch), periodic)
+            out = engine.infer_unrecorded(engine.prepare(batch), periodic)
         parts["energy"].append(out["energy"].detach().to("cpu", torch.float64).numpy())
         parts["atoms"].append((batch.ptr[1:] - batch.ptr[:-1]).numpy())
         parts["forces"].append(out["forces"].detach().to("cpu", torch.float64).numpy())
@@ -75,7 +75,7 @@ def equivariance_row(engine: Engine, graph: Graph, *, rotations: int = 3, seed: 
 
     def forces_energy(g: Graph) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.enable_grad():
-            out = engine.infer(engine.prepare(g), False)
+            out = engine.infer_unrecorded(engine.prepare(g), False)
         return out["forces"].detach().to("cpu", torch.float64), out["energy"].detach().to("cpu", torch.float64)
 
     forces, energy = forces_energy(graph)

@@ -6,7 +6,9 @@ energy [n_graphs], forces [n_atoms, 3], stress [n_graphs, 3, 3] when asked) or b
 (`train_step`: energy + forces + loss + backward through the forces + Adam step, on its own copy of
 the weights; for lpmace the trainer's own step, `lpmace.train.step.training_step`, on CUDA recorded
 as a CUDA graph as the trainer does, `lpmace.train.cuda_graphs`). lpmace engines
-run the model under a precision preset; mace-torch engines run the same weights, converted by
+run the model under a precision preset, on CUDA inference replayed from a CUDA graph as the calculator
+does (`lpmace.cuda_graphs.ForwardGraphs`; the first call eager, the second recorded, both among the
+warm-up calls); mace-torch engines run the same weights, converted by
 `lpmace.interop`, with e3nn (float32/float64) or cuEquivariance.
 """
 
@@ -39,6 +41,16 @@ class Engine:
     prepare: Callable[[Graph], object]
     infer: Callable[[object, bool], dict]  # (inputs, compute_stress) -> {"energy", "forces", "stress"}
     train_step: Optional[Callable[[object], Callable[[], None]]] = None
+    # `infer` without CUDA graphs where `infer` replays them (see `infer_unrecorded`)
+    unrecorded: Optional[Callable[[object, bool], dict]] = None
+    release: Callable[[], None] = lambda: None  # drops what the engine keeps between calls (recordings)
+
+    @property
+    def infer_unrecorded(self) -> Callable[[object, bool], dict]:
+        """Inference that launches its kernels one by one: for what a call allocates (a replay allocates
+        nothing, its memory was taken at recording), FLOP counts, accuracy, and the scaling curve (no
+        recording per size)."""
+        return self.unrecorded or self.infer
 
     @property
     def label(self) -> str:
@@ -61,10 +73,19 @@ def lpmace_engine(model: MACE, precision: str, backend: str, device: str) -> Eng
 
     policy = resolve_policy(precision)
     weights = copy.deepcopy(model).to(device=device, dtype=policy.params)
-    run = use(weights, backend, device)
+    eager = use(weights, backend, device)
+    run = eager
+    if torch.device(device).type == "cuda":  # as the calculator runs it
+        from lpmace.cuda_graphs import ForwardGraphs
+
+        run = ForwardGraphs(weights, eager, device)
 
     def infer(graph: Graph, compute_stress: bool) -> dict:
         return run(graph, precision=policy, compute_stress=compute_stress)
+
+    def unrecorded(graph: Graph, compute_stress: bool) -> dict:
+        with torch.enable_grad():
+            return eager(graph, precision=policy, compute_stress=compute_stress)
 
     def train_step(graph: Graph) -> Callable[[], None]:
         from lpmace.train.step import adam, training_step
@@ -87,7 +108,9 @@ def lpmace_engine(model: MACE, precision: str, backend: str, device: str) -> Eng
         graphs = StepGraphs(trained, optimizer, trained.config.r_max, device)
         return lambda: graphs.step(graph, "bench", run)
 
-    return Engine("lpmace", backend, policy.name, prepare=lambda g: g.to(device), infer=infer, train_step=train_step)
+    graphed = run is not eager
+    return Engine("lpmace", backend, policy.name, prepare=lambda g: g.to(device), infer=infer, train_step=train_step,
+                  unrecorded=unrecorded if graphed else None, release=run.clear if graphed else lambda: None)
 
 
 def _mace_engine(build: Callable[[], torch.nn.Module], atomic_numbers, dtype: torch.dtype, backend: str,

@@ -337,7 +337,7 @@ def _roofline(everyone, loads, speed_rows, env, tick, guarded) -> list:
         if timed is None or timed["status"] != "ok":
             continue
         counted = guarded("roofline", engine.label, lambda e=engine: roofline.count_flop_and_bytes(
-            lambda x=e.prepare(infer.graph): e.infer(x, False)))
+            lambda x=e.prepare(infer.graph): e.infer_unrecorded(x, False)))
         if counted is not None:
             rows.append(roofline.roofline_row(timed, *counted, env["device_name"]))
     return rows

@@ -2,7 +2,9 @@
 peak memory against system size up to out-of-memory (reported as a row, never a crash).
 
 Speed rows: median and interquartile range of `repeats` CUDA-synchronised calls after `warmup`;
-atom·steps/s = atoms / median time. Peak memory is torch's allocator peak on CUDA (None on a CPU).
+atom·steps/s = atoms / median time. Peak memory is torch's allocator peak on CUDA (None on a CPU), of
+an inference call without CUDA graphs where the engine replays them (a replay allocates nothing).
+The scaling curve calls inference without CUDA graphs (no recording per size held until the end).
 """
 
 from __future__ import annotations
@@ -20,29 +22,36 @@ from lpmace.model import MACEConfig
 __all__ = ["scaling_rows", "scaling_sizes", "speed_rows"]
 
 
-def _measure(engine: Engine, workload: Workload, device: str, repeats: int, warmup: int) -> dict:
+def _measure(engine: Engine, workload: Workload, device: str, repeats: int, warmup: int, replay: bool) -> dict:
     inputs = engine.prepare(workload.graph)
+    eager = engine.infer_unrecorded
     if workload.kind == "train":
-        fn = engine.train_step(inputs)
+        fn = memory_fn = engine.train_step(inputs)
     else:
+        infer = engine.infer if replay else eager
+
         def fn():
-            return engine.infer(inputs, False)
+            return infer(inputs, False)
+
+        def memory_fn():
+            return eager(inputs, False)
     result = timed(fn, device, repeats, warmup)
-    result["peak_memory_mb"] = peak_memory_mb(fn, device)
+    result["peak_memory_mb"] = peak_memory_mb(memory_fn, device)
     return result
 
 
-def _row(engine: Engine, workload: Workload, device: str, repeats: int, warmup: int) -> dict:
+def _row(engine: Engine, workload: Workload, device: str, repeats: int, warmup: int, replay: bool = True) -> dict:
     row = {"workload": workload.name, **engine.row(), "atoms": workload.graph.num_atoms,
            "edges": workload.graph.num_edges}
     empty = {"repeats": 0, "median_ms": None, "iqr_ms": None, "min_ms": None, "max_ms": None,
              "atom_steps_per_s": None, "peak_memory_mb": None}
     try:
-        measured = _measure(engine, workload, device, repeats, warmup)
+        measured = _measure(engine, workload, device, repeats, warmup, replay)
         row.update(measured, atom_steps_per_s=workload.graph.num_atoms / (measured["median_ms"] / 1000.0),
                    status="ok")
     except Exception as err:
         row.update(empty, status="OOM" if is_out_of_memory(err) else f"error: {type(err).__name__}: {err}"[:300])
+    engine.release()
     release_memory(device)
     return row
 
@@ -88,7 +97,7 @@ def scaling_rows(engines: Sequence[Engine], config: MACEConfig, sizes: Sequence[
                 rng = np.random.default_rng(seed + n)
                 graphs[n] = graph_from_configuration(random_bulk(n, config.atomic_numbers, rng), config.r_max)
             workload = Workload(f"infer {n}", "infer", graphs[n])
-            row = _row(engine, workload, device, repeats, warmup)
+            row = _row(engine, workload, device, repeats, warmup, replay=False)
             row.pop("workload")
             rows.append(row)
             if row["status"] != "ok" or row["median_ms"] > 1000.0 * max_seconds_per_call:

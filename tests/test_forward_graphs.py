@@ -1,0 +1,146 @@
+"""Inference replayed from CUDA graphs (`lpmace.cuda_graphs.ForwardGraphs`) returns what the model
+returns called directly: for every backend and precision, for new positions and edge counts in one
+padded shape, after weights change, and through the calculator (`pytest -m gpu`). Without CUDA, the
+calculator refuses `cuda_graphs=True` and calls the model directly."""
+
+from __future__ import annotations
+
+import ase
+import numpy as np
+import pytest
+import torch
+from tolerances import ROUNDING
+
+from lpmace.backends import use
+from lpmace.bench.workloads import random_bulk
+from lpmace.calculator import Calculator
+from lpmace.data import graph_from_configuration
+from lpmace.data.graph import Graph
+from lpmace.errors import InputError
+
+gpu = pytest.mark.gpu
+# the model column of the tolerance table: a padded call may sum in another order than the direct one
+TOLERANCE = {"fp32": ROUNDING[torch.float32][2], "bf16-mixed": ROUNDING[torch.bfloat16][2]}
+
+
+def _boxes(elements, r_max: float, count: int) -> list[Graph]:
+    """`count` periodic boxes of the same 40 atoms, each moved a little: other edges, one padded shape."""
+    base = random_bulk(40, elements, np.random.default_rng(0), density=0.08)
+    rng = np.random.default_rng(1)
+    boxes = []
+    for _ in range(count):
+        moved = base.__class__(numbers=base.numbers, positions=base.positions + rng.normal(0, 0.05, base.positions.shape),
+                               cell=base.cell, pbc=base.pbc)
+        boxes.append(graph_from_configuration(moved, r_max))
+    return boxes
+
+
+def _assert_close(got: dict, want: dict, tolerance: float, keys=("energy", "forces", "stress")) -> None:
+    for key in keys:
+        a, b = got[key].double(), want[key].double()
+        assert a.shape == b.shape, key
+        scale = b.abs().max().clamp_min(1e-12)
+        assert float((a - b).abs().max() / scale) <= tolerance, key
+
+
+@gpu
+@pytest.mark.parametrize("backend,precision", [("reference", "fp32"), ("triton", "fp32"), ("triton", "bf16-mixed"),
+                                               ("compiled", "fp32")])
+def test_replayed_calls_equal_direct_calls(make_model, backend, precision):
+    from lpmace.cuda_graphs import ForwardGraphs
+
+    model = make_model(torch.float32).cuda()
+    run = use(model, backend, "cuda")
+    graphs = ForwardGraphs(model, run, "cuda")
+    boxes = [g.to("cuda") for g in _boxes(model.config.atomic_numbers, model.config.r_max, 5)]
+    assert len({g.num_edges for g in boxes}) > 1  # the edge counts differ; the padded shape does not
+    results, worst = [], 0.0
+    for g in boxes:
+        got = graphs(g, precision=precision, compute_stress=True)
+        with torch.enable_grad():
+            want = run(g, precision=precision, compute_forces=True, compute_stress=True)
+        assert got["forces"].shape == (g.num_atoms, 3) and got["energy"].shape == (1,)
+        _assert_close(got, want, TOLERANCE[precision])
+        results.append(got["forces"])
+        worst = max(worst, float((got["forces"] - want["forces"]).abs().max()))
+    assert graphs.counts == {"eager": 1, "recorded": 1, "replayed": 4}
+    # the replays read the new positions: their forces moved 10x more than replays and direct calls differ
+    moved = min(float((f - results[0]).abs().max()) for f in results[1:])
+    assert moved > 10 * worst and moved > 0.05 * float(results[0].abs().max())
+
+
+@gpu
+def test_outputs_outlive_the_next_replay(make_model):
+    from lpmace.cuda_graphs import ForwardGraphs
+
+    model = make_model(torch.float32).cuda()
+    graphs = ForwardGraphs(model, use(model, "triton", "cuda"), "cuda")
+    boxes = [g.to("cuda") for g in _boxes(model.config.atomic_numbers, model.config.r_max, 4)]
+    graphs(boxes[0], precision="fp32")
+    first = graphs(boxes[1], precision="fp32")  # recorded
+    kept = first["forces"].clone()
+    graphs(boxes[2], precision="fp32")  # replayed into the recording's outputs
+    assert torch.equal(first["forces"], kept)
+
+
+@gpu
+def test_weights_loaded_in_place_are_read_and_replaced_weights_record_again(make_model):
+    from lpmace.cuda_graphs import ForwardGraphs
+
+    model = make_model(torch.float32).cuda()
+    run = use(model, "triton", "cuda")
+    graphs = ForwardGraphs(model, run, "cuda")
+    g = _boxes(model.config.atomic_numbers, model.config.r_max, 1)[0].to("cuda")
+    for _ in range(3):
+        before = graphs(g, precision="fp32")
+    model.load_state_dict(make_model(torch.float32, seed=7).state_dict())  # copied into the same tensors
+    after = graphs(g, precision="fp32")
+    assert graphs.counts["recorded"] == 1  # read by the recording, not recorded again
+    with torch.enable_grad():
+        want = run(g, precision="fp32", compute_forces=True)
+    _assert_close(after, want, TOLERANCE["fp32"], keys=("energy", "forces"))
+    assert float((after["forces"] - before["forces"]).abs().max()) > 1e-3 * float(before["forces"].abs().max())
+    model.load_state_dict(make_model(torch.float32, seed=8).cuda().state_dict(), assign=True)  # new tensors
+    graphs(g, precision="fp32")
+    graphs(g, precision="fp32")
+    assert graphs.counts["recorded"] == 2
+
+
+@gpu
+def test_an_unknown_element_is_refused_before_any_recording(make_model):
+    from lpmace.cuda_graphs import ForwardGraphs
+
+    model = make_model(torch.float32).cuda()
+    graphs = ForwardGraphs(model, use(model, "triton", "cuda"), "cuda")
+    g = _boxes(model.config.atomic_numbers, model.config.r_max, 1)[0]
+    g.numbers[3] = 26  # iron: not one of the model's elements
+    with pytest.raises(InputError, match="26|Fe"):
+        graphs(g.to("cuda"), precision="fp32")
+    assert graphs.counts == {"eager": 0, "recorded": 0, "replayed": 0} and not model.elements_checked
+
+
+@gpu
+def test_the_calculator_replays_on_cuda_and_its_md_follows_the_direct_one(make_model):
+    from ase.md.verlet import VelocityVerlet
+
+    from lpmace.cuda_graphs import ForwardGraphs
+
+    model = make_model(torch.float32)
+    box = random_bulk(40, model.config.atomic_numbers, np.random.default_rng(0), density=0.08)
+    trajectories = {}
+    for graphs in (True, False):
+        calc = Calculator(model, device="cuda", precision="fp32", backend="triton", cuda_graphs=None if graphs else False)
+        assert isinstance(calc._run, ForwardGraphs) == graphs
+        atoms = ase.Atoms(numbers=box.numbers, positions=box.positions, cell=box.cell, pbc=True, calculator=calc)
+        VelocityVerlet(atoms, timestep=0.5 * ase.units.fs).run(8)
+        trajectories[graphs] = atoms.get_positions()
+        if graphs:
+            assert calc._run.counts["replayed"] >= 6
+    assert np.abs(trajectories[True] - trajectories[False]).max() < 1e-5
+
+
+def test_the_calculator_refuses_cuda_graphs_without_cuda(model, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match="cuda_graphs=True needs a CUDA device, got cpu"):
+        Calculator(model, device="cpu", cuda_graphs=True)
+    assert Calculator(model, device="cpu")._run is model  # the model itself, called directly
