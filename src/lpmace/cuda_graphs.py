@@ -116,7 +116,8 @@ class ShapeGraphs:
             self.fixed = fixed
         caller = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(caller)
-        with torch.cuda.stream(self.stream):
+        # the model's device current (cuda:1 while the caller's is cuda:0): captures allocate on it
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             shape, static = self._static(padded)
             which = (shape, key)
             recording = self.recordings.get(which)
