@@ -16,7 +16,7 @@ bench() {  # tag, then env assignments
 import json; r=json.load(open('/tmp/b_$tag/results.json'))
 for x in r['speed']: print('$tag', x['precision'], 'median %.2f min %.2f iqr %.2f max %.2f' % (x['median_ms'], x['min_ms'], x['iqr_ms'], x['max_ms']))" | tee -a $L
 }
-timeout 120 python3 .whl/diag_host.py medium 2>&1 | grep -v Warn | tee -a $L
+timeout 120 python3 "$(dirname "$0")/diag_host.py" medium 2>&1 | grep -v Warn | tee -a $L
 bench default1 LPMACE_COMPILE_MODE=default
 bench reduce LPMACE_COMPILE_MODE=reduce-overhead
 bench default2 LPMACE_COMPILE_MODE=default
