@@ -24,15 +24,23 @@ TOLERANCE = {"fp32": ROUNDING[torch.float32][2], "bf16-mixed": ROUNDING[torch.bf
 
 
 def _boxes(elements, r_max: float, count: int) -> list[Graph]:
-    """`count` periodic boxes of the same 40 atoms, each moved a little: other edges, one padded shape."""
+    """`count` periodic boxes of the same 40 atoms, each moved a little, with (for count > 1) two or more
+    edge counts that pad to one shape (`lpmace.cuda_graphs.PER_OCTAVE`)."""
+    from lpmace.cuda_graphs import PER_OCTAVE
+    from lpmace.data.padding import bucket
+
     base = random_bulk(40, elements, np.random.default_rng(0), density=0.08)
     rng = np.random.default_rng(1)
-    boxes = []
-    for _ in range(count):
+    groups: dict = {}
+    for _ in range(200):
         moved = base.__class__(numbers=base.numbers, positions=base.positions + rng.normal(0, 0.05, base.positions.shape),
                                cell=base.cell, pbc=base.pbc)
-        boxes.append(graph_from_configuration(moved, r_max))
-    return boxes
+        graph = graph_from_configuration(moved, r_max)
+        group = groups.setdefault(bucket(graph.num_edges, PER_OCTAVE), [])
+        group.append(graph)
+        if len(group) >= count and (count == 1 or len({g.num_edges for g in group[:count]}) > 1):
+            return group[:count]
+    raise AssertionError("no padded shape held enough boxes")
 
 
 def _assert_close(got: dict, want: dict, tolerance: float, keys=("energy", "forces", "stress")) -> None:

@@ -32,18 +32,30 @@ def _loss_and_gradients(model, graph, stress: bool):
     return out, loss.detach(), grads
 
 
-@pytest.mark.parametrize("kind", ["molecules", "crystals with stress"])
-def test_a_padded_batch_gives_the_unpadded_predictions_loss_and_gradients(make_model, bpa_test_path, kind):
+def test_buckets_at_32_sizes_per_octave():
+    # hand-derived: 4098 has 13 bits, so steps of 2^(13 - 6) = 128 and 33 · 128 = 4224;
+    # 215,572 has 18 bits, steps of 4096, 53 · 4096 = 217,088
+    assert [bucket(n, 32) for n in (1, 2, 15, 63, 64, 65, 100, 4098, 215_572)] == \
+        [1, 2, 15, 63, 64, 66, 100, 4224, 217_088]
+    for n in range(1, 50_000, 97):
+        assert n <= bucket(n, 32) <= n * 33 / 32 and bucket(n, 32) <= bucket(n)
+    with pytest.raises(ValueError, match="power of two"):
+        bucket(100, 12)
+
+
+@pytest.mark.parametrize("kind,per_octave", [("molecules", 8), ("crystals with stress", 8), ("molecules", 32)])
+def test_a_padded_batch_gives_the_unpadded_predictions_loss_and_gradients(make_model, bpa_test_path, kind, per_octave):
     model = make_model(dtype=torch.float64)
     if kind == "molecules":
-        configs = read_configurations(bpa_test_path, index=":3")
+        configs = read_configurations(bpa_test_path, index=":3" if per_octave == 8 else ":2")  # e not a bucket
     else:
         configs = [_diamond(0), _diamond(1)]
     graph = collate([graph_from_configuration(c, model.config.r_max) for c in configs])
     stress = kind != "molecules"
-    padded = pad_graph(graph, model.config.r_max)
+    padded = pad_graph(graph, model.config.r_max, per_octave)
     n, e, g = graph.num_atoms, graph.num_edges, graph.num_graphs
-    assert padded.num_atoms == bucket(n + 2) and padded.num_edges == bucket(e) > e and padded.num_graphs == g + 1
+    assert padded.num_atoms == bucket(n + 2, per_octave) and padded.num_edges == bucket(e, per_octave) > e
+    assert padded.num_graphs == g + 1
     assert padded.has_energy.tolist() == [True] * g + [False] and padded.has_forces.tolist()[-1] is False
 
     out, loss, grads = _loss_and_gradients(model, graph, stress)

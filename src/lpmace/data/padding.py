@@ -1,6 +1,8 @@
 """Batches padded to a few sizes, so that CUDA graphs (one recording per shape) are reused.
 
-`bucket(n)` rounds a count up to one of 8 sizes per octave (at most 1/8 more). `pad_graph` pads a
+`bucket(n)` rounds a count up to one of 8 sizes per octave (at most 1/8 more; `per_octave` sets
+another power of two: inference, whose structures repeat one size, pads by at most 1/32 so the
+dummy edges cost little of the replayed call's GPU time). `pad_graph` pads a
 batch's atoms and edges to bucket sizes with one extra structure of dummy atoms in pairs (a, b)
 2·r_max apart, joined by the extra edges a → b: beyond the cutoff the radial envelope, hence every
 message and its derivatives, is exactly 0, so the real structures' energies, forces, stresses and
@@ -18,9 +20,12 @@ from lpmace.data.graph import Graph
 __all__ = ["bucket", "pad_graph"]
 
 
-def bucket(n: int) -> int:
-    """n rounded up to a multiple of 2^(bits(n) - 4): at most 1/8 more, 8 sizes per octave."""
-    step = 1 << max(0, int(n).bit_length() - 4)
+def bucket(n: int, per_octave: int = 8) -> int:
+    """n rounded up to one of `per_octave` sizes per octave (a power of two), at most n/per_octave more:
+    a multiple of 2^(bits(n) - 1 - log2(per_octave))."""
+    if per_octave < 1 or per_octave & (per_octave - 1):
+        raise ValueError(f"per_octave must be a power of two, got {per_octave}")
+    step = 1 << max(0, int(n).bit_length() - per_octave.bit_length())
     return -(-int(n) // step) * step
 
 
@@ -31,14 +36,14 @@ def _pad_rows(value, rows: int, fill=0):
     return torch.cat([value, value.new_full((rows, *value.shape[1:]), fill)])
 
 
-def pad_graph(graph: Graph, r_max: float) -> Graph:
+def pad_graph(graph: Graph, r_max: float, per_octave: int = 8) -> Graph:
     """`graph` with n atoms padded to bucket(n + 2) (at least two dummies, so the dummy structure is
-    never empty) and e edges to bucket(e); see the module docstring. Works on any device without a
-    host sync (the sizes are the tensors' shapes)."""
+    never empty) and e edges to bucket(e), `per_octave` sizes per octave; see the module docstring.
+    Works on any device without a host sync (the sizes are the tensors' shapes)."""
     n, e, g = graph.num_atoms, graph.num_edges, graph.num_graphs
-    n_pad = bucket(n + 2)
+    n_pad = bucket(n + 2, per_octave)
     pairs = (n_pad - n) // 2
-    e_pad = bucket(e) if e else 0
+    e_pad = bucket(e, per_octave) if e else 0
     dev = graph.positions.device
     j = torch.arange(pairs, device=dev)
     a, b = n + 2 * j, n + 2 * j + 1
