@@ -227,3 +227,20 @@ class _RefusesAfter(_HarmonicThenNaN):
 def test_a_geometry_the_calculator_refuses_mid_run_is_a_blow_up(bpa_atoms):
     result = run_md(_geometry(bpa_atoms), _RefusesAfter(nan_after=5), steps=20, dt_fs=0.5)
     assert result.unstable_step == 5 and result.steps_done == 4 and "0.001 Å apart" in result.reason
+
+
+@pytest.mark.parametrize("ensemble", ["nve", "nvt"])
+def test_atoms_fixed_by_fixatoms_stay_where_they_are(ensemble):
+    # A Cu slab (ASE's EMT) with its bottom layer fixed: FixCom on top of FixAtoms would shift the
+    # fixed atoms with every momentum correction (1e-3 Å in 50 NVT steps before the fix).
+    from ase.build import fcc111
+    from ase.calculators.emt import EMT
+    from ase.constraints import FixAtoms
+
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=5.0)
+    bottom = slab.positions[:, 2] < slab.positions[:, 2].min() + 0.1
+    slab.set_constraint(FixAtoms(mask=bottom))
+    start = slab.positions.copy()
+    run_md(slab, EMT(), ensemble=ensemble, steps=50, dt_fs=2.0, temperature_K=600.0, seed=0)
+    assert np.array_equal(slab.positions[bottom], start[bottom])
+    assert np.abs(slab.positions[~bottom] - start[~bottom]).max() > 1e-3  # the others moved

@@ -176,11 +176,13 @@ def run_md(
     if ensemble == "nve":
         dynamics = VelocityVerlet(atoms, timestep=dt_fs * units.fs)
     else:
-        from ase.constraints import FixCom
+        from ase.constraints import FixAtoms, FixCom
 
         # ASE >= 3.28: Langevin's own fixcm samples NVT slightly wrongly; FixCom is the exact way
-        # to keep the centre of mass still. Friction is per ASE time unit: 1/fs → divide by units.fs.
-        atoms.set_constraint(list(atoms.constraints) + [FixCom()])
+        # to keep the centre of mass still. Atoms held by FixAtoms already anchor the system, and
+        # FixCom's momentum correction would move them. Friction is per ASE time unit: 1/fs → / units.fs.
+        if not any(isinstance(c, FixAtoms) for c in atoms.constraints):
+            atoms.set_constraint(list(atoms.constraints) + [FixCom()])
         dynamics = Langevin(atoms, timestep=dt_fs * units.fs, temperature_K=temperature_K,
                             friction=friction_per_fs / units.fs, fixcm=False, rng=rng)
 
