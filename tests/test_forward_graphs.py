@@ -152,3 +152,21 @@ def test_the_calculator_refuses_cuda_graphs_without_cuda(model, monkeypatch):
     with pytest.raises(InputError, match="cuda_graphs=True needs a CUDA device, got cpu"):
         Calculator(model, device="cpu", cuda_graphs=True)
     assert Calculator(model, device="cpu")._run is model  # the model itself, called directly
+
+
+def test_what_a_recording_fixes_includes_the_backend_and_the_correlation_order(make_model):
+    from lpmace.cuda_graphs import ForwardGraphs
+
+    model = make_model(torch.float32)
+    graphs = ForwardGraphs.__new__(ForwardGraphs)  # _fixed alone: recording itself needs CUDA
+    graphs.model = model
+    use(model, "reference", "cpu")
+    before = graphs._fixed()
+    assert graphs._fixed() == before
+    use(model, "triton", "cpu")  # under Triton's interpreter on a CPU
+    after_backend = graphs._fixed()
+    assert after_backend != before
+    next(m for m in model.modules() if hasattr(m, "active_correlation")).active_correlation = 1
+    assert graphs._fixed() != after_backend
+    model.load_state_dict(make_model(torch.float32, seed=3).state_dict())  # in place: same addresses
+    assert graphs._fixed()[1] == after_backend[1]

@@ -150,7 +150,8 @@ class ForwardGraphs(ShapeGraphs):
 
     Args:
         model: the `MACE` module (its parameters' and buffers' addresses are watched: a cast or a
-            ``load_state_dict(assign=True)`` records again; an in-place load is read by the recordings).
+            ``load_state_dict(assign=True)`` records again, and so does another backend or correlation
+            order set on its blocks; an in-place load is read by the recordings).
         run: what to call, `model` or its `lpmace.compile.Compiled` wrapper (`lpmace.backends.use`).
         device: the CUDA device the model is on.
 
@@ -165,7 +166,12 @@ class ForwardGraphs(ShapeGraphs):
         self.model, self.run, self.r_max = model, run, float(model.config.r_max)
 
     def _fixed(self) -> Hashable:
-        return tuple(t.data_ptr() for t in itertools.chain(self.model.parameters(), self.model.buffers()))
+        """The weights' addresses, and what the model's blocks were set to compute with: their
+        implementations (`lpmace.backends.use`) and active correlation orders."""
+        blocks = tuple((getattr(m, "implementation", None), getattr(m, "active_correlation", None))
+                       for m in self.model.modules()
+                       if hasattr(m, "IMPLEMENTATIONS") or hasattr(m, "active_correlation"))
+        return blocks, tuple(t.data_ptr() for t in itertools.chain(self.model.parameters(), self.model.buffers()))
 
     def __call__(self, graph: Graph, *, precision=None, compute_forces: bool = True, compute_stress: bool = False,
                  training: bool = False) -> Dict[str, Optional[torch.Tensor]]:
