@@ -170,3 +170,25 @@ def test_what_a_recording_fixes_includes_the_backend_and_the_correlation_order(m
     assert graphs._fixed() != after_backend
     model.load_state_dict(make_model(torch.float32, seed=3).state_dict())  # in place: same addresses
     assert graphs._fixed()[1] == after_backend[1]
+
+
+def test_the_elements_of_one_numbers_tensor_are_checked_again_only_after_it_changes(make_model, monkeypatch):
+    from lpmace.cuda_graphs import ForwardGraphs
+
+    model = make_model(torch.float32)
+    graphs = ForwardGraphs.__new__(ForwardGraphs)  # the check alone: recording itself needs CUDA
+    graphs.model = model
+    calls = []
+    species = model.species
+    monkeypatch.setattr(model, "species", lambda numbers: calls.append(1) or species(numbers))
+    numbers = torch.tensor([1, 6, 7, 8])
+    graphs._check_elements(numbers)
+    graphs._check_elements(numbers)
+    assert len(calls) == 1  # the same, unchanged tensor
+    graphs._check_elements(numbers.clone())
+    assert len(calls) == 2  # another tensor
+    numbers = torch.tensor([1, 6, 7, 8])
+    graphs._check_elements(numbers)
+    numbers[2] = 26  # in place: iron, not one of the model's elements
+    with pytest.raises(InputError, match="26|Fe"):
+        graphs._check_elements(numbers)

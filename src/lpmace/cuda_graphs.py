@@ -165,6 +165,15 @@ class ForwardGraphs(ShapeGraphs):
         super().__init__(device)
         self.model, self.run, self.r_max = model, run, float(model.config.r_max)
 
+    def _check_elements(self, numbers: torch.Tensor) -> None:
+        """InputError for an element the model lacks, before any recording. The check reads values
+        back (host syncs), so the tensor last checked is not checked again while unchanged (MD passes
+        one numbers tensor at every step); an in-place change bumps its version and is checked."""
+        key = (id(numbers), numbers.data_ptr(), numbers._version, tuple(numbers.shape), numbers.device)
+        if key != getattr(self, "_checked", None):
+            self.model.species(numbers)
+            self._checked, self._checked_tensor = key, numbers  # held, so its id is not reused
+
     def _fixed(self) -> Hashable:
         """The weights' addresses, and what the model's blocks were set to compute with: their
         implementations (`lpmace.backends.use`) and active correlation orders."""
@@ -180,7 +189,7 @@ class ForwardGraphs(ShapeGraphs):
         if training:
             raise ValueError("ForwardGraphs replays inference; training steps are lpmace.train.cuda_graphs.StepGraphs")
         policy = resolve_policy(precision, default=self.model.default_precision)
-        self.model.species(graph.numbers)  # InputError for an element the model lacks, before any recording
+        self._check_elements(graph.numbers)
         atoms, structures = graph.num_atoms, graph.num_graphs
         checked = self.model.elements_checked
 
