@@ -83,9 +83,8 @@ def lpmace_engine(model: MACE, precision: str, backend: str, device: str) -> Eng
     def infer(graph: Graph, compute_stress: bool) -> dict:
         return run(graph, precision=policy, compute_stress=compute_stress)
 
-    def unrecorded(graph: Graph, compute_stress: bool) -> dict:
-        with torch.enable_grad():
-            return eager(graph, precision=policy, compute_stress=compute_stress)
+    def unrecorded(graph: Graph, compute_stress: bool) -> dict:  # `infer` as it was before recordings
+        return eager(graph, precision=policy, compute_stress=compute_stress)
 
     def train_step(graph: Graph) -> Callable[[], None]:
         from lpmace.train.step import adam, training_step
