@@ -1,0 +1,92 @@
+"""The model as an MD potential: energies per system and forces of a `State`, on its device.
+
+Each call takes the pairs from the Verlet list (`lpmace.dynamics.neighbours.VerletList`, cutoff the
+model's r_max), makes a `lpmace.data.graph.Graph` of the state's tensors (no host copy) and calls the
+model under its precision policy and backend as `lpmace.Calculator` does: on CUDA replayed from CUDA
+graphs (`lpmace.cuda_graphs.ForwardGraphs`), elsewhere the plain call. The geometry goes to the model
+in the state's dtype (float64 or float32); the model casts it to its policy's geometry dtype, which
+is never below float32.
+
+The time of the model calls is measured without host syncs: CUDA events around each call, read
+once they have completed (`model_ms`); on the CPU the call's wall time.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from lpmace.data.graph import Graph
+from lpmace.dynamics.neighbours import VerletList
+from lpmace.dynamics.state import State
+
+__all__ = ["ModelPotential"]
+
+
+class ModelPotential:
+    """`potential(state)` sets ``state.potential_eV`` ([S] float64, eV) and ``state.forces`` ([N, 3] in
+    the state's dtype, eV/Å).
+
+    Args:
+        model: a `lpmace.model.MACE` (moved to `device`, set to eval).
+        device: torch device of the state.
+        precision: preset name, YAML path or PrecisionPolicy (None: the model's default).
+        backend: `lpmace.backends` name ("auto" resolved on `device`).
+        skin: Verlet skin, Å.
+        cuda_graphs: replay from CUDA graphs (None: on CUDA devices).
+    """
+
+    def __init__(self, model, *, device, precision=None, backend: str = "auto", skin: float = 1.0,
+                 cuda_graphs: bool | None = None) -> None:
+        from lpmace.backends import resolve, use
+        from lpmace.precision import resolve_policy
+
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.policy = resolve_policy(precision, default=model.default_precision)
+        self.backend = resolve(backend, self.device)
+        self.run = use(self.model, self.backend, self.device)
+        if self.device.type == "cuda" if cuda_graphs is None else cuda_graphs:
+            from lpmace.cuda_graphs import ForwardGraphs
+
+            self.run = ForwardGraphs(self.model, self.run, self.device)
+        self.neighbours = VerletList(float(model.config.r_max), skin)
+        self.calls = 0
+        self._model_ms = 0.0
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    def graph(self, state: State) -> Graph:
+        """The state's graph within the model's cutoff (tensors shared with the state)."""
+        edge_index, unit_shifts = self.neighbours(state.positions, state.cell, state.pbc, state.batch, state.ptr)
+        return Graph(positions=state.positions, numbers=state.numbers, edge_index=edge_index, unit_shifts=unit_shifts,
+                     cell=state.cell, pbc=state.pbc, batch=state.batch, ptr=state.ptr)
+
+    def __call__(self, state: State) -> None:
+        graph = self.graph(state)
+        timed = self.device.type == "cuda"
+        if timed:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        else:
+            began = time.perf_counter()
+        with torch.enable_grad():  # forces are derivatives, even if the caller is in no_grad
+            out = self.run(graph, precision=self.policy, compute_forces=True, compute_stress=False, training=False)
+        if timed:
+            end.record()
+            self._events.append((start, end))
+        else:
+            self._model_ms += 1e3 * (time.perf_counter() - began)
+        self.calls += 1
+        state.potential_eV = out["energy"].detach().to(torch.float64)
+        state.forces = out["forces"].detach().to(state.positions.dtype)
+
+    def model_ms(self, wait: bool = False) -> float:
+        """Milliseconds spent in model calls so far: the calls whose end the device has reached
+        (all of them, after a sync, with `wait`)."""
+        if wait and self._events:
+            self._events[-1][1].synchronize()
+        while self._events and self._events[0][1].query():
+            start, end = self._events.pop(0)
+            self._model_ms += start.elapsed_time(end)
+        return self._model_ms
