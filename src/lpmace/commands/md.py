@@ -18,7 +18,7 @@ from lpmace.devices import DEVICE_HELP
 
 HELP = "run NVE or NVT molecular dynamics on a structure with an lpmace model"
 EXIT_UNSTABLE = 3
-CSV_HEADER = ("step", "time_fs", "potential_eV", "kinetic_eV", "total_eV", "temperature_K")
+from lpmace.commands._md_outputs import BATCHED_CSV_HEADER, CSV_HEADER  # noqa: F401  (the command's formats)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,20 +51,93 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--backend", default="auto", metavar="B",
                         help="auto, reference, triton or compiled (lpmace.backends; default: %(default)s)")
+    parser.add_argument("--engine", choices=("torch", "ase"), default=None,
+                        help="torch: lpmace.dynamics, the whole step on the device; ase: lpmace.Calculator with "
+                             "ASE's integrators (default: torch on CUDA, ase otherwise)")
+    parser.add_argument("--skin", type=float, default=None, metavar="Å",
+                        help="Verlet-list skin of the torch engine (default: 1.0)")
+    parser.add_argument("--state-dtype", choices=("float64", "float32"), default=None,
+                        help="dtype of positions and momenta on the torch engine (default: float64)")
+    parser.add_argument("--all-frames", action="store_true",
+                        help="run every frame of STRUCTURE as one batched set of systems (torch engine; the CSV "
+                             "gets a system column, frames a system tag)")
 
 
 def run(args: argparse.Namespace) -> int:
-    import math
+    import json
     import pathlib
     import sys
 
-    from lpmace.calculator import Calculator
+    from lpmace.atomic import atomic_write_text
+    from lpmace.backends import resolve
     from lpmace.devices import resolve_device
     from lpmace.elements import check_known_elements
     from lpmace.errors import InputError
     from lpmace.io import load
-    from lpmace.md import run_md
+    from lpmace.commands._md_outputs import Outputs, StopOnSignal
     from lpmace.precision import resolve_policy
+
+    out_path, log_path, summary_path = _check_arguments(args)
+    device = resolve_device(args.device)
+    engine = args.engine or ("torch" if device.type == "cuda" else "ase")
+    if engine == "ase":
+        for flag, given in (("--skin", args.skin is not None), ("--state-dtype", args.state_dtype is not None),
+                            ("--all-frames", args.all_frames)):
+            if given:
+                raise InputError(f"{flag} needs --engine torch (the ase engine runs one structure through "
+                                 "lpmace.Calculator)")
+
+    path = pathlib.Path(args.structure)
+    configs = _read_frames(path) if args.all_frames else [_read_structure(path, args.index)]
+    model = load(args.model, device=device)
+    for config in configs:
+        check_known_elements(config.numbers, model.config.atomic_numbers, config.source)
+    structures = [_starting_geometry(config, model.config.r_max) for config in configs]
+    policy = resolve_policy(args.precision, default=model.default_precision)
+    resolve(args.backend, device)  # an unknown or unavailable backend: InputError before any file
+
+    outputs = Outputs(out_path, log_path, args.dt, batched=args.all_frames)
+    source = configs[0].source if len(configs) == 1 else str(path)
+    try:
+        with StopOnSignal() as stop:
+            run_engine = _run_torch if engine == "torch" else _run_ase
+            result = run_engine(model, structures, args, device, policy, outputs, stop)
+    except InputError as err:  # raised before the first sample, so no file exists yet
+        raise InputError(f"{source}: {err}") from None
+    finally:
+        outputs.close()
+    atomic_write_text(summary_path, json.dumps(result.summary(), indent=1) + "\n")
+
+    print(f"model {args.model}, precision {policy.name}, device {device}, engine {engine}, {args.ensemble}, "
+          f"{len(structures)} system{'s' if len(structures) > 1 else ''}, {result.atoms} atoms, dt {args.dt:g} fs")
+    for number, system in enumerate(result.systems):
+        if len(result.systems) > 1:
+            print(f"system {number} ({system.n_atoms} atoms)")
+        print(_summary(system))
+    print(f"wall time        {result.ms_per_step:.3g} ms/step" + (" (all systems)" if len(structures) > 1 else ""))
+    if engine == "torch":
+        print(f"model time       {result.model_ms_per_step:.3g} ms/step, "
+              f"{result.neighbour_list_builds} neighbour list builds")
+    frames = sum(len(system.steps) for system in result.systems)
+    print(f"wrote {out_path} ({frames} frames), {log_path} and {summary_path}")
+    last = max(int(system.steps[-1]) for system in result.systems)
+    if result.interrupted:
+        print(f"lpmace: md stopped by {stop.name} at step {result.steps} of {args.steps}; "
+              f"{out_path} and {log_path} hold steps 0 to {last} ({frames} samples)", file=sys.stderr)
+        return 128 + stop.signal_number
+    unstable = [(number, system) for number, system in enumerate(result.systems) if not system.stable]
+    for number, system in unstable:
+        which = f"system {number}: " if len(result.systems) > 1 else ""
+        print(f"lpmace: {which}MD became unstable at step {system.unstable_step}: {system.reason}", file=sys.stderr)
+    return EXIT_UNSTABLE if unstable else 0
+
+
+def _check_arguments(args):
+    """(out, log, summary) paths after the checks of every number and path (InputError for the first wrong one)."""
+    import math
+    import pathlib
+
+    from lpmace.errors import InputError
 
     if args.steps < 0:
         raise InputError(f"--steps must be at least 0, got {args.steps}")
@@ -75,48 +148,77 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{flag} must be a positive number, got {value}")
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise InputError(f"--temperature must be a number >= 0, got {args.temperature}")
+    if args.skin is not None and not (math.isfinite(args.skin) and args.skin >= 0):
+        raise InputError(f"--skin must be a number >= 0, got {args.skin}")
+    if args.all_frames and args.index != 0:
+        raise InputError(f"--all-frames runs every frame of STRUCTURE; it cannot be combined with --index {args.index}")
     out_path, log_path = pathlib.Path(args.out), pathlib.Path(args.log)
+    summary_path = log_path.with_name(log_path.stem + ".summary.json")
     if out_path.resolve() == log_path.resolve():
         raise InputError(f"--out and --log name the same file {out_path}")
-    for flag, path in (("--out", out_path), ("--log", log_path)):
+    if out_path.resolve() == summary_path.resolve():
+        raise InputError(f"--out {out_path} is the summary file of --log {log_path}")
+    for flag, path in (("--out", out_path), ("--log", log_path), ("--log's summary", summary_path)):
         if not path.parent.is_dir():
             raise InputError(f"{flag} {path}: folder {path.parent} does not exist")
         if path.is_dir():
             raise InputError(f"{flag} {path}: is a folder")
-    device = resolve_device(args.device)
+    return out_path, log_path, summary_path
 
-    config = _read_structure(pathlib.Path(args.structure), args.index)
-    model = load(args.model, device=device)
-    check_known_elements(config.numbers, model.config.atomic_numbers, config.source)
-    atoms = _starting_geometry(config, model.config.r_max)
-    policy = resolve_policy(args.precision, default=model.default_precision)
+
+def _run_ase(model, structures, args, device, policy, outputs, stop):
+    """The one structure through `lpmace.Calculator` and ASE's integrators (`lpmace.md.run_md`)."""
+    import sys
+
+    from lpmace.calculator import Calculator
+    from lpmace.dynamics import DynamicsResult
+    from lpmace.md import run_md
+
+    (atoms,) = structures
     calculator = Calculator(model, device=device, precision=policy, backend=args.backend)
+    result = run_md(atoms, calculator, ensemble=args.ensemble, steps=args.steps, dt_fs=args.dt,
+                    temperature_K=args.temperature, friction_per_fs=args.friction, seed=args.seed,
+                    interval=args.interval, on_sample=outputs.write, should_stop=stop.requested,
+                    progress=sys.stderr.isatty())
+    advanced = result.steps_done if result.stable else result.unstable_step
+    # the calculator builds a neighbour list at each force call: one per step and one at the start
+    return DynamicsResult(systems=(result,), steps=advanced, atoms=len(atoms), wall_s=result.wall_s,
+                          model_ms_per_step=None, neighbour_list_builds=advanced + 1,
+                          interrupted=result.interrupted, engine="ase")
 
-    outputs = _Outputs(out_path, log_path, args.dt)
+
+def _run_torch(model, structures, args, device, policy, outputs, stop):
+    """All structures together on `device` (`lpmace.dynamics.run_dynamics`)."""
+    import sys
+
+    import torch
+
+    from lpmace.dynamics import run_dynamics
+
+    return run_dynamics(
+        model, structures, ensemble=args.ensemble, steps=args.steps, dt_fs=args.dt, temperature_K=args.temperature,
+        friction_per_fs=args.friction, seed=args.seed, interval=args.interval, precision=policy, device=device,
+        backend=args.backend, skin=1.0 if args.skin is None else args.skin,
+        state_dtype=torch.float32 if args.state_dtype == "float32" else torch.float64,
+        on_sample=lambda system, step, atoms: outputs.write(step, atoms, system), should_stop=stop.requested,
+        progress=sys.stderr.isatty())
+
+
+def _read_frames(path):
+    """Every frame of `path` as `Configuration`s (sources "path:frame i"); InputError naming the file."""
+    import ase.io
+
+    from lpmace.errors import InputError
+
+    if not path.is_file():
+        open(path, "rb").close()  # let the OS word it ("No such file or directory", "Is a directory")
     try:
-        with _StopOnSignal() as stop:
-            result = run_md(atoms, calculator, ensemble=args.ensemble, steps=args.steps, dt_fs=args.dt,
-                            temperature_K=args.temperature, friction_per_fs=args.friction, seed=args.seed,
-                            interval=args.interval, on_sample=outputs.write, should_stop=stop.requested,
-                            progress=sys.stderr.isatty())
-    except InputError as err:  # raised before the first sample, so no file exists yet
-        raise InputError(f"{config.source}: {err}") from None
-    finally:
-        outputs.close()
-
-    print(f"model {args.model}, precision {policy.name}, device {device}, {args.ensemble}, "
-          f"{result.n_atoms} atoms, dt {args.dt:g} fs")
-    print(_summary(result))
-    print(f"wrote {out_path} ({len(result.steps)} frames) and {log_path}")
-    if result.interrupted:
-        print(f"lpmace: md stopped by {stop.name} at step {result.steps_done} of {result.steps_requested}; "
-              f"{out_path} and {log_path} hold steps 0 to {result.steps[-1]} ({len(result.steps)} samples)",
-              file=sys.stderr)
-        return 128 + stop.signal_number
-    if not result.stable:
-        print(f"lpmace: MD became unstable at step {result.unstable_step}: {result.reason}", file=sys.stderr)
-        return EXIT_UNSTABLE
-    return 0
+        frames = ase.io.read(path, index=":")
+    except Exception as err:  # noqa: BLE001 -- ASE raises many types for unreadable files; all mean "not a structure"
+        raise InputError(f"{path}: not a structure file ASE can read ({type(err).__name__}: {err})") from None
+    if not frames:
+        raise InputError(f"{path}: holds no structure")
+    return [_configuration(atoms, f"{path}:frame {index}") for index, atoms in enumerate(frames)]
 
 
 def _read_structure(path, index: int):
@@ -124,7 +226,6 @@ def _read_structure(path, index: int):
     like training data, source "path:frame i"); InputError naming the file for anything wrong."""
     import ase.io
 
-    from lpmace.data import Configuration
     from lpmace.errors import InputError
 
     if not path.is_file():
@@ -137,8 +238,15 @@ def _read_structure(path, index: int):
                          f"--index {index} is out of range") from None
     except Exception as err:  # noqa: BLE001 -- ASE raises many types for unreadable files; all mean "not a structure"
         raise InputError(f"{path}: not a structure file ASE can read ({type(err).__name__}: {err})") from None
+    return _configuration(atoms, f"{path}:frame {index}")
+
+
+def _configuration(atoms, source: str):
+    """The geometry of `atoms` as a validated `Configuration` named `source` (InputError if invalid)."""
+    from lpmace.data import Configuration
+
     return Configuration(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell.array, pbc=atoms.pbc,
-                         source=f"{path}:frame {index}")
+                         source=source)
 
 
 def _starting_geometry(config, r_max: float):
@@ -159,97 +267,6 @@ def _count_frames(path) -> int:
     return sum(1 for _ in ase.io.iread(path, index=":"))
 
 
-class _StopOnSignal:
-    """While active, SIGINT and SIGTERM ask the MD loop to stop after its current step instead of
-    killing the process mid-write; the first signal restores the previous handlers, so a second one
-    acts as usual (KeyboardInterrupt, termination). Off the main thread Python cannot install
-    handlers, and signals keep their usual effect."""
-
-    def __enter__(self):
-        import signal
-        import threading
-
-        self.signal_number = 0
-        self._previous = {}
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def _handle(self, signal_number, frame) -> None:
-        self.signal_number = signal_number
-        self._restore()
-
-    def _restore(self) -> None:
-        import signal
-
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-        self._previous = {}
-
-    def requested(self) -> bool:
-        return self.signal_number != 0
-
-    @property
-    def name(self) -> str:
-        import signal
-
-        return signal.Signals(self.signal_number).name
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._restore()
-
-
-class _Outputs:
-    """Trajectory and CSV at their final paths, created at the first sample and appended and flushed
-    at every one, so each holds, readable, every sample so far whenever the process ends. A frame
-    is formatted in memory and written with one call, so a kill between samples cannot tear it.
-    (Flushed to the OS, not fsync'ed: that survives any end of the process, which is what matters
-    here; fsync per sample would cost disk latency for the power-cut case only.)"""
-
-    def __init__(self, out_path, log_path, dt_fs: float) -> None:
-        self.paths = (out_path, log_path)
-        self._dt_fs = dt_fs
-        self._files = []
-
-    def _open(self) -> None:
-        import os
-
-        try:
-            for path in self.paths:
-                self._files.append(open(path, "w"))
-        except OSError:
-            for handle in self._files:  # none half-made: remove what this run created
-                handle.close()
-                os.unlink(handle.name)
-            self._files = []
-            raise
-        self._files[1].write(",".join(CSV_HEADER) + "\n")
-        self._files[1].flush()
-
-    def write(self, step: int, atoms) -> None:
-        import io
-
-        import ase.io
-
-        if not self._files:
-            self._open()
-        trajectory, csv = self._files
-        # step and time in the frame's comment line tie each frame to its CSV row.
-        atoms.info["step"], atoms.info["time_fs"] = step, step * self._dt_fs
-        frame = io.StringIO()
-        ase.io.write(frame, atoms, format="extxyz")
-        trajectory.write(frame.getvalue())
-        trajectory.flush()
-        potential, kinetic = atoms.get_potential_energy(), atoms.get_kinetic_energy()
-        csv.write(f"{step},{step * self._dt_fs:.6g},{potential:.10f},{kinetic:.10f},"
-                  f"{potential + kinetic:.10f},{atoms.get_temperature():.4f}\n")
-        csv.flush()
-
-    def close(self) -> None:
-        for handle in self._files:
-            handle.close()
-
-
 def _summary(result) -> str:
     import math
 
@@ -263,6 +280,5 @@ def _summary(result) -> str:
     lines += [
         f"E_total std      {result.fluctuation_meV_per_atom:.4g} meV/atom",
         f"mean temperature {result.mean_temperature_K:.1f} K",
-        f"wall time        {result.wall_s_per_step * 1000:.3g} ms/step",
     ]
     return "\n".join(lines)

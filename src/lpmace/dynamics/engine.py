@@ -95,6 +95,7 @@ def run_dynamics(
     dt_fs: float = 0.5,
     temperature_K: float | Sequence[float] = 300.0,
     friction_per_fs: float | Sequence[float] = 0.01,
+    initial_temperature_K: float | Sequence[float] | None = None,
     seed: int = 0,
     interval: int = 1,
     precision=None,
@@ -113,7 +114,8 @@ def run_dynamics(
         model: a `lpmace.model.MACE`; `precision`, `backend` and `device` as for `lpmace.Calculator`.
         structures: ase.Atoms (FixAtoms is the one constraint honoured), at least 2 atoms each.
         ensemble: "nve" (velocity Verlet) or "nvt" (Langevin BAOAB with `temperature_K` and
-            `friction_per_fs` in 1/fs, one number or one per system).
+            `friction_per_fs` in 1/fs, one number or one per system). Initial momenta are drawn at
+            `initial_temperature_K` (one number or one per system; None: `temperature_K`).
         seed: initial velocities of system s from ``np.random.default_rng(seed + s)``; NVT noise from a
             torch Generator seeded with `seed`.
         interval: a sample every `interval` steps and at step 0; ``on_sample(system, step, atoms)`` gets
@@ -146,7 +148,8 @@ def run_dynamics(
         graph_from_atoms(atoms, r_max)  # overlapping atoms and non-finite positions: InputError naming them
     friction_per_t = np.asarray(friction_per_fs, dtype=np.float64) / units.fs
     state = state_from_atoms(structures, temperature_K=temperature_K, friction_per_t=friction_per_t, seed=seed,
-                             hold_centre=ensemble == "nvt", device=device, dtype=state_dtype)
+                             hold_centre=ensemble == "nvt", device=device, dtype=state_dtype,
+                             initial_temperature_K=initial_temperature_K)
     potential = ModelPotential(model, device=device, precision=precision, backend=backend, skin=skin)
     dt = dt_fs * units.fs
     integrator = VelocityVerlet(dt) if ensemble == "nve" else Langevin(dt, seed, device)

@@ -107,11 +107,14 @@ def _fixed_mask(atoms: ase.Atoms) -> np.ndarray:
 
 
 def state_from_atoms(structures: Sequence[ase.Atoms], *, temperature_K, friction_per_t, seed: int,
-                     hold_centre: bool, device, dtype: torch.dtype = torch.float64) -> State:
+                     hold_centre: bool, device, dtype: torch.dtype = torch.float64,
+                     initial_temperature_K=None) -> State:
     """The state of `structures` with Maxwell-Boltzmann momenta (module docstring: seed rule).
 
     Args:
-        temperature_K, friction_per_t: a number or one per structure (friction in 1/ASE time unit).
+        temperature_K, friction_per_t: a number or one per structure (friction in 1/ASE time unit):
+            the Langevin target and friction.
+        initial_temperature_K: of the momenta drawn, a number or one per structure (None: temperature_K).
         hold_centre: the centre of mass is held still (NVT without fixed atoms), which the
             temperature's degrees of freedom count.
     Raises InputError for a structure with fewer than `lpmace.md.MIN_ATOMS` atoms or a constraint
@@ -120,6 +123,8 @@ def state_from_atoms(structures: Sequence[ase.Atoms], *, temperature_K, friction
     count = len(structures)
     temperatures = np.broadcast_to(np.asarray(temperature_K, dtype=np.float64), (count,))
     frictions = np.broadcast_to(np.asarray(friction_per_t, dtype=np.float64), (count,))
+    initial = temperatures if initial_temperature_K is None else np.broadcast_to(
+        np.asarray(initial_temperature_K, dtype=np.float64), (count,))
     parts = []
     for s, original in enumerate(structures):
         if len(original) < MIN_ATOMS:
@@ -127,7 +132,7 @@ def state_from_atoms(structures: Sequence[ase.Atoms], *, temperature_K, friction
                              f"atoms, it has {len(original)}")
         atoms = original.copy()
         fixed = _fixed_mask(atoms)
-        initialize_velocities(atoms, float(temperatures[s]), np.random.default_rng(seed + s))
+        initialize_velocities(atoms, float(initial[s]), np.random.default_rng(seed + s))
         momenta = atoms.get_momenta()
         momenta[fixed] = 0.0
         cell = np.where(atoms.pbc[:, None], atoms.cell.array, 0.0)
