@@ -26,9 +26,10 @@ SAMPLES_BEFORE_SIGNAL = 3
 TIMEOUT_S = 180.0
 
 
-@pytest.fixture
-def md_process(make_model, bpa_atoms, tmp_path):
-    """Start `python -m lpmace md` for far more steps than the test waits for; yields (process, out, log)."""
+@pytest.fixture(params=["ase", "torch"])
+def md_process(make_model, bpa_atoms, tmp_path, request):
+    """Start `python -m lpmace md` (each engine) for far more steps than the test waits for; yields
+    (process, out, log)."""
     model = lpmace.io.save(make_model(max_ell=1, max_L=0), tmp_path / "model.safetensors")
     structure = tmp_path / "bpa.xyz"
     ase.io.write(structure, ase.Atoms(numbers=bpa_atoms.numbers, positions=bpa_atoms.positions), format="extxyz")
@@ -38,7 +39,7 @@ def md_process(make_model, bpa_atoms, tmp_path):
            "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "lpmace", "md", str(structure), "--model", str(model), "--steps", "1000000",
-         "--interval", "1", "--dt", "0.5", "--out", str(out), "--log", str(log)],
+         "--interval", "1", "--dt", "0.5", "--out", str(out), "--log", str(log), "--engine", request.param],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         yield process, out, log
