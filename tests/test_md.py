@@ -131,12 +131,14 @@ def test_cli_writes_trajectory_and_csv(saved, structure, tmp_path, capsys):
 
 
 def _rejected(capsys, code, tmp_path, *fragments):
+    """Exit 2 with one error line holding `fragments`, and no output file (trajectory, CSV, summary) in tmp_path."""
     assert code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lpmace: error: "), lines
     for fragment in fragments:
         assert fragment in lines[0]
-    assert not (tmp_path / "traj.xyz").exists() and not (tmp_path / "md.csv").exists()
+    for name in ("traj.xyz", "md.csv", "md.summary.json"):
+        assert not (tmp_path / name).exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 

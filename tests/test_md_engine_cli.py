@@ -13,6 +13,7 @@ import pytest
 import lpmace.io
 from lpmace.cli import main
 from lpmace.commands.md import BATCHED_CSV_HEADER, CSV_HEADER, EXIT_UNSTABLE
+from test_md import _rejected
 
 FAST = {"max_ell": 1, "max_L": 0}
 SUMMARY_KEYS = {"engine", "steps", "systems", "atoms", "ms_per_step", "model_ms_per_step", "neighbour_list_builds",
@@ -108,17 +109,6 @@ def test_torch_engine_reports_a_blow_up_and_exits_3(make_model, bpa_atoms, tmp_p
     data = json.loads(summary.read_text())
     assert data["blow_ups"] == 1 and data["per_system"][0]["unstable_step"] == 1
     assert "total energy moved" in data["per_system"][0]["reason"]
-
-
-def _rejected(capsys, code, tmp_path, *fragments):
-    assert code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lpmace: error: "), lines
-    for fragment in fragments:
-        assert fragment in lines[0]
-    for name in ("traj.xyz", "md.csv", "md.summary.json"):
-        assert not (tmp_path / name).exists()
-    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 @pytest.mark.parametrize("case", ["unknown element", "nan", "overlapping", "single atom", "second frame"])
