@@ -204,3 +204,19 @@ def test_summary_has_the_counters_and_sensible_values(model, bpa_atoms):
     for entry in summary["per_system"]:
         assert entry["unstable_step"] is None and entry["reason"] == "" and entry["steps_done"] == 10
         assert abs(entry["drift_meV_per_atom_per_ps"]) < 10 and entry["fluctuation_meV_per_atom"] >= 0
+
+
+@pytest.mark.gpu
+def test_cuda_engine_follows_the_cpu_engine(bpa_atoms):
+    """CUDA graphs, pinned asynchronous samples and the device state give the CPU's trajectory (fp64)."""
+    from conftest import tiny_model
+
+    structures = [_molecule(bpa_atoms), _triclinic(), _slab()]
+    common = dict(ensemble="nve", steps=30, dt_fs=0.5, seed=6, interval=10, precision="fp64")
+    cpu, on_cpu = _torch_run(tiny_model(**FAST), structures, device="cpu", **common)
+    cuda, on_cuda = _torch_run(tiny_model(**FAST), structures, device="cuda", **common)
+    assert cuda.stable and cuda.model_ms_per_step > 0 and sorted(on_cuda) == sorted(on_cpu)
+    for key in on_cpu:
+        np.testing.assert_allclose(on_cuda[key], on_cpu[key], rtol=0, atol=1e-6)
+    for a, b in zip(cuda.systems, cpu.systems):
+        np.testing.assert_allclose(a.total_eV, b.total_eV, rtol=0, atol=1e-6)
