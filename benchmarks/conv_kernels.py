@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--old", help="a previous convolution.py to time beside (its node_triton/edge_triton)")
     parser.add_argument("--sweep", action="store_true", help="also time layer 2 (bf16, fp32) over channels per program, "
                         "pipeline stages and edges per loop step")
+    parser.add_argument("--registers", action="store_true", help="only time each kernel (layers 1 and 2, bf16 "
+                        "and float32) at its tiles under register caps (Triton's maxnreg)")
     parser.add_argument("--once", action="store_true", help="only run layer 2's kernels once per operand dtype "
                         "(bf16, fp32), after one warm-up call: for a profiler such as ncu")
     args = parser.parse_args()
@@ -100,6 +102,9 @@ def main() -> None:
             torch.cuda.synchronize()
         return
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__}; W2 mp box: {graph.edge_index.shape[1]} edges")
+    if args.registers:
+        (args.out / "conv_registers.json").write_text(json.dumps(registers(graph), indent=1) + "\n")
+        return
     old = None
     if args.old:
         spec = importlib.util.spec_from_file_location("old_convolution", args.old)
@@ -126,6 +131,35 @@ def main() -> None:
     if args.sweep:
         rows += sweep(graph)
     (args.out / "conv_kernels.json").write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def registers(graph):
+    """Each kernel at its tiles under register caps: does more occupancy beat spills?"""
+    found = []
+    caps = {"message": (None, 128, 96, 80, 64), "grads": (None, 192, 160, 128)}
+    for lmax_in, dtype in itertools.product((1, 0), (torch.bfloat16, torch.float32)):
+        x, y, w, g, seg = problem(graph, lmax_in, 128, dtype)
+        calls = {"message": lambda: (convolution_triton.message_triton(x, y, w, seg, lmax_in, 3),),
+                 "grads": lambda: convolution_triton.grads_triton(g, x, y, w, seg, lmax_in, 3, True, True, True)}
+        for kind, fn in calls.items():
+            key = f"{kind} 16-bit" if dtype.itemsize == 2 else kind
+            ref = fn()
+            for cap in caps[kind]:
+                convolution_triton.MAXNREG.clear()
+                if cap:
+                    convolution_triton.MAXNREG[key] = cap
+                try:
+                    row = dict(layer=lmax_in + 1, dtype=str(dtype).split(".")[-1], kernel=kind, maxnreg=cap,
+                               check=rel_diff(fn(), ref), ms=time_ms(fn))
+                    row["bandwidth_tb_s"] = floor_bytes(kind, x, y, w, g) / (row["ms"] * 1e-3) / 1e12
+                except Exception as err:  # a cap the compiler refuses: say so
+                    row = dict(layer=lmax_in + 1, kernel=kind, maxnreg=cap, error=f"{type(err).__name__}: {err}"[:200])
+                print(json.dumps(row), flush=True)
+                found.append(row)
+        convolution_triton.MAXNREG.clear()
+        del x, y, w, g, seg
+        torch.cuda.empty_cache()
+    return found
 
 
 def sweep(graph):

@@ -55,6 +55,9 @@ __all__ = ["TILES", "grads_triton", "layout", "message_triton", "sizes", "source
 # two per lane for 16-bit ones (1.98 / 1.81 ms against 2.11 / 1.94).
 TILES = {"message": (64, 1, 2, 1), "message 16-bit": (64, 1, 2, 2),
          "grads": (32, 1, 1, 1), "grads 16-bit": (64, 1, 1, 2)}
+# Register cap per thread (Triton's `maxnreg`) per TILES key; absent: the compiler's choice. A lower cap
+# lets more warps share an SM (the message's occupancy is limited by its registers) at the risk of spills.
+MAXNREG: dict = {}
 
 
 def sizes(lmax_in: int, max_ell: int) -> tuple[int, int, int, int]:
@@ -244,6 +247,13 @@ def kernels(lmax_in: int, max_ell: int):
     return _LOADED[key]
 
 
+def _registers(kernel: str, dtype: torch.dtype) -> dict:
+    """Launch options capping registers (`MAXNREG`) for this kernel and operand width; {} if uncapped."""
+    narrow = kernel + " 16-bit"
+    cap = MAXNREG.get(narrow if dtype.itemsize == 2 and narrow in TILES else kernel)
+    return {"maxnreg": cap} if cap else {}
+
+
 def _channels(c: int, kernel: str, dtype: torch.dtype = torch.float32) -> tuple[int, int, int]:
     """(channels per program, warps, stages): at most TILES[kernel][0] channels per program, TILES[kernel][3]
     adjacent channels per lane (a lane's loads of them are one vector load); 16-bit operands take the
@@ -271,7 +281,7 @@ def message_triton(x, y, w, seg, lmax_in: int, max_ell: int, out_dtype: torch.dt
     with launch_context(x.device):
         message[(n, (c + block - 1) // block)](
             x.transpose(1, 2).contiguous(), y.contiguous(), w.contiguous(), seg.src, seg.dst_ptr, seg.dst_perm, out,
-            c, BLOCK_C=block, STAGES=stages, num_warps=warps)
+            c, BLOCK_C=block, STAGES=stages, num_warps=warps, **_registers("message", w.dtype))
     return out.to(out_dtype)
 
 
@@ -295,7 +305,7 @@ def grads_triton(g, x, y, w, seg, lmax_in: int, max_ell: int, want_x: bool, want
             grads[(n, blocks)](
                 g.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous(), y.contiguous(), w.contiguous(),
                 seg.dst, seg.src_ptr, seg.src_perm, d_x, d_y, d_w, c, e, BLOCK_C=block, WANT_X=want_x,
-                WANT_Y=want_y, WANT_W=want_w, STAGES=stages, num_warps=warps)
+                WANT_Y=want_y, WANT_W=want_w, STAGES=stages, num_warps=warps, **_registers("grads", w.dtype))
     if want_y:  # the channel blocks' partial sums (none: no channels, zeros)
         d_y = (d_y[0] if blocks == 1 else d_y.sum(0)).to(y.dtype)
     return d_x, d_y, d_w
