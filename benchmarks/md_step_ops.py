@@ -7,8 +7,10 @@ a step dispatches (a TorchDispatchMode; ops inside the model's forward and backw
 integrator (kick/drift), neighbours (VerletList), potential (Graph, outputs), bookkeeping (health
 check, status and sample copies, host reads). On CUDA each counted op is about one kernel launch, except
 views (listed apart, no launch). Host syncs are the ops that read a device value back: `.item()`/
-`.tolist()` (aten._local_scalar_dense) and `nonzero` (its output size); the engine's event waits are
-counted by `Copy.wait`/`Transfers` calls. Padding and copy-in of `lpmace.cuda_graphs.ForwardGraphs` run
+`.tolist()` (aten._local_scalar_dense) and `nonzero` (its output size); reads of a copy
+already queued to host memory ("late read": the Verlet list's planned flag; on CUDA a wait on an event
+of the previous step, not a read of the device) are listed apart, and so are the engine's reads of the
+status copy a step later (`_Run.read_one`, host memory, no op). Padding and copy-in of `lpmace.cuda_graphs.ForwardGraphs` run
 on CUDA only: their ops are counted by calling `pad_graph` on a step's graph (and the copies into the
 static batch: one per Graph field, plus the output clones). Prints per-step averages over the steps
 after the first (step 0 and the first build excluded).
@@ -73,7 +75,7 @@ def count_reads(counter, name):
     original = getattr(torch.Tensor, name)
 
     def read(self, *args):
-        if counter.region[-1] != "model":
+        if counter.region[-1] not in ("model", "late read"):
             counter.syncs[counter.region[-1]] += 1
         return original(self, *args)
     setattr(torch.Tensor, name, read)
@@ -103,6 +105,7 @@ def main(argv=None):
             wrap(counter, module, name, "integrator")
     wrap(counter, langevin.Langevin, "thermostat", "integrator")
     wrap(counter, VerletList, "__call__", "neighbours")
+    wrap(counter, VerletList, "_planned_rebuild", "late read")
     wrap(counter, ModelPotential, "__call__", "potential")
     for name in ("frozen", "check", "read_one", "drain"):
         wrap(counter, engine._Run, name, "bookkeeping")
@@ -147,7 +150,7 @@ def main(argv=None):
     print(f"{args.atoms}: {result.atoms} atoms, {steps} steps averaged, {result.neighbour_list_builds} builds")
     print(f"{'part':<12}{'ops/step':>10}{'views/step':>12}{'syncs/step':>12}")
     total = 0.0
-    for region in ("integrator", "neighbours", "potential", "bookkeeping", "engine", "model"):
+    for region in ("integrator", "neighbours", "late read", "potential", "bookkeeping", "engine", "model"):
         ops = (last[0][region] - first[0][region]) / steps
         views = (last[1][region] - first[1][region]) / steps
         syncs = (last[2][region] - first[2][region]) / steps

@@ -6,6 +6,14 @@ a skin. Between the neighbour list's syncs the step runs without waiting for the
 system's health and the samples go to the host asynchronously (`lpmace.dynamics.samples`) and are
 read one step later.
 
+Host work per step, for small runs where it sets the step time (`benchmarks/md_step_ops.py` counts the
+ops): the integrator and the health check take few fused ops; runs of at most `SMALL_RUN_ATOMS` atoms hand
+the model the Verlet list's pairs unfiltered (`exact_cutoff_pairs`), so a reuse dispatches nothing, and in
+NVE the rebuild test is queued at the end of each step from the exactly known next positions and read at
+the next force call from host memory: no read of the device in a reuse step (the host waits there only
+for the previous step's end, as it does for the status copy). NVT draws its noise inside the step, so
+its rebuild test stays synchronous (one sync per step).
+
 Blow-ups are judged per system as `lpmace.md.run_md` judges a run (non-finite energy, forces or
 positions, or a total energy that moved more than `max_energy_change_per_atom` eV/atom from its
 start): on the device, in the step it happens, the system is frozen at its last positions; when the
@@ -37,7 +45,13 @@ from lpmace.dynamics.verlet import VelocityVerlet
 from lpmace.errors import InputError
 from lpmace.md import ENSEMBLES, MAX_ENERGY_CHANGE_PER_ATOM, MDResult
 
-__all__ = ["DynamicsResult", "run_dynamics"]
+__all__ = ["DynamicsResult", "SMALL_RUN_ATOMS", "run_dynamics"]
+
+# Up to this many atoms in a run, a step's time is the host's (launches, Python), not the model's
+# arithmetic: the engine hands the model the Verlet list's pairs unfiltered (`exact_cutoff_pairs`).
+# Measured on an H200 (md_engine_speed): 12 atoms take 7-10 ms a step against a model call of ~1 ms of
+# GPU time; the W2 box (4,096 atoms) is bound by the model (11.6 of 13.1 ms), where 1.7x edges would cost.
+SMALL_RUN_ATOMS = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +116,7 @@ def run_dynamics(
     device="cpu",
     backend: str = "auto",
     skin: float = 1.0,
+    exact_cutoff_pairs: bool | None = None,
     state_dtype: torch.dtype = torch.float64,
     max_energy_change_per_atom: float = MAX_ENERGY_CHANGE_PER_ATOM,
     on_sample: Callable[[int, int, ase.Atoms], None] | None = None,
@@ -121,6 +136,10 @@ def run_dynamics(
         interval: a sample every `interval` steps and at step 0; ``on_sample(system, step, atoms)`` gets
             an ase.Atoms carrying that step's positions, momenta, energy and forces.
         skin: Verlet skin in Å (0: a new list at every step). state_dtype: float64 or float32.
+        exact_cutoff_pairs: the model gets only the pairs within its r_max (True) or every pair of the
+            Verlet list, up to r_max + skin (False): the same energies and forces (the extra pairs add
+            exact zeros), fewer ops and no host read per step, but up to ~1.7x the model's edges. None:
+            False for runs of at most `SMALL_RUN_ATOMS` atoms in all (host-bound steps), True above.
         should_stop: asked before each step; True ends the run (``interrupted``).
 
     Raises:
@@ -150,7 +169,10 @@ def run_dynamics(
     state = state_from_atoms(structures, temperature_K=temperature_K, friction_per_t=friction_per_t, seed=seed,
                              hold_centre=ensemble == "nvt", device=device, dtype=state_dtype,
                              initial_temperature_K=initial_temperature_K)
-    potential = ModelPotential(model, device=device, precision=precision, backend=backend, skin=skin)
+    if exact_cutoff_pairs is None:
+        exact_cutoff_pairs = sum(len(a) for a in structures) > SMALL_RUN_ATOMS
+    potential = ModelPotential(model, device=device, precision=precision, backend=backend, skin=skin,
+                               exact_cutoff_pairs=exact_cutoff_pairs)
     dt = dt_fs * units.fs
     integrator = VelocityVerlet(dt) if ensemble == "nve" else Langevin(dt, seed, device)
     run = _Run(structures, state, ensemble, dt_fs, interval, max_energy_change_per_atom, on_sample, device)
@@ -158,6 +180,12 @@ def run_dynamics(
     start = time.perf_counter()
     potential(state)
     run.start()
+    # Velocity Verlet knows the next step's positions at the end of a step: the Verlet list's rebuild
+    # test is queued then and read at the next force call without a sync (`VerletList.plan`).
+    plan = getattr(integrator, "next_positions", None) if not exact_cutoff_pairs else None
+    frozen = run.frozen()
+    if plan is not None:
+        potential.neighbours.plan(plan(run.state, frozen))
     interrupted, advanced = False, 0
     with tqdm(total=steps, desc=f"md {ensemble}", unit="step", disable=not progress, leave=False) as bar:
         for step in range(1, steps + 1):
@@ -165,13 +193,17 @@ def run_dynamics(
                 interrupted = True
                 break
             previous = run.state.positions
-            integrator.step(run.state, potential, run.frozen())
+            integrator.step(run.state, potential, frozen)
             advanced = step
             run.check(step, previous)
+            frozen = run.frozen()
+            if plan is not None:
+                potential.neighbours.plan(plan(run.state, frozen))
             if run.read_one():  # systems found unstable were removed: the list is built anew
                 potential.neighbours.reset()
                 if not run.layout.ids:
                     break
+                frozen = run.frozen()
             bar.update(1)
     run.drain()
     wall = time.perf_counter() - start
@@ -200,43 +232,41 @@ class _Run:
         """Step 0: the initial energies must be finite (InputError otherwise, before any sample)."""
         state = self.state
         self.initial_total = state.potential_eV + state.kinetic_eV()
+        self.no_failure = torch.zeros((), dtype=torch.float64, device=state.ptr.device)
         code, _ = self._failure_codes()
         bad = code.nonzero().flatten().tolist()
         if bad:
             s = bad[0]
             raise InputError(f"system {s}, Atoms({self.structures[s].get_chemical_formula()}): the initial structure "
                              f"already fails: {failure_reason(int(code[s]), 0.0, self.limit)}")
-        self.unstable = torch.full((state.num_systems,), -1.0, dtype=torch.float64, device=state.ptr.device)
-        self.code = torch.zeros_like(self.unstable)
-        self.change = torch.zeros_like(self.unstable)
+        none = torch.zeros(state.num_systems, dtype=torch.float64, device=state.ptr.device)
+        self.status = torch.stack([none - 1.0, none, none])
         self._queue(0)
         self.read_one()
 
     def frozen(self) -> torch.Tensor:
         """[N] bool: atoms that do not move (fixed, or of a system already unstable on the device)."""
-        return self.state.fixed | (self.unstable >= 0)[self.state.batch]
+        return self.state.fixed | (self.status[0] >= 0)[self.state.batch]
 
     def _failure_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per system: failure code [S] (0 fine; `lpmace.dynamics.samples`) and |ΔE_total| per atom [S]."""
+        """Per system: failure code [S] float64 (0 fine; `lpmace.dynamics.samples`) and |ΔE_total| per
+        atom [S], in few ops (a step of a small system is bound by its launches)."""
         state = self.state
-        kinetic = state.kinetic_eV()
-        atoms_ok = torch.isfinite(state.positions).all(-1) & torch.isfinite(state.forces).all(-1)
-        bad_atoms = torch.zeros(state.num_systems, device=atoms_ok.device).index_add_(
-            0, state.batch, (~atoms_ok).float()) > 0
-        total = state.potential_eV + kinetic
+        total = state.potential_eV + state.kinetic_eV()
         change = (total - self.initial_total).abs() / state.atoms_per_system
-        code = torch.where(change > self.limit, ENERGY_MOVED, 0)
-        code = torch.where(bad_atoms, FORCES_NOT_FINITE, code)
-        code = torch.where(~torch.isfinite(total), ENERGY_NOT_FINITE, code)
-        return code.to(torch.float64), change
+        # x * 0 is 0 for a finite x, NaN otherwise (2 ops where torch.isfinite takes 4); per system, the
+        # sum of an atom's zeros never overflows
+        probe = torch.cat([state.positions, state.forces.to(state.positions.dtype)], dim=1).mul(0.0).sum(-1)
+        atoms_finite = probe.new_zeros(state.num_systems).index_add_(0, state.batch, probe) == 0
+        code = torch.where(change > self.limit, float(ENERGY_MOVED), self.no_failure)
+        code = torch.where(atoms_finite, code, float(FORCES_NOT_FINITE))
+        return torch.where(total * 0 == 0, code, float(ENERGY_NOT_FINITE)), change
 
     def check(self, step: int, previous_positions: torch.Tensor) -> None:
         """On the device: mark systems that fail at `step` and put them back to their last positions."""
         code, change = self._failure_codes()
-        newly = (code > 0) & (self.unstable < 0)
-        self.unstable = torch.where(newly, float(step), self.unstable)
-        self.code = torch.where(newly, code, self.code)
-        self.change = torch.where(newly, change, self.change)
+        newly = (code > 0) & (self.status[0] < 0)
+        self.status = torch.where(newly, torch.stack([torch.full_like(code, float(step)), code, change]), self.status)
         self.state.positions = torch.where(newly[self.state.batch][:, None], previous_positions, self.state.positions)
         self._queue(step)
 
@@ -246,7 +276,7 @@ class _Run:
         if step % self.interval == 0:
             sample = {"positions": state.positions, "momenta": state.momenta, "forces": state.forces,
                       "potential": state.potential_eV, "kinetic": state.kinetic_eV()}
-        self.transfers.put(step, self.layout, torch.stack([self.unstable, self.code, self.change]), sample)
+        self.transfers.put(step, self.layout, self.status, sample)
 
     def read_one(self) -> bool:
         """Read the oldest copy when a newer one is queued (or the last one at the start); True if
@@ -306,10 +336,9 @@ class _Run:
         if not keep:
             self.layout = Layout((), (0,), np.zeros(0))
             return
-        index = torch.tensor(keep, device=self.unstable.device)
+        index = torch.tensor(keep, device=self.status.device)
         self.state = self.state.select(keep)
-        self.initial_total, self.unstable = self.initial_total[index], self.unstable[index]
-        self.code, self.change = self.code[index], self.change[index]
+        self.initial_total, self.status = self.initial_total[index], self.status[:, index]
         self.layout = Layout(tuple(self.layout.ids[r] for r in keep), tuple(self.state.ptr.tolist()),
                              self.layout.dof[keep])
 

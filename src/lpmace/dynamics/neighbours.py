@@ -30,10 +30,23 @@ pbc, batch and ptr are unchanged, every pair now within the cutoff was within cu
 so the stored candidates are cut to the cutoff with the current positions. A cell that changes at every
 call (NPT) rebuilds at every call.
 
-Host synchronisations per call: a reuse costs one (the rebuild flag and the edge count read together);
-a build costs four (bin count and stencil size, the number of triples, the candidates within the
-radius, the edges within the cutoff); a call whose check finds a rebuild is needed costs 1 + 4.
-skin = 0 builds at every call (4).
+Two ways to hand out the pairs (`exact_cutoff_pairs`):
+  True   the stored candidates cut to the cutoff at every call (the list above). A reuse costs one host
+         synchronisation (the rebuild flag and the edge count read together) and ~35 small ops.
+  False  the stored candidates themselves, pairs up to cutoff + skin: a model whose radial envelope is
+         exactly zero at and beyond its cutoff (MACE: `lpmace.nn.radial.polynomial_envelope` times
+         r < r_max) gives the same energies and forces, since the extra edges add exact zeros (a sum
+         over more terms may round its last bit differently; tests/dynamics/test_cutoff_pairs.py). The edge count then changes only at builds, so a reuse reads nothing back for it
+         and dispatches no op at all; the model computes the extra pairs (~1.7x the edges of a dense
+         periodic system, few for a small molecule), so this pays where the step is bound by host work.
+         The rebuild decision comes either from `plan` (the caller, an integrator that knows the next
+         positions exactly, queues the displacement test at the end of a step: copied to the host
+         without waiting and read at the next call; the host only waits for that step's end, not for the
+         current positions) or, without a plan, from a synchronous displacement test (one sync).
+Host synchronisations per call: a reuse costs one (none with a plan whose copy has landed); a build costs
+four with the cut (bin count and stencil size, the number of triples, the candidates within the radius,
+the edges within the cutoff), three without; a call whose check finds a rebuild is needed costs 1 + the
+build's. skin = 0 builds at every call.
 """
 
 from __future__ import annotations
@@ -216,31 +229,60 @@ class VerletList:
     """A neighbour list for MD on the positions' device, batched over systems, rebuilt only when needed.
 
     Each build stores the pairs within cutoff + skin with the positions, cell, pbc, batch and ptr it was
-    built from; later calls reuse them (cut to the cutoff) until an atom has moved more than skin / 2
-    (raw displacement of the unwrapped positions) or cell, pbc, batch or ptr differ. skin = 0 builds at
-    every call. Host synchronisations: one per reuse, four per build (module docstring).
+    built from; later calls reuse them (cut to the cutoff, or not: `exact_cutoff_pairs`, module docstring)
+    until an atom has moved more than skin / 2 (raw displacement of the unwrapped positions) or cell, pbc,
+    batch or ptr differ. skin = 0 builds at every call. Host synchronisations: module docstring.
 
     Attributes:
-        cutoff: Å; skin: Å; builds: number of full builds so far.
+        cutoff: Å; skin: Å; builds: number of full builds so far; exact_cutoff_pairs: bool.
     """
 
-    def __init__(self, cutoff: float, skin: float = 1.0):
+    def __init__(self, cutoff: float, skin: float = 1.0, exact_cutoff_pairs: bool = True):
         if not cutoff > 0:
             raise InputError(f"neighbour list cutoff must be positive, got {cutoff}")
         if not skin >= 0:
             raise InputError(f"neighbour list skin must be >= 0, got {skin}")
         self.cutoff = float(cutoff)
         self.skin = float(skin)
+        self.exact_cutoff_pairs = bool(exact_cutoff_pairs)
         self.builds = 0
         self._stored: dict[str, torch.Tensor] | None = None
+        self._plan: tuple[torch.Tensor, object] | None = None
+        self._flag: torch.Tensor | None = None
 
     def reset(self) -> None:
-        """Forget the stored list: the next call builds."""
+        """Forget the stored list (and any plan): the next call builds."""
         self._stored = None
+        self._plan = None
+
+    def plan(self, next_positions: torch.Tensor) -> None:
+        """Queue, without waiting, the rebuild decision of the next call, which the caller promises to
+        make with exactly `next_positions` ([N, 3]) and the same cell, pbc, batch and ptr tensors (unchanged
+        in place) as the last call. Only without the cut (`exact_cutoff_pairs` False) and a stored list;
+        otherwise nothing. A non-finite position decides a rebuild. On CUDA the flag goes to pinned host
+        memory with an event; the next call waits for that event only."""
+        if self._stored is None or self.exact_cutoff_pairs or self.skin == 0:
+            return
+        with torch.no_grad():
+            far = self._moved_far(next_positions.detach())
+            cuda = far.device.type == "cuda"
+            if self._flag is None:
+                self._flag = torch.empty((), dtype=torch.bool, pin_memory=cuda)
+            self._flag.copy_(far, non_blocking=cuda)  # read by `_planned_rebuild`
+            event = None
+            if cuda:
+                event = torch.cuda.Event()
+                event.record()
+            self._plan = (next_positions.shape, event)
+
+    def _moved_far(self, positions: torch.Tensor) -> torch.Tensor:
+        """[] bool on the device: some atom moved more than skin/2 from the build, or is not finite."""
+        displacement = (positions - self._stored["positions"]).square().sum(-1).amax()
+        return ~(displacement <= (self.skin / 2) ** 2)
 
     def __call__(self, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, batch: torch.Tensor,
                  ptr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Edges within the cutoff.
+        """Edges within the cutoff (and, with `exact_cutoff_pairs` False, more up to cutoff + skin).
 
         Args:
             positions: [N, 3] float64 or float32 Cartesian positions, Å, unwrapped (never wrap them).
@@ -255,15 +297,17 @@ class VerletList:
                 ``positions[receiver] - positions[sender] + unit_shifts @ cell[batch[receiver]]``.
         """
         _check_shapes(positions, cell, pbc, batch, ptr)
+        plan, self._plan = self._plan, None
         with torch.no_grad():
             positions = positions.detach()
             stored = self._stored
             if (stored is None or self.skin == 0 or positions.shape[0] == 0
                     or not _same_layout(stored, positions, cell, pbc, batch, ptr)):
                 return self._build(positions, cell, pbc, batch, ptr)
+            if not self.exact_cutoff_pairs:
+                return self._reuse_all(plan, positions, cell, pbc, batch, ptr)
             moved = (positions - stored["positions"]).square().sum(-1).amax() > (self.skin / 2) ** 2
-            changed = (moved | (cell != stored["cell"]).any() | (pbc != stored["pbc"]).any()
-                       | (batch != stored["batch"]).any() | (ptr != stored["ptr"]).any())
+            changed = moved | _changed(stored, cell, pbc, batch, ptr)
             within = self._within_cutoff(positions)
             rebuild, count = torch.stack([changed.long(), within.sum()]).tolist()  # the one sync
             if rebuild:
@@ -272,6 +316,25 @@ class VerletList:
             if count == 0:
                 return self._edges(torch.zeros(0, dtype=torch.long, device=positions.device))
             return self._edges(torch.nonzero_static(within, size=count).squeeze(1))
+
+    def _reuse_all(self, plan, positions, cell, pbc, batch, ptr):
+        """All stored candidates, unless the plan (or, without one, a synchronous test) says rebuild."""
+        stored = self._stored
+        same_inputs = all(a is b and a._version == v for (a, v), b in zip(stored["inputs"], (cell, pbc, batch, ptr)))
+        if plan is not None and plan[0] == positions.shape and same_inputs:
+            rebuild = self._planned_rebuild(plan[1])
+        else:
+            rebuild = bool(self._moved_far(positions) | _changed(stored, cell, pbc, batch, ptr))  # sync
+        if rebuild:
+            return self._build(positions, cell, pbc, batch, ptr)
+        return stored["edge_index"], stored["shifts"]
+
+    def _planned_rebuild(self, event) -> bool:
+        """The plan's flag, from host memory once its copy has landed (a wait for the step that queued
+        it, not a read of the device)."""
+        if event is not None:
+            event.synchronize()
+        return bool(self._flag)
 
     def _build(self, positions, cell, pbc, batch, ptr):
         self.builds += 1
@@ -285,7 +348,11 @@ class VerletList:
             "positions": positions.clone(), "cell": cell.clone(), "pbc": pbc.clone(), "batch": batch.clone(),
             "ptr": ptr.clone(), "sender": sender, "receiver": receiver, "shifts": shifts,
             "shift_vectors": torch.einsum("ej,ejk->ek", shifts, cell.to(positions.dtype)[batch[receiver]]),
+            "edge_index": torch.stack([sender, receiver]),
+            "inputs": tuple((t, t._version) for t in (cell, pbc, batch, ptr)),
         }
+        if not self.exact_cutoff_pairs:
+            return self._stored["edge_index"], shifts
         return self._edges(torch.nonzero(self._within_cutoff(positions)).squeeze(1))  # sync
 
     def _within_cutoff(self, positions: torch.Tensor) -> torch.Tensor:
@@ -296,7 +363,13 @@ class VerletList:
 
     def _edges(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         stored = self._stored
-        return torch.stack([stored["sender"][rows], stored["receiver"][rows]]), stored["shifts"][rows]
+        return stored["edge_index"][:, rows], stored["shifts"][rows]
+
+
+def _changed(stored, cell, pbc, batch, ptr) -> torch.Tensor:
+    """[] bool on the device: cell, pbc, batch or ptr differ in value from the build's."""
+    return ((cell != stored["cell"]).any() | (pbc != stored["pbc"]).any() | (batch != stored["batch"]).any()
+            | (ptr != stored["ptr"]).any())
 
 
 def _same_layout(stored, positions, cell, pbc, batch, ptr) -> bool:

@@ -34,11 +34,14 @@ class ModelPotential:
         precision: preset name, YAML path or PrecisionPolicy (None: the model's default).
         backend: `lpmace.backends` name ("auto" resolved on `device`).
         skin: Verlet skin, Å.
+        exact_cutoff_pairs: hand the model only pairs within its r_max (True) or all pairs the Verlet list
+            holds, up to r_max + skin (False: same energies and forces, fewer ops and syncs per step;
+            `lpmace.dynamics.neighbours`).
         cuda_graphs: replay from CUDA graphs (None: on CUDA devices).
     """
 
     def __init__(self, model, *, device, precision=None, backend: str = "auto", skin: float = 1.0,
-                 cuda_graphs: bool | None = None) -> None:
+                 exact_cutoff_pairs: bool = True, cuda_graphs: bool | None = None) -> None:
         from lpmace.backends import resolve, use
         from lpmace.precision import resolve_policy
 
@@ -51,7 +54,7 @@ class ModelPotential:
             from lpmace.cuda_graphs import ForwardGraphs
 
             self.run = ForwardGraphs(self.model, self.run, self.device)
-        self.neighbours = VerletList(float(model.config.r_max), skin)
+        self.neighbours = VerletList(float(model.config.r_max), skin, exact_cutoff_pairs)
         self.calls = 0
         self._model_ms = 0.0
         self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []

@@ -15,6 +15,7 @@ run of that structure alone with seed ``seed + s``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import ase
@@ -59,20 +60,25 @@ class State:
     forces: torch.Tensor | None = None
     potential_eV: torch.Tensor | None = None
 
+    @functools.cached_property
+    def inverse_masses(self) -> torch.Tensor:
+        """[N, 1] 1/amu, in the masses' dtype (computed once: masses never change in place)."""
+        return self.masses.reciprocal()[:, None]
+
     @property
     def num_systems(self) -> int:
         return self.ptr.shape[0] - 1
 
-    @property
+    @functools.cached_property
     def atoms_per_system(self) -> torch.Tensor:
-        """[S] int64 atom count of each system."""
+        """[S] int64 atom count of each system (computed once: ptr never changes in place)."""
         return self.ptr[1:] - self.ptr[:-1]
 
     def kinetic_eV(self) -> torch.Tensor:
         """[S] float64 kinetic energy of each system, eV (summed in float64)."""
         p = self.momenta.double()
-        per_atom = 0.5 * p.square().sum(-1) / self.masses.double()
-        return torch.zeros(self.num_systems, dtype=torch.float64, device=p.device).index_add_(0, self.batch, per_atom)
+        per_atom = p.square().sum(-1) / self.masses.double()
+        return p.new_zeros(self.num_systems).index_add_(0, self.batch, per_atom, alpha=0.5)
 
     def select(self, systems: Sequence[int]) -> "State":
         """A state holding only `systems` (indices; kept in their order), re-indexed from 0."""

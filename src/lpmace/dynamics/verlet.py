@@ -3,7 +3,10 @@
     p ← p + (dt/2) F(x);   x ← x + dt p/m;   p ← p + (dt/2) F(x)
 
 Atoms that do not move (`frozen`: held by FixAtoms, or of a system stopped as unstable) keep their
-positions, and FixAtoms atoms zero momentum. dt is in ASE time units (``dt_fs * ase.units.fs``).
+positions and momenta; FixAtoms atoms start with zero momentum (`lpmace.dynamics.state`), so they keep
+it. dt is in ASE time units (``dt_fs * ase.units.fs``). Each update is two ops (a fused multiply-add
+and a `where` that holds frozen atoms, whose momenta may be NaN after a blow-up), so a step dispatches
+few kernels: with tiny systems the host's launches, not the arithmetic, set the step time.
 """
 
 from __future__ import annotations
@@ -14,22 +17,31 @@ import torch
 
 from lpmace.dynamics.state import State
 
-__all__ = ["Potential", "VelocityVerlet", "drift", "kick"]
+__all__ = ["Potential", "VelocityVerlet", "drift", "drifted", "kick", "kicked"]
 
 # state → (potential energy [S] float64 eV, forces [N, 3] eV/Å); it also stores both on the state.
 Potential = Callable[[State], None]
 
 
+def kicked(momenta: torch.Tensor, forces: torch.Tensor, dt: float, frozen: torch.Tensor) -> torch.Tensor:
+    """p + dt F for the atoms that move, p for the frozen ones. momenta, forces: [N, 3]; frozen: [N] bool."""
+    return torch.where(frozen[:, None], momenta, torch.add(momenta, forces.to(momenta.dtype), alpha=dt))
+
+
+def drifted(state: State, momenta: torch.Tensor, dt: float, frozen: torch.Tensor) -> torch.Tensor:
+    """x + dt p/m for the atoms that move, x for the frozen ones ([N, 3], Å)."""
+    moved = torch.addcmul(state.positions, momenta, state.inverse_masses, value=dt)
+    return torch.where(frozen[:, None], state.positions, moved)
+
+
 def kick(state: State, dt: float, frozen: torch.Tensor) -> None:
-    """p ← p + dt F for the atoms that move; fixed atoms keep zero momentum. frozen: [N] bool."""
-    moved = state.momenta + dt * state.forces.to(state.momenta.dtype)
-    state.momenta = torch.where(frozen[:, None], torch.where(state.fixed[:, None], 0.0, state.momenta), moved)
+    """p ← p + dt F for the atoms that move. frozen: [N] bool."""
+    state.momenta = kicked(state.momenta, state.forces, dt, frozen)
 
 
 def drift(state: State, dt: float, frozen: torch.Tensor) -> None:
     """x ← x + dt p/m for the atoms that move. frozen: [N] bool."""
-    moved = state.positions + dt * state.momenta / state.masses[:, None]
-    state.positions = torch.where(frozen[:, None], state.positions, moved)
+    state.positions = drifted(state, state.momenta, dt, frozen)
 
 
 class VelocityVerlet:
@@ -44,3 +56,8 @@ class VelocityVerlet:
         drift(state, self.dt, frozen)
         potential(state)
         kick(state, 0.5 * self.dt, frozen)
+
+    def next_positions(self, state: State, frozen: torch.Tensor) -> torch.Tensor:
+        """[N, 3] the positions at which the next `step` (with the same `frozen`) will call the potential,
+        by the same ops, so equal to the bit: a Verlet list can decide its rebuild a step ahead."""
+        return drifted(state, kicked(state.momenta, state.forces, 0.5 * self.dt, frozen), self.dt, frozen)
