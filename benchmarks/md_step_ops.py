@@ -160,7 +160,8 @@ def main(argv=None):
     copies = sum(getattr(padded, f) is not None for f in ("positions", "numbers", "edge_index", "unit_shifts", "cell",
                                                          "pbc", "batch", "ptr"))
     print(f"{'padding':<12}{counter.ops['padding']:>10}  (+{copies} copies into the static batch, 3 output clones:"
-          " ForwardGraphs on CUDA only)")
+          " ForwardGraphs on CUDA only; a call whose graph differs from the last in its positions alone, as in"
+          " reuse steps with unfiltered pairs, skips the padding and makes 1 copy)")
     print(f"outside the model, CPU engine: {total:.1f} ops/step; on CUDA add padding, copies and clones")
     for region in ("integrator", "neighbours", "potential", "bookkeeping"):
         print(f"  {region}: " + ", ".join(f"{k} {v}" for k, v in counter.names[region].most_common(12)))

@@ -192,3 +192,73 @@ def test_the_elements_of_one_numbers_tensor_are_checked_again_only_after_it_chan
     numbers[2] = 26  # in place: iron, not one of the model's elements
     with pytest.raises(InputError, match="26|Fe"):
         graphs._check_elements(numbers)
+
+
+@gpu
+def test_new_positions_alone_are_copied_into_the_last_padded_batch(make_model, monkeypatch):
+    """MD between neighbour-list builds: the same edge tensors, new positions. No padding, the
+    replay reads the new positions; a new edge tensor pads again."""
+    import lpmace.cuda_graphs as cuda_graphs
+    from lpmace.cuda_graphs import ForwardGraphs
+
+    model = make_model(torch.float32).cuda()
+    run = use(model, "reference", "cuda")
+    graphs = ForwardGraphs(model, run, "cuda")
+    pads = []
+    pad = cuda_graphs.pad_graph
+    monkeypatch.setattr(cuda_graphs, "pad_graph", lambda *a, **k: pads.append(1) or pad(*a, **k))
+    box = _boxes(model.config.atomic_numbers, model.config.r_max, 1)[0].to("cuda")
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        moved = Graph(**{**{f: getattr(box, f) for f in ("numbers", "edge_index", "unit_shifts", "cell", "pbc",
+                                                          "batch", "ptr")},
+                         "positions": box.positions + torch.tensor(rng.normal(0, 0.02, box.positions.shape),
+                                                                   dtype=box.positions.dtype, device="cuda")})
+        got = graphs(moved, precision="fp32")
+        with torch.enable_grad():
+            want = run(moved, precision="fp32", compute_forces=True)
+        _assert_close(got, want, TOLERANCE["fp32"], keys=("energy", "forces"))
+    assert len(pads) == 1 and graphs.counts == {"eager": 1, "recorded": 1, "replayed": 3}
+    box = Graph(**{**{f: getattr(box, f) for f in ("numbers", "unit_shifts", "cell", "pbc", "batch", "ptr",
+                                                    "positions")}, "edge_index": box.edge_index.clone()})
+    graphs(box, precision="fp32")
+    assert len(pads) == 2
+
+
+def test_new_positions_alone_refresh_the_last_padded_batch_without_cuda(make_model, monkeypatch):
+    """The same refresh on the CPU, with the recordings replaced by eager calls on the static batch
+    (what a replay computes): the static positions are the new ones, the padding rows untouched."""
+    import lpmace.cuda_graphs as cuda_graphs
+
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: None)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self)
+
+    def eager(self, padded, key, run):
+        shape, static = self._static(padded)
+        return run(static), static
+    monkeypatch.setattr(cuda_graphs.ShapeGraphs, "call", eager)
+    pads = []
+    pad = cuda_graphs.pad_graph
+    monkeypatch.setattr(cuda_graphs, "pad_graph", lambda *a, **k: pads.append(1) or pad(*a, **k))
+    model = make_model(torch.float64)
+    graphs = cuda_graphs.ForwardGraphs(model, model, "cpu")
+    box = _boxes(model.config.atomic_numbers, model.config.r_max, 1)[0]
+    fields = ("numbers", "edge_index", "unit_shifts", "cell", "pbc", "batch", "ptr")
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        moved = Graph(**{f: getattr(box, f) for f in fields},
+                      positions=box.positions + torch.tensor(rng.normal(0, 0.05, box.positions.shape)))
+        got = graphs(moved)
+        want = model(moved, compute_forces=True)
+        torch.testing.assert_close(got["energy"], want["energy"], rtol=0, atol=1e-10)
+        torch.testing.assert_close(got["forces"], want["forces"], rtol=0, atol=1e-10)
+    assert len(pads) == 1
+    (static,) = graphs.inputs.values()
+    assert torch.equal(static.positions[: box.num_atoms], moved.positions)
+    assert torch.equal(static.positions[box.num_atoms:], pad(box, model.config.r_max, 32).positions[box.num_atoms:])
+    graphs(Graph(**{f: getattr(box, f) for f in fields if f != "edge_index"}, positions=box.positions,
+                 edge_index=box.edge_index.clone()))  # a new edge tensor: padded again
+    box.unit_shifts.add_(0)  # changed in place (its version): padded again
+    graphs(Graph(**{f: getattr(box, f) for f in fields}, positions=box.positions))
+    assert len(pads) == 3

@@ -13,6 +13,8 @@ caller of that shares:
 - a shape's first call runs eagerly (compiling, tuning, allocating), its second is recorded and then
   replayed, later ones are replayed;
 - a batch is copied into its shape's static input tensors (from pinned host memory, no wait);
+  `ForwardGraphs` copies only the positions when everything else is the tensors of its last call,
+  unchanged (MD between neighbour-list builds): no padding ops, one copy;
 - every call (eager, recorded, replayed) runs on one side stream, as torch's CUDA-graph notes warm up:
   autograd remembers the stream a gradient was first accumulated on, and a recording whose backward
   waits on the default stream fails. The caller's stream waits for the call;
@@ -102,7 +104,7 @@ class ShapeGraphs:
             return shape, static
         for f in dataclasses.fields(padded):
             value = getattr(padded, f.name)
-            if value is not None:
+            if value is not None and value is not getattr(static, f.name):
                 if value.device.type == "cpu":
                     value = value.pin_memory()
                 getattr(static, f.name).copy_(value, non_blocking=True)
@@ -164,6 +166,7 @@ class ForwardGraphs(ShapeGraphs):
     def __init__(self, model: torch.nn.Module, run: Callable, device):
         super().__init__(device)
         self.model, self.run, self.r_max = model, run, float(model.config.r_max)
+        self._filled = None  # (what `_same_but_positions` compares, the static batch it was padded into)
 
     def _check_elements(self, numbers: torch.Tensor) -> None:
         """InputError for an element the model lacks, before any recording. The check reads values
@@ -173,6 +176,30 @@ class ForwardGraphs(ShapeGraphs):
         if key != getattr(self, "_checked", None):
             self.model.species(numbers)
             self._checked, self._checked_tensor = key, numbers  # held, so its id is not reused
+
+    @staticmethod
+    def _all_but_positions(graph: Graph) -> tuple:
+        """The tensors of `graph` other than positions, with what tells that one was changed in place
+        (held, so their ids are not reused), and the positions' shape, dtype and device."""
+        held = tuple((f.name, v, v._version, v.data_ptr()) if torch.is_tensor(v) else (f.name, v)
+                     for f in dataclasses.fields(graph) if f.name != "positions" for v in (getattr(graph, f.name),))
+        p = graph.positions
+        return held, (tuple(p.shape), p.dtype, p.device)
+
+    def _refreshed(self, graph: Graph) -> Optional[Graph]:
+        """The static batch last padded from a graph that differs from `graph` in its positions only,
+        with `graph`'s positions copied into its real rows (one copy, on the caller's stream, which the
+        call's stream waits for); None if there is no such batch."""
+        if self._filled is None:
+            return None
+        (held, layout), static = self._filled
+        now, now_layout = self._all_but_positions(graph)
+        same = layout == now_layout and len(held) == len(now) and all(
+            a[0] == b[0] and a[1] is b[1] and a[2:] == b[2:] for a, b in zip(held, now))
+        if not same or not any(v is static for v in self.inputs.values()):
+            return None
+        static.positions[: graph.num_atoms].copy_(graph.positions, non_blocking=True)
+        return static
 
     def _fixed(self) -> Hashable:
         """The weights' addresses, and what the model's blocks were set to compute with: their
@@ -199,8 +226,11 @@ class ForwardGraphs(ShapeGraphs):
         self.model.elements_checked = True  # checked above: the call reads nothing back
         try:
             with torch.enable_grad():  # forces are derivatives, even when the caller is in no_grad
-                padded = pad_graph(graph, self.r_max, PER_OCTAVE)
-                out, _ = self.call(padded, (policy, compute_forces, compute_stress), forward)
+                padded = self._refreshed(graph)
+                if padded is None:
+                    padded = pad_graph(graph, self.r_max, PER_OCTAVE)
+                out, static = self.call(padded, (policy, compute_forces, compute_stress), forward)
+                self._filled = (self._all_but_positions(graph), static)
         finally:
             self.model.elements_checked = checked
         return {k: None if v is None else v.clone() for k, v in real_rows(out, atoms, structures).items()}
