@@ -102,7 +102,7 @@ class SimStatePotential(torch.nn.Module):
         self._device, self._dtype = device, dtype
         self._compute_forces, self._compute_stress = bool(compute_forces), bool(compute_stress)
         self._memory_scales_with = "n_atoms_x_density"  # a radial cutoff: edges grow with density
-        self._layout: tuple | None = None  # (what it was made from, the graph's tensors other than positions)
+        self._layout: tuple | None = None  # (key of its sources, the sources, the tensors made from them)
 
     @property
     def device(self) -> torch.device:
