@@ -12,7 +12,7 @@ from lpmace.data import graph_from_configuration, read_configurations
 
 
 def test_every_public_name_resolves():
-    assert {"PrecisionPolicy", "from_mace_torch", "Trainer", "graph_from_atoms"} <= set(lpmace.__all__)
+    assert {"PrecisionPolicy", "from_mace_torch", "Trainer", "graph_from_atoms", "Committee"} <= set(lpmace.__all__)
     for name in lpmace.__all__:
         assert getattr(lpmace, name).__name__ == name
 

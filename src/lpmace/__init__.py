@@ -20,6 +20,7 @@ _PUBLIC = {
     "load": "lpmace.io",
     "from_mace_torch": "lpmace.interop.mace_torch",
     "Calculator": "lpmace.calculator",
+    "Committee": "lpmace.committee",
     "Trainer": "lpmace.train.trainer",
 }
 __all__ = list(_PUBLIC)

@@ -20,7 +20,7 @@ from typing import Sequence
 
 from lpmace.errors import InputError
 
-COMMANDS = ("convert", "info", "train", "eval", "precision", "demo", "md", "bench", "quantize")
+COMMANDS = ("convert", "info", "train", "eval", "precision", "demo", "md", "bench", "quantize", "active")
 EXIT_INPUT_ERROR = 2
 EXIT_INTERRUPTED = 130
 

@@ -1,0 +1,322 @@
+"""The active-learning loop: setup, then rounds of train → sample → select → label → append.
+
+Every phase writes its files whole (temporary file + rename) and then records itself, with its
+numbers and wall time, in ``DIR/state.json`` (also written whole). A phase recorded there is never
+run again; a phase not recorded is run again from its start, and writes the same files, since each
+draws its random numbers from the run's seed, the round and the phase alone (`_rng`). So a run
+killed at any moment continues with ``--resume`` with nothing lost or duplicated; inside the train
+phase, a member's finished model file is kept and a half-trained member resumes from its last epoch
+checkpoint (`lpmace.train.Trainer`). `dataset.xyz` is rebuilt in each append phase from
+``initial.xyz`` and the rounds' labelled selections, so it never holds a frame twice.
+
+Sampling runs ASE's integrators (`lpmace.md.run_md`) with the `Committee` as the calculator: the torch
+MD engine (`lpmace.dynamics`) drives one model, and the committee's spread must be recorded per frame.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from lpmace.active.config import ENERGY_KEY, FORCES_KEY, TRAIN_DEFAULTS, ActiveConfig, member_train_config
+from lpmace.active.frames import rattled_crystals, read_frames, read_labelled, with_labels, write_frames
+from lpmace.active.selection import random_frames, select, spearman
+from lpmace.atomic import atomic_write_text
+from lpmace.committee import frame_uncertainty
+from lpmace.errors import InputError
+
+PHASES = ("train", "sample", "select", "label", "append")
+STATE_VERSION = 1
+# config keys a resumed run may change: more rounds, a moved folder, an oracle fixed after it failed
+RESUMABLE = ("rounds", "output_dir", "oracle", "oracle_kwargs")
+
+
+class WaitingForLabels(Exception):
+    """oracle: none: the frames to label are written; the run stops until labelled.xyz is there."""
+
+
+def _rng(seed: int, *stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *stream])
+
+
+class ActiveLoop:
+    """`ActiveLoop(cfg, oracle).run()` runs (or continues) the loop in ``cfg.output_dir``.
+
+    `on_phase(round, phase, moment)` (tests) is called with moment "start" before a phase's work and
+    "done" after its files are written but before state.json records it: raising there is a kill.
+    """
+
+    def __init__(self, cfg: ActiveConfig, oracle, *, resume: bool = False, log: Callable[[str], None] = print,
+                 on_phase: Optional[Callable[[int, str, str], None]] = None):
+        self.cfg, self.oracle, self.log, self.on_phase = cfg, oracle, log, on_phase or (lambda *a: None)
+        self.out = Path(cfg.output_dir)
+        self.state_path = self.out / "state.json"
+        if self.state_path.exists() and not resume:
+            raise InputError(f"{self.out} already holds an active-learning run: continue it with --resume "
+                             "or choose another output_dir (--out)")
+        if resume and not self.state_path.exists():
+            raise InputError(f"{self.state_path}: no run to resume")
+        self.state = self._read_state() if resume else {"version": STATE_VERSION, "config": cfg.to_dict(), "rounds": {}}
+        if resume:
+            self._check_config()
+        self.state["config"] = cfg.to_dict()
+
+    # ---- state -------------------------------------------------------------------------------
+    def _read_state(self) -> dict:
+        try:
+            state = json.loads(self.state_path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise InputError(f"{self.state_path}: cannot read the run's state ({err})") from None
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise InputError(f"{self.state_path}: not an lpmace active-learning state (version {STATE_VERSION})")
+        return state
+
+    def _check_config(self) -> None:
+        then, now = self.state["config"], self.cfg.to_dict()
+        changed = sorted(k for k in set(then) | set(now) if k not in RESUMABLE and then.get(k) != now.get(k))
+        if changed:
+            raise InputError(f"--resume: the config differs from the run's in {', '.join(changed)} "
+                             f"({self.state_path}); a resumed run may change only {', '.join(RESUMABLE)}")
+
+    def _record(self, key: tuple, value: dict) -> None:
+        target = self.state
+        for part in key[:-1]:
+            target = target.setdefault(part, {})
+        target[key[-1]] = value
+        atomic_write_text(self.state_path, json.dumps(self.state, indent=1))
+
+    def _round(self, r: int) -> dict:
+        return self.state["rounds"].get(str(r), {})
+
+    def _dir(self, r: int) -> Path:
+        return self.out / f"round_{r}"
+
+    # ---- the run -----------------------------------------------------------------------------
+    def run(self) -> str:
+        """Run what is left; "finished", or "waiting" (oracle none: labels asked for)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.state_path, json.dumps(self.state, indent=1))  # a run exists from here on
+        if "setup" not in self.state:
+            self._phase(0, "setup", self._setup, ("setup",))
+        for r in range(1, self.cfg.rounds + 1):
+            self._dir(r).mkdir(exist_ok=True)
+            for phase in PHASES:
+                if phase in self._round(r):
+                    continue
+                try:
+                    self._phase(r, phase, getattr(self, f"_{phase}"), ("rounds", str(r), phase))
+                except WaitingForLabels as wait:
+                    self.log(str(wait))
+                    return "waiting"
+        self._report()
+        self.log(f"done: {self.cfg.rounds} rounds; report in {self.out / 'report.md'}")
+        return "finished"
+
+    def _phase(self, r: int, phase: str, work: Callable[[int], dict], key: tuple) -> None:
+        self.on_phase(r, phase, "start")
+        start = time.perf_counter()
+        result = work(r)
+        result["wall_s"] = round(time.perf_counter() - start, 3)
+        self.on_phase(r, phase, "done")
+        self._record(key, result)
+        self.log(f"round {r} {phase}: " + ", ".join(f"{k} {_short(v)}" for k, v in result.items()
+                                                      if not isinstance(v, (list, dict))))
+        if phase == "append":
+            self._report()
+
+    def _report(self) -> None:
+        from lpmace.active.report import write_reports
+
+        write_reports(self.out, self.state)
+
+    # ---- phases ------------------------------------------------------------------------------
+    def _labelled(self, frames, what: str):
+        from lpmace.active.oracle import label
+
+        if self.oracle is None:
+            raise InputError(f"generating {what} needs an oracle (oracle: none): give data_file and test_file")
+        return [with_labels(f, e, F) for f, (e, F) in zip(frames, label(self.oracle, frames, self.cfg.oracle, what))]
+
+    def _setup(self, _r: int) -> dict:
+        cfg, s = self.cfg, self.cfg.structures
+        if cfg.data_file is not None:
+            initial = read_labelled(Path(cfg.data_file))
+        else:
+            initial = self._labelled(rattled_crystals(s, s.count, s.rattle, _rng(cfg.seed, 0)), "the starting data")
+        if cfg.test_file is not None:
+            test = read_labelled(Path(cfg.test_file))
+        else:
+            rattle = s.rattle if s.test_rattle is None else s.test_rattle
+            test = self._labelled(rattled_crystals(s, s.test_count, rattle, _rng(cfg.seed, 1)), "the test set")
+        write_frames(self.out / "initial.xyz", initial)
+        write_frames(self.out / "test.xyz", test)
+        write_frames(self.out / "dataset.xyz", initial)
+        return {"initial": len(initial), "test": len(test)}
+
+    def _member_paths(self, r: int) -> list[Path]:
+        return [self._dir(r) / f"member_{m}" / "model.safetensors" for m in range(self.cfg.committee)]
+
+    def _committee(self, r: int):
+        from lpmace.committee import Committee
+
+        return Committee(self._member_paths(r), device=self.cfg.device, precision=self.cfg.sample.precision,
+                         backend=self.cfg.backend)
+
+    def _train(self, r: int) -> dict:
+        from lpmace.train import Trainer
+
+        cfg = self.cfg
+        for m, model_file in enumerate(self._member_paths(r)):
+            if model_file.exists():
+                continue  # trained before a kill
+            warm = str(self._member_paths(r - 1)[m]) if r > 1 else None
+            member_cfg = member_train_config(cfg, train_file=str(self.out / "dataset.xyz"),
+                                             output_dir=str(model_file.parent), seed=cfg.seed + m, warm_start=warm)
+            resume = (model_file.parent / "checkpoints" / "last.pt").exists()
+            start = time.perf_counter()
+            trainer = Trainer(member_cfg, resume=resume, log=lambda message: None, warn=self.log)
+            try:
+                trainer.run()
+            finally:
+                trainer.dist.close()
+            self.log(f"round {r}: member {m} trained ({member_cfg.epochs} epochs"
+                     f"{', warm start' if warm else ''}) in {time.perf_counter() - start:.1f} s")
+        test = self._test_metrics(r)
+        train = {**TRAIN_DEFAULTS, **cfg.train}
+        return {"train_size": len(read_frames(self.out / "dataset.xyz")), "precision": train.get("precision", "fp32"),
+                "epochs": cfg.retrain_epochs if r > 1 else train["epochs"], **test}
+
+    def _test_metrics(self, r: int) -> dict:
+        """The committee's errors against the oracle's labels on the held-out test set."""
+        from lpmace.data import graph_from_configuration, read_configurations
+        from lpmace.data.batching import collate
+
+        committee = self._committee(r)
+        configs = read_configurations(self.out / "test.xyz", energy_key=ENERGY_KEY, forces_key=FORCES_KEY,
+                                      stress_key=None)
+        force_errors, energy_errors, uncertainty = [], [], []
+        for start in range(0, len(configs), 16):
+            graph = collate([graph_from_configuration(c, committee.r_max) for c in configs[start:start + 16]])
+            out = committee.evaluate(graph)
+            force_errors.append((out["forces"] - graph.forces).numpy())
+            atoms = (graph.ptr[1:] - graph.ptr[:-1]).double()
+            energy_errors.append(((out["energy"] - graph.energy) / atoms).numpy())
+            uncertainty += [frame_uncertainty(out["forces_std"][graph.batch == g].numpy()) for g in range(graph.num_graphs)]
+        rms = lambda x: float(np.sqrt(np.mean(np.concatenate(x) ** 2)))  # noqa: E731
+        return {"test_force_rmse_meV_per_A": 1000 * rms(force_errors),
+                "test_energy_rmse_meV_per_atom": 1000 * rms(energy_errors),
+                "test_mean_uncertainty_eV_per_A": float(np.mean(uncertainty))}
+
+    def _sample(self, r: int) -> dict:
+        import ase
+
+        from lpmace.md import run_md
+
+        cfg, s = self.cfg, self.cfg.sample
+        committee = self._committee(r)
+        dataset = read_frames(self.out / "dataset.xyz")
+        rng = _rng(cfg.seed, r, 1)
+        frames, unstable, steps, traj = [], 0, 0, 0
+        for temperature in s.temperatures_K:
+            for start in rng.choice(len(dataset), size=min(s.starts, len(dataset)), replace=False):
+                atoms = ase.Atoms(dataset[start].numbers, dataset[start].positions, cell=dataset[start].cell,
+                                  pbc=dataset[start].pbc)
+
+                def keep(step, atoms, traj=traj, temperature=temperature):
+                    if step == 0:
+                        return  # the start structure is already in the dataset
+                    res = committee.results
+                    frame = ase.Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+                    frame.info.update(al_round=r, al_traj=traj, al_step=step, al_time_fs=step * s.dt_fs,
+                                      al_temperature_K=temperature, al_uncertainty=frame_uncertainty(res["forces_std"]),
+                                      al_energy_std_per_atom=res["energy_std_per_atom"])
+                    frame.arrays["al_forces"] = res["forces"].copy()
+                    frame.arrays["al_forces_std"] = res["forces_std"].copy()
+                    frames.append(frame)
+
+                result = run_md(atoms, committee, ensemble=s.ensemble, steps=s.steps, dt_fs=s.dt_fs,
+                                temperature_K=temperature, friction_per_fs=s.friction_per_fs,
+                                seed=int(rng.integers(2**31)), interval=s.interval, on_sample=keep)
+                unstable += not result.stable
+                steps += result.steps_done
+                traj += 1
+        if not frames:
+            raise InputError(f"round {r}: the committee's MD kept no frame (every trajectory unstable at once); "
+                             "lower sample.dt_fs or the temperatures")
+        write_frames(self._dir(r) / "sampled.xyz", frames)
+        u = np.array([f.info["al_uncertainty"] for f in frames])
+        return {"frames": len(frames), "md_steps": steps, "unstable_trajectories": unstable,
+                "mean_uncertainty_eV_per_A": float(u.mean()), "precision": s.precision}
+
+    def _select(self, r: int) -> dict:
+        cfg, c = self.cfg, self.cfg.select
+        frames = read_frames(self._dir(r) / "sampled.xyz")
+        info = lambda key: np.array([f.info[key] for f in frames])  # noqa: E731
+        chosen = select(info("al_uncertainty"), info("al_traj"), info("al_time_fs"), k=c.k, threshold=c.threshold,
+                        min_separation_fs=c.min_separation_fs)
+        drawn = random_frames(len(frames), c.random, _rng(cfg.seed, r, 2))
+        atomic_write_text(self._dir(r) / "selection.json", json.dumps({"selected": chosen, "random": drawn}))
+        return {"selected": len(chosen), "random": len(drawn), "selected_indices": chosen, "random_indices": drawn}
+
+    def _label(self, r: int) -> dict:
+        folder, sel = self._dir(r), self._round(r)["select"]
+        frames = read_frames(folder / "sampled.xyz")
+        wanted = [frames[i] for i in sel["selected_indices"] + sel["random_indices"]]
+        for i, frame in enumerate(wanted):
+            frame.info["al_role"] = "selected" if i < len(sel["selected_indices"]) else "random"
+        if self.oracle is not None:
+            labelled = self._labelled(wanted, f"round {r}")
+            write_frames(folder / "labelled.xyz", labelled)
+        else:
+            labelled = self._external_labels(r, wanted)
+        return self._label_metrics(wanted, labelled, len(sel["selected_indices"]))
+
+    def _external_labels(self, r: int, wanted) -> list:
+        folder = self._dir(r)
+        given = folder / "labelled.xyz"
+        if not given.exists():
+            if not (folder / "to_label.xyz").exists():
+                write_frames(folder / "to_label.xyz", wanted)
+            raise WaitingForLabels(
+                f"round {r}: {len(wanted)} frames to label in {folder / 'to_label.xyz'}; write them, in the same "
+                f"order, with energies and forces ({ENERGY_KEY}/{FORCES_KEY} or ASE's energy/forces) to {given}, "
+                "then run `lpmace active CONFIG --resume`")
+        labelled = read_labelled(given)
+        if len(labelled) != len(wanted) or any(
+                len(a) != len(b) or not np.allclose(a.positions, b.positions, atol=1e-5) for a, b in zip(labelled, wanted)):
+            raise InputError(f"{given}: its {len(labelled)} frames are not the {len(wanted)} frames of "
+                             f"{folder / 'to_label.xyz'} in the same order")
+        for a, b in zip(labelled, wanted):
+            a.info.update({k: v for k, v in b.info.items() if k.startswith("al_")})
+        return labelled
+
+    def _label_metrics(self, wanted, labelled, n_selected: int) -> dict:
+        """True force errors of the committee mean (stored at sampling) against the labels."""
+        errors = [1000 * float(np.sqrt(np.mean((w.arrays["al_forces"] - lab.arrays[FORCES_KEY]) ** 2)))
+                  for w, lab in zip(wanted, labelled)]
+        u = [float(w.info["al_uncertainty"]) for w in wanted]
+        sel, rnd = errors[:n_selected], errors[n_selected:]
+        rms = lambda x: float(np.sqrt(np.mean(np.square(x)))) if x else None  # noqa: E731
+        return {"selected_force_rmse_meV_per_A": rms(sel), "random_force_rmse_meV_per_A": rms(rnd),
+                "spearman_uncertainty_error": spearman(np.array(u), np.array(errors)),
+                "frame_uncertainty_eV_per_A": u, "frame_force_rmse_meV_per_A": errors,
+                "frame_role": ["selected"] * len(sel) + ["random"] * len(rnd)}
+
+    def _append(self, r: int) -> dict:
+        dataset = read_labelled(self.out / "initial.xyz")
+        for q in range(1, r + 1):
+            n = len(self._round(q)["select"]["selected_indices"])
+            for frame in read_labelled(self._dir(q) / "labelled.xyz")[:n]:
+                for key in [k for k in frame.arrays if k.startswith("al_")]:
+                    del frame.arrays[key]  # the committee's forces at sampling: not a label
+                dataset.append(frame)
+        write_frames(self.out / "dataset.xyz", dataset)
+        return {"dataset_size": len(dataset), "added": len(self._round(r)["select"]["selected_indices"])}
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,202 @@
+"""`lpmace active`: selection, resume after a kill in each phase, oracle errors, config errors, and the
+CPU target (examples/active_cu_emt.yaml: the test force RMSE falls, selected frames beat random ones)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from ase.calculators.emt import EMT
+
+from lpmace.active import ActiveLoop, load_active_config
+from lpmace.active.frames import read_frames, with_labels, write_frames
+from lpmace.active.selection import random_frames, select, spearman
+from lpmace.cli import main
+from lpmace.errors import InputError
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "active_cu_emt.yaml"
+SMALL = {  # a loop of a few seconds: 2 rounds of 2 members
+    "seed": 3, "rounds": 2, "committee": 2, "oracle": "ase.calculators.emt:EMT",
+    "structures": {"repeat": 1, "count": 6, "test_count": 4, "rattle": 0.08},
+    "train": {"epochs": 4, "batch_size": 3,
+              "model": {"channels": 4, "max_L": 0, "correlation": 2, "max_ell": 1, "radial_mlp": [4],
+                        "num_bessel": 4, "r_max": 4.0, "num_interactions": 2, "readout_mlp": 4}},
+    "retrain_epochs": 2,
+    "sample": {"temperatures_K": [900], "starts": 2, "steps": 20, "dt_fs": 4.0, "interval": 2},
+    "select": {"k": 3, "min_separation_fs": 8, "random": 3},
+}
+
+
+class RaisingOracle(EMT):
+    """EMT that fails on the loop's sampled frames (they carry al_role), not on the starting data."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+        if atoms is not None and "al_role" in atoms.info:
+            raise RuntimeError("SCF did not converge")
+        super().calculate(atoms, properties, system_changes)
+
+
+def write_config(path: Path, out: Path, **changes) -> Path:
+    data = {**SMALL, "output_dir": str(out), **changes}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_loop(config: Path, *, resume=False, on_phase=None, log=lambda m: None) -> str:
+    cfg, oracle = load_active_config(str(config))
+    return ActiveLoop(cfg, oracle, resume=resume, log=log, on_phase=on_phase).run()
+
+
+# ---- selection ------------------------------------------------------------------------------------
+def test_selection_takes_the_most_uncertain_frames_apart_in_time():
+    u = np.array([0.9, 0.8, 0.1, 0.7, 0.85, 0.05])
+    traj = np.array([0, 0, 0, 1, 1, 1])
+    time_fs = np.array([10.0, 20.0, 30.0, 10.0, 60.0, 70.0])
+    # 0.9 (traj 0, 10 fs); 0.85 (traj 1, 60 fs); 0.8 is 10 fs from the first: skipped; 0.7 (traj 1, 10 fs)
+    assert select(u, traj, time_fs, k=3, threshold=0.0, min_separation_fs=15) == [0, 4, 3]
+    assert select(u, traj, time_fs, k=5, threshold=0.75, min_separation_fs=0) == [0, 4, 1]
+    assert select(u, traj, time_fs, k=5, threshold=0.95, min_separation_fs=0) == []
+
+
+def test_selection_and_random_draw_are_deterministic_for_a_seed():
+    rng = np.random.default_rng(5)
+    u, traj, t = rng.random(200), rng.integers(0, 4, 200), rng.random(200) * 100
+    picks = [select(u, traj, t, k=10, threshold=0.2, min_separation_fs=5) for _ in range(2)]
+    assert picks[0] == picks[1] and len(picks[0]) == 10
+    draws = [random_frames(200, 8, np.random.default_rng([1, 2, 2])) for _ in range(2)]
+    assert draws[0] == draws[1] and len(set(draws[0])) == 8
+    assert random_frames(200, 8, np.random.default_rng([2, 2, 2])) != draws[0]
+
+
+def test_spearman_is_rank_correlation():
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    assert spearman(x, x ** 3) == pytest.approx(1.0)  # monotone, not linear
+    assert spearman(x, -x) == pytest.approx(-1.0)
+
+
+# ---- resume ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("whole")
+    run_loop(write_config(folder / "c.yaml", folder / "run"))
+    return (folder / "run" / "dataset.xyz").read_text()
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("at", [(0, "setup"), (1, "train"), (1, "sample"), (1, "select"), (1, "label"),
+                                (1, "append"), (2, "train"), (2, "append")])
+def test_a_kill_after_any_phase_resumes_to_the_same_dataset(tmp_path, uninterrupted, at):
+    config = write_config(tmp_path / "c.yaml", tmp_path / "run")
+
+    def kill(r, phase, moment):  # its files are written, state.json does not know yet
+        if (r, phase) == at and moment == "done":
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_loop(config, on_phase=kill)
+    with pytest.raises(InputError, match="--resume"):
+        run_loop(config)  # a second fresh start is refused
+    assert run_loop(config, resume=True) == "finished"
+    assert (tmp_path / "run" / "dataset.xyz").read_text() == uninterrupted
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert [state["rounds"][r]["append"]["dataset_size"] for r in ("1", "2")] == [9, 12]
+
+
+@pytest.mark.parametrize("when", ["a member's first epoch checkpoint", "round 1's train phase recorded"])
+def test_a_real_kill_9_resumes_to_the_same_dataset(tmp_path, uninterrupted, when):
+    config = write_config(tmp_path / "c.yaml", tmp_path / "run")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    command = [sys.executable, "-m", "lpmace", "active", str(config)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state, checkpoint = tmp_path / "run" / "state.json", tmp_path / "run" / "round_1" / "member_0" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if (checkpoint.exists() if when.startswith("a member") else state.exists() and '"1"' in state.read_text()):
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "dataset.xyz").read_text() == uninterrupted
+
+
+# ---- oracles --------------------------------------------------------------------------------------
+def test_an_oracle_import_path_that_does_not_exist_is_one_line_before_any_work(tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", tmp_path / "run", oracle="ase.calculators.nowhere:DFT")
+    assert main(["active", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "ase.calculators.nowhere" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_oracle_that_raises_is_one_line_and_leaves_the_round_intact(tmp_path, capsys, uninterrupted):
+    config = write_config(tmp_path / "c.yaml", tmp_path / "run", oracle="test_active:RaisingOracle")
+    assert main(["active", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "SCF did not converge" in err and "round 1" in err
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert set(state["rounds"]["1"]) == {"train", "sample", "select"}  # label not recorded
+    assert not (tmp_path / "run" / "round_1" / "labelled.xyz").exists()
+    write_config(config, tmp_path / "run")  # the oracle fixed: the run continues where it stopped
+    assert main(["active", str(config), "--resume"]) == 0
+    assert (tmp_path / "run" / "dataset.xyz").read_text() == uninterrupted
+
+
+def test_oracle_none_asks_for_labels_and_resumes_with_them(tmp_path, uninterrupted):
+    whole = tmp_path / "labelled_elsewhere"
+    run_loop(write_config(tmp_path / "a.yaml", whole, rounds=1))
+    config = write_config(tmp_path / "c.yaml", tmp_path / "run", oracle="none", rounds=1,
+                          data_file=str(whole / "initial.xyz"), test_file=str(whole / "test.xyz"))
+    assert run_loop(config) == "waiting"
+    to_label = read_frames(tmp_path / "run" / "round_1" / "to_label.xyz")
+    labelled = []
+    for atoms in to_label:
+        atoms.calc = EMT()
+        labelled.append(with_labels(atoms, atoms.get_potential_energy(), atoms.get_forces()))
+    write_frames(tmp_path / "run" / "round_1" / "labelled.xyz", labelled)
+    assert run_loop(config, resume=True) == "finished"
+    frames = (tmp_path / "run" / "dataset.xyz").read_text()
+    assert frames == (whole / "dataset.xyz").read_text()
+
+
+# ---- config ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("changes, named", [
+    ({"rounds": 0}, "rounds"), ({"comittee": 3}, "comittee"), ({"committee": 1}, "committee"),
+    ({"sample": {"dt_fs": -1}}, "sample.dt_fs"), ({"sample": {"precision": "fp7"}}, "sample.precision"),
+    ({"select": {"k": 2.5}}, "select.k"), ({"train": {"lr": -1}}, "lr"), ({"train": {"epoks": 3}}, "train.epoks"),
+    ({"train": {"train_file": "x.xyz"}}, "train.train_file"), ({"structures": {"crystal": "fcx"}}, "structures.crystal"),
+    ({"oracle": "EMT"}, "oracle"), ({"oracle": "none"}, "data_file"),
+])
+def test_a_bad_config_key_or_value_is_one_line_naming_it_before_any_work(tmp_path, capsys, changes, named):
+    config = write_config(tmp_path / "c.yaml", tmp_path / "run", **changes)
+    assert main(["active", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and named in err and str(config) in err, err
+    assert not (tmp_path / "run").exists()
+
+
+# ---- the CPU target -------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_cu_emt_example_learns_and_selects_better_than_random(tmp_path):
+    start = time.perf_counter()
+    assert main(["active", str(EXAMPLE), "--out", str(tmp_path / "run")]) == 0
+    wall = time.perf_counter() - start
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    rows = report["rounds"]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert rows[2]["test_force_rmse_meV_per_A"] < rows[0]["test_force_rmse_meV_per_A"]
+    for row in rows:
+        assert row["selected_force_rmse_meV_per_A"] > row["random_force_rmse_meV_per_A"], row
+    assert [r["train_size"] for r in rows] == [8, 14, 20]
+    assert all((tmp_path / "run" / name).stat().st_size > 0 for name in ("report.md", "report.png", "dataset.xyz"))
+    assert wall < 300
