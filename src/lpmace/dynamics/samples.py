@@ -39,7 +39,8 @@ class Layout:
 
 @dataclasses.dataclass
 class Copy:
-    """One step's copy: status [3, S] float64 rows (unstable step or -1, failure code, |ΔE| eV/atom);
+    """One step's copy: status [3, S] float64 rows (0 for a system alive, inf for one that failed at this
+    step or before; the failure code; its |ΔE_total| in eV);
     with a sample, positions/momenta/forces [N, 3] and potential/kinetic [S] (host tensors)."""
 
     step: int
