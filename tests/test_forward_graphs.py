@@ -5,6 +5,8 @@ calculator refuses `cuda_graphs=True` and calls the model directly."""
 
 from __future__ import annotations
 
+import copy
+
 import ase
 import numpy as np
 import pytest
@@ -170,6 +172,43 @@ def test_what_a_recording_fixes_includes_the_backend_and_the_correlation_order(m
     assert graphs._fixed() != after_backend
     model.load_state_dict(make_model(torch.float32, seed=3).state_dict())  # in place: same addresses
     assert graphs._fixed()[1] == after_backend[1]
+
+
+def test_what_a_recording_fixes_is_read_without_walking_the_model_yet_sees_every_reassignment(make_model,
+                                                                                              monkeypatch):
+    from lpmace.cuda_graphs import ForwardGraphs
+
+    model = make_model(torch.float32)
+    # built first: building any module (a submodule assignment) makes the next call walk the model again
+    loaded = [make_model(torch.float32, seed=seed).state_dict() for seed in (3, 4)]
+    graphs = ForwardGraphs.__new__(ForwardGraphs)
+    graphs.model = model
+    keys = [graphs._fixed()]
+
+    def walked():
+        raise AssertionError("the model's modules were walked again")
+    monkeypatch.setattr(model, "modules", walked)
+    assert graphs._fixed() == keys[0]  # the kept list of modules
+    model.load_state_dict(loaded[0])  # in place
+    assert graphs._fixed() == keys[0]
+    model.load_state_dict(loaded[1], assign=True)  # new tensors
+    keys.append(graphs._fixed())
+    weight = next(model.parameters())
+    weight.data = weight.data.clone()  # what a cast does to each parameter
+    keys.append(graphs._fixed())
+    owner, name = next((m, n) for m in torch.nn.Module.modules(model) for n, b in m._buffers.items()
+                       if b is not None)
+    owner._buffers[name] = owner._buffers[name].clone()  # what a cast does to each buffer
+    keys.append(graphs._fixed())
+    assert len({k[1] for k in keys}) == len(keys)  # every change of address seen
+    monkeypatch.undo()
+    block = next(m for m in model.modules() if hasattr(m, "active_correlation"))
+    parent, attribute = next((m, n) for m in model.modules() for n, c in m._modules.items() if c is block)
+    setattr(parent, attribute, copy.deepcopy(block))  # a module swap
+    swapped = graphs._fixed()  # the new submodule's own weights: the list of modules was walked again
+    assert swapped[1] != keys[-1][1]
+    next(m for m in model.modules() if hasattr(m, "active_correlation")).active_correlation = 1
+    assert graphs._fixed()[0] != swapped[0]
 
 
 def test_the_elements_of_one_numbers_tensor_are_checked_again_only_after_it_changes(make_model, monkeypatch):

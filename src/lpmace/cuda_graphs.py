@@ -62,6 +62,29 @@ def real_rows(out: Optional[dict], atoms: int, structures: int) -> Optional[dict
     return {k: v if v is None or not torch.is_tensor(v) else v[: rows.get(k, atoms)] for k, v in out.items()}
 
 
+class _SubmoduleAssignments:
+    """Counts the submodules assigned to any module of the process (torch's global registration hook:
+    ``module.block = ...``, a module swap), so a kept list of a model's modules knows when it may be
+    stale."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.handle = None
+
+    def watch(self) -> None:
+        """Install the hook (once per process)."""
+        if self.handle is None:
+            from torch.nn.modules.module import register_module_module_registration_hook
+
+            self.handle = register_module_module_registration_hook(self._bump)
+
+    def _bump(self, *_) -> None:
+        self.count += 1
+
+
+_submodule_assignments = _SubmoduleAssignments()
+
+
 class ShapeGraphs:
     """Calls recorded once per (padded shape, key) and replayed (see the module docstring).
 
@@ -203,11 +226,23 @@ class ForwardGraphs(ShapeGraphs):
 
     def _fixed(self) -> Hashable:
         """The weights' addresses, and what the model's blocks were set to compute with: their
-        implementations (`lpmace.backends.use`) and active correlation orders."""
-        blocks = tuple((getattr(m, "implementation", None), getattr(m, "active_correlation", None))
-                       for m in self.model.modules()
-                       if hasattr(m, "IMPLEMENTATIONS") or hasattr(m, "active_correlation"))
-        return blocks, tuple(t.data_ptr() for t in itertools.chain(self.model.parameters(), self.model.buffers()))
+        implementations (`lpmace.backends.use`) and active correlation orders.
+
+        `Module.modules()` and `parameters()` take ~170 us for `medium` (a 12-atom MD step's host time is
+        a few ms), so the list of modules is kept until a submodule is assigned anywhere in the process
+        (`_SubmoduleAssignments`); each call reads every module's parameter and buffer dicts as they are
+        now (an assignment, ``load_state_dict(assign=True)``, a cast's new buffers or ``param.data = ...``
+        all show) and every block's settings: ~10 us."""
+        kept = getattr(self, "_modules_kept", None)
+        if kept is None or kept[0] != _submodule_assignments.count:
+            _submodule_assignments.watch()
+            modules = tuple(self.model.modules())
+            blocks = tuple(m for m in modules if hasattr(m, "IMPLEMENTATIONS") or hasattr(m, "active_correlation"))
+            tables = tuple(d for m in modules for d in (m._parameters, m._buffers))
+            kept = self._modules_kept = (_submodule_assignments.count, blocks, tables)
+        _, blocks, tables = kept
+        return (tuple((getattr(m, "implementation", None), getattr(m, "active_correlation", None)) for m in blocks),
+                tuple(t.data_ptr() for table in tables for t in table.values() if t is not None))
 
     def __call__(self, graph: Graph, *, precision=None, compute_forces: bool = True, compute_stress: bool = False,
                  training: bool = False) -> Dict[str, Optional[torch.Tensor]]:

@@ -7,8 +7,9 @@ system's health and the samples go to the host asynchronously (`lpmace.dynamics.
 read one step later.
 
 Host work per step, for small runs where it sets the step time (`benchmarks/md_step_ops.py` counts the
-ops): the integrator and the health check take few fused ops; runs of at most `SMALL_RUN_ATOMS` atoms hand
-the model the Verlet list's pairs unfiltered (`exact_cutoff_pairs`), so a reuse dispatches nothing, and in
+ops): the integrator and the health check (`lpmace.dynamics.health`) take few fused ops; runs of at most
+`SMALL_RUN_ATOMS` atoms hand the model the Verlet list's pairs unfiltered (`exact_cutoff_pairs`), so a reuse
+dispatches nothing, and in
 NVE the rebuild test is queued at the end of each step from the exactly known next positions and read at
 the next force call from host memory: no read of the device in a reuse step (the host waits there only
 for the previous step's end, as it does for the status copy). NVT draws its noise inside the step, so
@@ -36,10 +37,10 @@ import torch
 from ase import units
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from lpmace.dynamics.health import HealthCheck
 from lpmace.dynamics.langevin import Langevin
 from lpmace.dynamics.potential import ModelPotential
-from lpmace.dynamics.samples import (ENERGY_MOVED, ENERGY_NOT_FINITE, FORCES_NOT_FINITE, Layout, Transfers,
-                                     failure_reason)
+from lpmace.dynamics.samples import Layout, Transfers, failure_reason
 from lpmace.dynamics.state import State, state_from_atoms
 from lpmace.dynamics.verlet import VelocityVerlet
 from lpmace.errors import InputError
@@ -195,8 +196,7 @@ def run_dynamics(
             previous = run.state.positions
             integrator.step(run.state, potential, frozen)
             advanced = step
-            run.check(step, previous)
-            frozen = run.frozen()
+            frozen = run.check(step, previous)
             if plan is not None:
                 potential.neighbours.plan(plan(run.state, frozen))
             if run.read_one():  # systems found unstable were removed: the list is built anew
@@ -231,44 +231,33 @@ class _Run:
     def start(self) -> None:
         """Step 0: the initial energies must be finite (InputError otherwise, before any sample)."""
         state = self.state
-        self.initial_total = state.potential_eV + state.kinetic_eV()
-        self.no_failure = torch.zeros((), dtype=torch.float64, device=state.ptr.device)
-        code, _ = self._failure_codes()
+        self.health = HealthCheck(state, self.limit)
+        code, _ = self.health.check(state)
         bad = code.nonzero().flatten().tolist()
         if bad:
             s = bad[0]
             raise InputError(f"system {s}, Atoms({self.structures[s].get_chemical_formula()}): the initial structure "
                              f"already fails: {failure_reason(int(code[s]), 0.0, self.limit)}")
-        none = torch.zeros(state.num_systems, dtype=torch.float64, device=state.ptr.device)
-        self.status = torch.stack([none - 1.0, none, none])
+        # status rows (`lpmace.dynamics.samples.Copy`): 0 alive / inf failed, the failure code, its |ΔE|
+        self.status = torch.zeros((3, state.num_systems), dtype=torch.float64, device=state.ptr.device)
+        self.failed = torch.full_like(self.status[0], math.inf)
         self._queue(0)
         self.read_one()
 
     def frozen(self) -> torch.Tensor:
         """[N] bool: atoms that do not move (fixed, or of a system already unstable on the device)."""
-        return self.state.fixed | (self.status[0] >= 0)[self.state.batch]
+        return self.state.fixed | (self.status[0] > 0)[self.state.batch]
 
-    def _failure_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per system: failure code [S] float64 (0 fine; `lpmace.dynamics.samples`) and |ΔE_total| per
-        atom [S], in few ops (a step of a small system is bound by its launches)."""
-        state = self.state
-        total = state.potential_eV + state.kinetic_eV()
-        change = (total - self.initial_total).abs() / state.atoms_per_system
-        # x * 0 is 0 for a finite x, NaN otherwise (2 ops where torch.isfinite takes 4); per system, the
-        # sum of an atom's zeros never overflows
-        probe = torch.cat([state.positions, state.forces.to(state.positions.dtype)], dim=1).mul(0.0).sum(-1)
-        atoms_finite = probe.new_zeros(state.num_systems).index_add_(0, state.batch, probe) == 0
-        code = torch.where(change > self.limit, float(ENERGY_MOVED), self.no_failure)
-        code = torch.where(atoms_finite, code, float(FORCES_NOT_FINITE))
-        return torch.where(total * 0 == 0, code, float(ENERGY_NOT_FINITE)), change
-
-    def check(self, step: int, previous_positions: torch.Tensor) -> None:
-        """On the device: mark systems that fail at `step` and put them back to their last positions."""
-        code, change = self._failure_codes()
-        newly = (code > 0) & (self.status[0] < 0)
-        self.status = torch.where(newly, torch.stack([torch.full_like(code, float(step)), code, change]), self.status)
-        self.state.positions = torch.where(newly[self.state.batch][:, None], previous_positions, self.state.positions)
+    def check(self, step: int, previous_positions: torch.Tensor) -> torch.Tensor:
+        """On the device: mark systems that fail at `step` and put them back to their last positions
+        (atoms frozen during the step are there already). Returns the frozen atoms ([N] bool) after it."""
+        code, change = self.health.check(self.state)
+        newly = code > self.status[0]  # a code > 0 of a system alive (0) until now; never > inf
+        self.status = torch.where(newly, torch.stack([self.failed, code, change]), self.status)
+        frozen = self.frozen()
+        self.state.positions = torch.where(frozen[:, None], previous_positions, self.state.positions)
         self._queue(step)
+        return frozen
 
     def _queue(self, step: int) -> None:
         state = self.state
@@ -293,11 +282,13 @@ class _Run:
     def _read(self, copy) -> bool:
         status = copy.status.numpy()
         newly = []
+        ptr = copy.layout.ptr
         for row, s in enumerate(copy.layout.ids):
-            if status[0, row] < 0:
+            if status[0, row] == 0:
                 self.steps_done[s] = copy.step
-            elif s not in self.failures:
-                self.failures[s] = (int(status[0, row]), failure_reason(int(status[1, row]), status[2, row], self.limit))
+            elif s not in self.failures:  # copies are read in order: this is the step it failed at
+                change = status[2, row] / (ptr[row + 1] - ptr[row])
+                self.failures[s] = (copy.step, failure_reason(int(status[1, row]), change, self.limit))
                 newly.append(s)
         if copy.sample is not None:
             self._record(copy, status)
@@ -309,7 +300,7 @@ class _Run:
         sample, layout = copy.sample, copy.layout
         potential, kinetic = sample["potential"].numpy(), sample["kinetic"].numpy()
         for row, s in enumerate(layout.ids):
-            if status[0, row] >= 0:
+            if status[0, row] != 0:
                 continue
             temperature = 2 * kinetic[row] / (layout.dof[row] * units.kB) if layout.dof[row] > 0 else 0.0
             self.samples[s].append((copy.step, float(potential[row]), float(kinetic[row]), float(temperature)))
@@ -338,7 +329,8 @@ class _Run:
             return
         index = torch.tensor(keep, device=self.status.device)
         self.state = self.state.select(keep)
-        self.initial_total, self.status = self.initial_total[index], self.status[:, index]
+        self.health = self.health.select(index, self.state)
+        self.status, self.failed = self.status[:, index], self.failed[index]
         self.layout = Layout(tuple(self.layout.ids[r] for r in keep), tuple(self.state.ptr.tolist()),
                              self.layout.dof[keep])
 

@@ -8,11 +8,14 @@ in the state's dtype (float64 or float32); the model casts it to its policy's ge
 is never below float32.
 
 The time of the model calls is measured without host syncs: CUDA events around each call, read
-once they have completed (`model_ms`); on the CPU the call's wall time.
+once they have completed (`model_ms`) and then recorded again by a later call (creating two events per
+call costs a small system's step host time); on the CPU the call's wall time.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import time
 
 import torch
@@ -57,7 +60,10 @@ class ModelPotential:
         self.neighbours = VerletList(float(model.config.r_max), skin, exact_cutoff_pairs)
         self.calls = 0
         self._model_ms = 0.0
-        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self._events: collections.deque = collections.deque()  # (start, end) of calls not yet read
+        self._spare: list = []  # pairs read, to record again
+        self.timed_by_events = self.device.type == "cuda"
+        self._new_event = functools.partial(torch.cuda.Event, enable_timing=True)
 
     def graph(self, state: State) -> Graph:
         """The state's graph within the model's cutoff (tensors shared with the state)."""
@@ -67,9 +73,9 @@ class ModelPotential:
 
     def __call__(self, state: State) -> None:
         graph = self.graph(state)
-        timed = self.device.type == "cuda"
+        timed = self.timed_by_events
         if timed:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start, end = self._timing_events()
             start.record()
         else:
             began = time.perf_counter()
@@ -84,12 +90,19 @@ class ModelPotential:
         state.potential_eV = out["energy"].detach().to(torch.float64)
         state.forces = out["forces"].detach().to(state.positions.dtype)
 
+    def _timing_events(self) -> tuple:
+        """A (start, end) pair to record: one read already, else a new one."""
+        if not self._spare:
+            self.model_ms()
+        return self._spare.pop() if self._spare else (self._new_event(), self._new_event())
+
     def model_ms(self, wait: bool = False) -> float:
         """Milliseconds spent in model calls so far: the calls whose end the device has reached
         (all of them, after a sync, with `wait`)."""
         if wait and self._events:
             self._events[-1][1].synchronize()
         while self._events and self._events[0][1].query():
-            start, end = self._events.pop(0)
+            start, end = self._events.popleft()
             self._model_ms += start.elapsed_time(end)
+            self._spare.append((start, end))
         return self._model_ms

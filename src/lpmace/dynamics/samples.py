@@ -39,7 +39,8 @@ class Layout:
 
 @dataclasses.dataclass
 class Copy:
-    """One step's copy: status [3, S] float64 rows (unstable step or -1, failure code, |ΔE| eV/atom);
+    """One step's copy: status [3, S] float64 rows (0 for a system alive, inf for one that failed at this
+    step or before; the failure code; its |ΔE_total| in eV);
     with a sample, positions/momenta/forces [N, 3] and potential/kinetic [S] (host tensors)."""
 
     step: int
@@ -63,6 +64,9 @@ class Transfers:
         self.queue: list[Copy] = []
         self._buffers: list[dict[str, torch.Tensor]] = [{}, {}]
         self._turn = 0
+        self._spare_events: list = []  # events of copies taken (waited for), to record again
+        self.marked_by_events = self.cuda  # a copy's end marked by an event (the host waits for it in `take`)
+        self._new_event = torch.cuda.Event
 
     def _into(self, buffers: dict, name: str, value: torch.Tensor) -> torch.Tensor:
         held = buffers.get(name)
@@ -77,12 +81,15 @@ class Transfers:
         host_status = self._into(buffers, "status", status)
         host_sample = None if sample is None else {k: self._into(buffers, k, v) for k, v in sample.items()}
         event = None
-        if self.cuda:
-            event = torch.cuda.Event()
+        if self.marked_by_events:
+            event = self._spare_events.pop() if self._spare_events else self._new_event()
             event.record()
         self.queue.append(Copy(step, layout, host_status, host_sample, event))
 
     def take(self) -> Copy:
         copy = self.queue.pop(0)
         copy.wait()
+        if copy.event is not None:
+            self._spare_events.append(copy.event)
+            copy.event = None
         return copy
