@@ -276,3 +276,19 @@ def test_loading_a_plain_model_imports_neither_quantize_nor_torchao(saved):
     out = subprocess.run([sys.executable, "-c", code, str(saved)], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.stdout.strip() == "[]"
+
+
+def test_a_one_interaction_model_with_narrow_tensors_loads(tmp_path):
+    """One interaction has no MLP readout, so readout_mlp (default 16) is not a width any tensor must
+    reach: the size check once refused such a file (found by the active-learning tests)."""
+    from lpmace.model import MACE, MACEConfig
+
+    config = MACEConfig(atomic_numbers=(29,), channels=4, max_ell=1, max_L=0, correlation=(2,), num_interactions=1,
+                        num_bessel=4, radial_mlp=(8,))
+    torch.manual_seed(0)
+    model = MACE(config).double()
+    assert config.readout_mlp > max(max(t.shape, default=1) for t in model.state_dict().values())
+    path = lpmace.io.save(model, tmp_path / "one.safetensors")
+    loaded = lpmace.io.load(path)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name

@@ -225,9 +225,11 @@ def _check_sizes(path: pathlib.Path, config: MACEConfig, tensors: dict[str, torc
         raise InputError(f"{path}: config max_L {config.max_L} does not match the contraction weights in the file "
                          f"(max_L {max_l}): the config or the tensors are damaged")
     largest = max((max(t.shape, default=1) for t in tensors.values()), default=0)
-    widths = {"channels": config.channels, "num_bessel": config.num_bessel, "readout_mlp": config.readout_mlp,
+    widths = {"channels": config.channels, "num_bessel": config.num_bessel,
               "radial_mlp": max(config.radial_mlp, default=1),
               "(max_ell + 1) * channels": (config.max_ell + 1) * config.channels}
+    if config.num_interactions > 1:  # one interaction: the only readout is linear, readout_mlp has no tensor
+        widths["readout_mlp"] = config.readout_mlp
     for key, width in widths.items():
         if width > largest:
             raise InputError(f"{path}: config {key} = {width} is larger than any tensor dimension in the file "
