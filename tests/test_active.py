@@ -1,5 +1,6 @@
-"""`lpmace active`: selection, resume after a kill in each phase, oracle errors, config errors, and the
-CPU target (examples/active_cu_emt.yaml: the test force RMSE falls, selected frames beat random ones)."""
+"""`lpmace active`: selection, resume after a kill in each phase, oracle errors, config errors, members
+trained in parallel under torchrun (2 gloo ranks), and the CPU target (examples/active_cu_emt.yaml: the
+test force RMSE falls, selected frames beat random ones)."""
 
 import json
 import os
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from ase.calculators.emt import EMT
 
 from lpmace.active import ActiveLoop, load_active_config
+from lpmace.active.loop import members_of_rank
 from lpmace.active.frames import read_frames, with_labels, write_frames
 from lpmace.active.selection import random_frames, select, spearman
 from lpmace.cli import main
@@ -82,10 +85,16 @@ def test_spearman_is_rank_correlation():
 
 # ---- resume ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def sequential(tmp_path_factory) -> Path:
+    """The run folder of SMALL run in this process, members one after another."""
     folder = tmp_path_factory.mktemp("whole")
     run_loop(write_config(folder / "c.yaml", folder / "run"))
-    return (folder / "run" / "dataset.xyz").read_text()
+    return folder / "run"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(sequential):
+    return (sequential / "dataset.xyz").read_text()
 
 
 class Killed(Exception):
@@ -200,3 +209,92 @@ def test_the_cu_emt_example_learns_and_selects_better_than_random(tmp_path):
     assert [r["train_size"] for r in rows] == [8, 14, 20]
     assert all((tmp_path / "run" / name).stat().st_size > 0 for name in ("report.md", "report.png", "dataset.xyz"))
     assert wall < 300
+
+
+# ---- members in parallel under torchrun -------------------------------------------------------------
+def test_ranks_share_the_members_round_robin():
+    assert members_of_rank(5, 0, 2) == [0, 2, 4] and members_of_rank(5, 1, 2) == [1, 3]
+    assert members_of_rank(2, 2, 3) == []  # more ranks than members: the last ones wait
+    for committee, ranks in ((3, 1), (4, 4), (7, 3), (2, 5)):
+        members = sorted(m for rank in range(ranks) for m in members_of_rank(committee, rank, ranks))
+        assert members == list(range(committee)), (committee, ranks)
+
+
+def _active_command(config: Path, ranks: int, resume: bool = False) -> tuple[list, dict]:
+    args = ["-m", "lpmace", "active", str(config)] + (["--resume"] if resume else [])
+    # --standalone: torchrun's rendezvous store binds port 0 itself and the ranks join it, so no port is
+    # picked here and released before torchrun binds it (tests/train/test_distributed.py does the same)
+    launch = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)] if ranks else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    env.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)  # the ranks must join torchrun's own store
+    return [sys.executable, *launch, *args], env
+
+
+def _models_equal_bitwise(a: Path, b: Path) -> None:
+    from safetensors.torch import load_file
+
+    for r in (1, 2):
+        for m in range(SMALL["committee"]):
+            name = f"round_{r}/member_{m}/model.safetensors"
+            x, y = load_file(a / name), load_file(b / name)
+            assert x.keys() == y.keys()
+            for key in x:  # the same seeded single-process training, one thread: the same bits
+                assert torch.equal(x[key], y[key]), (name, key)
+
+
+def test_two_gloo_ranks_train_the_sequential_committee(tmp_path, sequential):
+    config = write_config(tmp_path / "c.yaml", tmp_path / "run")
+    command, env = _active_command(config, 2)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "member 1 trained on rank 1" in done.stdout + done.stderr
+    assert (tmp_path / "run" / "dataset.xyz").read_text() == (sequential / "dataset.xyz").read_text()
+    _models_equal_bitwise(sequential, tmp_path / "run")
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert [state["rounds"][r]["train"]["ranks"] for r in ("1", "2")] == [2, 2]
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["rounds"][0]["ranks"] == 2
+    assert not list((tmp_path / "run").rglob("*.tmp*"))
+
+
+def _rank_pid(launcher: int, rank: int) -> int:
+    """The pid of torchrun worker `rank` (a child of the launcher with RANK=rank in its environment)."""
+    children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
+    for pid in children:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environ:
+            return int(pid)
+    raise AssertionError(f"no rank {rank} among {children}")
+
+
+@pytest.mark.parametrize("kill, checkpoint, resume_ranks", [
+    ("rank 1", "round_1/member_0/checkpoints", 0),  # torchrun ends the other rank; resumed without torchrun
+    ("every process", "round_2/member_1/checkpoints", 2),  # mid warm start; resumed under torchrun
+])
+def test_a_kill_9_in_the_parallel_train_phase_resumes_to_the_same_dataset(tmp_path, sequential, kill,
+                                                                          checkpoint, resume_ranks):
+    config = write_config(tmp_path / "c.yaml", tmp_path / "run")
+    command, env = _active_command(config, 2)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None and not (tmp_path / "run" / checkpoint).exists():
+            time.sleep(0.05)
+        assert process.poll() is None, "the run ended before the kill"
+        if kill == "rank 1":
+            os.kill(_rank_pid(process.pid, 1), signal.SIGKILL)
+            assert process.wait(timeout=120) != 0  # torchrun stops rank 0 and fails
+        else:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert "train" not in state["rounds"].get(checkpoint.split("/")[0][len("round_"):], {})  # killed in it
+    command, env = _active_command(config, resume_ranks, resume=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "run" / "dataset.xyz").read_text() == (sequential / "dataset.xyz").read_text()
+    _models_equal_bitwise(sequential, tmp_path / "run")

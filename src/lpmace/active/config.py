@@ -144,16 +144,17 @@ def _build(cls, data: Any, prefix: str):
 
 
 def member_train_config(cfg: ActiveConfig, *, train_file: str, output_dir: str, seed: int,
-                        warm_start: Optional[str] = None):
+                        warm_start: Optional[str] = None, device: Optional[str] = None):
     """The TrainConfig of one committee member: the `train` section over the loop's defaults, from
-    scratch (round 1: `train.epochs`) or from `warm_start`'s weights (`retrain_epochs`)."""
+    scratch (round 1: `train.epochs`) or from `warm_start`'s weights (`retrain_epochs`), on `device`
+    (None: the config's)."""
     from lpmace.train import TrainConfig
 
     unknown = sorted(set(cfg.train) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         raise ConfigValueError(unknown, f"unknown training key(s) {', '.join('train.' + k for k in unknown)}")
     values = {**TRAIN_DEFAULTS, **cfg.train, "train_file": train_file, "test_files": [], "output_dir": output_dir,
-              "seed": seed, "device": cfg.device, "backend": cfg.backend, "energy_key": ENERGY_KEY,
+              "seed": seed, "device": cfg.device if device is None else device, "backend": cfg.backend, "energy_key": ENERGY_KEY,
               "forces_key": FORCES_KEY, "stress_key": None, "isolated_atoms_file": None}
     if warm_start is not None:  # the file's architecture and statistics: the model section must go
         values.update(foundation_model=warm_start, epochs=cfg.retrain_epochs, model={})

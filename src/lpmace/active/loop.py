@@ -9,12 +9,21 @@ phase, a member's finished model file is kept and a half-trained member resumes 
 checkpoint (`lpmace.train.Trainer`). `dataset.xyz` is rebuilt in each append phase from
 ``initial.xyz`` and the rounds' labelled selections, so it never holds a frame twice.
 
+Under torchrun (``torchrun --nproc_per_node N -m lpmace active CONFIG.yaml``) rank r trains
+members r, r + N, r + 2N, ... (`members_of_rank`), each alone in its process (on cuda:LOCAL_RANK
+when the device is CUDA); every other phase, and every write of state.json, runs on rank 0 while
+the other ranks wait for its decision (`DistributedContext.from_main`). A member's training does
+not depend on the rank that runs it, so the run is the sequential one, and a kill of any rank
+resumes as above, with or without torchrun and with any number of ranks. Every rank must see
+``output_dir`` (one machine, or a shared filesystem).
+
 Sampling runs ASE's integrators (`lpmace.md.run_md`) with the `Committee` as the calculator: the torch
 MD engine (`lpmace.dynamics`) drives one model, and the committee's spread must be recorded per frame.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 from pathlib import Path
@@ -28,11 +37,19 @@ from lpmace.active.selection import random_frames, select, spearman
 from lpmace.atomic import atomic_write_text
 from lpmace.committee import frame_uncertainty
 from lpmace.errors import InputError
+from lpmace.train.distributed import DistributedContext
 
 PHASES = ("train", "sample", "select", "label", "append")
 STATE_VERSION = 1
 # config keys a resumed run may change: more rounds, a moved folder, an oracle fixed after it failed
 RESUMABLE = ("rounds", "output_dir", "oracle", "oracle_kwargs")
+# how long ranks 1.. wait for rank 0's sampling and labelling (an oracle may be a slow DFT code)
+RANK_WAIT = datetime.timedelta(days=7)
+
+
+def members_of_rank(committee: int, rank: int, world_size: int) -> list[int]:
+    """The committee members rank `rank` of `world_size` trains: rank, rank + world_size, ..."""
+    return list(range(rank, committee, world_size))
 
 
 class WaitingForLabels(Exception):
@@ -47,12 +64,21 @@ class ActiveLoop:
     """`ActiveLoop(cfg, oracle).run()` runs (or continues) the loop in ``cfg.output_dir``.
 
     `on_phase(round, phase, moment)` (tests) is called with moment "start" before a phase's work and
-    "done" after its files are written but before state.json records it: raising there is a kill.
+    "done" after its files are written but before state.json records it: raising there is a kill
+    (on rank 0 only, under torchrun). Under torchrun, every rank constructs the loop and calls `run`;
+    `close()` leaves the process group at the end.
     """
 
     def __init__(self, cfg: ActiveConfig, oracle, *, resume: bool = False, log: Callable[[str], None] = print,
                  on_phase: Optional[Callable[[int, str, str], None]] = None):
-        self.cfg, self.oracle, self.log, self.on_phase = cfg, oracle, log, on_phase or (lambda *a: None)
+        from lpmace.devices import resolve_device
+
+        self.cfg, self.oracle, self.on_phase = cfg, oracle, on_phase or (lambda *a: None)
+        # under torchrun: this rank's device (cuda:LOCAL_RANK on CUDA); cfg.device stays as given
+        self.dist, self.device = DistributedContext.from_environment(str(resolve_device(cfg.device, "device")),
+                                                                     timeout=RANK_WAIT)
+        self.log = log if self.dist.is_main else (lambda message: None)
+        self.member_log = log  # every rank reports its own members
         self.out = Path(cfg.output_dir)
         self.state_path = self.out / "state.json"
         if self.state_path.exists() and not resume:
@@ -82,6 +108,10 @@ class ActiveLoop:
             raise InputError(f"--resume: the config differs from the run's in {', '.join(changed)} "
                              f"({self.state_path}); a resumed run may change only {', '.join(RESUMABLE)}")
 
+    def close(self) -> None:
+        """Leave torchrun's process group (nothing without torchrun)."""
+        self.dist.close()
+
     def _record(self, key: tuple, value: dict) -> None:
         target = self.state
         for part in key[:-1]:
@@ -97,29 +127,49 @@ class ActiveLoop:
 
     # ---- the run -----------------------------------------------------------------------------
     def run(self) -> str:
-        """Run what is left; "finished", or "waiting" (oracle none: labels asked for)."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.state_path, json.dumps(self.state, indent=1))  # a run exists from here on
-        if "setup" not in self.state:
-            self._phase(0, "setup", self._setup, ("setup",))
+        """Run what is left; "finished", or "waiting" (oracle none: labels asked for).
+
+        Rank 0 decides which phases are left (its state.json); the others follow its decisions."""
+        main = self.dist.is_main
+        self.dist.barrier()  # every rank has looked at output_dir before rank 0 writes there
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.state_path, json.dumps(self.state, indent=1))  # a run exists from here on
+            if "setup" not in self.state:
+                self._phase(0, "setup", self._setup, ("setup",))
         for r in range(1, self.cfg.rounds + 1):
-            self._dir(r).mkdir(exist_ok=True)
+            if main:
+                self._dir(r).mkdir(exist_ok=True)
             for phase in PHASES:
-                if phase in self._round(r):
+                if not self.dist.from_main(phase not in self._round(r)):
                     continue
-                try:
-                    self._phase(r, phase, getattr(self, f"_{phase}"), ("rounds", str(r), phase))
-                except WaitingForLabels as wait:
-                    self.log(str(wait))
+                key = ("rounds", str(r), phase)
+                if phase == "train":  # every rank trains its members
+                    self._phase(r, phase, self._train, key)
+                    continue
+                outcome = "done"
+                if main:
+                    try:
+                        self._phase(r, phase, getattr(self, f"_{phase}"), key)
+                    except WaitingForLabels as wait:
+                        self.log(str(wait))
+                        outcome = "waiting"
+                if self.dist.from_main(outcome) == "waiting":
                     return "waiting"
+        if not main:
+            return "finished"
         self._report()
         self.log(f"done: {self.cfg.rounds} rounds; report in {self.out / 'report.md'}")
         return "finished"
 
-    def _phase(self, r: int, phase: str, work: Callable[[int], dict], key: tuple) -> None:
-        self.on_phase(r, phase, "start")
+    def _phase(self, r: int, phase: str, work: Callable[[int], Optional[dict]], key: tuple) -> None:
+        """Run `work` (on the ranks that run it; it returns the numbers on rank 0, which records them)."""
+        if self.dist.is_main:
+            self.on_phase(r, phase, "start")
         start = time.perf_counter()
         result = work(r)
+        if not self.dist.is_main:
+            return
         result["wall_s"] = round(time.perf_counter() - start, 3)
         self.on_phase(r, phase, "done")
         self._record(key, result)
@@ -163,32 +213,37 @@ class ActiveLoop:
     def _committee(self, r: int):
         from lpmace.committee import Committee
 
-        return Committee(self._member_paths(r), device=self.cfg.device, precision=self.cfg.sample.precision,
+        return Committee(self._member_paths(r), device=self.device, precision=self.cfg.sample.precision,
                          backend=self.cfg.backend)
 
-    def _train(self, r: int) -> dict:
+    def _train(self, r: int) -> Optional[dict]:
+        """Train this rank's members; on rank 0, once every rank is done, the committee's test errors."""
         from lpmace.train import Trainer
 
-        cfg = self.cfg
-        for m, model_file in enumerate(self._member_paths(r)):
+        cfg, ranks = self.cfg, self.dist.world_size
+        where = f" on rank {self.dist.rank}" if ranks > 1 else ""
+        for m in members_of_rank(cfg.committee, self.dist.rank, ranks):
+            model_file = self._member_paths(r)[m]
             if model_file.exists():
                 continue  # trained before a kill
             warm = str(self._member_paths(r - 1)[m]) if r > 1 else None
             member_cfg = member_train_config(cfg, train_file=str(self.out / "dataset.xyz"),
-                                             output_dir=str(model_file.parent), seed=cfg.seed + m, warm_start=warm)
+                                             output_dir=str(model_file.parent), seed=cfg.seed + m, warm_start=warm,
+                                             device=self.device)
             resume = (model_file.parent / "checkpoints" / "last.pt").exists()
             start = time.perf_counter()
-            trainer = Trainer(member_cfg, resume=resume, log=lambda message: None, warn=self.log)
-            try:
-                trainer.run()
-            finally:
-                trainer.dist.close()
-            self.log(f"round {r}: member {m} trained ({member_cfg.epochs} epochs"
-                     f"{', warm start' if warm else ''}) in {time.perf_counter() - start:.1f} s")
+            trainer = Trainer(member_cfg, resume=resume, log=lambda message: None, warn=self.member_log,
+                              data_parallel=False)
+            trainer.run()
+            self.member_log(f"round {r}: member {m} trained{where} ({member_cfg.epochs} epochs"
+                            f"{', warm start' if warm else ''}) in {time.perf_counter() - start:.1f} s")
+        self.dist.barrier()  # every member's model is written
+        if not self.dist.is_main:
+            return None
         test = self._test_metrics(r)
         train = {**TRAIN_DEFAULTS, **cfg.train}
         return {"train_size": len(read_frames(self.out / "dataset.xyz")), "precision": train.get("precision", "fp32"),
-                "epochs": cfg.retrain_epochs if r > 1 else train["epochs"], **test}
+                "epochs": cfg.retrain_epochs if r > 1 else train["epochs"], "ranks": ranks, **test}
 
     def _test_metrics(self, r: int) -> dict:
         """The committee's errors against the oracle's labels on the held-out test set."""

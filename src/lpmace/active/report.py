@@ -4,7 +4,8 @@ Per round: training-set size, the committee's test force RMSE against the oracle
 held-out set, its mean uncertainty (largest per-atom force spread of a frame, averaged over the
 sampled frames), Spearman's rank correlation between that uncertainty and the true force RMSE of
 the labelled frames (selected and random), the true force RMSE of the selected frames and of the
-random MD frames of the same round, and the wall time of each phase. Also the precision policies
+random MD frames of the same round, the wall time of each phase and the number of processes the
+train phase ran on (torchrun ranks; 1 without torchrun). Also the precision policies
 of training and sampling (the test set is evaluated as sampling runs).
 """
 
@@ -25,6 +26,7 @@ COLUMNS = (  # (key, heading, format)
     ("spearman_uncertainty_error", "Spearman(u, err)", "{:.2f}"),
     ("selected_force_rmse_meV_per_A", "selected F RMSE (meV/Å)", "{:.1f}"),
     ("random_force_rmse_meV_per_A", "random F RMSE (meV/Å)", "{:.1f}"),
+    ("ranks", "train ranks", "{}"),
 )
 
 

@@ -1,4 +1,7 @@
-"""`lpmace active CONFIG.yaml [--resume] [--out DIR]`: the active-learning loop (lpmace.active)."""
+"""`lpmace active CONFIG.yaml [--resume] [--out DIR]`: the active-learning loop (lpmace.active).
+
+Under torchrun (``torchrun --nproc_per_node N -m lpmace active CONFIG.yaml``) the committee's members
+are trained N at a time, one process per rank; the command line is the same."""
 
 from __future__ import annotations
 
@@ -22,7 +25,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         loop.run()
     except KeyboardInterrupt:
-        print(f"interrupted: continue with `lpmace active {args.config} --resume"
-              f"{f' --out {args.out}' if args.out else ''}`", flush=True)
+        if loop.dist.is_main:
+            print(f"interrupted: continue with `lpmace active {args.config} --resume"
+                  f"{f' --out {args.out}' if args.out else ''}`", flush=True)
         raise
+    finally:
+        loop.close()
     return 0

@@ -31,6 +31,7 @@ the halo exchange for MACE-style models.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 from typing import Iterator, Optional, Sequence
 
@@ -48,6 +49,7 @@ class DistributedContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    joined: bool = False  # this context joined torchrun's group (and leaves it in `close`)
 
     @property
     def enabled(self) -> bool:
@@ -58,9 +60,11 @@ class DistributedContext:
         return self.rank == 0
 
     @staticmethod
-    def from_environment(device: str) -> tuple["DistributedContext", str]:
+    def from_environment(device: str, timeout: Optional[datetime.timedelta] = None
+                         ) -> tuple["DistributedContext", str]:
         """Join the process group torchrun describes (LOCAL_RANK set) and return (context, device);
-        without torchrun: a single-process context and `device` unchanged."""
+        without torchrun: a single-process context and `device` unchanged. `timeout`: how long a
+        collective (a barrier) may wait for the other ranks (None: torch's default)."""
         if "LOCAL_RANK" not in os.environ:
             return DistributedContext(), device
         local_rank = int(os.environ["LOCAL_RANK"])
@@ -71,13 +75,21 @@ class DistributedContext:
             torch.cuda.set_device(local_rank)
             device = f"cuda:{local_rank}"
         if not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if cuda else "gloo")
-        return DistributedContext(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank), device
+            torch.distributed.init_process_group("nccl" if cuda else "gloo",
+                                                 **({"timeout": timeout} if timeout is not None else {}))
+        context = DistributedContext(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank,
+                                     joined=True)
+        return context, device
 
     def close(self) -> None:
-        """Leave the process group (at the end of a torchrun worker)."""
-        if self.enabled:
+        """Leave the process group (at the end of a torchrun worker); a context that did not join it
+        (a single-process one inside a torchrun worker) leaves it alone."""
+        if self.joined and self.enabled:
             torch.distributed.destroy_process_group()
+
+    def from_main(self, obj):
+        """Rank 0's `obj` on every rank (every rank waits for rank 0 here)."""
+        return self.gather(obj)[0]
 
     def barrier(self) -> None:
         if self.enabled and self.world_size > 1:

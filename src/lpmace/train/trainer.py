@@ -94,13 +94,17 @@ class Trainer:
     a time-to-accuracy curve. `warn(message)` reports what the user should act on (default: an
     `lpmace: warning:` line on stderr). `fault` (tests only) is called with (epoch, step, loss) and
     may return a replacement loss, e.g. an infinite one to exercise the overflow path.
+    `data_parallel=False`: train alone in this process even under torchrun, on `cfg.device` (e.g. one
+    committee member per rank, `lpmace.active`); the process group, if any, is left alone.
     """
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print,
                  on_epoch: Optional[Callable] = None, fault: Optional[Callable] = None,
-                 warn: Callable[[str], None] = _warn_on_stderr):
+                 warn: Callable[[str], None] = _warn_on_stderr, data_parallel: bool = True):
         # Under torchrun: join the process group; each rank trains on its part of every global batch.
-        self.dist, device = DistributedContext.from_environment(str(resolve_device(cfg.device, "device")))
+        device = str(resolve_device(cfg.device, "device"))
+        self.dist, device = DistributedContext.from_environment(device) if data_parallel else (DistributedContext(),
+                                                                                               device)
         if device != cfg.device:
             cfg = dataclasses.replace(cfg, device=device)
         self.cfg, self.fault, self.on_epoch = cfg, fault, on_epoch
