@@ -69,12 +69,33 @@ def test_fp64_against_fp64_is_exactly_zero_in_the_report(quick):
     low = [r for r in results["accuracy"] if r["precision"] == "bf16-mixed"]
     assert all(r["force_rel_rmse"] > 1e-4 for r in low)
     # md: fp64 is the reference row (no self-difference); every other precision is compared with the
-    # fp64 run of its own system.
-    reference = {r["system"]: r for r in results["md"] if r["precision"] == "fp64"}
-    assert reference and all(r["drift_vs_fp64"] is None for r in reference.values())
+    # fp64 run of its own system and engine.
+    reference = {(r["system"], r["engine"]): r for r in results["md"] if r["precision"] == "fp64"}
+    assert len(reference) == 4 and all(r["drift_vs_fp64"] is None for r in reference.values())
     others = [r for r in results["md"] if r["precision"] != "fp64"]
     assert others and all(r["drift_vs_fp64"] == r["drift_mev_per_atom_per_ps"]
-                          - reference[r["system"]]["drift_mev_per_atom_per_ps"] for r in others)
+                          - reference[r["system"], r["engine"]]["drift_mev_per_atom_per_ps"] for r in others)
+
+
+def test_quick_md_runs_both_engines_on_the_same_systems_per_precision(quick):
+    _, out, results = quick
+    rows = results["md"]
+    precisions = ("fp64", "fp32", "bf16-mixed", "fp16-mixed")
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    assert len(systems) == 2  # the 3BPA molecule and a periodic cell
+    assert sorted((r["system"], r["engine"], r["precision"]) for r in rows) == sorted(
+        (s, e, p) for s in systems for e in ("ase", "torch") for p in precisions)
+    for row in rows:
+        assert row["stable"] and row["steps_done"] == row["steps"] == 20 and row["dt_fs"] == 0.5
+        assert row["ms_per_step"] > 0 and row["neighbour_list_builds"] >= 1
+        assert (row["model_ms_per_step"] is None) == (row["engine"] == "ase")
+    # same seed, steps and dt: at fp64 the two engines follow one trajectory (tests/bench/test_stability.py)
+    for system in systems:
+        ase64, torch64 = (next(r for r in rows if (r["system"], r["engine"], r["precision"]) == (system, e, "fp64"))
+                          for e in ("ase", "torch"))
+        assert ase64["drift_mev_per_atom_per_ps"] == pytest.approx(torch64["drift_mev_per_atom_per_ps"], rel=1e-6)
+    md = (out / "report.md").read_text().split("## MD stability (NVE)")[1].split("\n## ")[0]
+    assert "| engine |" in md and "model ms per step" in md and "neighbour list builds" in md
 
 
 def test_mace_torch_fp64_agrees_with_lpmace_fp64(quick):

@@ -74,14 +74,17 @@ def synthetic_results() -> dict:
         equivariance.append({**_who(*who), "rotations": 8, "force_rel_rmse_rotation": 1.1e-7,
                              "force_rel_rmse_reflection": float("nan"), "energy_rel_rotation": 2.5e-8})
         if who[0] == "lpmace":
-            unstable = precision == "bf16-mixed"
-            md.append({"system": "3BPA molecule", "atoms": 27, **_who(*who), "steps": 200,
-                       "steps_done": 120 if unstable else 200, "dt_fs": 0.5, "temperature_K": 300.0,
-                       "drift_mev_per_atom_per_ps": None if unstable else 0.0123,
-                       "fluctuation_mev_per_atom": 0.5, "drift_vs_fp64": None, "stable": not unstable,
-                       "unstable_step": 120 if unstable else None, "reason": "energy jump" if unstable else None,
-                       "wall_s_per_step": 0.004,
-                       "trace": _trace(200, 0.0123e-3, blow_up_at=120 if unstable else None)})
+            for engine in ("ase", "torch"):  # bf16-mixed blows up on ASE's engine only
+                unstable = precision == "bf16-mixed" and engine == "ase"
+                md.append({"system": "3BPA molecule", "atoms": 27, "engine": engine, **_who(*who), "steps": 200,
+                           "steps_done": 120 if unstable else 200, "dt_fs": 0.5, "temperature_K": 300.0,
+                           "drift_mev_per_atom_per_ps": None if unstable else 0.0123,
+                           "fluctuation_mev_per_atom": 0.5, "drift_vs_fp64": None, "stable": not unstable,
+                           "unstable_step": 120 if unstable else None, "reason": "energy jump" if unstable else None,
+                           "ms_per_step": 4.0 if engine == "ase" else 1.5,
+                           "model_ms_per_step": None if engine == "ase" else 1.25,
+                           "neighbour_list_builds": 121 if unstable else (201 if engine == "ase" else 7),
+                           "trace": _trace(200, 0.0123e-3, blow_up_at=120 if unstable else None)})
     runs = [{**_who("lpmace", "reference", p), "metric": "test force RMSE",
              "curve": [{"time_s": t, "epoch": i, "force_rmse_mev_per_A": 300.0 / (1 + t / 10)}
                        for i, t in enumerate((5.0, 20.0, 60.0, 150.0))],
@@ -185,8 +188,18 @@ def test_markdown_has_every_section_and_the_numbers(results, tmp_path):
     equivariance = _section(markdown, "Equivariance")
     assert _table_row(equivariance, "lpmace", "reference", "fp32")[3:] == ["8", "1.10e-7", "nan", "2.50e-8"]
     md = _section(markdown, "MD stability (NVE)")
-    assert "no: step 120 (energy jump)" in _table_row(md, "3BPA molecule", "27", "lpmace", "reference", "bf16-mixed")
-    assert _table_row(md, "3BPA molecule", "27", "lpmace", "reference", "fp32")[5:7] == ["200 / 200", "0.5"]
+    assert "no: step 120 (energy jump)" in _table_row(md, "3BPA molecule", "27", "ase", "lpmace", "reference",
+                                                       "bf16-mixed")
+    assert _table_row(md, "3BPA molecule", "27", "torch", "lpmace", "reference", "bf16-mixed")[12] == "yes"
+    assert _table_row(md, "3BPA molecule", "27", "ase", "lpmace", "reference", "fp32")[6:8] == ["200 / 200", "0.5"]
+    assert _table_row(md, "3BPA molecule", "27", "ase", "lpmace", "reference", "fp32")[-3:] == ["4", "—", "201"]
+    assert _table_row(md, "3BPA molecule", "27", "torch", "lpmace", "reference", "fp32")[-3:] == ["1.5", "1.25", "7"]
+    # per engine and precision: systems, atoms, blow-ups, summed times and builds
+    assert _table_row(md, "ase", "lpmace", "reference", "bf16-mixed")[4:] == ["1", "27", "1", "4", "—", "121"]
+    assert _table_row(md, "torch", "lpmace", "reference", "bf16-mixed")[4:] == ["1", "27", "0", "1.5", "1.25", "7"]
+    # the headline shows the ASE engine's drift where both engines ran
+    headline = _section(markdown, "Headline")
+    assert _table_row(headline, "lpmace", "reference", "bf16-mixed")[-1] == "unstable at step 120"
     time_to_accuracy = _section(markdown, "Time to accuracy")
     assert "Target 40 meV/Å, budget 300 s" in time_to_accuracy
     assert _table_row(time_to_accuracy, "lpmace", "reference", "fp32")[4:7] == ["150", "18.8", "3"]
@@ -237,6 +250,17 @@ def test_cpu_results_without_peak_memory(results, tmp_path):
     assert _table_row(_section(markdown, "Headline"), "lpmace", "reference", "fp32")[6] == "—"
     assert "skipped peak memory: not measured on CPU" in _section(markdown, "Memory")
     assert imread(written["scaling.png"]).shape[0] > 200
+
+
+def test_md_rows_from_before_the_torch_engine_are_ase_rows(results, tmp_path):
+    old = copy.deepcopy(results)
+    old["md"] = [r for r in old["md"] if r["engine"] == "ase"]
+    for row in old["md"]:
+        for key in ("engine", "ms_per_step", "model_ms_per_step", "neighbour_list_builds"):
+            del row[key]
+        row["wall_s_per_step"] = 0.004
+    md = _section(write_report(old, tmp_path)["report.md"].read_text(), "MD stability (NVE)")
+    assert _table_row(md, "3BPA molecule", "27", "ase", "lpmace", "reference", "fp32")[-3:] == ["4", "—", "—"]
 
 
 def test_a_figure_that_fails_to_draw_does_not_cost_the_report(results, tmp_path):

@@ -8,7 +8,7 @@ Sections (each a module, each returning JSON-ready rows that `report` renders):
     speed.py              training-step and inference speed; scaling against system size (OOM reported)
     roofline.py           achieved FLOP/s and bytes/s against a table of known device peaks
     accuracy.py           error against an fp64 evaluation of the same weights; equivariance error
-    stability.py          NVE energy drift per precision (molecule and periodic cell), blow-ups reported
+    stability.py          NVE energy drift per precision and MD engine (ASE's, torch), blow-ups reported
     time_to_accuracy.py   W3: test force RMSE against training wall time per precision (+ mace_run_train)
   the experiments (only when named in --workloads; each trains or builds its own models; what they
   showed: docs/experiments/):
@@ -38,9 +38,12 @@ mace-torch):
                 stress_rmse_mev_per_A3 (null without a periodic cell)}]   # all against fp64, same weights
     equivariance: [{code, backend, precision, rotations, force_rel_rmse_rotation, force_rel_rmse_reflection,
                     energy_rel_rotation}]
-    md: [{system, atoms, code, backend, precision, steps, steps_done, dt_fs, temperature_K,
-          drift_mev_per_atom_per_ps, fluctuation_mev_per_atom, drift_vs_fp64 (difference), stable,
-          unstable_step, reason, wall_s_per_step, trace: {time_fs: [...], total_mev_per_atom: [...]}}]
+    md: [{system, atoms, engine ("ase" | "torch"), code, backend, precision, steps, steps_done, dt_fs,
+          temperature_K, drift_mev_per_atom_per_ps, fluctuation_mev_per_atom, drift_vs_fp64 (against the
+          same system and engine), stable, unstable_step, reason, ms_per_step, model_ms_per_step (null
+          for ase), neighbour_list_builds, trace: {time_fs: [...], total_mev_per_atom: [...]}}]
+          # one row per system x engine x precision (a run of one system); before the torch engine the
+          # rows had no engine (they were ase's) and wall_s_per_step (s) instead of ms_per_step
     time_to_accuracy: {target_mev_per_A, budget_s, runs: [{code, backend, precision, metric
                        ("test force RMSE" | "valid force RMSE"), curve: [{time_s, epoch, force_rmse_mev_per_A}],
                        time_to_target_s, final_force_rmse_mev_per_A, status}]}

@@ -219,7 +219,8 @@ def scaling_figure(results: dict, style: _Styles):
 
 def nve_figure(results: dict, style: _Styles):
     """Per MD system one panel: total energy minus its first value (meV/atom) against time (ps), one
-    line per precision; an unstable run ends with a cross where it stopped."""
+    line per precision and engine (the torch engine dashed, over ASE's solid line: at fp64 they
+    coincide); an unstable run ends with a cross where it stopped."""
     rows = [r for r in results.get("md") or [] if (r.get("trace") or {}).get("time_fs")]
     if not rows:
         return "no md rows with an energy trace"
@@ -228,6 +229,7 @@ def nve_figure(results: dict, style: _Styles):
     for ax, system in zip(axes, systems):
         group = [r for r in rows if str(r.get("system")) == system]
         full_labels = len({row_key(r)[:2] for r in group}) > 1
+        engines = len({r.get("engine", "ase") for r in group}) > 1
         stable_span, unstable_span = 0.0, 0.0
         for row in group:
             key = row_key(row)
@@ -238,11 +240,14 @@ def nve_figure(results: dict, style: _Styles):
             time, energy = time[:n] / 1000.0, energy[:n]
             ok = np.isfinite(time) & np.isfinite(energy)
             label = row_label(key) if full_labels else key[2]
+            engine = str(row.get("engine", "ase"))
+            label = f"{engine} {label}" if engines else label
             if not ok.any():
                 _note(ax, f"{label}: no finite energy in the trace")
                 continue
             shifted = energy[ok] - energy[ok][0]
-            ax.plot(time[ok], shifted, lw=1, label=label, color=style(key)["color"])
+            ax.plot(time[ok], shifted, lw=1, label=label, color=style(key)["color"],
+                    linestyle="--" if engine == "torch" else "-")
             span = float(np.max(np.abs(shifted)))
             if row.get("stable") is False:
                 unstable_span = max(unstable_span, span)

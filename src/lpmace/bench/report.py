@@ -171,7 +171,9 @@ def _headline(results: dict) -> list:
     by_workload = {(r.get("workload"), row_key(r)): r for r in speed}
     errors = {row_key(r): r for r in accuracy if str(r.get("dataset")) == dataset}
     rotations = {row_key(r): r for r in equivariance}
-    drifts = {(str(r.get("system")), row_key(r)): r for r in md}
+    drifts: dict = {}
+    for r in sorted(md, key=lambda r: r.get("engine", "ase") != "ase"):  # the ASE engine's drift where both ran
+        drifts.setdefault((str(r.get("system")), row_key(r)), r)
     base = _baseline(speed)
 
     def speed_up(workload, key):
@@ -263,15 +265,48 @@ def _md(results: dict) -> list:
         stable = row.get("stable")
         if stable is False:
             stable = f"no: step {fmt_number(row.get('unstable_step'))} ({row.get('reason') or 'no reason given'})"
-        rows.append({**row, "stable": stable, "steps": f"{fmt_number(row.get('steps_done'))} / "
-                                                      f"{fmt_number(row.get('steps'))}"})
-    return [_table(rows, [
-        ("system", "system", _text), ("atoms", "atoms", fmt_number), *_WHO, ("steps done", "steps", _text),
-        ("dt (fs)", "dt_fs", fmt_number), ("T (K)", "temperature_K", fmt_number),
-        ("drift (meV/atom/ps)", "drift_mev_per_atom_per_ps", fmt_error),
-        ("fluctuation (meV/atom)", "fluctuation_mev_per_atom", fmt_error),
-        ("drift − fp64 drift (meV/atom/ps)", "drift_vs_fp64", fmt_error), ("stable", "stable", fmt_number),
-        ("wall per step (ms)", "wall_s_per_step", _scaled(1e3))])]
+        # results.json from before the torch engine: ASE rows with the wall time in s
+        engine, ms = row.get("engine", "ase"), row.get("ms_per_step")
+        if ms is None and _real(row.get("wall_s_per_step")):
+            ms = 1e3 * row["wall_s_per_step"]
+        rows.append({**row, "engine": engine, "ms_per_step": ms, "stable": stable,
+                     "steps": f"{fmt_number(row.get('steps_done'))} / {fmt_number(row.get('steps'))}"})
+    return [("p", "Engines: ase is `lpmace.md.run_md` through `lpmace.Calculator` (a neighbour list per "
+                  "force call; the model's time is not taken apart), torch is `lpmace.dynamics.run_dynamics` "
+                  "(a Verlet list with a skin, on the device). Same seed, steps and dt: at fp64 both follow "
+                  "one trajectory. drift − fp64 drift compares with the same system and engine."),
+            _table(rows, [
+                ("system", "system", _text), ("atoms", "atoms", fmt_number), ("engine", "engine", _text), *_WHO,
+                ("steps done", "steps", _text), ("dt (fs)", "dt_fs", fmt_number),
+                ("T (K)", "temperature_K", fmt_number),
+                ("drift (meV/atom/ps)", "drift_mev_per_atom_per_ps", fmt_error),
+                ("fluctuation (meV/atom)", "fluctuation_mev_per_atom", fmt_error),
+                ("drift − fp64 drift (meV/atom/ps)", "drift_vs_fp64", fmt_error), ("stable", "stable", fmt_number),
+                ("ms per step", "ms_per_step", fmt_number), ("model ms per step", "model_ms_per_step", fmt_number),
+                ("neighbour list builds", "neighbour_list_builds", fmt_number)]),
+            ("p", "Per engine and precision, all systems (one run each):"),
+            _table(_md_totals(rows), [
+                ("engine", "engine", _text), *_WHO, ("systems", "systems", fmt_number), ("atoms", "atoms", fmt_number),
+                ("blow-ups", "blow_ups", fmt_number), ("ms per step (sum)", "ms_per_step", fmt_number),
+                ("model ms per step (sum)", "model_ms_per_step", fmt_number),
+                ("neighbour list builds", "neighbour_list_builds", fmt_number)])]
+
+
+def _md_totals(rows: list[dict]) -> list[dict]:
+    """One row per (engine, code, backend, precision): systems, atoms and blow-ups counted, times per step
+    and neighbour list builds summed (None where a row lacks them)."""
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault((row["engine"], *row_key(row)), []).append(row)
+
+    def total(group, field):
+        values = [r.get(field) for r in group]
+        return sum(values) if all(_real(v) for v in values) else None
+
+    return [{"engine": engine, "code": code, "backend": backend, "precision": precision, "systems": len(group),
+             "atoms": total(group, "atoms"), "blow_ups": sum(r.get("unstable_step") is not None for r in group),
+             **{f: total(group, f) for f in ("ms_per_step", "model_ms_per_step", "neighbour_list_builds")}}
+            for (engine, code, backend, precision), group in groups.items()]
 
 
 def _time_to_accuracy(results: dict) -> list:

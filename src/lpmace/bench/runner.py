@@ -26,6 +26,7 @@ from lpmace import datasets
 from lpmace.atomic import atomic_write_text
 from lpmace.bench import accuracy, engines, measure, roofline, speed, workloads
 from lpmace.bench.choices import EXPERIMENTS, MATRIX, SECTIONS
+from lpmace.bench.stability import ENGINES as MD_ENGINES
 from lpmace.data import graph_from_configuration, read_configurations
 from lpmace.elements import check_configurations
 from lpmace.errors import InputError
@@ -196,7 +197,7 @@ def _md_systems(plan: Plan) -> list:
     if periodic:
         systems.append((f"periodic cell from --data ({len(periodic[0].numbers)} atoms)", atoms(periodic[0])))
     else:
-        n = 32 if plan.options.quick else 64
+        n = 16 if plan.options.quick else 64  # --quick: small, as every run goes through both MD engines
         box = workloads.random_bulk(n, plan.model.config.atomic_numbers, np.random.default_rng(plan.options.seed))
         systems.append((f"random periodic box ({n} atoms)", atoms(box)))
     return systems
@@ -243,7 +244,8 @@ def run_bench(options: BenchOptions, plan: Optional[Plan] = None, log: Callable[
     md_precisions = list(dict.fromkeys(["fp64", *o.precisions]))
     total = {"train": len(everyone), "infer": len(everyone), "roofline": len(everyone),
              "accuracy": len(everyone) * (len(plan.data) + 1), "equivariance": len(everyone),
-             "scaling": len(everyone) * len(sizes), "md": 2 * len(md_precisions) * len(o.backends),
+             "scaling": len(everyone) * len(sizes),
+             "md": 2 * len(md_precisions) * len(o.backends) * len(MD_ENGINES),
              "time-to-accuracy": len(o.precisions) * len(o.backends) + int(o.compare_mace_torch),
              **{name: 1 for name in EXPERIMENTS}}
     # disable=None: no bar when stderr is not a terminal (a log file gets no carriage-return clutter)
@@ -301,6 +303,7 @@ def run_bench(options: BenchOptions, plan: Optional[Plan] = None, log: Callable[
         if "md" in o.sections:
             from lpmace.bench.stability import md_stability
 
+            # both engines (ASE's and the torch one) on the same systems, seed, steps and dt
             steps = o.md_steps or (20 if o.quick else (1000 if device.startswith("cuda") else 200))
             results["md"] = []
             for backend in o.backends:
