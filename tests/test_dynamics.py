@@ -22,7 +22,7 @@ FAST = {"max_ell": 1, "max_L": 0}  # a many-body MACE with autograd forces at a 
 
 @pytest.fixture(scope="module")
 def model():
-    from conftest import tiny_model
+    from tiny_models import tiny_model
 
     return tiny_model(**FAST)
 
@@ -209,7 +209,7 @@ def test_summary_has_the_counters_and_sensible_values(model, bpa_atoms):
 @pytest.mark.gpu
 def test_cuda_engine_follows_the_cpu_engine(bpa_atoms):
     """CUDA graphs, pinned asynchronous samples and the device state give the CPU's trajectory (fp64)."""
-    from conftest import tiny_model
+    from tiny_models import tiny_model
 
     structures = [_molecule(bpa_atoms), _triclinic(), _slab()]
     common = dict(ensemble="nve", steps=30, dt_fs=0.5, seed=6, interval=10, precision="fp64")

@@ -26,7 +26,7 @@ def _cell_of_atoms(seed, numbers=(1, 6, 7, 8), repeats=3, length=6.0):
 @pytest.mark.parametrize("overrides", [{}, {"pair_repulsion": True}, {"interaction": "density"},
                                        {"apply_cutoff": False}], ids=["residual", "zbl", "density", "envelope-late"])
 def test_pairs_beyond_r_max_change_no_energy_and_no_force(overrides):
-    from conftest import tiny_model
+    from tiny_models import tiny_model
 
     model = tiny_model(**FAST, **overrides)
     atoms = _cell_of_atoms(3)
@@ -66,7 +66,7 @@ def test_fast_atoms_never_miss_a_pair_within_the_cutoff(ensemble, monkeypatch):
     """Hot hydrogen (~0.05 Å per step) and a small skin: the list is rebuilt often, by the planned
     (one step late) test in NVE and the synchronous one in NVT; at every force call the pairs the model
     gets within r_max are exactly a fresh list's."""
-    from conftest import tiny_model
+    from tiny_models import tiny_model
 
     model = tiny_model(**FAST)
     r_max = float(model.config.r_max)
@@ -93,7 +93,7 @@ def test_fast_atoms_never_miss_a_pair_within_the_cutoff(ensemble, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["molecule", "periodic"])
 def test_unfiltered_pairs_give_the_filtered_trajectory(kind, bpa_atoms):
-    from conftest import tiny_model
+    from tiny_models import tiny_model
 
     model = tiny_model(**FAST)
     atoms = ase.Atoms(numbers=bpa_atoms.numbers, positions=bpa_atoms.positions) if kind == "molecule" \

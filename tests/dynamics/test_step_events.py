@@ -41,7 +41,7 @@ class _Device:
 
 
 def test_model_timing_events_are_recorded_again_once_read():
-    from conftest import tiny_model
+    from tiny_models import tiny_model
 
     state = state_from_atoms([molecule("C6H6")], temperature_K=300.0, friction_per_t=0.0, seed=0, hold_centre=False,
                              device="cpu")
