@@ -220,3 +220,30 @@ def test_cuda_engine_follows_the_cpu_engine(bpa_atoms):
         np.testing.assert_allclose(on_cuda[key], on_cpu[key], rtol=0, atol=1e-6)
     for a, b in zip(cuda.systems, cpu.systems):
         np.testing.assert_allclose(a.total_eV, b.total_eV, rtol=0, atol=1e-6)
+
+
+def test_steady_time_leaves_out_the_first_steps(model, bpa_atoms, monkeypatch):
+    """steady_ms_per_step times the steps after WARMUP_STEPS only: a slow first model call (compilation,
+    recording) counts in ms_per_step and not in it; runs of WARMUP_STEPS steps or fewer have none."""
+    import time
+
+    from lpmace.dynamics import engine
+    from lpmace.dynamics.potential import ModelPotential
+
+    short = run_dynamics(model, [_molecule(bpa_atoms)], steps=engine.WARMUP_STEPS, dt_fs=0.5, interval=5)
+    assert short.steady_ms_per_step is None and short.summary()["steady_ms_per_step"] is None
+
+    call = ModelPotential.__call__
+
+    def first_call_slow(self, state):
+        if self.calls == 0:
+            time.sleep(0.5)
+        return call(self, state)
+
+    monkeypatch.setattr(ModelPotential, "__call__", first_call_slow)
+    steps = engine.WARMUP_STEPS + 10
+    run = run_dynamics(model, [_molecule(bpa_atoms)], steps=steps, dt_fs=0.5, interval=5)
+    assert run.steady_ms_per_step == pytest.approx(run.summary()["steady_ms_per_step"])
+    assert 1e3 * run.steady_s / 10 == pytest.approx(run.steady_ms_per_step)
+    assert run.steady_s < run.wall_s - 0.5  # the slow first call is outside the steady window
+    assert run.ms_per_step > 500 / steps  # ... and inside ms_per_step

@@ -16,7 +16,8 @@ from lpmace.commands.md import BATCHED_CSV_HEADER, CSV_HEADER, EXIT_UNSTABLE
 from test_md import _rejected
 
 FAST = {"max_ell": 1, "max_L": 0}
-SUMMARY_KEYS = {"engine", "steps", "systems", "atoms", "ms_per_step", "model_ms_per_step", "neighbour_list_builds",
+SUMMARY_KEYS = {"engine", "steps", "systems", "atoms", "ms_per_step", "steady_ms_per_step", "model_ms_per_step",
+                "neighbour_list_builds",
                 "interrupted", "blow_ups", "per_system"}
 SYSTEM_KEYS = {"system", "atoms", "steps_done", "drift_meV_per_atom_per_ps", "fluctuation_meV_per_atom",
                "mean_temperature_K", "unstable_step", "reason"}

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from lpmace.atomic import atomic_write_text
     from lpmace.backends import resolve
     from lpmace.devices import resolve_device
+    from lpmace.dynamics.engine import WARMUP_STEPS
     from lpmace.elements import check_known_elements
     from lpmace.errors import InputError
     from lpmace.io import load
@@ -114,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
         if len(result.systems) > 1:
             print(f"system {number} ({system.n_atoms} atoms)")
         print(_summary(system))
-    print(f"wall time        {result.ms_per_step:.3g} ms/step" + (" (all systems)" if len(structures) > 1 else ""))
+    steady = result.steady_ms_per_step
+    print(f"wall time        {result.ms_per_step:.3g} ms/step" + (" (all systems)" if len(structures) > 1 else "")
+          + ("" if steady is None else f"; {steady:.3g} ms/step after the first {WARMUP_STEPS} steps"))
     if engine == "torch":
         print(f"model time       {result.model_ms_per_step:.3g} ms/step, "
               f"{result.neighbour_list_builds} neighbour list builds")

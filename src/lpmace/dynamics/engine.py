@@ -53,6 +53,8 @@ __all__ = ["DynamicsResult", "SMALL_RUN_ATOMS", "run_dynamics"]
 # Measured on an H200 (md_engine_speed): 12 atoms take 7-10 ms a step against a model call of ~1 ms of
 # GPU time; the W2 box (4,096 atoms) is bound by the model (11.6 of 13.1 ms), where 1.7x edges would cost.
 SMALL_RUN_ATOMS = 512
+# Steps excluded from `steady_ms_per_step`: the first calls compile kernels and record CUDA graphs.
+WARMUP_STEPS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +63,9 @@ class DynamicsResult:
 
     ``steps`` is the number of steps the run advanced; ``model_ms_per_step`` the time of the model
     calls per step (CUDA events on CUDA); ``neighbour_list_builds`` the Verlet list's full builds
-    (None where unknown); ``engine`` "torch" or "ase".
+    (None where unknown); ``engine`` "torch" or "ase". ``steady_s`` is the wall time of the steps after
+    the first `WARMUP_STEPS` (None for shorter runs), so that ``steady_ms_per_step`` leaves out
+    kernel compilation and CUDA-graph recording, which ``ms_per_step`` includes.
     """
 
     systems: tuple[MDResult, ...]
@@ -72,10 +76,17 @@ class DynamicsResult:
     neighbour_list_builds: int | None
     interrupted: bool = False
     engine: str = "torch"
+    steady_s: float | None = None
 
     @property
     def ms_per_step(self) -> float:
         return 1e3 * self.wall_s / self.steps if self.steps else math.nan
+
+    @property
+    def steady_ms_per_step(self) -> float | None:
+        if self.steady_s is None or self.steps <= WARMUP_STEPS:
+            return None
+        return 1e3 * self.steady_s / (self.steps - WARMUP_STEPS)
 
     @property
     def stable(self) -> bool:
@@ -88,7 +99,8 @@ class DynamicsResult:
 
         return {
             "engine": self.engine, "steps": self.steps, "systems": len(self.systems), "atoms": self.atoms,
-            "ms_per_step": number(self.ms_per_step), "model_ms_per_step": number(self.model_ms_per_step),
+            "ms_per_step": number(self.ms_per_step), "steady_ms_per_step": number(self.steady_ms_per_step),
+            "model_ms_per_step": number(self.model_ms_per_step),
             "neighbour_list_builds": self.neighbour_list_builds, "interrupted": self.interrupted,
             "blow_ups": sum(not r.stable for r in self.systems),
             "per_system": [{
@@ -187,7 +199,7 @@ def run_dynamics(
     frozen = run.frozen()
     if plan is not None:
         potential.neighbours.plan(plan(run.state, frozen))
-    interrupted, advanced = False, 0
+    interrupted, advanced, warm = False, 0, None
     with tqdm(total=steps, desc=f"md {ensemble}", unit="step", disable=not progress, leave=False) as bar:
         for step in range(1, steps + 1):
             if should_stop is not None and should_stop():
@@ -205,13 +217,17 @@ def run_dynamics(
                     break
                 frozen = run.frozen()
             bar.update(1)
+            if step == WARMUP_STEPS:
+                warm = time.perf_counter()
     run.drain()
-    wall = time.perf_counter() - start
+    end = time.perf_counter()
+    wall = end - start
     model_ms = potential.model_ms(wait=True)
     systems = run.results(steps, wall, interrupted)
     return DynamicsResult(systems=systems, steps=advanced, atoms=sum(len(a) for a in structures), wall_s=wall,
                           model_ms_per_step=model_ms / potential.calls if potential.calls else math.nan,
-                          neighbour_list_builds=potential.neighbours.builds, interrupted=interrupted)
+                          neighbour_list_builds=potential.neighbours.builds, interrupted=interrupted,
+                          steady_s=None if warm is None else end - warm)
 
 
 class _Run:
