@@ -298,3 +298,43 @@ def test_a_kill_9_in_the_parallel_train_phase_resumes_to_the_same_dataset(tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "run" / "dataset.xyz").read_text() == (sequential / "dataset.xyz").read_text()
     _models_equal_bitwise(sequential, tmp_path / "run")
+
+
+def test_labelled_frames_are_recognised_wrapped_into_the_cell_and_not_when_moved():
+    from ase.build import bulk
+
+    from lpmace.active.loop import same_frames
+
+    frame = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    frame.positions += np.random.default_rng(0).normal(0.0, 0.1, frame.positions.shape)
+    outside = frame.copy()
+    outside.positions += np.array([1, -2, 0]) @ frame.cell.array  # another image: the same structure
+    wrapped = outside.copy()
+    wrapped.wrap()
+    assert same_frames([outside], [frame]) and same_frames([wrapped], [frame])
+    moved = wrapped.copy()
+    moved.positions[3] += [0.01, 0.0, 0.0]
+    assert not same_frames([moved], [frame])
+    other = wrapped.copy()
+    other.numbers[0] = 28
+    assert not same_frames([other], [frame])
+    assert not same_frames([wrapped], [frame, frame])
+
+
+def test_labels_written_before_a_kill_are_not_asked_for_again(tmp_path, uninterrupted):
+    """A kill after labelled.xyz is written whole but before the phase is recorded: the resumed run
+    uses those labels (an oracle that now fails on every sampled frame is never called for them)."""
+    config = write_config(tmp_path / "c.yaml", tmp_path / "run", rounds=2)
+
+    def kill(r, phase, moment):
+        if (r, phase) == (1, "label") and moment == "done":
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_loop(config, on_phase=kill)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert "label" not in state["rounds"]["1"] and (tmp_path / "run" / "round_1" / "labelled.xyz").exists()
+    write_config(config, tmp_path / "run", rounds=1, oracle="test_active:RaisingOracle")
+    assert run_loop(config, resume=True) == "finished"  # round 1 ends without the oracle
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["rounds"]["1"]["append"]["dataset_size"] == 9

@@ -211,6 +211,29 @@ def test_what_a_recording_fixes_is_read_without_walking_the_model_yet_sees_every
     assert graphs._fixed()[0] != swapped[0]
 
 
+def test_submodules_removed_or_inserted_without_an_assignment_walk_the_model_again(make_model):
+    """del, ModuleList.insert/pop and writes into _modules fire no registration hook: the kept list of
+    modules must still notice them (a stale list replays a recording of the old model)."""
+    from lpmace.cuda_graphs import ForwardGraphs
+
+    model = make_model(torch.float32)
+    graphs = ForwardGraphs.__new__(ForwardGraphs)
+    graphs.model = model
+    lists = [(m, n) for m in model.modules() for n, c in m._modules.items() if isinstance(c, torch.nn.ModuleList)
+             and len(c) > 0 and any(True for _ in c[0].parameters())]
+    owner, name = lists[0]
+    modules = owner._modules[name]
+    before = graphs._fixed()
+    removed = modules.pop(0)  # its weights leave the model
+    after_pop = graphs._fixed()
+    assert after_pop[1] != before[1]
+    modules.insert(0, copy.deepcopy(removed))  # other weights come in
+    after_insert = graphs._fixed()
+    assert after_insert[1] not in (before[1], after_pop[1])
+    owner._modules[name] = torch.nn.ModuleList([copy.deepcopy(m) for m in modules])  # no hook fires
+    assert graphs._fixed()[1] != after_insert[1]
+
+
 def test_the_elements_of_one_numbers_tensor_are_checked_again_only_after_it_changes(make_model, monkeypatch):
     from lpmace.cuda_graphs import ForwardGraphs
 

@@ -85,6 +85,11 @@ class _SubmoduleAssignments:
 _submodule_assignments = _SubmoduleAssignments()
 
 
+def _children(modules: tuple) -> tuple:
+    """Identities of the submodules each of `modules` holds now, in order."""
+    return tuple(id(child) for m in modules for child in m._modules.values())
+
+
 class ShapeGraphs:
     """Calls recorded once per (padded shape, key) and replayed (see the module docstring).
 
@@ -232,15 +237,18 @@ class ForwardGraphs(ShapeGraphs):
         a few ms), so the list of modules is kept until a submodule is assigned anywhere in the process
         (`_SubmoduleAssignments`); each call reads every module's parameter and buffer dicts as they are
         now (an assignment, ``load_state_dict(assign=True)``, a cast's new buffers or ``param.data = ...``
-        all show) and every block's settings: ~10 us."""
+        all show) and every block's settings: ~10 us. Submodules removed or inserted without an
+        assignment (``del``, ``ModuleList.insert``/``pop``, a write into ``_modules``) change the
+        children each kept module holds, which are compared by identity (the kept modules are held,
+        so no identity is reused while they are compared), and the model is walked again."""
         kept = getattr(self, "_modules_kept", None)
-        if kept is None or kept[0] != _submodule_assignments.count:
+        if kept is None or kept[0] != _submodule_assignments.count or kept[2] != _children(kept[1]):
             _submodule_assignments.watch()
             modules = tuple(self.model.modules())
             blocks = tuple(m for m in modules if hasattr(m, "IMPLEMENTATIONS") or hasattr(m, "active_correlation"))
             tables = tuple(d for m in modules for d in (m._parameters, m._buffers))
-            kept = self._modules_kept = (_submodule_assignments.count, blocks, tables)
-        _, blocks, tables = kept
+            kept = self._modules_kept = (_submodule_assignments.count, modules, _children(modules), blocks, tables)
+        _, _, _, blocks, tables = kept
         return (tuple((getattr(m, "implementation", None), getattr(m, "active_correlation", None)) for m in blocks),
                 tuple(t.data_ptr() for table in tables for t in table.values() if t is not None))
 

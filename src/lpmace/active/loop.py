@@ -52,6 +52,31 @@ def members_of_rank(committee: int, rank: int, world_size: int) -> list[int]:
     return list(range(rank, committee, world_size))
 
 
+def same_frames(labelled, wanted, tolerance: float = 1e-4) -> bool:
+    """The same atoms at the same places, frame by frame and in order: equal elements, and positions
+    within `tolerance` Å of each other up to lattice translations along periodic directions (labelling
+    codes often return positions wrapped into the cell)."""
+    from ase.geometry import find_mic
+
+    if len(labelled) != len(wanted):
+        return False
+    for a, b in zip(labelled, wanted):
+        if len(a) != len(b) or not np.array_equal(a.numbers, b.numbers):
+            return False
+        difference = a.positions - b.positions
+        if b.pbc.any():
+            difference, _ = find_mic(difference, b.cell, b.pbc)
+        if not np.all(np.linalg.norm(difference, axis=1) <= tolerance):
+            return False
+    return True
+
+
+def _carry_info(labelled, wanted) -> None:
+    """The loop's own per-frame keys (al_*) of each wanted frame onto its labelled copy."""
+    for a, b in zip(labelled, wanted):
+        a.info.update({k: v for k, v in b.info.items() if k.startswith("al_")})
+
+
 class WaitingForLabels(Exception):
     """oracle: none: the frames to label are written; the run stops until labelled.xyz is there."""
 
@@ -324,8 +349,12 @@ class ActiveLoop:
         for i, frame in enumerate(wanted):
             frame.info["al_role"] = "selected" if i < len(sel["selected_indices"]) else "random"
         if self.oracle is not None:
-            labelled = self._labelled(wanted, f"round {r}")
-            write_frames(folder / "labelled.xyz", labelled)
+            done = folder / "labelled.xyz"  # whole, from a run stopped before it recorded the phase
+            labelled = read_labelled(done) if done.exists() else None
+            if labelled is None or not same_frames(labelled, wanted):
+                labelled = self._labelled(wanted, f"round {r}")
+                write_frames(done, labelled)
+            _carry_info(labelled, wanted)
         else:
             labelled = self._external_labels(r, wanted)
         return self._label_metrics(wanted, labelled, len(sel["selected_indices"]))
@@ -341,12 +370,10 @@ class ActiveLoop:
                 f"order, with energies and forces ({ENERGY_KEY}/{FORCES_KEY} or ASE's energy/forces) to {given}, "
                 "then run `lpmace active CONFIG --resume`")
         labelled = read_labelled(given)
-        if len(labelled) != len(wanted) or any(
-                len(a) != len(b) or not np.allclose(a.positions, b.positions, atol=1e-5) for a, b in zip(labelled, wanted)):
+        if not same_frames(labelled, wanted):
             raise InputError(f"{given}: its {len(labelled)} frames are not the {len(wanted)} frames of "
                              f"{folder / 'to_label.xyz'} in the same order")
-        for a, b in zip(labelled, wanted):
-            a.info.update({k: v for k, v in b.info.items() if k.startswith("al_")})
+        _carry_info(labelled, wanted)
         return labelled
 
     def _label_metrics(self, wanted, labelled, n_selected: int) -> dict:
