@@ -65,6 +65,9 @@ def test_selection_takes_the_most_uncertain_frames_apart_in_time():
     assert select(u, traj, time_fs, k=3, threshold=0.0, min_separation_fs=15) == [0, 4, 3]
     assert select(u, traj, time_fs, k=5, threshold=0.75, min_separation_fs=0) == [0, 4, 1]
     assert select(u, traj, time_fs, k=5, threshold=0.95, min_separation_fs=0) == []
+    # above max_uncertainty (the frames a blow-up makes look most uncertain) nothing is taken
+    assert select(u, traj, time_fs, k=3, threshold=0.0, min_separation_fs=15, max_uncertainty=0.86) == [4, 1, 3]
+    assert select(u, traj, time_fs, k=3, threshold=0.5, min_separation_fs=0, max_uncertainty=0.6) == []
 
 
 def test_selection_and_random_draw_are_deterministic_for_a_seed():
@@ -182,7 +185,7 @@ def test_oracle_none_asks_for_labels_and_resumes_with_them(tmp_path, uninterrupt
 @pytest.mark.parametrize("changes, named", [
     ({"rounds": 0}, "rounds"), ({"comittee": 3}, "comittee"), ({"committee": 1}, "committee"),
     ({"sample": {"dt_fs": -1}}, "sample.dt_fs"), ({"sample": {"precision": "fp7"}}, "sample.precision"),
-    ({"select": {"k": 2.5}}, "select.k"), ({"train": {"lr": -1}}, "lr"), ({"train": {"epoks": 3}}, "train.epoks"),
+    ({"select": {"k": 2.5}}, "select.k"), ({"select": {"max_uncertainty": 0}}, "select.max_uncertainty"), ({"train": {"lr": -1}}, "lr"), ({"train": {"epoks": 3}}, "train.epoks"),
     ({"train": {"train_file": "x.xyz"}}, "train.train_file"), ({"structures": {"crystal": "fcx"}}, "structures.crystal"),
     ({"oracle": "EMT"}, "oracle"), ({"oracle": "none"}, "data_file"),
 ])

@@ -73,14 +73,18 @@ class Sample:
 
 @dataclass(frozen=True)
 class Select:
-    """The ``k`` most uncertain MD frames above ``threshold`` (eV/Å, largest per-atom force spread),
-    at least ``min_separation_fs`` apart within a trajectory; ``random`` random frames for comparison."""
+    """The ``k`` most uncertain MD frames above ``threshold`` (eV/Å, largest per-atom force spread) and
+    not above ``max_uncertainty`` (None: no limit; frames the committee disagrees on that much are
+    usually unphysical, just before a blow-up, where a DFT oracle may fail), at least
+    ``min_separation_fs`` apart within a trajectory; ``random`` random frames for comparison."""
 
     k: int = 4
     threshold: float = 0.0
+    max_uncertainty: Optional[float] = None
     min_separation_fs: float = 20.0
     random: int = 4
-    RANGES = {"k": _COUNT, "threshold": _NON_NEGATIVE, "min_separation_fs": _NON_NEGATIVE, "random": _COUNT0}
+    RANGES = {"k": _COUNT, "threshold": _NON_NEGATIVE, "min_separation_fs": _NON_NEGATIVE, "random": _COUNT0,
+              "max_uncertainty": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0 (or null: no limit)")}
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,16 @@ import numpy as np
 
 
 def select(uncertainty: np.ndarray, trajectory: np.ndarray, time_fs: np.ndarray, *, k: int, threshold: float,
-           min_separation_fs: float) -> list[int]:
-    """Indices (in the order taken) of at most `k` frames; arrays [n_frames]."""
+           min_separation_fs: float, max_uncertainty: float | None = None) -> list[int]:
+    """Indices (in the order taken) of at most `k` frames; arrays [n_frames]. Frames above
+    `max_uncertainty` (None: no limit) are passed over."""
     order = np.lexsort((time_fs, trajectory, -uncertainty))  # last key sorts first
     taken: list[int] = []
     for i in order:
         if len(taken) == k or not uncertainty[i] > threshold:
             break
+        if max_uncertainty is not None and uncertainty[i] > max_uncertainty:
+            continue
         near = [j for j in taken if trajectory[j] == trajectory[i] and abs(time_fs[j] - time_fs[i]) < min_separation_fs]
         if not near:
             taken.append(int(i))
