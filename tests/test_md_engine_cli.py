@@ -142,3 +142,22 @@ def test_md_rejects_bad_flags_before_writing(saved, bpa_atoms, tmp_path, capsys,
     ase.io.write(path, _molecule(bpa_atoms), format="extxyz")
     code, *_ = _md(tmp_path, path, saved, "--steps", "2", *args)
     _rejected(capsys, code, tmp_path, args[-2] if args[-1] not in ("--all-frames",) else args[-1])
+
+
+def test_an_earlier_runs_summary_does_not_outlive_a_run_that_crashes(tmp_path, saved, bpa_atoms, monkeypatch):
+    """Outputs are rewritten from the start; a crash (not bad input) must not leave the old summary
+    beside them as if it described them."""
+    import lpmace.commands.md as md_command
+
+    structure = tmp_path / "molecule.xyz"
+    ase.io.write(structure, _molecule(bpa_atoms))
+    code, _, _, summary = _md(tmp_path, structure, saved, "--engine", "torch", "--steps", "4", "--interval", "2")
+    assert code == 0 and summary.exists()
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("a bug, not bad input")
+
+    monkeypatch.setattr(md_command, "_run_torch", crash)
+    with pytest.raises(RuntimeError, match="a bug"):
+        _md(tmp_path, structure, saved, "--engine", "torch", "--steps", "4", "--interval", "2")
+    assert not summary.exists()

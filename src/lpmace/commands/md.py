@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     resolve(args.backend, device)  # an unknown or unavailable backend: InputError before any file
 
     outputs = Outputs(out_path, log_path, args.dt, batched=args.all_frames)
+    summary_path.unlink(missing_ok=True)  # an earlier run's summary must not describe these outputs
     source = configs[0].source if len(configs) == 1 else str(path)
     try:
         with StopOnSignal() as stop:
