@@ -15,6 +15,7 @@ from ase.constraints import FixAtoms
 
 from lpmace.calculator import Calculator
 from lpmace.dynamics import ModelPotential, run_dynamics
+from lpmace.errors import InputError
 from lpmace.md import run_md
 
 FAST = {"max_ell": 1, "max_L": 0}  # a many-body MACE with autograd forces at a few ms per step
@@ -247,3 +248,14 @@ def test_steady_time_leaves_out_the_first_steps(model, bpa_atoms, monkeypatch):
     assert 1e3 * run.steady_s / 10 == pytest.approx(run.steady_ms_per_step)
     assert run.steady_s < run.wall_s - 0.5  # the slow first call is outside the steady window
     assert run.ms_per_step > 500 / steps  # ... and inside ms_per_step
+
+
+@pytest.mark.parametrize("keyword, value, named", [("temperature_K", [300.0, 300.0, 300.0], "temperature_K"),
+                                                   ("friction_per_fs", [0.01], "friction"),
+                                                   ("initial_temperature_K", [[300.0, 300.0]], "initial_temperature_K"),
+                                                   ("temperature_K", -1.0, "temperature_K")])
+def test_per_system_settings_of_the_wrong_length_or_sign_are_one_line(model, bpa_atoms, keyword, value, named):
+    structures = [_molecule(bpa_atoms), _molecule(bpa_atoms)]
+    with pytest.raises(InputError, match=named) as caught:
+        run_dynamics(model, structures, ensemble="nvt", steps=2, dt_fs=0.5, **{keyword: value})
+    assert "\n" not in str(caught.value)

@@ -112,6 +112,16 @@ def _fixed_mask(atoms: ase.Atoms) -> np.ndarray:
     return mask
 
 
+def _per_system(name: str, value, count: int) -> np.ndarray:
+    """`value` (one number, or one per system) as [count] float64; InputError naming `name` otherwise."""
+    values = np.asarray(value, dtype=np.float64)
+    if values.ndim > 1 or (values.ndim == 1 and len(values) != count):
+        raise InputError(f"{name} must be one number or one per system ({count}), got {len(values.reshape(-1))} values")
+    if not np.isfinite(values).all() or (values < 0).any():
+        raise InputError(f"{name} must be finite and >= 0, got {value!r}")
+    return np.broadcast_to(values, (count,))
+
+
 def state_from_atoms(structures: Sequence[ase.Atoms], *, temperature_K, friction_per_t, seed: int,
                      hold_centre: bool, device, dtype: torch.dtype = torch.float64,
                      initial_temperature_K=None) -> State:
@@ -127,10 +137,10 @@ def state_from_atoms(structures: Sequence[ase.Atoms], *, temperature_K, friction
     other than FixAtoms.
     """
     count = len(structures)
-    temperatures = np.broadcast_to(np.asarray(temperature_K, dtype=np.float64), (count,))
-    frictions = np.broadcast_to(np.asarray(friction_per_t, dtype=np.float64), (count,))
-    initial = temperatures if initial_temperature_K is None else np.broadcast_to(
-        np.asarray(initial_temperature_K, dtype=np.float64), (count,))
+    temperatures = _per_system("temperature_K", temperature_K, count)
+    frictions = _per_system("friction", friction_per_t, count)
+    initial = temperatures if initial_temperature_K is None else _per_system(
+        "initial_temperature_K", initial_temperature_K, count)
     parts = []
     for s, original in enumerate(structures):
         if len(original) < MIN_ATOMS:
