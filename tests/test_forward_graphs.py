@@ -179,7 +179,6 @@ def test_what_a_recording_fixes_is_read_without_walking_the_model_yet_sees_every
     from lpmace.cuda_graphs import ForwardGraphs
 
     model = make_model(torch.float32)
-    # built first: building any module (a submodule assignment) makes the next call walk the model again
     loaded = [make_model(torch.float32, seed=seed).state_dict() for seed in (3, 4)]
     graphs = ForwardGraphs.__new__(ForwardGraphs)
     graphs.model = model
@@ -212,7 +211,7 @@ def test_what_a_recording_fixes_is_read_without_walking_the_model_yet_sees_every
 
 
 def test_submodules_removed_or_inserted_without_an_assignment_walk_the_model_again(make_model):
-    """del, ModuleList.insert/pop and writes into _modules fire no registration hook: the kept list of
+    """del, ModuleList.insert/pop and writes into _modules (no attribute assignment): the kept list of
     modules must still notice them (a stale list replays a recording of the old model)."""
     from lpmace.cuda_graphs import ForwardGraphs
 

@@ -29,7 +29,6 @@ caller of that shares:
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Hashable, Optional, Tuple
 
@@ -60,29 +59,6 @@ def real_rows(out: Optional[dict], atoms: int, structures: int) -> Optional[dict
         return None
     rows = {"energy": structures, "stress": structures}
     return {k: v if v is None or not torch.is_tensor(v) else v[: rows.get(k, atoms)] for k, v in out.items()}
-
-
-class _SubmoduleAssignments:
-    """Counts the submodules assigned to any module of the process (torch's global registration hook:
-    ``module.block = ...``, a module swap), so a kept list of a model's modules knows when it may be
-    stale."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.handle = None
-
-    def watch(self) -> None:
-        """Install the hook (once per process)."""
-        if self.handle is None:
-            from torch.nn.modules.module import register_module_module_registration_hook
-
-            self.handle = register_module_module_registration_hook(self._bump)
-
-    def _bump(self, *_) -> None:
-        self.count += 1
-
-
-_submodule_assignments = _SubmoduleAssignments()
 
 
 def _children(modules: tuple) -> tuple:
@@ -234,21 +210,19 @@ class ForwardGraphs(ShapeGraphs):
         implementations (`lpmace.backends.use`) and active correlation orders.
 
         `Module.modules()` and `parameters()` take ~170 us for `medium` (a 12-atom MD step's host time is
-        a few ms), so the list of modules is kept until a submodule is assigned anywhere in the process
-        (`_SubmoduleAssignments`); each call reads every module's parameter and buffer dicts as they are
-        now (an assignment, ``load_state_dict(assign=True)``, a cast's new buffers or ``param.data = ...``
-        all show) and every block's settings: ~10 us. Submodules removed or inserted without an
-        assignment (``del``, ``ModuleList.insert``/``pop``, a write into ``_modules``) change the
-        children each kept module holds, which are compared by identity (the kept modules are held,
-        so no identity is reused while they are compared), and the model is walked again."""
+        a few ms), so the list of modules is kept while every kept module holds the same submodules
+        (compared by identity; the kept modules are held, so no identity is reused): an assignment,
+        ``del``, ``ModuleList.insert``/``pop`` or a write into ``_modules`` walks the model again. Each
+        call reads every module's parameter and buffer dicts as they are now (an assignment,
+        ``load_state_dict(assign=True)``, a cast's new buffers or ``param.data = ...`` all show) and
+        every block's settings."""
         kept = getattr(self, "_modules_kept", None)
-        if kept is None or kept[0] != _submodule_assignments.count or kept[2] != _children(kept[1]):
-            _submodule_assignments.watch()
+        if kept is None or kept[1] != _children(kept[0]):
             modules = tuple(self.model.modules())
             blocks = tuple(m for m in modules if hasattr(m, "IMPLEMENTATIONS") or hasattr(m, "active_correlation"))
             tables = tuple(d for m in modules for d in (m._parameters, m._buffers))
-            kept = self._modules_kept = (_submodule_assignments.count, modules, _children(modules), blocks, tables)
-        _, _, _, blocks, tables = kept
+            kept = self._modules_kept = (modules, _children(modules), blocks, tables)
+        _, _, blocks, tables = kept
         return (tuple((getattr(m, "implementation", None), getattr(m, "active_correlation", None)) for m in blocks),
                 tuple(t.data_ptr() for table in tables for t in table.values() if t is not None))
 
