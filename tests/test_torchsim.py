@@ -122,6 +122,24 @@ def test_two_triclinic_cells_batched_match_the_calculator(model, bpa_atoms):
         assert potential.potential.neighbours.builds == builds, step
 
 
+def test_a_python_bool_pbc_keeps_the_layout_and_the_pair_list_between_calls(model, bpa_atoms):
+    """pbc given as Python bools (not a tensor) is keyed by value: the cell/pbc/batch tensors and the
+    pair list are kept from call to call, as for a pbc tensor, and a changed value makes them again."""
+    cell = [[10.0, 0.0, 0.0], [2.5, 9.5, 0.0], [-1.5, 2.0, 9.0]]
+    systems = [triclinic(bpa_atoms, cell), small_cell(0)]
+    potential = SimStatePotential(model, skin=0.5)
+    state = fake_state(systems)
+    state.pbc = True
+    first = potential(state)
+    layout = potential._layout[2]
+    second = potential(state)
+    assert potential._layout[2] is layout and potential.potential.neighbours.builds == 1
+    assert torch.equal(first["energy"], second["energy"])
+    state.pbc = [True, True, False]
+    potential(state)
+    assert potential._layout[2] is not layout and potential.potential.neighbours.builds == 2
+
+
 def test_two_molecules_batched_match_the_calculator(model, bpa_atoms):
     other = bpa_atoms.copy()
     other.rotate(40, "y")

@@ -142,8 +142,10 @@ class SimStatePotential(torch.nn.Module):
         again only when its cell, pbc, atomic_numbers or system_idx is another tensor or changed in
         place: the same tensors at every MD step let the neighbour list and the CUDA graphs skip work.
         No host synchronisation (S is the cell's first dimension)."""
-        sources = (state.atomic_numbers, state.cell, torch.as_tensor(state.pbc), state.system_idx)
-        key = tuple(_watched(t) for t in sources)
+        pbc = state.pbc  # a tensor, or Python bools: keyed by value (as_tensor makes a new tensor each call)
+        sources = (state.atomic_numbers, state.cell, torch.as_tensor(pbc), state.system_idx)
+        key = (_watched(sources[0]), _watched(sources[1]), _watched(pbc) if torch.is_tensor(pbc) else repr(pbc),
+               _watched(sources[3]))
         if self._layout is not None and self._layout[0] == key:
             return self._layout[2]
         numbers, cell, pbc, system_idx = sources
