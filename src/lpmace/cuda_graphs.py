@@ -190,14 +190,14 @@ class ForwardGraphs(ShapeGraphs):
         p = graph.positions
         return held, (tuple(p.shape), p.dtype, p.device)
 
-    def _refreshed(self, graph: Graph) -> Optional[Graph]:
-        """The static batch last padded from a graph that differs from `graph` in its positions only,
-        with `graph`'s positions copied into its real rows (one copy, on the caller's stream, which the
-        call's stream waits for); None if there is no such batch."""
+    def _refreshed(self, graph: Graph, current: tuple) -> Optional[Graph]:
+        """The static batch last padded from a graph that differs from `graph` in its positions only
+        (`current`: `_all_but_positions(graph)`), with `graph`'s positions copied into its real rows (one
+        copy, on the caller's stream, which the call's stream waits for); None if there is no such batch."""
         if self._filled is None:
             return None
         (held, layout), static = self._filled
-        now, now_layout = self._all_but_positions(graph)
+        now, now_layout = current
         same = layout == now_layout and len(held) == len(now) and all(
             a[0] == b[0] and a[1] is b[1] and a[2:] == b[2:] for a, b in zip(held, now))
         if not same or not any(v is static for v in self.inputs.values()):
@@ -243,11 +243,12 @@ class ForwardGraphs(ShapeGraphs):
         self.model.elements_checked = True  # checked above: the call reads nothing back
         try:
             with torch.enable_grad():  # forces are derivatives, even when the caller is in no_grad
-                padded = self._refreshed(graph)
+                current = self._all_but_positions(graph)
+                padded = self._refreshed(graph, current)
                 if padded is None:
                     padded = pad_graph(graph, self.r_max, PER_OCTAVE)
                 out, static = self.call(padded, (policy, compute_forces, compute_stress), forward)
-                self._filled = (self._all_but_positions(graph), static)
+                self._filled = (current, static)
         finally:
             self.model.elements_checked = checked
         return {k: None if v is None else v.clone() for k, v in real_rows(out, atoms, structures).items()}
