@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     loop = ActiveLoop(cfg, oracle, resume=args.resume, log=lambda m: print(m, flush=True))
     try:
         loop.run()
+        loop.dist.barrier()  # every rank done before any leaves: gloo aborts a rank that leaves while a peer still sends
     except KeyboardInterrupt:
         if loop.dist.is_main:
             print(f"interrupted: continue with `lpmace active {args.config} --resume"
