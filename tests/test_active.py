@@ -33,6 +33,7 @@ SMALL = {  # a loop of a few seconds: 2 rounds of 2 members
     "retrain_epochs": 2,
     "sample": {"temperatures_K": [900], "starts": 2, "steps": 20, "dt_fs": 4.0, "interval": 2},
     "select": {"k": 3, "min_separation_fs": 8, "random": 3},
+    "device": "cpu",
 }
 
 
@@ -121,6 +122,37 @@ def test_a_kill_after_any_phase_resumes_to_the_same_dataset(tmp_path, uninterrup
     assert (tmp_path / "run" / "dataset.xyz").read_text() == uninterrupted
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert [state["rounds"][r]["append"]["dataset_size"] for r in ("1", "2")] == [9, 12]
+
+
+def test_the_torch_engine_samples_every_trajectory_with_the_committees_spread(tmp_path):
+    """sample.engine torch: all trajectories in one run; each frame's forces and spread are the
+    committee's at its positions, and a sample phase run again writes the same frames."""
+    from lpmace.committee import Committee
+    from lpmace.data.batching import graph_from_atoms
+
+    config = write_config(tmp_path / "c.yaml", tmp_path / "run", rounds=1,
+                          sample={**SMALL["sample"], "engine": "torch", "temperatures_K": [600, 900]})
+
+    def kill(r, phase, moment):
+        if (r, phase, moment) == (1, "sample", "done"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_loop(config, on_phase=kill)
+    first = (tmp_path / "run" / "round_1" / "sampled.xyz").read_text()
+    assert run_loop(config, resume=True) == "finished"
+    assert (tmp_path / "run" / "round_1" / "sampled.xyz").read_text() == first  # deterministic for the seed
+    sample = json.loads((tmp_path / "run" / "state.json").read_text())["rounds"]["1"]["sample"]
+    assert sample["engine"] == "torch" and sample["md_steps"] == 4 * 20 and sample["neighbour_list_builds"] >= 1
+    frames = read_frames(tmp_path / "run" / "round_1" / "sampled.xyz")
+    assert len(frames) == 4 * 10 and sorted({f.info["al_traj"] for f in frames}) == [0, 1, 2, 3]
+    assert sorted({f.info["al_temperature_K"] for f in frames}) == [600, 900]
+    committee = Committee(sorted((tmp_path / "run" / "round_1").glob("member_*/model.safetensors")), precision="fp32")
+    for frame in frames[::7]:
+        out = committee.evaluate(graph_from_atoms(frame, committee.r_max))
+        np.testing.assert_allclose(frame.arrays["al_forces"], out["forces"].numpy(), rtol=0, atol=2e-5)
+        np.testing.assert_allclose(frame.arrays["al_forces_std"], out["forces_std"].numpy(), rtol=0, atol=2e-5)
+        assert frame.info["al_uncertainty"] == pytest.approx(float(out["forces_std"].max()), abs=2e-5)
 
 
 @pytest.mark.parametrize("when", ["a member's first epoch checkpoint", "round 1's train phase recorded"])

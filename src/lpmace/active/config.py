@@ -55,8 +55,11 @@ class Structures:
 
 @dataclass(frozen=True)
 class Sample:
-    """Committee MD (ASE, `lpmace.md.run_md`): ``starts`` dataset structures per temperature."""
+    """Committee MD from ``starts`` dataset structures per temperature: all trajectories advanced
+    together by the torch engine (`lpmace.dynamics.run_dynamics`), or one after another through ASE
+    (`lpmace.md.run_md`); ``engine`` auto: torch on CUDA, ASE elsewhere."""
 
+    engine: str = "auto"
     precision: str = "fp32"
     ensemble: str = "nvt"
     temperatures_K: Tuple[float, ...] = (300.0,)
@@ -66,6 +69,7 @@ class Sample:
     interval: int = 5
     friction_per_fs: float = 0.02
     RANGES = {"ensemble": (lambda v: v in ("nve", "nvt"), "nve or nvt"), "starts": _COUNT, "steps": _COUNT,
+              "engine": (lambda v: v in ("auto", "torch", "ase"), "auto, torch or ase"),
               "dt_fs": _POSITIVE, "interval": _COUNT, "friction_per_fs": _POSITIVE,
               "temperatures_K": (lambda v: len(v) > 0 and all(math.isfinite(t) and t >= 0 for t in v),
                                  "a non-empty list of temperatures >= 0")}
@@ -104,7 +108,7 @@ class ActiveConfig:
     retrain_epochs: int = 15
     sample: Sample = field(default_factory=Sample)
     select: Select = field(default_factory=Select)
-    device: str = "cpu"
+    device: str = "auto"  # lpmace.devices.resolve_device: cuda when present, else cpu
     backend: str = "auto"
     RANGES = {"rounds": _COUNT, "committee": (lambda v: v >= 2, "an integer >= 2"), "retrain_epochs": _COUNT,
               "seed": _COUNT0, "output_dir": (lambda v: v.strip() != "", "a non-empty string"),

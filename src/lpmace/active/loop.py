@@ -17,8 +17,10 @@ not depend on the rank that runs it, so the run is the sequential one, and a kil
 resumes as above, with or without torchrun and with any number of ranks. Every rank must see
 ``output_dir`` (one machine, or a shared filesystem).
 
-Sampling runs ASE's integrators (`lpmace.md.run_md`) with the `Committee` as the calculator: the torch
-MD engine (`lpmace.dynamics`) drives one model, and the committee's spread must be recorded per frame.
+Sampling (`sample.engine`) runs every trajectory of a round together on the torch MD engine
+(`lpmace.dynamics.run_dynamics` with the committee as the force field, the spread in each sample), or
+one trajectory after another through ASE's integrators (`lpmace.md.run_md`) with the `Committee` as
+the calculator; either way a frame records the committee's mean forces and spread.
 """
 
 from __future__ import annotations
@@ -291,46 +293,89 @@ class ActiveLoop:
                 "test_energy_rmse_meV_per_atom": 1000 * rms(energy_errors),
                 "test_mean_uncertainty_eV_per_A": float(np.mean(uncertainty))}
 
+    def _sample_engine(self) -> str:
+        engine = self.cfg.sample.engine
+        if engine == "auto":
+            import torch
+
+            return "torch" if torch.device(self.device).type == "cuda" else "ase"
+        return engine
+
     def _sample(self, r: int) -> dict:
         import ase
-
-        from lpmace.md import run_md
 
         cfg, s = self.cfg, self.cfg.sample
         committee = self._committee(r)
         dataset = read_frames(self.out / "dataset.xyz")
         rng = _rng(cfg.seed, r, 1)
-        frames, unstable, steps, traj = [], 0, 0, 0
+        starts, temperatures, seeds = [], [], []
         for temperature in s.temperatures_K:
-            for start in rng.choice(len(dataset), size=min(s.starts, len(dataset)), replace=False):
-                atoms = ase.Atoms(dataset[start].numbers, dataset[start].positions, cell=dataset[start].cell,
-                                  pbc=dataset[start].pbc)
+            chosen = rng.choice(len(dataset), size=min(s.starts, len(dataset)), replace=False)
+            for start in chosen:
+                starts.append(ase.Atoms(dataset[start].numbers, dataset[start].positions, cell=dataset[start].cell,
+                                        pbc=dataset[start].pbc))
+                temperatures.append(temperature)
+                seeds.append(int(rng.integers(2**31)))
+        frames = []
 
-                def keep(step, atoms, traj=traj, temperature=temperature):
-                    if step == 0:
-                        return  # the start structure is already in the dataset
-                    res = committee.results
-                    frame = ase.Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-                    frame.info.update(al_round=r, al_traj=traj, al_step=step, al_time_fs=step * s.dt_fs,
-                                      al_temperature_K=temperature, al_uncertainty=frame_uncertainty(res["forces_std"]),
-                                      al_energy_std_per_atom=res["energy_std_per_atom"])
-                    frame.arrays["al_forces"] = res["forces"].copy()
-                    frame.arrays["al_forces_std"] = res["forces_std"].copy()
-                    frames.append(frame)
+        def keep(traj, step, atoms, forces, forces_std, energy_std_per_atom):
+            if step == 0:
+                return  # the start structure is already in the dataset
+            frame = ase.Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+            frame.info.update(al_round=r, al_traj=traj, al_step=step, al_time_fs=step * s.dt_fs,
+                              al_temperature_K=temperatures[traj], al_uncertainty=frame_uncertainty(forces_std),
+                              al_energy_std_per_atom=energy_std_per_atom)
+            frame.arrays["al_forces"] = np.array(forces, dtype=np.float64)
+            frame.arrays["al_forces_std"] = np.array(forces_std, dtype=np.float64)
+            frames.append(frame)
 
-                result = run_md(atoms, committee, ensemble=s.ensemble, steps=s.steps, dt_fs=s.dt_fs,
-                                temperature_K=temperature, friction_per_fs=s.friction_per_fs,
-                                seed=int(rng.integers(2**31)), interval=s.interval, on_sample=keep)
-                unstable += not result.stable
-                steps += result.steps_done
-                traj += 1
+        engine = self._sample_engine()
+        sample = getattr(self, f"_sample_{engine}")
+        counts = sample(committee, starts, temperatures, seeds, keep)
+        frames.sort(key=lambda f: (f.info["al_traj"], f.info["al_step"]))
         if not frames:
             raise InputError(f"round {r}: the committee's MD kept no frame (every trajectory unstable at once); "
                              "lower sample.dt_fs or the temperatures")
         write_frames(self._dir(r) / "sampled.xyz", frames)
         u = np.array([f.info["al_uncertainty"] for f in frames])
-        return {"frames": len(frames), "md_steps": steps, "unstable_trajectories": unstable,
-                "mean_uncertainty_eV_per_A": float(u.mean()), "precision": s.precision}
+        return {"frames": len(frames), **counts, "mean_uncertainty_eV_per_A": float(u.mean()),
+                "precision": s.precision, "engine": engine}
+
+    def _sample_ase(self, committee, starts, temperatures, seeds, keep) -> dict:
+        """One trajectory after another through ASE (trajectory t with seeds[t])."""
+        from lpmace.md import run_md
+
+        s, unstable, steps = self.cfg.sample, 0, 0
+        for traj, (atoms, temperature, seed) in enumerate(zip(starts, temperatures, seeds)):
+            def on_sample(step, atoms, traj=traj):
+                res = committee.results
+                keep(traj, step, atoms, res["forces"], res["forces_std"], res["energy_std_per_atom"])
+
+            result = run_md(atoms, committee, ensemble=s.ensemble, steps=s.steps, dt_fs=s.dt_fs,
+                            temperature_K=temperature, friction_per_fs=s.friction_per_fs,
+                            seed=seed, interval=s.interval, on_sample=on_sample)
+            unstable += not result.stable
+            steps += result.steps_done
+        return {"md_steps": steps, "unstable_trajectories": unstable}
+
+    def _sample_torch(self, committee, starts, temperatures, seeds, keep) -> dict:
+        """Every trajectory at once on the torch engine (system t starts from seeds[0] + t)."""
+        from lpmace.dynamics import run_dynamics
+
+        s = self.cfg.sample
+
+        def on_sample(traj, step, atoms):
+            keep(traj, step, atoms, atoms.get_forces(), atoms.arrays["forces_std"], atoms.info["energy_std_per_atom"])
+
+        result = run_dynamics(committee, starts, ensemble=s.ensemble, steps=s.steps, dt_fs=s.dt_fs,
+                              temperature_K=[float(t) for t in temperatures], friction_per_fs=s.friction_per_fs,
+                              seed=seeds[0], interval=s.interval, device=self.device, backend=self.cfg.backend,
+                              on_sample=on_sample)
+        return {"md_steps": sum(r.steps_done for r in result.systems),
+                "unstable_trajectories": sum(not r.stable for r in result.systems),
+                "ms_per_step": round(result.ms_per_step, 3), "steady_ms_per_step": result.steady_ms_per_step,
+                "model_ms_per_step": round(result.model_ms_per_step, 3),
+                "neighbour_list_builds": result.neighbour_list_builds}
 
     def _select(self, r: int) -> dict:
         cfg, c = self.cfg, self.cfg.select

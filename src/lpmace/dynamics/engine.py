@@ -39,7 +39,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from lpmace.dynamics.health import HealthCheck
 from lpmace.dynamics.langevin import Langevin
-from lpmace.dynamics.potential import ModelPotential
+from lpmace.dynamics.potential import ModelPotential, committee_members
 from lpmace.dynamics.samples import Layout, Transfers, failure_reason
 from lpmace.dynamics.state import State, state_from_atoms
 from lpmace.dynamics.verlet import VelocityVerlet
@@ -139,7 +139,10 @@ def run_dynamics(
     """Integrate `structures` (not changed) together for `steps` steps of `dt_fs` fs with `model`.
 
     Args:
-        model: a `lpmace.model.MACE`; `precision`, `backend` and `device` as for `lpmace.Calculator`.
+        model: a `lpmace.model.MACE`, or a committee (`lpmace.Committee` or a list of models): the
+            members' mean is the force field, and each sample carries their spread, ``forces_std``
+            [n] (eV/Å) in ``atoms.arrays`` and ``energy_std_per_atom`` (eV/atom) in ``atoms.info``;
+            `precision`, `backend` and `device` as for `lpmace.Calculator`.
         structures: ase.Atoms (FixAtoms is the one constraint honoured), at least 2 atoms each.
         ensemble: "nve" (velocity Verlet) or "nvt" (Langevin BAOAB with `temperature_K` and
             `friction_per_fs` in 1/fs, one number or one per system). Initial momenta are drawn at
@@ -174,9 +177,10 @@ def run_dynamics(
     if not structures:
         raise InputError("run_dynamics needs at least one structure")
     device = torch.device(device)
-    r_max = float(model.config.r_max)
+    config = committee_members(model)[0][0].config
+    r_max = float(config.r_max)
     for s, atoms in enumerate(structures):
-        check_known_elements(atoms.numbers, model.config.atomic_numbers, f"system {s}")
+        check_known_elements(atoms.numbers, config.atomic_numbers, f"system {s}")
         graph_from_atoms(atoms, r_max)  # overlapping atoms and non-finite positions: InputError naming them
     friction_per_t = np.asarray(friction_per_fs, dtype=np.float64) / units.fs
     state = state_from_atoms(structures, temperature_K=temperature_K, friction_per_t=friction_per_t, seed=seed,
@@ -281,6 +285,8 @@ class _Run:
         if step % self.interval == 0:
             sample = {"positions": state.positions, "momenta": state.momenta, "forces": state.forces,
                       "potential": state.potential_eV, "kinetic": state.kinetic_eV()}
+            if state.forces_std is not None:  # a committee's spread
+                sample.update(forces_std=state.forces_std, energy_std=state.energy_std_eV)
         self.transfers.put(step, self.layout, self.status, sample)
 
     def read_one(self) -> bool:
@@ -322,7 +328,11 @@ class _Run:
             self.samples[s].append((copy.step, float(potential[row]), float(kinetic[row]), float(temperature)))
             if self.on_sample is not None:
                 rows = slice(layout.ptr[row], layout.ptr[row + 1])
-                self.on_sample(s, copy.step, self._atoms(s, sample, rows, float(potential[row])))
+                atoms = self._atoms(s, sample, rows, float(potential[row]))
+                if "forces_std" in sample:
+                    atoms.arrays["forces_std"] = sample["forces_std"][rows].numpy().copy()
+                    atoms.info["energy_std_per_atom"] = float(sample["energy_std"][row]) / len(atoms)
+                self.on_sample(s, copy.step, atoms)
 
     def _atoms(self, s: int, sample, rows: slice, energy: float) -> ase.Atoms:
         """System s at a sample, as `run_md` hands its atoms to on_sample (NVT: FixCom unless FixAtoms)."""

@@ -1,4 +1,5 @@
-"""The model as an MD potential: energies per system and forces of a `State`, on its device.
+"""The model (or a committee of models) as an MD potential: energies per system and forces of a
+`State`, on its device.
 
 Each call takes the pairs from the Verlet list (`lpmace.dynamics.neighbours.VerletList`, cutoff the
 model's r_max), makes a `lpmace.data.graph.Graph` of the state's tensors (no host copy) and calls the
@@ -6,6 +7,10 @@ model under its precision policy and backend as `lpmace.Calculator` does: on CUD
 graphs (`lpmace.cuda_graphs.ForwardGraphs`), elsewhere the plain call. The geometry goes to the model
 in the state's dtype (float64 or float32); the model casts it to its policy's geometry dtype, which
 is never below float32.
+
+A committee (`lpmace.Committee`, or a list of models sharing elements and r_max) is called member
+by member on the same graph; the state gets the members' mean energy and forces (the force field)
+and their spread, `forces_std` [N] and `energy_std_eV` [S], defined as in `lpmace.committee`.
 
 The time of the model calls is measured without host syncs: CUDA events around each call, read
 once they have completed (`model_ms`) and then recorded again by a later call (creating two events per
@@ -29,12 +34,14 @@ __all__ = ["ModelPotential"]
 
 class ModelPotential:
     """`potential(state)` sets ``state.potential_eV`` ([S] float64, eV) and ``state.forces`` ([N, 3] in
-    the state's dtype, eV/Å).
+    the state's dtype, eV/Å); for a committee also ``state.forces_std`` and ``state.energy_std_eV``.
 
     Args:
-        model: a `lpmace.model.MACE` (moved to `device`, set to eval).
+        model: a `lpmace.model.MACE`, or a committee: a `lpmace.Committee` or a list of at least two
+            MACE models (moved to `device`, set to eval).
         device: torch device of the state.
-        precision: preset name, YAML path or PrecisionPolicy (None: the model's default).
+        precision: preset name, YAML path or PrecisionPolicy (None: each model's default, or the
+            policies a `lpmace.Committee` was made with).
         backend: `lpmace.backends` name ("auto" resolved on `device`).
         skin: Verlet skin, Å.
         exact_cutoff_pairs: hand the model only pairs within its r_max (True) or all pairs the Verlet list
@@ -49,15 +56,21 @@ class ModelPotential:
         from lpmace.precision import resolve_policy
 
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.policy = resolve_policy(precision, default=model.default_precision)
+        models, policies = committee_members(model)
+        self.models = [m.to(self.device).eval() for m in models]
+        self.model = self.models[0]
+        if precision is not None or policies is None:
+            policies = [resolve_policy(precision, default=m.default_precision) for m in self.models]
+        self.policies = policies
+        self.policy = policies[0]
         self.backend = resolve(backend, self.device)
-        self.run = use(self.model, self.backend, self.device)
+        self.runs = [use(m, self.backend, self.device) for m in self.models]
         if self.device.type == "cuda" if cuda_graphs is None else cuda_graphs:
             from lpmace.cuda_graphs import ForwardGraphs
 
-            self.run = ForwardGraphs(self.model, self.run, self.device)
-        self.neighbours = VerletList(float(model.config.r_max), skin, exact_cutoff_pairs)
+            self.runs = [ForwardGraphs(m, run, self.device) for m, run in zip(self.models, self.runs)]
+        self.run = self.runs[0]
+        self.neighbours = VerletList(float(self.model.config.r_max), skin, exact_cutoff_pairs)
         self.calls = 0
         self._model_ms = 0.0
         self._events: collections.deque = collections.deque()  # (start, end) of calls not yet read
@@ -80,15 +93,24 @@ class ModelPotential:
         else:
             began = time.perf_counter()
         with torch.enable_grad():  # forces are derivatives, even if the caller is in no_grad
-            out = self.run(graph, precision=self.policy, compute_forces=True, compute_stress=False, training=False)
+            outs = [run(graph, precision=policy, compute_forces=True, compute_stress=False, training=False)
+                    for run, policy in zip(self.runs, self.policies)]
         if timed:
             end.record()
             self._events.append((start, end))
         else:
             self._model_ms += 1e3 * (time.perf_counter() - began)
         self.calls += 1
-        state.potential_eV = out["energy"].detach().to(torch.float64)
-        state.forces = out["forces"].detach().to(state.positions.dtype)
+        if len(outs) == 1:
+            state.potential_eV = outs[0]["energy"].detach().to(torch.float64)
+            state.forces = outs[0]["forces"].detach().to(state.positions.dtype)
+            return
+        energies = torch.stack([out["energy"].detach().to(torch.float64) for out in outs])  # [M, S]
+        forces = torch.stack([out["forces"].detach().to(torch.float64) for out in outs])  # [M, N, 3]
+        state.potential_eV = energies.mean(0)
+        state.forces = forces.mean(0).to(state.positions.dtype)
+        state.energy_std_eV = energies.std(0, correction=0)
+        state.forces_std = forces.std(0, correction=0).norm(dim=-1)
 
     def _timing_events(self) -> tuple:
         """A (start, end) pair to record: one read already, else a new one."""
@@ -106,3 +128,24 @@ class ModelPotential:
             self._model_ms += start.elapsed_time(end)
             self._spare.append((start, end))
         return self._model_ms
+
+
+def committee_members(model) -> tuple[list, list | None]:
+    """(models, their policies or None) of `model`: one MACE, a `lpmace.Committee` (its members and the
+    policies it resolved) or a list of MACE models sharing elements and r_max (InputError otherwise)."""
+    from lpmace.errors import InputError
+
+    if hasattr(model, "models") and hasattr(model, "precisions"):  # lpmace.Committee
+        return list(model.models), list(model.precisions)
+    if not isinstance(model, (list, tuple)):
+        return [model], None
+    models = list(model)
+    if not models:
+        raise InputError("a committee needs at least one model")
+    first = models[0].config
+    for i, m in enumerate(models[1:], 1):
+        for key in ("atomic_numbers", "r_max"):
+            if getattr(m.config, key) != getattr(first, key):
+                raise InputError(f"committee member {i} has {key} {getattr(m.config, key)} but member 0 has "
+                                 f"{getattr(first, key)}; members must share elements and r_max")
+    return models, None

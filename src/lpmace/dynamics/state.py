@@ -42,6 +42,8 @@ class State:
         anchored: [S] bool, systems with a fixed atom (their centre of mass is not held still).
         dof: [S] float64 degrees of freedom for the temperature (ASE's count, see `degrees_of_freedom`).
         forces: [N, 3] eV/Å and potential_eV: [S] float64 at the current positions (None before the first call).
+        forces_std: [N] float64 eV/Å and energy_std_eV: [S] float64, a committee's spread at the current
+            positions (`lpmace.committee` defines both; None for one model).
     """
 
     positions: torch.Tensor
@@ -59,6 +61,8 @@ class State:
     dof: torch.Tensor
     forces: torch.Tensor | None = None
     potential_eV: torch.Tensor | None = None
+    forces_std: torch.Tensor | None = None
+    energy_std_eV: torch.Tensor | None = None
 
     @functools.cached_property
     def inverse_masses(self) -> torch.Tensor:
@@ -87,9 +91,10 @@ class State:
         rows = torch.isin(self.batch, keep).nonzero().squeeze(1)
         ptr = torch.cat([self.ptr[:1] * 0, torch.cumsum(counts, 0)])
         batch = torch.repeat_interleave(torch.arange(len(keep), device=self.ptr.device), counts)
-        per_atom = {f: getattr(self, f) for f in ("positions", "momenta", "masses", "numbers", "fixed", "forces")}
+        per_atom = {f: getattr(self, f) for f in ("positions", "momenta", "masses", "numbers", "fixed", "forces",
+                                                   "forces_std")}
         per_system = {f: getattr(self, f) for f in ("cell", "pbc", "temperature_K", "friction", "anchored", "dof",
-                                                    "potential_eV")}
+                                                    "potential_eV", "energy_std_eV")}
         return State(**{k: None if v is None else v[rows] for k, v in per_atom.items()},
                      **{k: None if v is None else v[keep] for k, v in per_system.items()}, batch=batch, ptr=ptr)
 
