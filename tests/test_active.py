@@ -79,6 +79,11 @@ def test_selection_and_random_draw_are_deterministic_for_a_seed():
     draws = [random_frames(200, 8, np.random.default_rng([1, 2, 2])) for _ in range(2)]
     assert draws[0] == draws[1] and len(set(draws[0])) == 8
     assert random_frames(200, 8, np.random.default_rng([2, 2, 2])) != draws[0]
+    chosen = picks[0]
+    for seed in range(20):  # the comparison frames are never the selected ones
+        drawn = random_frames(200, 50, np.random.default_rng(seed), exclude=chosen)
+        assert len(set(drawn)) == 50 and not set(drawn) & set(chosen)
+    assert random_frames(12, 8, np.random.default_rng(0), exclude=range(6)) == list(range(6, 12))
 
 
 def test_spearman_is_rank_correlation():

@@ -383,7 +383,7 @@ class ActiveLoop:
         info = lambda key: np.array([f.info[key] for f in frames])  # noqa: E731
         chosen = select(info("al_uncertainty"), info("al_traj"), info("al_time_fs"), k=c.k, threshold=c.threshold,
                         min_separation_fs=c.min_separation_fs, max_uncertainty=c.max_uncertainty)
-        drawn = random_frames(len(frames), c.random, _rng(cfg.seed, r, 2))
+        drawn = random_frames(len(frames), c.random, _rng(cfg.seed, r, 2), exclude=chosen)
         atomic_write_text(self._dir(r) / "selection.json", json.dumps({"selected": chosen, "random": drawn}))
         return {"selected": len(chosen), "random": len(drawn), "selected_indices": chosen, "random_indices": drawn}
 

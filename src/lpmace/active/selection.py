@@ -30,9 +30,11 @@ def select(uncertainty: np.ndarray, trajectory: np.ndarray, time_fs: np.ndarray,
     return taken
 
 
-def random_frames(n_frames: int, count: int, rng: np.random.Generator) -> list[int]:
-    """`count` distinct indices in [0, n_frames), drawn uniformly by `rng`, sorted."""
-    return sorted(int(i) for i in rng.choice(n_frames, size=min(count, n_frames), replace=False))
+def random_frames(n_frames: int, count: int, rng: np.random.Generator, exclude=()) -> list[int]:
+    """`count` distinct indices in [0, n_frames) and not in `exclude` (the selected frames, so that the
+    comparison is with frames the selection did not take), drawn uniformly by `rng`, sorted."""
+    pool = np.setdiff1d(np.arange(n_frames), np.asarray(list(exclude), dtype=np.int64))
+    return sorted(int(i) for i in rng.choice(pool, size=min(count, len(pool)), replace=False))
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
