@@ -129,6 +129,22 @@ def test_a_kill_after_any_phase_resumes_to_the_same_dataset(tmp_path, uninterrup
     assert [state["rounds"][r]["append"]["dataset_size"] for r in ("1", "2")] == [9, 12]
 
 
+def test_members_share_their_statistics_so_one_compiled_step_serves_them_all(sequential):
+    """Members differ in their weights but not in the data's statistics (one validation split), so the
+    digest naming a compiled step (`lpmace.precompiled.digest`) is the same for every member."""
+    from lpmace import precompiled
+    from lpmace.compile import _state
+    from lpmace.io import load
+
+    members = [load(sequential / "round_1" / f"member_{m}" / "model.safetensors") for m in (0, 1)]
+    assert members[0].config == members[1].config
+    weights = [dict(m.named_parameters()) for m in members]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # different seeds
+    key = ("fp32", True, False, True, "cpu")
+    digests = {precompiled.digest(m, _state(m), key, torch.device("cpu")) for m in members}
+    assert len(digests) == 1
+
+
 def test_the_torch_engine_samples_every_trajectory_with_the_committees_spread(tmp_path):
     """sample.engine torch: all trajectories in one run; each frame's forces and spread are the
     committee's at its positions, and a sample phase run again writes the same frames."""
@@ -378,3 +394,23 @@ def test_labels_written_before_a_kill_are_not_asked_for_again(tmp_path, uninterr
     assert run_loop(config, resume=True) == "finished"  # round 1 ends without the oracle
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["rounds"]["1"]["append"]["dataset_size"] == 9
+
+
+def test_a_label_depends_on_its_frame_alone():
+    """EMT keeps its neighbour list between calls: without a reset, a frame's label moved in its last
+    digits with the frames labelled before it (a resumed run labels after another history)."""
+    from ase.build import bulk
+
+    from lpmace.active.oracle import label
+
+    rng = np.random.default_rng(0)
+    first = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+    first.positions += rng.normal(0, 0.1, first.positions.shape)
+    frames = [first]
+    for _ in range(6):
+        frames.append(frames[-1].copy())
+        frames[-1].positions += rng.normal(0, 0.02, first.positions.shape)
+    after_others = label(EMT(), frames, "EMT", "test")
+    for i, frame in enumerate(frames):
+        alone = label(EMT(), [frame], "EMT", "test")[0]
+        assert alone[0] == after_others[i][0] and np.array_equal(alone[1], after_others[i][1])

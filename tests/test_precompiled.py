@@ -189,3 +189,59 @@ def test_a_training_call_without_gradients_is_an_inference_call(monkeypatch, mak
     assert torch.allclose(out["forces"], ref["forces"], rtol=0, atol=1e-12)
     trained = use(model, "compiled")(graph, precision="fp64", training=True)
     assert trained["energy"].requires_grad  # with gradients on, the same call is a training call
+
+
+def test_a_saved_step_whose_code_refuses_accepted_sizes_hands_them_to_another_variant(monkeypatch):
+    """`lpmace.compile._call`: a step that asserts a size its guards accepted (seen on an H200) refuses
+    those sizes from then on; the next variant serves them; other sizes stay with the first."""
+    import warnings
+
+    from lpmace import compile as compile_module
+    from lpmace.precompiled import Precompiled
+
+    def saved_for_352(*args):
+        if args[-1].shape[0] != 352:
+            raise AssertionError(f"expected size {args[-1].shape[0]}==352, stride 1==1 at dim=0")
+        return ("352",)
+
+    variants = [Precompiled(saved_for_352, None)]
+    made = []
+
+    def load_or_trace(model, key, state, inputs, device, variants):
+        made.append(tuple(inputs[0].shape))
+        variants.append(Precompiled(lambda *args: ("new",), None))
+        return variants[-1]
+
+    monkeypatch.setattr(compile_module, "_load_or_trace", load_or_trace)
+    call = lambda n: compile_module._call(None, (), {}, (torch.zeros(n),), "cpu", variants)  # noqa: E731
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert call(320) == ("new",)
+    assert made == [(320,)] and any("refused a batch" in str(w.message) for w in caught)
+    assert call(320) == ("new",) and made == [(320,)]  # served by the new variant, nothing compiled again
+    assert call(352) == ("352",)  # the first variant still serves its own sizes
+    assert not variants[0].accepts((torch.zeros(320),)) and variants[0].accepts((torch.zeros(352),))
+
+
+def test_other_assertions_and_a_step_that_keeps_refusing_are_raised(monkeypatch):
+    from lpmace import compile as compile_module
+    from lpmace.precompiled import Precompiled
+
+    def broken(*args):
+        raise AssertionError("something else")
+
+    with pytest.raises(AssertionError, match="something else"):
+        compile_module._call(None, (), {}, (torch.zeros(3),), "cpu", [Precompiled(broken, None)])
+
+    def always_refuses(*args):
+        raise AssertionError("expected size 3==4, stride 1==1 at dim=0")
+
+    def load_or_trace(model, key, state, inputs, device, variants):
+        variants.append(Precompiled(always_refuses, None))
+        return variants[-1]
+
+    monkeypatch.setattr(compile_module, "_load_or_trace", load_or_trace)
+    variants = [Precompiled(always_refuses, None)]
+    with pytest.raises(AssertionError, match="expected size"):
+        compile_module._call(None, (), {}, (torch.zeros(3),), "cpu", variants)
+    assert len(variants) == 3  # two more tried, then the failure is raised

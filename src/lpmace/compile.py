@@ -47,6 +47,7 @@ import contextlib
 import functools
 import os
 import shutil
+import warnings
 import weakref
 from typing import Dict, Optional
 
@@ -312,6 +313,29 @@ def _load_or_trace(model, key: tuple, state, inputs, device, variants: list):
     return variants[-1]
 
 
+def _call(model, key: tuple, state, inputs, device, variants: list):
+    """The outputs of the first variant of `key` that accepts `inputs` (loaded or compiled when none does).
+
+    A saved step's guards may miss a size its code assumed: on an H200 (torch 2.11, 2026-12-02) a
+    training step saved while every batch had 352 padded atoms accepted a batch of 320 by its guards and
+    its code then stopped at its size assertion ("expected size 320==352") before computing anything.
+    Such a step refuses those sizes from then on and the next variant serves them (compiled, and saved,
+    like one its guards had refused), with a warning; a third such failure for one call is raised."""
+    for attempt in range(3):
+        compiled = next((c for c in variants if _accepts(c, inputs)), None)
+        if compiled is None:
+            compiled = _load_or_trace(model, key, state, inputs, device, variants)
+        try:
+            return compiled(state, *inputs)
+        except AssertionError as error:
+            if (attempt == 2 or not isinstance(compiled, precompiled.Precompiled) or "expected size" not in str(error)
+                    or not compiled.refuse(inputs)):
+                raise
+            warnings.warn(f"lpmace: a compiled step's code refused a batch its guards accepted ({error}); "
+                          "compiling a variant for these sizes", stacklevel=3)
+    raise AssertionError("unreachable")
+
+
 def _accepts(compiled, inputs) -> bool:
     """Whether a compiled step serves these inputs: a saved step checks its guards; torch.compile's
     (Dynamo) checks its own and recompiles."""
@@ -340,14 +364,11 @@ def compiled_forward(model, graph: Graph, species, policy, compute_forces: bool,
            tuple(x.dtype for x in inputs),  # a cast to the same dtype is not traced
            tuple(t.requires_grad for t in state.values()) if training else ())  # frozen weights: no gradient
     variants = _TRACES.setdefault(model, {}).setdefault(key, [])
-    compiled = next((c for c in variants if _accepts(c, inputs)), None)
-    if compiled is None:
-        compiled = _load_or_trace(model, key, state, inputs, device, variants)
     from torch.fx.experimental import _config as fx_config
 
     # torch.compile traces the graph again on first use and on new sizes: no duck shapes there either
     with torch.set_grad_enabled(training), fx_config.patch(use_duck_shape=False):
-        values = iter(compiled(state, *inputs))
+        values = iter(_call(model, key, state, inputs, device, variants))
     wanted = {"energy": True, "node_energy": True, "forces": compute_forces, "stress": compute_stress}
     out = {k: next(values) if wanted[k] else None for k in _OUTPUTS}
     if padded:  # drop the dummy structure and its atoms

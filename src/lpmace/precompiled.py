@@ -71,14 +71,30 @@ class Precompiled:
 
         self.fn, self.guards, self._names = fn, guards, SYMPY_INTERP
         self._check = None if guards is None else compile(guards, "<lpmace step guards>", "eval")
+        self.refused: set = set()  # input sizes the compiled code asserted against (`refuse`)
 
     def accepts(self, inputs: Sequence[torch.Tensor]) -> bool:
+        if _sizes(inputs) in self.refused:
+            return False
         if self._check is None:
             return True
         return bool(eval(self._check, self._names, {"L": {f"t{i}": x for i, x in enumerate(inputs)}}))
 
+    def refuse(self, inputs: Sequence[torch.Tensor]) -> bool:
+        """Refuse inputs of these sizes from now on (the code asserted a size its guards did not name);
+        False if they were refused already."""
+        sizes = _sizes(inputs)
+        if sizes in self.refused:
+            return False
+        self.refused.add(sizes)
+        return True
+
     def __call__(self, state: Dict[str, torch.Tensor], *inputs: torch.Tensor):
         return self.fn(*state.values(), *inputs)
+
+
+def _sizes(inputs: Sequence[torch.Tensor]) -> tuple:
+    return tuple(tuple(x.shape) for x in inputs)
 
 
 @functools.lru_cache(maxsize=None)

@@ -23,7 +23,7 @@ from lpmace.train.config_types import ConfigLoader, ConfigValueError, typed
 
 # Training keys the loop owns: data files, where members go, their seeds, warm starts, devices.
 LOOP_TRAIN_KEYS = ("train_file", "valid_file", "test_files", "output_dir", "foundation_model", "trust_mace_model",
-                   "foundation_head", "seed", "device", "backend", "energy_key", "forces_key", "stress_key",
+                   "foundation_head", "seed", "split_seed", "device", "backend", "energy_key", "forces_key", "stress_key",
                    "isolated_atoms_file", "max_time")
 # Training defaults of the loop: single-element data has no isolated atoms, so E0s are fitted.
 TRAIN_DEFAULTS = {"e0s": "fit", "valid_fraction": 0.1, "progress": False, "epochs": 40, "batch_size": 4}
@@ -155,14 +155,16 @@ def member_train_config(cfg: ActiveConfig, *, train_file: str, output_dir: str, 
                         warm_start: Optional[str] = None, device: Optional[str] = None):
     """The TrainConfig of one committee member: the `train` section over the loop's defaults, from
     scratch (round 1: `train.epochs`) or from `warm_start`'s weights (`retrain_epochs`), on `device`
-    (None: the config's)."""
+    (None: the config's). Members differ in `seed` (initial weights, batch order); they share the
+    validation split (`split_seed`: the run's seed), so the data's statistics and the model
+    configuration are the same for all, and the compiled training step of the first serves the others."""
     from lpmace.train import TrainConfig
 
     unknown = sorted(set(cfg.train) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         raise ConfigValueError(unknown, f"unknown training key(s) {', '.join('train.' + k for k in unknown)}")
     values = {**TRAIN_DEFAULTS, **cfg.train, "train_file": train_file, "test_files": [], "output_dir": output_dir,
-              "seed": seed, "device": cfg.device if device is None else device, "backend": cfg.backend, "energy_key": ENERGY_KEY,
+              "seed": seed, "split_seed": cfg.seed, "device": cfg.device if device is None else device, "backend": cfg.backend, "energy_key": ENERGY_KEY,
               "forces_key": FORCES_KEY, "stress_key": None, "isolated_atoms_file": None}
     if warm_start is not None:  # the file's architecture and statistics: the model section must go
         values.update(foundation_model=warm_start, epochs=cfg.retrain_epochs, model={})

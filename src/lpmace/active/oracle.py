@@ -34,10 +34,16 @@ def load_oracle(spec: str, kwargs: dict, where: str = "config") -> Optional[Any]
 
 
 def label(oracle, frames: Sequence, name: str, what: str) -> list[tuple[float, np.ndarray]]:
-    """(energy eV, forces [n_atoms, 3] eV/Å) of each of `frames` (ase.Atoms, not changed) from `oracle`."""
+    """(energy eV, forces [n_atoms, 3] eV/Å) of each of `frames` (ase.Atoms, not changed) from `oracle`.
+
+    The oracle is reset (`Calculator.reset`) before each frame, so a label depends on its frame alone,
+    not on what the oracle computed before (EMT, for one, reuses its neighbour list between calls,
+    which moves energies in their last digits; a resumed run's oracle has another history)."""
     labels = []
     for i, frame in enumerate(frames):
         atoms = frame.copy()
+        if hasattr(oracle, "reset"):
+            oracle.reset()
         atoms.calc = oracle
         try:
             energy, forces = float(atoms.get_potential_energy()), np.array(atoms.get_forces(), dtype=np.float64)

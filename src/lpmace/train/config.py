@@ -69,7 +69,8 @@ RANGES = {
     "loss": _one_of("mse", "huber"), "huber_delta": _POSITIVE,
     "energy_weight": _NON_NEGATIVE, "forces_weight": _NON_NEGATIVE, "stress_weight": _NON_NEGATIVE,
     "stage_two_epoch": _COUNT, "stage_two_energy_weight": _NON_NEGATIVE, "stage_two_forces_weight": _NON_NEGATIVE,
-    "seed": (lambda v: v >= 0, "an integer >= 0"),  # numpy's generators refuse negative seeds
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "split_seed": (lambda v: v >= 0, "an integer >= 0"),  # numpy's generators refuse negative seeds
     "max_time": (lambda v: v > 0, "> 0 seconds, or null for no limit"),
     "output_dir": _NAMED, "foundation_head": _NAMED,
 }
@@ -132,6 +133,9 @@ class TrainConfig:
     # run
     eval_interval: int = 1
     seed: int = 1
+    # the validation split's seed (null: seed); members of a committee that share it share the data's
+    # statistics (E0s, scale, shift, avg_num_neighbors), so one compiled step serves them all
+    split_seed: Optional[int] = None
     max_time: Optional[float] = None  # seconds of wall time; checked after each epoch
     output_dir: str = "runs/train"
     device: str = "auto"  # lpmace.devices.resolve_device: cuda when present, else cpu

@@ -63,7 +63,7 @@ def prepare(cfg: TrainConfig, log=print) -> RunData:
     if cfg.valid_file:
         valid = _read(cfg, cfg.valid_file)
     else:
-        order = np.random.default_rng(cfg.seed).permutation(len(train))
+        order = np.random.default_rng(cfg.seed if cfg.split_seed is None else cfg.split_seed).permutation(len(train))
         n_valid = int(round(cfg.valid_fraction * len(train)))
         valid = [train[i] for i in order[:n_valid]]
         train = [train[i] for i in order[n_valid:]]
