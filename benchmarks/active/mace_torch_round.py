@@ -129,6 +129,8 @@ def main() -> None:
     result = {"config": args.config, "committee": cfg.committee, "epochs": cfg.train.get("epochs"),
               "train_size": len(dataset), "setup_s": setup_s, "train_s_per_member": train_s, "train_s": sum(train_s),
               "trajectories_in_round": trajectories, "sampling": {}}
+    save = lambda: (out / "mace_torch_round.json").write_text(json.dumps(result, indent=1))  # noqa: E731
+    save()  # after each stage: a run stopped by a time limit keeps what it measured
     for cueq in [False, True] if args.cueq else [False]:
         name = "cueq" if cueq else "e3nn"
         began = time.perf_counter()
@@ -138,14 +140,16 @@ def main() -> None:
         began = time.perf_counter()
         rmse = test_rmse(calc, test)
         test_s = time.perf_counter() - began
+        result["sampling"][name] = {"load_s": load_s, "test_force_rmse_meV_per_A": rmse, "test_eval_s": test_s}
+        print(f"{name}: test force RMSE {rmse:.1f} meV/Å", flush=True)
+        save()
         runs = sample(cfg, calc, starts, temperatures)
         per_trajectory = float(np.mean([r["wall_s"] for r in runs]))
-        result["sampling"][name] = {"load_s": load_s, "test_force_rmse_meV_per_A": rmse, "test_eval_s": test_s,
-                                    "trajectories": runs, "s_per_trajectory": per_trajectory,
-                                    "sample_s_extrapolated": per_trajectory * trajectories}
-        print(f"{name}: test force RMSE {rmse:.1f} meV/Å; {per_trajectory:.1f} s per trajectory, "
-              f"{per_trajectory * trajectories:.0f} s for {trajectories}", flush=True)
-        (out / "mace_torch_round.json").write_text(json.dumps(result, indent=1))
+        result["sampling"][name].update(trajectories=runs, s_per_trajectory=per_trajectory,
+                                        sample_s_extrapolated=per_trajectory * trajectories)
+        print(f"{name}: {per_trajectory:.1f} s per trajectory, {per_trajectory * trajectories:.0f} s for "
+              f"{trajectories}", flush=True)
+        save()
 
 
 if __name__ == "__main__":
