@@ -149,7 +149,7 @@ def test_a_batch_the_guards_refuse_gets_a_variant_of_its_own(monkeypatch, tmp_pa
     monkeypatch.delenv("LPMACE_COMPILE_MODE", raising=False)
     compiled_paths = []
 
-    def compile_step(graph_module, state, inputs, training, path):
+    def compile_step(graph_module, state, inputs, training, path, fresh=False):
         compiled_paths.append(path.name)
         names, atoms = list(state), inputs[1].shape[0]
 
@@ -207,8 +207,8 @@ def test_a_saved_step_whose_code_refuses_accepted_sizes_hands_them_to_another_va
     variants = [Precompiled(saved_for_352, None)]
     made = []
 
-    def load_or_trace(model, key, state, inputs, device, variants):
-        made.append(tuple(inputs[0].shape))
+    def load_or_trace(model, key, state, inputs, device, variants, fresh=False):
+        made.append((tuple(inputs[0].shape), fresh))
         variants.append(Precompiled(lambda *args: ("new",), None))
         return variants[-1]
 
@@ -217,8 +217,9 @@ def test_a_saved_step_whose_code_refuses_accepted_sizes_hands_them_to_another_va
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert call(320) == ("new",)
-    assert made == [(320,)] and any("refused a batch" in str(w.message) for w in caught)
-    assert call(320) == ("new",) and made == [(320,)]  # served by the new variant, nothing compiled again
+    # compiled without Inductor's caches (a cached compile returned the refusing code on the H200)
+    assert made == [((320,), True)] and any("refused a batch" in str(w.message) for w in caught)
+    assert call(320) == ("new",) and len(made) == 1  # served by the new variant, nothing compiled again
     assert call(352) == ("352",)  # the first variant still serves its own sizes
     assert not variants[0].accepts((torch.zeros(320),)) and variants[0].accepts((torch.zeros(352),))
 
@@ -236,7 +237,7 @@ def test_other_assertions_and_a_step_that_keeps_refusing_are_raised(monkeypatch)
     def always_refuses(*args):
         raise AssertionError("expected size 3==4, stride 1==1 at dim=0")
 
-    def load_or_trace(model, key, state, inputs, device, variants):
+    def load_or_trace(model, key, state, inputs, device, variants, fresh=False):
         variants.append(Precompiled(always_refuses, None))
         return variants[-1]
 
@@ -245,3 +246,13 @@ def test_other_assertions_and_a_step_that_keeps_refusing_are_raised(monkeypatch)
     with pytest.raises(AssertionError, match="expected size"):
         compile_module._call(None, (), {}, (torch.zeros(3),), "cpu", variants)
     assert len(variants) == 3  # two more tried, then the failure is raised
+
+
+def test_uncached_turns_inductors_caches_off_and_back_on():
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    before = inductor_config.fx_graph_cache, functorch_config.enable_autograd_cache
+    with precompiled.uncached():
+        assert inductor_config.fx_graph_cache is False and functorch_config.enable_autograd_cache is False
+    assert (inductor_config.fx_graph_cache, functorch_config.enable_autograd_cache) == before

@@ -179,7 +179,7 @@ def _reattach_saved_outputs(graph_module: torch.fx.GraphModule) -> None:
     graph_module.recompile()
 
 
-def _trace(model, step, state, inputs, device, training: bool = False, path=None):
+def _trace(model, step, state, inputs, device, training: bool = False, path=None, fresh: bool = False):
     """make_fx of `step` with the parameters and buffers as inputs (the optimizer changes them between
     calls), then Inductor: without Dynamo where torch allows it (`lpmace.precompiled`, saved to `path`
     when given), else through torch.compile. Nothing returned refers to the model."""
@@ -217,7 +217,7 @@ def _trace(model, step, state, inputs, device, training: bool = False, path=None
         return torch.compile(graph_module, dynamic=True, fullgraph=True, backend=backend)
     if _saves_steps():
         with _aten_index_add_on_cpu() if device.type == "cpu" else contextlib.nullcontext():
-            return precompiled.compile_step(graph_module, state, inputs, training, path)
+            return precompiled.compile_step(graph_module, state, inputs, training, path, fresh=fresh)
     if device.type == "cpu":
         return torch.compile(graph_module, dynamic=True, fullgraph=True, backend=_cpu_inductor)
     return torch.compile(graph_module, dynamic=True, fullgraph=True, mode=None if mode == "default" else mode)
@@ -292,7 +292,7 @@ def _saves_steps() -> bool:
     return backend == "inductor" and compile_mode() == "default" and precompiled.available()
 
 
-def _load_or_trace(model, key: tuple, state, inputs, device, variants: list):
+def _load_or_trace(model, key: tuple, state, inputs, device, variants: list, fresh: bool = False):
     """A compiled step of `key` for these inputs, appended to `variants` (those of `key` so far, none
     of which accepts the inputs): loaded from lpmace's cache of compiled steps when a process saved
     one there (`lpmace.precompiled`), else traced and compiled now (and saved)."""
@@ -309,22 +309,26 @@ def _load_or_trace(model, key: tuple, state, inputs, device, variants: list):
             if loaded.accepts(inputs):
                 return loaded
     step = _step(model, policy, compute_forces, compute_stress, training)
-    variants.append(_trace(model, step, state, inputs, device, training, path))
+    variants.append(_trace(model, step, state, inputs, device, training, path, fresh))
     return variants[-1]
 
 
 def _call(model, key: tuple, state, inputs, device, variants: list):
     """The outputs of the first variant of `key` that accepts `inputs` (loaded or compiled when none does).
 
-    A saved step's guards may miss a size its code assumed: on an H200 (torch 2.11, 2026-12-02) a
-    training step saved while every batch had 352 padded atoms accepted a batch of 320 by its guards and
-    its code then stopped at its size assertion ("expected size 320==352") before computing anything.
-    Such a step refuses those sizes from then on and the next variant serves them (compiled, and saved,
-    like one its guards had refused), with a warning; a third such failure for one call is raised."""
+    A step's guards may miss a size its code assumed: on an H200 (torch 2.11, 2026-12-02) training steps
+    compiled while every batch had 352 (a tiny model: 144) padded atoms accepted a batch of 320 (104) by
+    their guards, and their code then stopped at its size assertion ("expected size 104==144") before
+    computing anything; their guards named no condition on the atom count. Such a step refuses those
+    sizes from then on and the next variant serves them, with a warning: loaded if one was saved, else
+    compiled without Inductor's caches (`precompiled.uncached`; with them, the same graph came back
+    with the same code) and saved. A third such failure for one call is raised.
+    benchmarks/results/active_round_h200_2026-12-02: d_shapes, e_no_fx_cache."""
+    fresh = False
     for attempt in range(3):
         compiled = next((c for c in variants if _accepts(c, inputs)), None)
         if compiled is None:
-            compiled = _load_or_trace(model, key, state, inputs, device, variants)
+            compiled = _load_or_trace(model, key, state, inputs, device, variants, fresh)
         try:
             return compiled(state, *inputs)
         except AssertionError as error:
@@ -333,6 +337,7 @@ def _call(model, key: tuple, state, inputs, device, variants: list):
                 raise
             warnings.warn(f"lpmace: a compiled step's code refused a batch its guards accepted ({error}); "
                           "compiling a variant for these sizes", stacklevel=3)
+            fresh = True
     raise AssertionError("unreachable")
 
 

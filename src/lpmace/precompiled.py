@@ -74,7 +74,7 @@ class Precompiled:
         self.refused: set = set()  # input sizes the compiled code asserted against (`refuse`)
 
     def accepts(self, inputs: Sequence[torch.Tensor]) -> bool:
-        if _sizes(inputs) in self.refused:
+        if self.refused and _sizes(inputs) in self.refused:
             return False
         if self._check is None:
             return True
@@ -94,7 +94,7 @@ class Precompiled:
 
 
 def _sizes(inputs: Sequence[torch.Tensor]) -> tuple:
-    return tuple(tuple(x.shape) for x in inputs)
+    return tuple(None if x is None else tuple(x.shape) for x in inputs)
 
 
 @functools.lru_cache(maxsize=None)
@@ -177,10 +177,26 @@ def load_step(path: Path) -> Precompiled | None:
         return None
 
 
+def uncached():
+    """A context in which Inductor compiles anew: its FX graph cache and AOTAutograd's cache are off."""
+    import contextlib
+
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(inductor_config.patch(fx_graph_cache=False))
+    if hasattr(functorch_config, "enable_autograd_cache"):
+        stack.enter_context(functorch_config.patch(enable_autograd_cache=False))
+    return stack
+
+
 def compile_step(graph_module: torch.fx.GraphModule, state: Dict[str, torch.Tensor], inputs: Sequence[torch.Tensor],
-                 training: bool, path: Path | None) -> Precompiled:
+                 training: bool, path: Path | None, fresh: bool = False) -> Precompiled:
     """Inductor on make_fx's `graph_module` (symbolic batch sizes) without Dynamo; saved to `path`
-    when given. Training steps get their backward compiled now, so the file holds both."""
+    when given. Training steps get their backward compiled now, so the file holds both. `fresh`:
+    without Inductor's caches (`uncached`), for a variant that replaces a step whose code refused
+    sizes its guards accepted: a cached compile of the same graph returned that same code (H200)."""
     import torch._functorch.config as functorch_config
     from torch._inductor import standalone_compile
 
@@ -192,8 +208,11 @@ def compile_step(graph_module: torch.fx.GraphModule, state: Dict[str, torch.Tens
     # make_fx saw detached weights; the compiled step must know which ones training differentiates
     examples = [fake_mode.from_tensor(v, static_shapes=True) if training and i < len(state) and v.requires_grad
                 else node.meta["val"] for i, (node, v) in enumerate(zip(placeholders, values))]
+    import contextlib
+
     with torch._guards.tracing(torch._guards.TracingContext(fake_mode)), \
-            functorch_config.patch(force_non_lazy_backward_lowering=True), torch.set_grad_enabled(training):
+            functorch_config.patch(force_non_lazy_backward_lowering=True), torch.set_grad_enabled(training), \
+            uncached() if fresh else contextlib.nullcontext():
         artifact = standalone_compile(graph_module, examples, dynamic_shapes="from_tracing_context", options={})
     # the conditions on the batch's sizes the trace and Inductor assumed (the weights' are static)
     try:
