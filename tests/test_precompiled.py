@@ -208,7 +208,7 @@ def test_a_saved_step_whose_code_refuses_accepted_sizes_hands_them_to_another_va
     made = []
 
     def load_or_trace(model, key, state, inputs, device, variants, fresh=False):
-        made.append((tuple(inputs[0].shape), fresh))
+        made.append(tuple(inputs[0].shape))
         variants.append(Precompiled(lambda *args: ("new",), None))
         return variants[-1]
 
@@ -217,8 +217,7 @@ def test_a_saved_step_whose_code_refuses_accepted_sizes_hands_them_to_another_va
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert call(320) == ("new",)
-    # compiled without Inductor's caches (a cached compile returned the refusing code on the H200)
-    assert made == [((320,), True)] and any("refused a batch" in str(w.message) for w in caught)
+    assert made == [(320,)] and any("refused a batch" in str(w.message) for w in caught)
     assert call(320) == ("new",) and len(made) == 1  # served by the new variant, nothing compiled again
     assert call(352) == ("352",)  # the first variant still serves its own sizes
     assert not variants[0].accepts((torch.zeros(320),)) and variants[0].accepts((torch.zeros(352),))
@@ -256,3 +255,40 @@ def test_uncached_turns_inductors_caches_off_and_back_on():
     with precompiled.uncached():
         assert inductor_config.fx_graph_cache is False and functorch_config.enable_autograd_cache is False
     assert (inductor_config.fx_graph_cache, functorch_config.enable_autograd_cache) == before
+
+
+def test_variants_after_the_first_are_compiled_without_inductors_caches(monkeypatch):
+    """A variant after the first exists because an earlier one refused: with Inductor's cache, the H200
+    handed back the refusing code for the same graph."""
+    from lpmace import compile as compile_module
+
+    seen = []
+    monkeypatch.setattr(compile_module, "_saves_steps", lambda: False)
+    monkeypatch.setattr(compile_module, "_step", lambda *args: None)
+    monkeypatch.setattr(compile_module, "_trace", lambda model, step, state, inputs, device, training, path, fresh:
+                        seen.append(fresh) or object())
+    variants: list = []
+    for _ in range(3):
+        compile_module._load_or_trace(None, ("fp32", True, False, False), {}, (), "cpu", variants)
+    assert seen == [False, True, True] and len(variants) == 3
+
+
+def test_guards_name_the_sizes_the_compile_fixed():
+    """A batch size fixed while compiling (here by int(), as a lowering may) is a guard; torch's default
+    leaves it out, and a step compiled at 144 atoms then accepted 104 (H200)."""
+    from torch._dynamo.source import ConstantSource
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+    mode = FakeTensorMode(shape_env=ShapeEnv(duck_shape=False))
+    context = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC])
+    atoms, edges = (mode.from_tensor(torch.zeros(n, 3), source=ConstantSource(f"batch_{i}"), symbolic_context=context)
+                    for i, n in enumerate((144, 900)))
+    assert "== 144" not in (precompiled._guards(mode.shape_env, [atoms, edges]) or "")
+    int(atoms.shape[0])  # the compile fixes the atom count
+    guards = precompiled._guards(mode.shape_env, [atoms, edges])
+    assert "L['t0'].size()[0] == 144" in guards and "L['t1'].size()[1] == 3" in guards
+    assert "L['t1'].size()[0] ==" not in guards  # the edge count stays a symbol
+    step = precompiled.Precompiled(lambda *x: x, guards)
+    assert step.accepts([torch.zeros(144, 3), torch.zeros(50, 3)])
+    assert not step.accepts([torch.zeros(104, 3), torch.zeros(900, 3)])

@@ -309,7 +309,9 @@ def _load_or_trace(model, key: tuple, state, inputs, device, variants: list, fre
             if loaded.accepts(inputs):
                 return loaded
     step = _step(model, policy, compute_forces, compute_stress, training)
-    variants.append(_trace(model, step, state, inputs, device, training, path, fresh))
+    # a variant after the first exists because an earlier one refused these inputs: Inductor's own
+    # cache may hand back that one's code (`_call`), so it is compiled without it
+    variants.append(_trace(model, step, state, inputs, device, training, path, fresh or bool(variants)))
     return variants[-1]
 
 
@@ -321,14 +323,15 @@ def _call(model, key: tuple, state, inputs, device, variants: list):
     their guards, and their code then stopped at its size assertion ("expected size 104==144") before
     computing anything; their guards named no condition on the atom count. Such a step refuses those
     sizes from then on and the next variant serves them, with a warning: loaded if one was saved, else
-    compiled without Inductor's caches (`precompiled.uncached`; with them, the same graph came back
-    with the same code) and saved. A third such failure for one call is raised.
+    compiled without Inductor's caches (`precompiled.uncached`, as every variant after the first; with
+    them, the same graph came back with the same code) and saved. A third such failure for one call is
+    raised. The guards now also name the sizes the compile fixed (`precompiled.compile_step`), so such a
+    step should refuse those inputs by its guards before its code does.
     benchmarks/results/active_round_h200_2026-12-02: d_shapes, e_no_fx_cache."""
-    fresh = False
     for attempt in range(3):
         compiled = next((c for c in variants if _accepts(c, inputs)), None)
         if compiled is None:
-            compiled = _load_or_trace(model, key, state, inputs, device, variants, fresh)
+            compiled = _load_or_trace(model, key, state, inputs, device, variants)
         try:
             return compiled(state, *inputs)
         except AssertionError as error:
@@ -337,7 +340,6 @@ def _call(model, key: tuple, state, inputs, device, variants: list):
                 raise
             warnings.warn(f"lpmace: a compiled step's code refused a batch its guards accepted ({error}); "
                           "compiling a variant for these sizes", stacklevel=3)
-            fresh = True
     raise AssertionError("unreachable")
 
 
