@@ -414,3 +414,19 @@ def test_a_label_depends_on_its_frame_alone():
     for i, frame in enumerate(frames):
         alone = label(EMT(), [frame], "EMT", "test")[0]
         assert alone[0] == after_others[i][0] and np.array_equal(alone[1], after_others[i][1])
+
+
+def test_a_run_begun_before_a_config_key_existed_resumes(tmp_path, sequential):
+    """state.json of a run begun before sample.engine existed: its absence is not a change of config."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(sequential, run)
+    state = json.loads((run / "state.json").read_text())
+    del state["config"]["sample"]["engine"]
+    (run / "state.json").write_text(json.dumps(state))
+    config = write_config(tmp_path / "c.yaml", run)
+    assert run_loop(config, resume=True) == "finished"
+    changed = write_config(tmp_path / "d.yaml", run, sample={**SMALL["sample"], "steps": 30})
+    with pytest.raises(InputError, match="differs from the run's in sample"):
+        run_loop(changed, resume=True)

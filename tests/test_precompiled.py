@@ -6,6 +6,8 @@ tested with Inductor's real code generation in tests/train/test_train_backends.p
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import torch
 
@@ -247,15 +249,29 @@ def test_other_assertions_and_a_step_that_keeps_refusing_are_raised(monkeypatch)
     assert len(variants) == 3  # two more tried, then the failure is raised
 
 
-def test_uncached_turns_inductors_caches_off_and_back_on():
-    import torch._functorch.config as functorch_config
+def test_a_step_compiled_uncached_reads_no_earlier_cache_and_is_saved(tmp_path, monkeypatch, make_model):
+    """`uncached`: Inductor's caches point at an empty folder while the step compiles (a cached compile
+    of the same graph handed back a refusing step on the H200), and the step is still saved whole."""
     import torch._inductor.config as inductor_config
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
 
-    before = inductor_config.fx_graph_cache, functorch_config.enable_autograd_cache
+    before = cache_dir()
     with precompiled.uncached():
-        assert inductor_config.fx_graph_cache is False and functorch_config.enable_autograd_cache is False
-    assert (inductor_config.fx_graph_cache, functorch_config.enable_autograd_cache) == before
+        inside = cache_dir()
+        assert inside != before and not any(pathlib.Path(inside).iterdir())
+        assert inductor_config.fx_graph_cache is not False  # on: torch saves what these caches gather
+    assert cache_dir() == before
+    monkeypatch.setenv("LPMACE_CACHE_DIR", str(tmp_path))
+    from lpmace import datasets
+    from lpmace.data import collate, graph_from_configuration, read_configurations
 
+    model = make_model(torch.float64)
+    graph = collate([graph_from_configuration(c, 4.0) for c in read_configurations(datasets.path("3bpa/test_300K.xyz"), index=":2")])
+    path = tmp_path / "step-1.bin"
+    real = precompiled.compile_step
+    monkeypatch.setattr(precompiled, "compile_step", lambda *a, **k: real(*a[:4], path, fresh=True))
+    compiled_module.Compiled(model)(graph, precision="fp64", compute_forces=True)
+    assert path.is_file() and path.with_suffix(".guards").is_file()
 
 def test_variants_after_the_first_are_compiled_without_inductors_caches(monkeypatch):
     """A variant after the first exists because an earlier one refused: with Inductor's cache, the H200

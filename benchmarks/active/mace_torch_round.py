@@ -9,8 +9,10 @@ The data are the lpmace run's own: this script runs the loop's setup phase (`Act
 the same seed gives the same initial.xyz and test.xyz as `lpmace active` with that config), trains
 each member with the flags `lpmace bench` uses for mace-torch (`_mace_arguments`: the config's model
 and recipe, float32, E0s fitted as mace-torch's "average"), for the config's round-1 epochs,
-and times each process whole (start-up included, as a user waits for it). Sampling runs ASE's
-Langevin at the config's dt, friction and steps with the committee calculator, on `--md-systems`
+and times each process whole (start-up included, as a user waits for it); mace-torch takes its
+validation split from each member's `--seed`, so unlike lpmace's members (one shared split) each
+member holds out other frames. Sampling runs ASE's Langevin (velocity Verlet for `ensemble: nve`)
+at the config's dt, friction and steps with the committee calculator, on `--md-systems`
 of the round's starts (one trajectory after another, as ASE does: its time per trajectory does not
 depend on how many follow), and gives the time per trajectory and its extrapolation to the
 config's temperatures x starts. The committee's test force RMSE against the oracle is computed on
@@ -74,6 +76,7 @@ def sample(cfg, calc, starts, temperatures) -> list[dict]:
     """ASE Langevin MD of each start with the committee; per trajectory its wall time and uncertainties."""
     from ase import units
     from ase.md.langevin import Langevin
+    from ase.md.verlet import VelocityVerlet
 
     from lpmace.md import initialize_velocities
 
@@ -82,8 +85,11 @@ def sample(cfg, calc, starts, temperatures) -> list[dict]:
         atoms = atoms.copy()
         atoms.calc = calc
         initialize_velocities(atoms, temperature, np.random.default_rng(i))
-        dyn = Langevin(atoms, timestep=s.dt_fs * units.fs, temperature_K=temperature,
-                       friction=s.friction_per_fs / units.fs, rng=np.random.default_rng(100 + i))
+        if s.ensemble == "nve":
+            dyn = VelocityVerlet(atoms, timestep=s.dt_fs * units.fs)
+        else:
+            dyn = Langevin(atoms, timestep=s.dt_fs * units.fs, temperature_K=temperature,
+                           friction=s.friction_per_fs / units.fs, rng=np.random.default_rng(100 + i))
         uncertainty = []
 
         def record():

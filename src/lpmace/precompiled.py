@@ -195,17 +195,14 @@ def _guards(shape_env, placeholders) -> str | None:
 
 
 def uncached():
-    """A context in which Inductor compiles anew: its FX graph cache and AOTAutograd's cache are off."""
-    import contextlib
+    """A context in which Inductor compiles anew: its caches (FX graph, AOTAutograd) read and write an
+    empty temporary folder. Turning them off instead would leave nothing to save: torch gathers the
+    artifact that `CompiledArtifact.save` writes through those caches."""
+    import tempfile
 
-    import torch._functorch.config as functorch_config
-    import torch._inductor.config as inductor_config
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
-    stack = contextlib.ExitStack()
-    stack.enter_context(inductor_config.patch(fx_graph_cache=False))
-    if hasattr(functorch_config, "enable_autograd_cache"):
-        stack.enter_context(functorch_config.patch(enable_autograd_cache=False))
-    return stack
+    return temporary_cache_dir(tempfile.mkdtemp(prefix="lpmace-uncached-"))
 
 
 def compile_step(graph_module: torch.fx.GraphModule, state: Dict[str, torch.Tensor], inputs: Sequence[torch.Tensor],
@@ -248,7 +245,8 @@ def compile_step(graph_module: torch.fx.GraphModule, state: Dict[str, torch.Tens
         try:  # each written to a temporary file, then renamed; the guards first
             write_atomic(str(_guards_path(path)), json.dumps({"guards": guards}))
             artifact.save(path=str(path), format="binary")
-        except Exception as error:  # still usable in this process
+        except Exception as error:  # still usable in this process; no guards left without their step
+            _guards_path(path).unlink(missing_ok=True)
             warnings.warn(f"lpmace: the compiled step could not be saved to {path} ({type(error).__name__}: "
                           f"{error}); a new process will compile it again", stacklevel=3)
     return Precompiled(artifact, guards)

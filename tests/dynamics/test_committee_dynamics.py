@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lpmace.committee import Committee
-from lpmace.dynamics import run_dynamics
+from lpmace.dynamics import ModelPotential, run_dynamics
 from lpmace.errors import InputError
 from lpmace.md import run_md
 
@@ -87,6 +87,58 @@ def test_members_with_different_cutoffs_are_one_line():
 
     with pytest.raises(InputError, match="member 1 has r_max 5.0 but member 0 has 4.0"):
         run_dynamics([tiny_model(**FAST), tiny_model(r_max=5.0, **FAST)], [_triclinic()], steps=1)
+
+
+def test_the_spread_follows_its_systems_when_one_is_removed(bpa_atoms, monkeypatch):
+    """System 1 gets NaN forces at step 11 and leaves the state: the samples of systems 0 and 2 after
+    that still carry their own spread (checked against `Committee.evaluate` at their positions)."""
+    from lpmace.data.batching import graph_from_atoms
+
+    molecule = ase.Atoms(numbers=bpa_atoms.numbers, positions=bpa_atoms.positions)
+    structures = [molecule, _triclinic(), molecule.copy()]
+    call, calls = ModelPotential.__call__, []
+
+    def nan_in_system_1_from_call_12(self, state):
+        call(self, state)
+        calls.append(1)
+        if len(calls) > 11 and state.num_systems == 3:
+            state.forces[int(state.ptr[1]):int(state.ptr[2])] = torch.nan
+
+    monkeypatch.setattr(ModelPotential, "__call__", nan_in_system_1_from_call_12)
+    samples = {}
+    run = run_dynamics(_members(), structures, ensemble="nve", steps=30, dt_fs=0.5, interval=10, seed=2,
+                       precision="fp64", on_sample=_record(samples))
+    assert run.systems[1].unstable_step == 11 and run.systems[0].stable and run.systems[2].stable
+    committee = Committee(_members(), precision="fp64")
+    for s in (0, 2):
+        for step in (20, 30):  # after the removal
+            positions, forces_std, energy_std, forces = samples[(s, step)]
+            frame = structures[s].copy()
+            frame.positions = positions
+            out = committee.evaluate(graph_from_atoms(frame, committee.r_max))
+            np.testing.assert_allclose(forces_std, out["forces_std"].numpy(), rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(energy_std, float(out["energy_std_per_atom"][0]), rtol=1e-9, atol=1e-14)
+            np.testing.assert_allclose(forces, out["forces"].numpy(), rtol=0, atol=1e-9)
+
+
+def test_committee_inputs_are_checked(tmp_path):
+    from tiny_models import tiny_model
+
+    from lpmace.io import save
+
+    with pytest.raises(InputError, match="at least 2 models, got 1"):
+        run_dynamics([tiny_model(**FAST)], [_triclinic()], steps=1)
+    with pytest.raises(InputError, match="the Committee is on cpu but the run is on meta"):
+        run_dynamics(Committee(_members()), [_triclinic()], steps=1, device="meta")
+    paths = []
+    for s, model in enumerate(_members()[:2]):
+        paths.append(tmp_path / f"m{s}.safetensors")
+        save(model, paths[-1])
+    from_files, from_models = {}, {}
+    run_dynamics(paths, [_triclinic()], steps=4, interval=2, precision="fp64", on_sample=_record(from_files))
+    run_dynamics(_members()[:2], [_triclinic()], steps=4, interval=2, precision="fp64", on_sample=_record(from_models))
+    for key in from_models:
+        np.testing.assert_allclose(from_files[key][1], from_models[key][1], rtol=0, atol=1e-12)
 
 
 @pytest.mark.gpu

@@ -43,8 +43,9 @@ from lpmace.train.distributed import DistributedContext
 
 PHASES = ("train", "sample", "select", "label", "append")
 STATE_VERSION = 1
-# config keys a resumed run may change: more rounds, a moved folder, an oracle fixed after it failed
-RESUMABLE = ("rounds", "output_dir", "oracle", "oracle_kwargs")
+# config keys a resumed run may change: more rounds, a moved folder, an oracle fixed after it failed,
+# another machine (the device; with sample.engine auto a re-run sample phase then follows the device)
+RESUMABLE = ("rounds", "output_dir", "oracle", "oracle_kwargs", "device")
 # how long ranks 1.. wait for rank 0's sampling and labelling (an oracle may be a slow DFT code)
 RANK_WAIT = datetime.timedelta(days=7)
 
@@ -129,7 +130,8 @@ class ActiveLoop:
         return state
 
     def _check_config(self) -> None:
-        then, now = self.state["config"], self.cfg.to_dict()
+        now = self.cfg.to_dict()
+        then = _with_new_keys(self.state["config"], now)  # a run begun before a key existed
         changed = sorted(k for k in set(then) | set(now) if k not in RESUMABLE and then.get(k) != now.get(k))
         if changed:
             raise InputError(f"--resume: the config differs from the run's in {', '.join(changed)} "
@@ -365,7 +367,8 @@ class ActiveLoop:
         s = self.cfg.sample
 
         def on_sample(traj, step, atoms):
-            keep(traj, step, atoms, atoms.get_forces(), atoms.arrays["forces_std"], atoms.info["energy_std_per_atom"])
+            keep(traj, step, atoms, atoms.get_forces(apply_constraint=False), atoms.arrays["forces_std"],
+                 atoms.info["energy_std_per_atom"])
 
         result = run_dynamics(committee, starts, ensemble=s.ensemble, steps=s.steps, dt_fs=s.dt_fs,
                               temperature_K=[float(t) for t in temperatures], friction_per_fs=s.friction_per_fs,
@@ -443,6 +446,18 @@ class ActiveLoop:
                 dataset.append(frame)
         write_frames(self.out / "dataset.xyz", dataset)
         return {"dataset_size": len(dataset), "added": len(self._round(r)["select"]["selected_indices"])}
+
+
+def _with_new_keys(then: dict, now: dict) -> dict:
+    """`then` (a run's config) with the keys it lacks taken from `now`, in nested sections too: a key
+    added to lpmace after the run began (sample.engine, 2026-12-02) is not a change of config."""
+    merged = dict(then)
+    for key, value in now.items():
+        if key not in merged:
+            merged[key] = value
+        elif isinstance(value, dict) and isinstance(merged[key], dict):
+            merged[key] = _with_new_keys(merged[key], value)
+    return merged
 
 
 def _short(value) -> str:

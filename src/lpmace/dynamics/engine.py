@@ -177,6 +177,8 @@ def run_dynamics(
     if not structures:
         raise InputError("run_dynamics needs at least one structure")
     device = torch.device(device)
+    if isinstance(model, (list, tuple)):  # a committee given as models or files: loaded once
+        model = committee_members(model)[0]
     config = committee_members(model)[0][0].config
     r_max = float(config.r_max)
     for s, atoms in enumerate(structures):

@@ -56,7 +56,7 @@ class ModelPotential:
         from lpmace.precision import resolve_policy
 
         self.device = torch.device(device)
-        models, policies = committee_members(model)
+        models, policies = committee_members(model, self.device)
         self.models = [m.to(self.device).eval() for m in models]
         self.model = self.models[0]
         if precision is not None or policies is None:
@@ -93,8 +93,12 @@ class ModelPotential:
         else:
             began = time.perf_counter()
         with torch.enable_grad():  # forces are derivatives, even if the caller is in no_grad
-            outs = [run(graph, precision=policy, compute_forces=True, compute_stress=False, training=False)
-                    for run, policy in zip(self.runs, self.policies)]
+            if len(self.runs) == 1:
+                outs = [self.run(graph, precision=self.policy, compute_forces=True, compute_stress=False,
+                                 training=False)]
+            else:  # each member's values copied before the next call (replayed outputs may be reused)
+                outs = [_copied(run(graph, precision=policy, compute_forces=True, compute_stress=False, training=False))
+                        for run, policy in zip(self.runs, self.policies)]
         if timed:
             end.record()
             self._events.append((start, end))
@@ -105,8 +109,8 @@ class ModelPotential:
             state.potential_eV = outs[0]["energy"].detach().to(torch.float64)
             state.forces = outs[0]["forces"].detach().to(state.positions.dtype)
             return
-        energies = torch.stack([out["energy"].detach().to(torch.float64) for out in outs])  # [M, S]
-        forces = torch.stack([out["forces"].detach().to(torch.float64) for out in outs])  # [M, N, 3]
+        energies = torch.stack([e for e, _ in outs])  # [M, S]
+        forces = torch.stack([f for _, f in outs])  # [M, N, 3]
         state.potential_eV = energies.mean(0)
         state.forces = forces.mean(0).to(state.positions.dtype)
         state.energy_std_eV = energies.std(0, correction=0)
@@ -130,18 +134,32 @@ class ModelPotential:
         return self._model_ms
 
 
-def committee_members(model) -> tuple[list, list | None]:
+def _copied(out: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(energy [S], forces [N, 3]) of one model call as new float64 tensors."""
+    return (out["energy"].detach().to(torch.float64, copy=True), out["forces"].detach().to(torch.float64, copy=True))
+
+
+def committee_members(model, device=None) -> tuple[list, list | None]:
     """(models, their policies or None) of `model`: one MACE, a `lpmace.Committee` (its members and the
-    policies it resolved) or a list of MACE models sharing elements and r_max (InputError otherwise)."""
+    policies it resolved; it must be on `device` when one is given: its models are not moved behind its
+    back) or a list of at least two MACE models or model files sharing elements and r_max (InputError
+    otherwise)."""
+    import os
+
     from lpmace.errors import InputError
 
     if hasattr(model, "models") and hasattr(model, "precisions"):  # lpmace.Committee
+        if device is not None and torch.device(model.device) != torch.device(device):
+            raise InputError(f"the Committee is on {model.device} but the run is on {device}: make the "
+                             "Committee with device= the run's device")
         return list(model.models), list(model.precisions)
     if not isinstance(model, (list, tuple)):
         return [model], None
-    models = list(model)
-    if not models:
-        raise InputError("a committee needs at least one model")
+    if len(model) < 2:
+        raise InputError(f"a committee needs at least 2 models, got {len(model)}")
+    from lpmace.io import load
+
+    models = [load(m) if isinstance(m, (str, os.PathLike)) else m for m in model]
     first = models[0].config
     for i, m in enumerate(models[1:], 1):
         for key in ("atomic_numbers", "r_max"):

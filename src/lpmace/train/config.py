@@ -133,8 +133,9 @@ class TrainConfig:
     # run
     eval_interval: int = 1
     seed: int = 1
-    # the validation split's seed (null: seed); members of a committee that share it share the data's
-    # statistics (E0s, scale, shift, avg_num_neighbors), so one compiled step serves them all
+    # the validation split's seed (null: seed): runs that differ in seed alone but share split_seed train
+    # on the same split, so on the same statistics (E0s, scale, shift, avg_num_neighbors) and one
+    # compiled step serves them all (lpmace active's committee members)
     split_seed: Optional[int] = None
     max_time: Optional[float] = None  # seconds of wall time; checked after each epoch
     output_dir: str = "runs/train"
