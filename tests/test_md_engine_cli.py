@@ -161,3 +161,14 @@ def test_an_earlier_runs_summary_does_not_outlive_a_run_that_crashes(tmp_path, s
     with pytest.raises(RuntimeError, match="a bug"):
         _md(tmp_path, structure, saved, "--engine", "torch", "--steps", "4", "--interval", "2")
     assert not summary.exists()
+
+
+@pytest.mark.parametrize("precision, ensemble, warned", [("bf16-mixed", "nve", True), ("fp32", "nve", False),
+                                                          ("bf16-mixed", "nvt", False)])
+def test_a_16bit_policy_in_nve_is_warned_about(saved, bpa_atoms, tmp_path, capsys, precision, ensemble, warned):
+    structure = tmp_path / "bpa.xyz"
+    ase.io.write(structure, _molecule(bpa_atoms), format="extxyz")
+    code, *_ = _md(tmp_path, structure, saved, "--engine", "torch", "--steps", "2", "--precision", precision,
+                   "--ensemble", ensemble)
+    assert code == 0
+    assert ("does not conserve the total energy" in capsys.readouterr().err) == warned

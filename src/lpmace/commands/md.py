@@ -96,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
     structures = [_starting_geometry(config, model.config.r_max) for config in configs]
     policy = resolve_policy(args.precision, default=model.default_precision)
     resolve(args.backend, device)  # an unknown or unavailable backend: InputError before any file
+    if args.ensemble == "nve" and policy.is_16bit:
+        from lpmace.cli import warn
+
+        warn(f"precision {policy.name} computes forces with 16-bit parts, which are not the gradient of one "
+             "energy: NVE does not conserve the total energy (every 16-bit policy drifted 20-170x fp32's, "
+             "docs/experiments/md_precision.md); use fp32 (or fp64) for NVE")
 
     outputs = Outputs(out_path, log_path, args.dt, batched=args.all_frames)
     summary_path.unlink(missing_ok=True)  # an earlier run's summary must not describe these outputs
