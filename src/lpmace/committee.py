@@ -35,7 +35,7 @@ from lpmace.errors import InputError
 from lpmace.model import MACE
 from lpmace.precision import PrecisionPolicy
 
-__all__ = ["Committee"]
+__all__ = ["Committee", "load_members", "spread"]
 
 
 def _load(member, device) -> MACE:
@@ -50,6 +50,30 @@ def _load(member, device) -> MACE:
 
 def _name(member, index: int) -> str:
     return str(member) if isinstance(member, (str, os.PathLike)) else f"member {index}"
+
+
+def load_members(members: Sequence, device=None) -> list[MACE]:
+    """The models of a committee: MACE models or ``.safetensors`` paths (loaded onto `device`), at
+    least 2, sharing elements and r_max (one graph serves all); InputError otherwise."""
+    members = list(members)
+    if len(members) < 2:
+        raise InputError(f"a Committee needs at least 2 members, got {len(members)}")
+    models = [_load(m, device) for m in members]
+    first = models[0].config
+    for i, (model, given) in enumerate(zip(models, members)):
+        for key in ("atomic_numbers", "r_max"):
+            if getattr(model.config, key) != getattr(first, key):
+                raise InputError(f"Committee: {_name(given, i)} has {key} {getattr(model.config, key)} but "
+                                 f"{_name(members[0], 0)} has {getattr(first, key)}; members must share "
+                                 "elements and r_max")
+    return models
+
+
+def spread(energies: torch.Tensor, forces: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(mean energy [S], mean forces [N, 3], energy std [S] (eV), forces_std [N]) of the members'
+    energies [M, S] and forces [M, N, 3] (float64), as the module docstring defines them."""
+    return (energies.mean(0), forces.mean(0), energies.std(0, correction=0),
+            forces.std(0, correction=0).norm(dim=-1))
 
 
 class Committee(ASECalculator):
@@ -76,18 +100,9 @@ class Committee(ASECalculator):
         from lpmace.devices import resolve_device
         from lpmace.precision import resolve_policy
 
-        members = list(members)
-        if len(members) < 2:
-            raise InputError(f"a Committee needs at least 2 members, got {len(members)}")
         self.device = resolve_device(device, "device")
-        self.models = [_load(m, self.device).to(self.device).eval() for m in members]
+        self.models = [m.to(self.device).eval() for m in load_members(members, self.device)]
         first = self.models[0].config
-        for i, (model, given) in enumerate(zip(self.models, members)):
-            for key in ("atomic_numbers", "r_max"):
-                if getattr(model.config, key) != getattr(first, key):
-                    raise InputError(f"Committee: {_name(given, i)} has {key} {getattr(model.config, key)} but "
-                                     f"{_name(members[0], 0)} has {getattr(first, key)}; members must share "
-                                     "elements and r_max")
         self.r_max = float(first.r_max)
         self.atomic_numbers = tuple(int(z) for z in first.atomic_numbers)
         self.precisions = [resolve_policy(precision, default=m.default_precision) for m in self.models]
@@ -118,12 +133,9 @@ class Committee(ASECalculator):
                 forces.append(out["forces"].detach().to("cpu", torch.float64))
         energies, forces = torch.stack(energies), torch.stack(forces)
         atoms_per_graph = (graph.ptr[1:] - graph.ptr[:-1]).to("cpu", torch.float64)
-        return {
-            "energy": energies.mean(0), "forces": forces.mean(0),
-            "energy_std_per_atom": energies.std(0, correction=0) / atoms_per_graph,
-            "forces_std": forces.std(0, correction=0).norm(dim=-1),
-            "energies": energies, "member_forces": forces,
-        }
+        energy, mean_forces, energy_std, forces_std = spread(energies, forces)
+        return {"energy": energy, "forces": mean_forces, "energy_std_per_atom": energy_std / atoms_per_graph,
+                "forces_std": forces_std, "energies": energies, "member_forces": forces}
 
     def calculate(self, atoms: ase.Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)

@@ -126,7 +126,7 @@ def test_committee_inputs_are_checked(tmp_path):
 
     from lpmace.io import save
 
-    with pytest.raises(InputError, match="at least 2 models, got 1"):
+    with pytest.raises(InputError, match="at least 2 members, got 1"):
         run_dynamics([tiny_model(**FAST)], [_triclinic()], steps=1)
     with pytest.raises(InputError, match="the Committee is on cpu but the run is on meta"):
         run_dynamics(Committee(_members()), [_triclinic()], steps=1, device="meta")

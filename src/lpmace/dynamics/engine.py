@@ -178,7 +178,9 @@ def run_dynamics(
         raise InputError("run_dynamics needs at least one structure")
     device = torch.device(device)
     if isinstance(model, (list, tuple)):  # a committee given as models or files: loaded once
-        model = committee_members(model)[0]
+        from lpmace.committee import load_members
+
+        model = load_members(model)
     config = committee_members(model)[0][0].config
     r_max = float(config.r_max)
     for s, atoms in enumerate(structures):

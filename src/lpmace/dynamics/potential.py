@@ -109,12 +109,11 @@ class ModelPotential:
             state.potential_eV = outs[0]["energy"].detach().to(torch.float64)
             state.forces = outs[0]["forces"].detach().to(state.positions.dtype)
             return
-        energies = torch.stack([e for e, _ in outs])  # [M, S]
-        forces = torch.stack([f for _, f in outs])  # [M, N, 3]
-        state.potential_eV = energies.mean(0)
-        state.forces = forces.mean(0).to(state.positions.dtype)
-        state.energy_std_eV = energies.std(0, correction=0)
-        state.forces_std = forces.std(0, correction=0).norm(dim=-1)
+        from lpmace.committee import spread
+
+        energy, forces, state.energy_std_eV, state.forces_std = spread(torch.stack([e for e, _ in outs]),
+                                                                        torch.stack([f for _, f in outs]))
+        state.potential_eV, state.forces = energy, forces.to(state.positions.dtype)
 
     def _timing_events(self) -> tuple:
         """A (start, end) pair to record: one read already, else a new one."""
@@ -142,10 +141,9 @@ def _copied(out: dict) -> tuple[torch.Tensor, torch.Tensor]:
 def committee_members(model, device=None) -> tuple[list, list | None]:
     """(models, their policies or None) of `model`: one MACE, a `lpmace.Committee` (its members and the
     policies it resolved; it must be on `device` when one is given: its models are not moved behind its
-    back) or a list of at least two MACE models or model files sharing elements and r_max (InputError
-    otherwise)."""
-    import os
-
+    back) or a list of MACE models or model files (`lpmace.committee.load_members`: at least 2, sharing
+    elements and r_max; InputError otherwise)."""
+    from lpmace.committee import load_members
     from lpmace.errors import InputError
 
     if hasattr(model, "models") and hasattr(model, "precisions"):  # lpmace.Committee
@@ -155,15 +153,4 @@ def committee_members(model, device=None) -> tuple[list, list | None]:
         return list(model.models), list(model.precisions)
     if not isinstance(model, (list, tuple)):
         return [model], None
-    if len(model) < 2:
-        raise InputError(f"a committee needs at least 2 models, got {len(model)}")
-    from lpmace.io import load
-
-    models = [load(m) if isinstance(m, (str, os.PathLike)) else m for m in model]
-    first = models[0].config
-    for i, m in enumerate(models[1:], 1):
-        for key in ("atomic_numbers", "r_max"):
-            if getattr(m.config, key) != getattr(first, key):
-                raise InputError(f"committee member {i} has {key} {getattr(m.config, key)} but member 0 has "
-                                 f"{getattr(first, key)}; members must share elements and r_max")
-    return models, None
+    return load_members(model), None
