@@ -241,6 +241,7 @@ def test_oracle_none_asks_for_labels_and_resumes_with_them(tmp_path, uninterrupt
     ({"select": {"k": 2.5}}, "select.k"), ({"select": {"max_uncertainty": 0}}, "select.max_uncertainty"), ({"train": {"lr": -1}}, "lr"), ({"train": {"epoks": 3}}, "train.epoks"),
     ({"train": {"train_file": "x.xyz"}}, "train.train_file"), ({"structures": {"crystal": "fcx"}}, "structures.crystal"),
     ({"oracle": "EMT"}, "oracle"), ({"oracle": "none"}, "data_file"),
+    ({"sample": {"engine": "gpu"}}, "sample.engine"), ({"train": {"split_seed": 1}}, "train.split_seed"),
 ])
 def test_a_bad_config_key_or_value_is_one_line_naming_it_before_any_work(tmp_path, capsys, changes, named):
     config = write_config(tmp_path / "c.yaml", tmp_path / "run", **changes)
