@@ -325,9 +325,10 @@ def _call(model, key: tuple, state, inputs, device, variants: list):
     sizes from then on and the next variant serves them, with a warning: loaded if one was saved, else
     compiled without Inductor's caches (`precompiled.uncached`, as every variant after the first; with
     them, the same graph came back with the same code) and saved. A third such failure for one call is
-    raised. The guards now also name the sizes the compile fixed (`precompiled.compile_step`), so such a
-    step should refuse those inputs by its guards before its code does.
-    benchmarks/results/active_round_h200_2026-12-02: d_shapes, e_no_fx_cache."""
+    raised. The guards also name the input sizes the compile fixed (`precompiled.compile_step`), yet on
+    the H200 steps still refused this way (a 1-D tensor, 352 against 320 atoms; probably one of the
+    backward graph's, not an input): this recovery is what serves those batches, a compile each.
+    benchmarks/results/active_round_h200_2026-12-02: d_shapes, e_no_fx_cache, f_two_rounds."""
     for attempt in range(3):
         compiled = next((c for c in variants if _accepts(c, inputs)), None)
         if compiled is None:
