@@ -16,6 +16,7 @@ time, against the H200's 4.8 TB/s (NVIDIA's data sheet).
 [E, I, O]) on the same inputs: message = node, grads = node(to_src) + edge.
 
     python benchmarks/conv_kernels.py --out DIR [--old PATH] [--sweep]
+    python benchmarks/conv_kernels.py --out DIR --runs     # paths cut into runs (TILES' last entry)
     ncu --clock-control none --launch-skip 2 ... python benchmarks/conv_kernels.py --out DIR --once
 """
 
@@ -56,7 +57,7 @@ def floor_bytes(kind, x, y, w, g):
     if kind == "message":
         return index + x.numel() * x.element_size() + edge_in + g.numel() * 4
     d_out = y.numel() * 4 + w.numel() * w.element_size() + x.numel() * x.element_size()  # ∂Y, ∂W, ∂X
-    return index + g.numel() * 4 + x.numel() * x.element_size() + edge_in + d_out
+    return index + g.numel() * g.element_size() + x.numel() * x.element_size() + edge_in + d_out
 
 
 def rel_diff(a, b):
@@ -88,6 +89,9 @@ def main() -> None:
                         "pipeline stages and edges per loop step")
     parser.add_argument("--registers", action="store_true", help="only time each kernel (layers 1 and 2, bf16 "
                         "and float32) at its tiles under register caps (Triton's maxnreg)")
+    parser.add_argument("--runs", action="store_true", help="only time each kernel (layers 2 and 1, bf16 and "
+                        "float32) with its paths cut into 1-3 runs (TILES' last entry), at one and two channels "
+                        "per lane for 16-bit operands, with registers and spills per compiled kernel")
     parser.add_argument("--once", action="store_true", help="only run layer 2's kernels once per operand dtype "
                         "(bf16, fp32), after one warm-up call: for a profiler such as ncu")
     args = parser.parse_args()
@@ -104,6 +108,9 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__}; W2 mp box: {graph.edge_index.shape[1]} edges")
     if args.registers:
         (args.out / "conv_registers.json").write_text(json.dumps(registers(graph), indent=1) + "\n")
+        return
+    if args.runs:
+        (args.out / "conv_runs.json").write_text(json.dumps(path_runs(graph), indent=1) + "\n")
         return
     old = None
     if args.old:
@@ -162,11 +169,64 @@ def registers(graph):
     return found
 
 
+def _compiled_registers(fn) -> list:
+    """(registers, spills) of each binary Triton compiled for a JIT function (empty if its cache is not
+    where Triton 3.6 keeps it)."""
+    found = []
+    try:
+        for cache in getattr(fn, "device_caches", {}).values():
+            for kernel in (cache[0] if isinstance(cache, tuple) else cache).values():
+                found.append((getattr(kernel, "n_regs", None), getattr(kernel, "n_spills", None)))
+    except Exception as err:  # another Triton's layout: say so, keep the timing
+        found.append(f"{type(err).__name__}: {err}"[:100])
+    return found
+
+
+def path_runs(graph):
+    """Each kernel with its paths cut into runs (one program per run: fewer registers per program),
+    layer 2 then layer 1, bf16 (one and two channels per lane) and float32 operands; ∂L/∂message in the
+    operand dtype, as the model hands it back."""
+    saved = dict(convolution_triton.TILES)
+    found = []
+    for lmax_in, dtype in itertools.product((1, 0), (torch.bfloat16, torch.float32)):
+        x, y, w, g, seg = problem(graph, lmax_in, 128, dtype)
+        g = g.to(dtype)
+        refs = {"message": (convolution.message_reference(x, y, w, seg, lmax_in, 3, torch.float32),),
+                "grads": convolution.grads_reference(g, x, y, w, seg, lmax_in, 3, True, True, True, torch.float32)}
+        calls = {"message": lambda: (convolution_triton.message_triton(x, y, w, seg, lmax_in, 3),),
+                 "grads": lambda: convolution_triton.grads_triton(g, x, y, w, seg, lmax_in, 3, True, True, True)}
+        narrow = dtype.itemsize == 2
+        for kind in ("message", "grads"):
+            key = f"{kind} 16-bit" if narrow else kind
+            base = saved[key]
+            lanes = (2, 1) if narrow else (1,)
+            for per_lane, runs in itertools.product(lanes, (1, 2, 3) if lmax_in == 1 else (1, 2)):
+                convolution_triton.TILES.update(saved)
+                channels = max(base[0], 32 * per_lane)
+                convolution_triton.TILES[key] = (channels, base[1], base[2], per_lane, runs)
+                row = dict(layer=lmax_in + 1, dtype=str(dtype).split(".")[-1], kernel=kind, runs=runs,
+                           channels_per_lane=per_lane, channels_per_program=channels)
+                try:
+                    row["check"] = rel_diff(calls[kind](), refs[kind])
+                    row["ms"] = time_ms(calls[kind])
+                    row["bandwidth_tb_s"] = floor_bytes(kind, x, y, w, g) / (row["ms"] * 1e-3) / 1e12
+                    fn = convolution_triton.kernels(lmax_in, 3, dtype)[0 if kind == "message" else 1]
+                    row["registers_spills"] = _compiled_registers(fn)
+                except Exception as err:  # a tile that does not compile: say so
+                    row["error"] = f"{type(err).__name__}: {err}"[:300]
+                print(json.dumps(row), flush=True)
+                found.append(row)
+        convolution_triton.TILES.update(saved)
+        del x, y, w, g, seg, refs
+        torch.cuda.empty_cache()
+    return found
+
+
 def sweep(graph):
     """Each kernel over channels per program × pipeline stages × edges per loop step × channels per lane,
     layer 2, bf16 and float32 operands."""
     saved = dict(convolution_triton.TILES)
-    grid = {kind: [t for t in itertools.product(channels, (1,), (1, 2), (1, 2, 4)) if t[0] >= 32 * t[3]]
+    grid = {kind: [t for t in itertools.product(channels, (1,), (1, 2), (1, 2, 4), (1,)) if t[0] >= 32 * t[3]]
             for kind, channels in (("message", (64, 128)), ("grads", (32, 64, 128)))}
     found = []
     for dtype in (torch.bfloat16, torch.float32):

@@ -284,10 +284,10 @@ def test_edges_unrolled_per_loop_step(interpret, monkeypatch, unroll, per_lane, 
     forward and three derivatives against the plain formula."""
     from lpmace.kernels import convolution_triton
 
-    monkeypatch.setitem(convolution_triton.TILES, "message", (64, 3, unroll[0], per_lane))
-    monkeypatch.setitem(convolution_triton.TILES, "message 16-bit", (64, 3, unroll[0], per_lane))
-    monkeypatch.setitem(convolution_triton.TILES, "grads", (64, 1, unroll[1], per_lane))
-    monkeypatch.setitem(convolution_triton.TILES, "grads 16-bit", (64, 1, unroll[1], per_lane))
+    monkeypatch.setitem(convolution_triton.TILES, "message", (64, 3, unroll[0], per_lane, 1))
+    monkeypatch.setitem(convolution_triton.TILES, "message 16-bit", (64, 3, unroll[0], per_lane, 1))
+    monkeypatch.setitem(convolution_triton.TILES, "grads", (64, 1, unroll[1], per_lane, 1))
+    monkeypatch.setitem(convolution_triton.TILES, "grads 16-bit", (64, 1, unroll[1], per_lane, 1))
     assert convolution_triton._channels(channels, "grads")[1] == (2 // per_lane if channels > 32 else 1)
     x, y, w, seg = _problem(7, 23, channels, 1, 2, dtype=torch.float32, seed=10)
     assert sorted(seg.dst_ptr.diff().tolist()) == [1, 2, 3, 4, 4, 4, 5]
@@ -295,3 +295,43 @@ def test_edges_unrolled_per_loop_step(interpret, monkeypatch, unroll, per_lane, 
     fused = _derivatives(lambda x, y, w: conv_tensor_product(x, y, w, seg, 1, 2, "triton"), (x, y, w))
     plain = _derivatives(lambda x, y, w: _plain(x.double(), y.double(), w.double(), seg, 1, 2), (x, y, w))
     _assert_close(fused, plain, 2e-6)
+
+
+@pytest.mark.parametrize("lmax_in, max_ell, runs", [(1, 3, 2), (1, 3, 3), (0, 3, 4), (2, 2, 3)])
+def test_paths_cut_into_runs(interpret, monkeypatch, lmax_in, max_ell, runs):
+    """Each kernel's paths cut into runs, one program per run (grads then sums the runs' ∂X and ∂Y):
+    forward and three derivatives against the plain formula, with two edges per step and two channels
+    per lane over two programs of 64 channels; 16-bit operands take their own entries."""
+    from lpmace.kernels import convolution_triton
+
+    groups = convolution_triton.path_groups(lmax_in, max_ell, runs)
+    paths = conv_paths(lmax_in, max_ell, max_ell)
+    assert len(groups) == min(runs, len(paths)) and [q for r in groups for q in r] == list(range(len(paths)))
+    for key, unroll in (("message", 2), ("grads", 2)):
+        monkeypatch.setitem(convolution_triton.TILES, key, (64, 1, unroll, 2, runs))
+        monkeypatch.setitem(convolution_triton.TILES, f"{key} 16-bit", (64, 1, 1, 1, 1))
+    x, y, w, seg = _problem(7, 23, 70, lmax_in, max_ell, dtype=torch.float32, seed=11)
+    fused = _derivatives(lambda x, y, w: conv_tensor_product(x, y, w, seg, lmax_in, max_ell, "triton"), (x, y, w))
+    plain = _derivatives(lambda x, y, w: _plain(x.double(), y.double(), w.double(), seg, lmax_in, max_ell),
+                         (x, y, w))
+    _assert_close(fused, plain, 2e-6)
+    assert convolution_triton._runs("grads", torch.float32, lmax_in, max_ell) == len(groups)
+    assert convolution_triton._runs("grads", torch.bfloat16, lmax_in, max_ell) == 1
+
+
+def test_runs_of_paths_balance_the_work():
+    """The runs are adjacent paths in order; for L = 1 features and max_ell 3 (10 paths, 86 CG terms,
+    40 columns) two runs split the 126 units of work no worse than 40/60 %."""
+    from lpmace.kernels.convolution_triton import _terms, layout, path_groups
+
+    _, pcol, table = layout(1, 3)
+    cost = [0] * 10
+    for _, _, o, _ in _terms(table):
+        cost[pcol[o]] += 1
+    for o in pcol:
+        cost[o] += 1
+    assert sum(cost) == 126
+    first, second = path_groups(1, 3, 2)
+    assert first + second == tuple(range(10))
+    assert 0.4 <= sum(cost[q] for q in first) / 126 <= 0.6
+    assert path_groups(1, 3, 1) == (tuple(range(10)),) and len(path_groups(0, 3, 9)) == 4

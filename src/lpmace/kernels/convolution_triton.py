@@ -23,6 +23,10 @@ offset as an immediate, with no integer arithmetic per load):
              It writes the edge's ∂W row and ∂Y row (a sum over the block's channels; blocks add up in
              a [blocks, E, B] buffer), and ∂X[s] is summed in registers and written once.
 
+Either kernel may split the paths into runs (`path_groups`, TILES), one program per (node, channel
+block, run), each keeping only its run's outputs and products in registers; grads then writes ∂X and
+∂Y per run, summed after it.
+
 No atomics: every output is written by one program, in a fixed order; the same result every run.
 Sums run in float32 (the literals are float32); `convolution` sends float64 work to its reference.
 The generated source is written under the kernel cache (``$LPMACE_CACHE_DIR`` or
@@ -43,18 +47,18 @@ from lpmace.cache import cache_dir
 from lpmace.kernels.launch import launch_context, next_power_of_2, require_interpreter
 from lpmace.o3.clebsch_gordan import conv_coupling_table, conv_paths, path_of_column
 
-__all__ = ["TILES", "grads_triton", "layout", "message_triton", "sizes", "source"]
+__all__ = ["TILES", "grads_triton", "layout", "message_triton", "path_groups", "sizes", "source"]
 
-# (channels per program, pipeline stages, edges per loop step, adjacent channels per lane) per kernel, from
-# sweeps on the H200 (benchmarks/conv_kernels.py --sweep, MACE-MP-0-medium layer 2, the last in
-# benchmarks/results/conv_lanes_h200_2026-12-02): no software pipelining anywhere; the message takes two
-# edges per step (its "16-bit" entry must keep the same count: the source is shared) at 64 channels per
-# program, one per lane for fp32 operands and two for 16-bit ones (0.79 / 0.72 ms fp32 / bf16 against
-# 0.82 / 0.78 at 128 and one per lane); grads one warp per program (its ∂Y sums over channels are warp
-# shuffles without a block-wide barrier) and one edge per step, 32 channels for fp32 operands, 64 at
-# two per lane for 16-bit ones (1.98 / 1.81 ms against 2.11 / 1.94).
-TILES = {"message": (64, 1, 2, 1), "message 16-bit": (64, 1, 2, 2),
-         "grads": (32, 1, 1, 1), "grads 16-bit": (64, 1, 1, 2)}
+# (channels per program, pipeline stages, edges per loop step, adjacent channels per lane, runs of paths)
+# per kernel and operand width, from sweeps on the H200 (benchmarks/conv_kernels.py --sweep, MACE-MP-0-medium
+# layer 2, the last in benchmarks/results/conv_lanes_h200_2026-12-02): no software pipelining anywhere; the
+# message takes two edges per step at 64 channels per program, one per lane for fp32 operands and two for
+# 16-bit ones (0.79 / 0.72 ms fp32 / bf16 against 0.82 / 0.78 at 128 and one per lane); grads one warp per
+# program (its ∂Y sums over channels are warp shuffles without a block-wide barrier) and one edge per step,
+# 32 channels for fp32 operands, 64 at two per lane for 16-bit ones (1.98 / 1.81 ms against 2.11 / 1.94).
+# Runs of paths (`path_groups`): one program per run, each holding only its run's outputs and products.
+TILES = {"message": (64, 1, 2, 1, 1), "message 16-bit": (64, 1, 2, 2, 1),
+         "grads": (32, 1, 1, 1, 1), "grads 16-bit": (64, 1, 1, 2, 1)}
 # Register cap per thread (Triton's `maxnreg`) per TILES key; absent: the compiler's choice. A lower cap
 # lets more warps share an SM (the message's occupancy is limited by its registers) at the risk of spills.
 MAXNREG: dict = {}
@@ -85,26 +89,62 @@ def _terms(table):
     return [(i, b, o, float(table[i, b, o])) for i, b, o in found]
 
 
-def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1)) -> str:
+@lru_cache(maxsize=None)
+def path_groups(lmax_in: int, max_ell: int, count: int) -> tuple:
+    """The paths cut into at most `count` runs of adjacent paths of about equal work (CG terms plus
+    output columns), one per program of a kernel's third grid axis: each program keeps only its
+    run's outputs, weights and products in registers (fewer registers, more warps per SM); what every
+    run needs again (X, Y) is gathered again, from L2 mostly."""
+    _, pcol, table = layout(lmax_in, max_ell)
+    n_paths = max(pcol) + 1
+    cost = [0] * n_paths
+    for _, _, o, _ in _terms(table):
+        cost[pcol[o]] += 1
+    for o in range(len(pcol)):
+        cost[pcol[o]] += 1
+    count = max(1, min(count, n_paths))
+    prefix = np.cumsum([0] + cost)
+    cuts = [0]
+    for k in range(1, count):  # the cut whose work before it is nearest k/count of the whole
+        allowed = range(cuts[-1] + 1, n_paths - (count - k) + 1)
+        cuts.append(min(allowed, key=lambda j: abs(prefix[j] - prefix[-1] * k / count)))
+    cuts.append(n_paths)
+    return tuple(tuple(range(a, b)) for a, b in zip(cuts, cuts[1:]))
+
+
+def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups: tuple[int, int] = (1, 1)) -> str:
     """Python source of the two kernels of this (lmax_in, max_ell), CG non-zeros written as literals.
 
     unroll = (message, grads): edges per loop step. With u > 1 the loads of u edges are issued before
     any of their arithmetic (more loads in flight per lane); edges past the segment's end load zeros
-    (masked) and store nothing."""
+    (masked) and store nothing. groups = (message, grads): runs of paths (`path_groups`), one per
+    program along grid axis 2 (`grp`); with more than one, grads writes ∂X per run ([runs, N, C, I])
+    and ∂Y per (run, channel block), summed by the caller."""
     _, pcol, table = layout(lmax_in, max_ell)
     n_in, n_sh, n_out = table.shape
     n_paths = max(pcol) + 1
     terms = _terms(table)
-    pairs = sorted({(i, b) for i, b, _, _ in terms})
-    by_out = {o: [(i, b, v) for i, b, oo, v in terms if oo == o] for o in range(n_out)}
     by_ibp: dict = {}  # (i, b, path) -> [(o, CG value)]
     for i, b, o, v in terms:
         by_ibp.setdefault((i, b, pcol[o]), []).append((o, v))
     lines = [f'"""Generated by lpmace.kernels.convolution_triton for lmax_in={lmax_in}, max_ell={max_ell}, '
-             f'unroll={tuple(unroll)}."""', "import triton", "import triton.language as tl", ""]
+             f'unroll={tuple(unroll)}, groups={tuple(groups)}."""', "import triton", "import triton.language as tl", ""]
 
     def emit(indent, text):
         lines.append(" " * indent + text)
+
+    def run_parts(run):  # a run's columns, terms, (i, b) pairs, components i and harmonics b
+        cols = [o for o in range(n_out) if pcol[o] in run]
+        found = [t for t in terms if pcol[t[2]] in run]
+        pairs = sorted({(i, b) for i, b, _, _ in found})
+        return cols, found, pairs, sorted({i for i, _ in pairs}), sorted({b for _, b in pairs})
+
+    def runs_of(count, kernel_indent):  # (indent of the run's code, run) after its `if grp == k:` line
+        runs = path_groups(lmax_in, max_ell, count)
+        for k, run in enumerate(runs):
+            if len(runs) > 1:
+                emit(kernel_indent, f"if grp == {k}:")
+            yield kernel_indent + (4 if len(runs) > 1 else 0), run
 
     def edge_loop(indent, u_max, other_end):  # `for` over segment [start, end) in steps of u_max
         step = "" if u_max == 1 else f", {u_max}"
@@ -123,29 +163,17 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1)) -> str:
         emit(indent, f"ok{u} = c_ok & (j0 + {u} + 0 * c < end)")  # (a scalar & a block fails in the interpreter)
         return f", mask=in{u}"
 
-    def load_x(indent, node, suffix=""):  # X^T [N, I, C]
-        for i in range(n_in):
-            emit(indent, f"x{i}{suffix} = tl.load(x_ptr + {node} * ({n_in} * C) + ({i} * C) + c, mask=c_ok, other=0.0)"
-                         ".to(tl.float32)")
-
-    def load_edge(indent, u, edge_mask, want_w=True):
+    def load_edge(indent, u, edge_mask, harmonics, paths):
         # Row pointers once per edge (int64), then compile-time offsets within the row (C is constexpr):
         # the loads take them as immediates, with no integer arithmetic per load.
         emit(indent, f"y_row{u} = y_ptr + e{u} * {n_sh}")
-        for b in range(n_sh):
+        for b in harmonics:
             other = ", other=0.0" if edge_mask else ""
             emit(indent, f"y{b}_{u} = tl.load(y_row{u} + {b}{edge_mask}{other}).to(tl.float32)")
-        if want_w:
+        if paths:
             emit(indent, f"w_row{u} = w_ptr + e{u} * ({n_paths} * C) + c")
-            for p in range(n_paths):
-                emit(indent, f"w{p}_{u} = tl.load(w_row{u} + {p} * C, mask=ok{u}, other=0.0).to(tl.float32)")
-
-    def tensor_product(indent, xs, u):  # tp{o} = Σ CG x_i y_b
-        for i, b in pairs:
-            emit(indent, f"xy{i}_{b} = x{i}{xs} * y{b}_{u}")
-        for o in range(n_out):
-            expr = " + ".join(f"{_literal(v)} * xy{i}_{b}" for i, b, v in by_out[o]) or f"0.0 * x0{xs}"
-            emit(indent, f"tp{o} = {expr}")
+            for q in paths:
+                emit(indent, f"w{q}_{u} = tl.load(w_row{u} + {q} * C, mask=ok{u}, other=0.0).to(tl.float32)")
 
     # message: out[n, c, o] = Σ_{e: dst=n} W[e, p(o), c] Σ CG X[src, c, i] Y[e, b]
     um, ug = unroll
@@ -154,86 +182,110 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1)) -> str:
             "STAGES: tl.constexpr):")
     emit(4, "n = tl.program_id(0).to(tl.int64)")
     emit(4, "c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)")
+    emit(4, "grp = tl.program_id(2)")
     emit(4, "c_ok = c < C")
     emit(4, "end = tl.load(ptr_ptr + n + 1)")
-    for o in range(n_out):
-        emit(4, f"a{o} = tl.zeros((BLOCK_C,), tl.float32)")
-    edge_loop(4, um, "n")
-    masks = [edge_index(8, u, um, "src_ptr", "s") for u in range(um)]
-    for u in range(um):  # every load of the step's edges first
-        emit(8, f"x_row{u} = x_ptr + s{u} * ({n_in} * C) + c")
-        for i in range(n_in):
-            emit(8, f"x{i}_{u} = tl.load(x_row{u} + {i} * C, mask=ok{u}, other=0.0).to(tl.float32)")
-        load_edge(8, u, masks[u])
-    for u in range(um):
-        tensor_product(8, f"_{u}", u)
-        for o in range(n_out):
-            emit(8, f"a{o} += w{pcol[o]}_{u} * tp{o}")
-    emit(4, f"out_row = out_ptr + n * (C * {n_out}) + c * {n_out}")
-    for o in range(n_out):
-        emit(4, f"tl.store(out_row + {o}, a{o}.to(out_ptr.dtype.element_ty), mask=c_ok)")
+    for ind, run in runs_of(groups[0], 4):
+        cols, found, pairs, comps, harmonics = run_parts(run)
+        by_out = {o: [(i, b, v) for i, b, oo, v in found if oo == o] for o in cols}
+        for o in cols:
+            emit(ind, f"a{o} = tl.zeros((BLOCK_C,), tl.float32)")
+        edge_loop(ind, um, "n")
+        masks = [edge_index(ind + 4, u, um, "src_ptr", "s") for u in range(um)]
+        for u in range(um):  # every load of the step's edges first
+            emit(ind + 4, f"x_row{u} = x_ptr + s{u} * ({n_in} * C) + c")
+            for i in comps:
+                emit(ind + 4, f"x{i}_{u} = tl.load(x_row{u} + {i} * C, mask=ok{u}, other=0.0).to(tl.float32)")
+            load_edge(ind + 4, u, masks[u], harmonics, run)
+        for u in range(um):  # tp{o} = Σ CG x_i y_b, then a{o} += W tp{o}
+            for i, b in pairs:
+                emit(ind + 4, f"xy{i}_{b} = x{i}_{u} * y{b}_{u}")
+            for o in cols:
+                expr = " + ".join(f"{_literal(v)} * xy{i}_{b}" for i, b, v in by_out[o]) or f"0.0 * x{comps[0]}_{u}"
+                emit(ind + 4, f"a{o} += w{pcol[o]}_{u} * ({expr})")
+        emit(ind, f"out_row = out_ptr + n * (C * {n_out}) + c * {n_out}")
+        for o in cols:
+            emit(ind, f"tl.store(out_row + {o}, a{o}.to(out_ptr.dtype.element_ty), mask=c_ok)")
     emit(0, "")
 
     # grads: ∂X[s] (summed over s's outgoing edges), ∂Y[e] (per channel block), ∂W[e]
+    many = len(path_groups(lmax_in, max_ell, groups[1])) > 1
     emit(0, "@triton.jit")
-    emit(0, "def grads(g_ptr, x_ptr, y_ptr, w_ptr, dst_ptr, ptr_ptr, perm_ptr, dx_ptr, dy_ptr, dw_ptr, C: tl.constexpr, E, "
-            "BLOCK_C: tl.constexpr, WANT_X: tl.constexpr, WANT_Y: tl.constexpr, WANT_W: tl.constexpr, "
+    emit(0, "def grads(g_ptr, x_ptr, y_ptr, w_ptr, dst_ptr, ptr_ptr, perm_ptr, dx_ptr, dy_ptr, dw_ptr, C: tl.constexpr, N, "
+            "E, BLOCK_C: tl.constexpr, WANT_X: tl.constexpr, WANT_Y: tl.constexpr, WANT_W: tl.constexpr, "
             "STAGES: tl.constexpr):")
     emit(4, "s = tl.program_id(0).to(tl.int64)")
     emit(4, "block = tl.program_id(1).to(tl.int64)")
+    emit(4, "grp = tl.program_id(2)")
     emit(4, "c = block * BLOCK_C + tl.arange(0, BLOCK_C)")
     emit(4, "c_ok = c < C")
     emit(4, "end = tl.load(ptr_ptr + s + 1)")
-    load_x(4, "s")
-    for i in range(n_in):
-        emit(4, f"dx{i} = tl.zeros((BLOCK_C,), tl.float32)")
-    edge_loop(4, ug, "s")
-    masks = [edge_index(8, u, ug, "dst_ptr", "d") for u in range(ug)]
-    for u in range(ug):
-        emit(8, f"g_row{u} = g_ptr + d{u} * ({n_out} * C) + c")  # G^T [N, O, C]
-        for o in range(n_out):
-            emit(8, f"g{o}_{u} = tl.load(g_row{u} + {o} * C, mask=ok{u}, other=0.0).to(tl.float32)")
-        load_edge(8, u, masks[u])
-    for u in range(ug):
-        # s[i,b,p] = Σ_{o in p} CG[i,b,o] G_o: shared by ∂W (with X·Y) and by t[i,b] = Σ_p W_p s[i,b,p],
-        # which ∂X (with Y) and ∂Y (with X) share: every CG product is formed once per edge and channel.
-        for (i, b, p), entries in by_ibp.items():
-            emit(8, f"s{i}_{b}_{p} = " + " + ".join(f"{_literal(v)} * g{o}_{u}" for o, v in entries))
-        emit(8, "if WANT_W:")
-        emit(12, f"dw_row{u} = dw_ptr + e{u} * ({n_paths} * C) + c")
-        for i, b in pairs:
-            emit(12, f"xy{i}_{b} = x{i} * y{b}_{u}")
-        for p in range(n_paths):
-            expr = " + ".join(f"xy{i}_{b} * s{i}_{b}_{p}" for (i, b, pp) in by_ibp if pp == p) or "0.0 * x0"
-            emit(12, f"tl.store(dw_row{u} + {p} * C, ({expr}).to(dw_ptr.dtype.element_ty), mask=ok{u})")
-        emit(8, "if WANT_X or WANT_Y:")
-        for i, b in pairs:
-            emit(12, f"t{i}_{b} = " + " + ".join(f"w{p}_{u} * s{i}_{b}_{p}" for (ii, bb, p) in by_ibp
-                                                 if (ii, bb) == (i, b)))
-        emit(8, "if WANT_X:")
+    # a run's partial sums: ∂Y rows of (run, block) in [runs * blocks, E, B], ∂X in [runs, N, C, I]
+    dy_base = "(grp.to(tl.int64) * tl.num_programs(1) + block)" if many else "block"
+    dx_base = "(grp.to(tl.int64) * N + s)" if many else "s"
+    for ind, run in runs_of(groups[1], 4):
+        cols, found, pairs, comps, harmonics = run_parts(run)
+        ibp = {key: entries for key, entries in by_ibp.items() if key[2] in run}
+        for i in comps:
+            emit(ind, f"x{i} = tl.load(x_ptr + s * ({n_in} * C) + ({i} * C) + c, mask=c_ok, other=0.0).to(tl.float32)")
+            emit(ind, f"dx{i} = tl.zeros((BLOCK_C,), tl.float32)")
+        edge_loop(ind, ug, "s")
+        body = ind + 4
+        masks = [edge_index(body, u, ug, "dst_ptr", "d") for u in range(ug)]
+        for u in range(ug):
+            emit(body, f"g_row{u} = g_ptr + d{u} * ({n_out} * C) + c")  # G^T [N, O, C]
+            for o in cols:
+                emit(body, f"g{o}_{u} = tl.load(g_row{u} + {o} * C, mask=ok{u}, other=0.0).to(tl.float32)")
+            load_edge(body, u, masks[u], harmonics, run)
+        for u in range(ug):
+            # s[i,b,p] = Σ_{o in p} CG[i,b,o] G_o: shared by ∂W (with X·Y) and by t[i,b] = Σ_p W_p s[i,b,p],
+            # which ∂X (with Y) and ∂Y (with X) share: every CG product is formed once per edge and channel.
+            for (i, b, q), entries in ibp.items():
+                emit(body, f"s{i}_{b}_{q} = " + " + ".join(f"{_literal(v)} * g{o}_{u}" for o, v in entries))
+            emit(body, "if WANT_W:")
+            emit(body + 4, f"dw_row{u} = dw_ptr + e{u} * ({n_paths} * C) + c")
+            for i, b in pairs:
+                emit(body + 4, f"xy{i}_{b} = x{i} * y{b}_{u}")
+            for q in run:
+                expr = " + ".join(f"xy{i}_{b} * s{i}_{b}_{q}" for (i, b, qq) in ibp if qq == q) or f"0.0 * x{comps[0]}"
+                emit(body + 4, f"tl.store(dw_row{u} + {q} * C, ({expr}).to(dw_ptr.dtype.element_ty), mask=ok{u})")
+            emit(body, "if WANT_X or WANT_Y:")
+            for i, b in pairs:
+                emit(body + 4, f"t{i}_{b} = " + " + ".join(f"w{q}_{u} * s{i}_{b}_{q}" for (ii, bb, q) in ibp
+                                                         if (ii, bb) == (i, b)))
+            emit(body, "if WANT_X:")
+            for i in comps:
+                emit(body + 4, f"dx{i} += " + " + ".join(f"y{b}_{u} * t{i}_{b}" for ii, b in pairs if ii == i))
+            emit(body, "if WANT_Y:")
+            emit(body + 4, f"dy_row{u} = dy_ptr + ({dy_base} * E + e{u}) * {n_sh}")
+            for b in range(n_sh):
+                expr = " + ".join(f"x{i} * t{i}_{b}" for i, bb in pairs if bb == b)
+                value = f"tl.sum({expr}, axis=0)" if expr else "0.0"
+                emit(body + 4, f"tl.store(dy_row{u} + {b}, {value}{masks[u]})")
+        emit(ind, "if WANT_X:")
         for i in range(n_in):
-            expr = " + ".join(f"y{b}_{u} * t{i}_{b}" for ii, b in pairs if ii == i) or "0.0 * x0"
-            emit(12, f"dx{i} += {expr}")
-        emit(8, "if WANT_Y:")
-        emit(12, f"dy_row{u} = dy_ptr + (block * E + e{u}) * {n_sh}")
-        for b in range(n_sh):
-            expr = " + ".join(f"x{i} * t{i}_{b}" for i, bb in pairs if bb == b) or "0.0 * x0"
-            emit(12, f"tl.store(dy_row{u} + {b}, tl.sum({expr}, axis=0){masks[u]})")
-    emit(4, "if WANT_X:")
-    for i in range(n_in):
-        emit(8, f"tl.store(dx_ptr + s * (C * {n_in}) + c * {n_in} + {i}, dx{i}.to(dx_ptr.dtype.element_ty), mask=c_ok)")
+            value = f"dx{i}" if i in comps else "tl.zeros((BLOCK_C,), tl.float32)"
+            emit(ind + 4, f"tl.store(dx_ptr + {dx_base} * (C * {n_in}) + c * {n_in} + {i}, "
+                          f"{value}.to(dx_ptr.dtype.element_ty), mask=c_ok)")
     return "\n".join(lines) + "\n"
 
 
 _LOADED: dict = {}
 
 
-def kernels(lmax_in: int, max_ell: int):
-    """(message, grads) Triton kernels for this (lmax_in, max_ell), generated on first use."""
-    unroll = (TILES["message"][2], TILES["grads"][2])
-    key = (lmax_in, max_ell, unroll, os.environ.get("TRITON_INTERPRET") == "1")
+def _tile(kernel: str, dtype: torch.dtype) -> tuple[int, int, int, int, int]:
+    """TILES of `kernel` for operands of `dtype`: its "16-bit" entry where there is one."""
+    narrow = kernel + " 16-bit"
+    return TILES[narrow if dtype.itemsize == 2 and narrow in TILES else kernel]
+
+
+def kernels(lmax_in: int, max_ell: int, dtype: torch.dtype = torch.float32):
+    """(message, grads) Triton kernels for this (lmax_in, max_ell) and operand dtype, generated on first use."""
+    message, grads = _tile("message", dtype), _tile("grads", dtype)
+    unroll, groups = (message[2], grads[2]), (message[4], grads[4])
+    key = (lmax_in, max_ell, unroll, groups, os.environ.get("TRITON_INTERPRET") == "1")
     if key not in _LOADED:
-        text = source(lmax_in, max_ell, unroll)
+        text = source(lmax_in, max_ell, unroll, groups)
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         path = cache_dir("kernels") / f"conv_l{lmax_in}_sh{max_ell}_{digest}.py"
         if not path.is_file():
@@ -258,10 +310,14 @@ def _channels(c: int, kernel: str, dtype: torch.dtype = torch.float32) -> tuple[
     """(channels per program, warps, stages): at most TILES[kernel][0] channels per program, TILES[kernel][3]
     adjacent channels per lane (a lane's loads of them are one vector load); 16-bit operands take the
     kernel's "16-bit" entry where there is one."""
-    narrow = kernel + " 16-bit"
-    most, stages, _, per_lane = TILES[narrow if dtype.itemsize == 2 and narrow in TILES else kernel]
+    most, stages, _, per_lane, _ = _tile(kernel, dtype)
     block = max(32, min(next_power_of_2(c), most))
     return block, max(1, block // (32 * per_lane)), stages
+
+
+def _runs(kernel: str, dtype: torch.dtype, lmax_in: int, max_ell: int) -> int:
+    """Programs per (node, channel block): the runs of paths of `path_groups` for this kernel's tiles."""
+    return len(path_groups(lmax_in, max_ell, _tile(kernel, dtype)[4]))
 
 
 def message_triton(x, y, w, seg, lmax_in: int, max_ell: int, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -277,9 +333,9 @@ def message_triton(x, y, w, seg, lmax_in: int, max_ell: int, out_dtype: torch.dt
     stored = out_dtype if x.device.type == "cuda" else torch.float32
     out = torch.empty(n, c, n_out, dtype=stored, device=x.device)
     block, warps, stages = _channels(c, "message", w.dtype)
-    message, _ = kernels(lmax_in, max_ell)
+    message, _ = kernels(lmax_in, max_ell, w.dtype)
     with launch_context(x.device):
-        message[(n, (c + block - 1) // block)](
+        message[(n, (c + block - 1) // block, _runs("message", w.dtype, lmax_in, max_ell))](
             x.transpose(1, 2).contiguous(), y.contiguous(), w.contiguous(), seg.src, seg.dst_ptr, seg.dst_perm, out,
             c, BLOCK_C=block, STAGES=stages, num_warps=warps, **_registers("message", w.dtype))
     return out.to(out_dtype)
@@ -287,25 +343,33 @@ def message_triton(x, y, w, seg, lmax_in: int, max_ell: int, out_dtype: torch.dt
 
 def grads_triton(g, x, y, w, seg, lmax_in: int, max_ell: int, want_x: bool, want_y: bool, want_w: bool):
     """(∂L/∂X [N, C, I], ∂L/∂Y [E, B], ∂L/∂W [E, P, C]), each summed in float32 and stored once in its
-    input's dtype (a 16-bit ∂W never exists in float32); an unwanted one is empty."""
+    input's dtype (a 16-bit ∂W never exists in float32); an unwanted one is empty. With the paths cut
+    into runs (TILES), each run's ∂X and ∂Y are partial sums in float32, added here."""
     n, c, n_in = x.shape
     e, n_sh = y.shape
     n_paths = w.shape[1]
     block, warps, stages = _channels(c, "grads", w.dtype)
     blocks = (c + block - 1) // block
-    d_x = torch.empty(n, c, n_in, dtype=x.dtype, device=x.device) if want_x else x.new_zeros(0)
-    d_y = torch.empty(blocks, e, n_sh, dtype=torch.float32, device=x.device) if want_y else y.new_zeros(0)
+    runs = _runs("grads", w.dtype, lmax_in, max_ell)
+    launch = n > 0 and c > 0 and e > 0 and (want_x or want_y or want_w)
+    if not want_x:
+        d_x = x.new_zeros(0)
+    elif runs > 1 and launch:
+        d_x = torch.empty(runs, n, c, n_in, dtype=torch.float32, device=x.device)
+    else:
+        d_x = (torch.zeros if not launch else torch.empty)(n, c, n_in, dtype=x.dtype, device=x.device)
+    d_y = torch.empty(runs * blocks, e, n_sh, dtype=torch.float32, device=x.device) if want_y else y.new_zeros(0)
     d_w = torch.empty(e, n_paths, c, dtype=w.dtype, device=x.device) if want_w else w.new_zeros(0)
-    if want_x and (n == 0 or e == 0):
-        d_x.zero_()
-    if n > 0 and c > 0 and e > 0 and (want_x or want_y or want_w):
+    if launch:
         require_interpreter(x.device)
-        _, grads = kernels(lmax_in, max_ell)
+        _, grads = kernels(lmax_in, max_ell, w.dtype)
         with launch_context(x.device):
-            grads[(n, blocks)](
+            grads[(n, blocks, runs)](
                 g.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous(), y.contiguous(), w.contiguous(),
-                seg.dst, seg.src_ptr, seg.src_perm, d_x, d_y, d_w, c, e, BLOCK_C=block, WANT_X=want_x,
+                seg.dst, seg.src_ptr, seg.src_perm, d_x, d_y, d_w, c, n, e, BLOCK_C=block, WANT_X=want_x,
                 WANT_Y=want_y, WANT_W=want_w, STAGES=stages, num_warps=warps, **_registers("grads", w.dtype))
-    if want_y:  # the channel blocks' partial sums (none: no channels, zeros)
-        d_y = (d_y[0] if blocks == 1 else d_y.sum(0)).to(y.dtype)
+    if want_x and d_x.dim() == 4:  # the runs' partial sums
+        d_x = d_x.sum(0).to(x.dtype)
+    if want_y:  # the channel blocks' (and runs') partial sums (none: no channels, zeros)
+        d_y = (d_y[0] if d_y.shape[0] == 1 else d_y.sum(0)).to(y.dtype)
     return d_x, d_y, d_w
