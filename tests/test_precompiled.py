@@ -220,6 +220,9 @@ def test_a_saved_step_whose_code_refuses_accepted_sizes_hands_them_to_another_va
         warnings.simplefilter("always")
         assert call(320) == ("new",)
     assert made == [(320,)] and any("refused a batch" in str(w.message) for w in caught)
+    # the warning names the statement that asserted (in compiled code: which tensor)
+    assert any("test_precompiled.py" in str(w.message) and "raise AssertionError(f\"expected size" in str(w.message)
+               for w in caught)
     assert call(320) == ("new",) and len(made) == 1  # served by the new variant, nothing compiled again
     assert call(352) == ("352",)  # the first variant still serves its own sizes
     assert not variants[0].accepts((torch.zeros(320),)) and variants[0].accepts((torch.zeros(352),))

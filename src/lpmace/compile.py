@@ -339,9 +339,17 @@ def _call(model, key: tuple, state, inputs, device, variants: list):
             if (attempt == 2 or not isinstance(compiled, precompiled.Precompiled) or "expected size" not in str(error)
                     or not compiled.refuse(inputs)):
                 raise
-            warnings.warn(f"lpmace: a compiled step's code refused a batch its guards accepted ({error}); "
+            warnings.warn(f"lpmace: a compiled step's code refused a batch its guards accepted ({error}{_where(error)}); "
                           "compiling a variant for these sizes", stacklevel=3)
     raise AssertionError("unreachable")
+
+
+def _where(error: BaseException) -> str:
+    """Where in the compiled code an assertion stopped: its file, line and statement (which tensor)."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    return f"; at {frames[-1].filename}:{frames[-1].lineno}: {frames[-1].line}" if frames else ""
 
 
 def _accepts(compiled, inputs) -> bool:
