@@ -169,16 +169,16 @@ def registers(graph):
     return found
 
 
-def _compiled_registers(fn) -> list:
-    """(registers, spills) of each binary Triton compiled for a JIT function (empty if its cache is not
-    where Triton 3.6 keeps it)."""
-    found = []
+def _binaries(fn) -> dict:
+    """{cache key: (registers, spills)} of each binary Triton compiled for a JIT function; {} if its cache
+    is not where Triton 3.6 keeps it."""
+    found = {}
     try:
-        for cache in getattr(fn, "device_caches", {}).values():
-            for kernel in (cache[0] if isinstance(cache, tuple) else cache).values():
-                found.append((getattr(kernel, "n_regs", None), getattr(kernel, "n_spills", None)))
-    except Exception as err:  # another Triton's layout: say so, keep the timing
-        found.append(f"{type(err).__name__}: {err}"[:100])
+        for device, cache in getattr(fn, "device_caches", {}).items():
+            for key, kernel in (cache[0] if isinstance(cache, tuple) else cache).items():
+                found[(device, key)] = (getattr(kernel, "n_regs", None), getattr(kernel, "n_spills", None))
+    except Exception:  # another Triton's layout: no registers, the timing stays
+        return {}
     return found
 
 
@@ -207,11 +207,13 @@ def path_runs(graph):
                 row = dict(layer=lmax_in + 1, dtype=str(dtype).split(".")[-1], kernel=kind, runs=runs,
                            channels_per_lane=per_lane, channels_per_program=channels)
                 try:
+                    fn = convolution_triton.kernels(lmax_in, 3, dtype)[0 if kind == "message" else 1]
+                    before = _binaries(fn)
                     row["check"] = rel_diff(calls[kind](), refs[kind])
                     row["ms"] = time_ms(calls[kind])
                     row["bandwidth_tb_s"] = floor_bytes(kind, x, y, w, g) / (row["ms"] * 1e-3) / 1e12
-                    fn = convolution_triton.kernels(lmax_in, 3, dtype)[0 if kind == "message" else 1]
-                    row["registers_spills"] = _compiled_registers(fn)
+                    # the binaries this row compiled (a binary another row compiled is not this row's)
+                    row["registers_spills"] = [v for k, v in _binaries(fn).items() if k not in before]
                 except Exception as err:  # a tile that does not compile: say so
                     row["error"] = f"{type(err).__name__}: {err}"[:300]
                 print(json.dumps(row), flush=True)

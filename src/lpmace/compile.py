@@ -326,8 +326,9 @@ def _call(model, key: tuple, state, inputs, device, variants: list):
     compiled without Inductor's caches (`precompiled.uncached`, as every variant after the first; with
     them, the same graph came back with the same code) and saved. A third such failure for one call is
     raised. The guards also name the input sizes the compile fixed (`precompiled.compile_step`), yet on
-    the H200 steps still refused this way (a 1-D tensor, 352 against 320 atoms; probably one of the
-    backward graph's, not an input): this recovery is what serves those batches, a compile each.
+    the H200 steps still refused this way (a 1-D tensor: a step compiled for 320 padded atoms handed
+    352; which tensor is not known, the warning now names the statement): this recovery is what
+    serves those batches, a compile each.
     benchmarks/results/active_round_h200_2026-12-02: d_shapes, e_no_fx_cache, f_two_rounds."""
     for attempt in range(3):
         compiled = next((c for c in variants if _accepts(c, inputs)), None)

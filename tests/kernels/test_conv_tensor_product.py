@@ -297,12 +297,28 @@ def test_edges_unrolled_per_loop_step(interpret, monkeypatch, unroll, per_lane, 
     _assert_close(fused, plain, 2e-6)
 
 
+class _PoisonedTorch:
+    """torch, except that `empty` float tensors are full of NaN: a buffer entry a kernel should write
+    and does not shows up in the result (torch.empty may hand back zeros by chance)."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def empty(*size, **kwargs):
+        made = torch.empty(*size, **kwargs)
+        return made.fill_(float("nan")) if made.is_floating_point() else made
+
+
 @pytest.mark.parametrize("lmax_in, max_ell, runs", [(1, 3, 2), (1, 3, 3), (0, 3, 4), (2, 2, 3)])
 def test_paths_cut_into_runs(interpret, monkeypatch, lmax_in, max_ell, runs):
-    """Each kernel's paths cut into runs, one program per run (grads then sums the runs' ∂X and ∂Y):
-    forward and three derivatives against the plain formula, with two edges per step and two channels
-    per lane over two programs of 64 channels; 16-bit operands take their own entries."""
+    """Each kernel's paths cut into runs, one program per run (grads then sums the runs' ∂X and ∂Y,
+    buffers poisoned with NaN: every entry, zeros of a run's untouched components included, must be
+    written): forward and three derivatives against the plain formula, with two edges per step and
+    two channels per lane over two programs of 64 channels; 16-bit operands take their own entries."""
     from lpmace.kernels import convolution_triton
+
+    monkeypatch.setattr(convolution_triton, "torch", _PoisonedTorch())
 
     groups = convolution_triton.path_groups(lmax_in, max_ell, runs)
     paths = conv_paths(lmax_in, max_ell, max_ell)
@@ -316,7 +332,19 @@ def test_paths_cut_into_runs(interpret, monkeypatch, lmax_in, max_ell, runs):
                          (x, y, w))
     _assert_close(fused, plain, 2e-6)
     assert convolution_triton._runs("grads", torch.float32, lmax_in, max_ell) == len(groups)
-    assert convolution_triton._runs("grads", torch.bfloat16, lmax_in, max_ell) == 1
+
+
+def test_paths_cut_into_runs_with_16_bit_operands(interpret, monkeypatch):
+    """bf16 features and weights, 3 runs per kernel, 160 channels (three programs of 64): the runs'
+    float32 partial sums of ∂X and ∂Y are rounded once to the operand dtype, within the same bounds as
+    one run (`_check_rounded_operands`); buffers poisoned with NaN."""
+    from lpmace.kernels import convolution_triton
+
+    monkeypatch.setattr(convolution_triton, "torch", _PoisonedTorch())
+    for key in ("message 16-bit", "grads 16-bit"):
+        monkeypatch.setitem(convolution_triton.TILES, key, (64, 1, 1, 2, 3))
+    assert convolution_triton._runs("grads", torch.bfloat16, 1, 2) == 3
+    _check_rounded_operands(4, 10, 160, 1, 2, torch.bfloat16, "cpu")
 
 
 def test_runs_of_paths_balance_the_work():
