@@ -273,10 +273,15 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups:
 _LOADED: dict = {}
 
 
-def _tile(kernel: str, dtype: torch.dtype) -> tuple[int, int, int, int, int]:
-    """TILES of `kernel` for operands of `dtype`: its "16-bit" entry where there is one."""
+def _key(kernel: str, dtype: torch.dtype) -> str:
+    """The TILES (and MAXNREG) key of `kernel` for operands of `dtype`: its "16-bit" entry where there is one."""
     narrow = kernel + " 16-bit"
-    return TILES[narrow if dtype.itemsize == 2 and narrow in TILES else kernel]
+    return narrow if dtype.itemsize == 2 and narrow in TILES else kernel
+
+
+def _tile(kernel: str, dtype: torch.dtype) -> tuple[int, int, int, int, int]:
+    """TILES of `kernel` for operands of `dtype`."""
+    return TILES[_key(kernel, dtype)]
 
 
 def kernels(lmax_in: int, max_ell: int, dtype: torch.dtype = torch.float32):
@@ -301,8 +306,7 @@ def kernels(lmax_in: int, max_ell: int, dtype: torch.dtype = torch.float32):
 
 def _registers(kernel: str, dtype: torch.dtype) -> dict:
     """Launch options capping registers (`MAXNREG`) for this kernel and operand width; {} if uncapped."""
-    narrow = kernel + " 16-bit"
-    cap = MAXNREG.get(narrow if dtype.itemsize == 2 and narrow in TILES else kernel)
+    cap = MAXNREG.get(_key(kernel, dtype))
     return {"maxnreg": cap} if cap else {}
 
 
