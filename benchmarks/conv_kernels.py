@@ -17,6 +17,7 @@ time, against the H200's 4.8 TB/s (NVIDIA's data sheet).
 
     python benchmarks/conv_kernels.py --out DIR [--old PATH] [--sweep]
     python benchmarks/conv_kernels.py --out DIR --runs     # paths cut into runs (TILES' last entry)
+    python benchmarks/conv_kernels.py --out DIR --ahead    # edge indices loaded a loop step ahead (AHEAD)
     ncu --clock-control none --launch-skip 2 ... python benchmarks/conv_kernels.py --out DIR --once
 """
 
@@ -92,6 +93,8 @@ def main() -> None:
     parser.add_argument("--runs", action="store_true", help="only time each kernel (layers 2 and 1, bf16 and "
                         "float32) with its paths cut into 1-3 runs (TILES' last entry), at one and two channels "
                         "per lane for 16-bit operands, with registers and spills per compiled kernel")
+    parser.add_argument("--ahead", action="store_true", help="only time each kernel (layers 2 and 1, bf16 and "
+                        "float32) at one and two edges per step, edge indices loaded in their step or one ahead")
     parser.add_argument("--once", action="store_true", help="only run layer 2's kernels once per operand dtype "
                         "(bf16, fp32), after one warm-up call: for a profiler such as ncu")
     args = parser.parse_args()
@@ -111,6 +114,9 @@ def main() -> None:
         return
     if args.runs:
         (args.out / "conv_runs.json").write_text(json.dumps(path_runs(graph), indent=1) + "\n")
+        return
+    if args.ahead:
+        (args.out / "conv_ahead.json").write_text(json.dumps(edge_indices_ahead(graph), indent=1) + "\n")
         return
     old = None
     if args.old:
@@ -184,9 +190,29 @@ def _binaries(fn) -> dict:
 
 def path_runs(graph):
     """Each kernel with its paths cut into runs (one program per run: fewer registers per program),
-    layer 2 then layer 1, bf16 (one and two channels per lane) and float32 operands; ∂L/∂message in the
-    operand dtype, as the model hands it back."""
-    saved = dict(convolution_triton.TILES)
+    layer 2 then layer 1, bf16 (one and two channels per lane) and float32 operands."""
+    def settings(lmax_in, kind, narrow, base):
+        for per_lane, runs in itertools.product((2, 1) if narrow else (1,), (1, 2, 3) if lmax_in == 1 else (1, 2)):
+            channels = max(base[0], 32 * per_lane)
+            yield (dict(runs=runs, channels_per_lane=per_lane, channels_per_program=channels),
+                   (channels, base[1], base[2], per_lane, runs), False)
+    return tile_rows(graph, settings)
+
+
+def edge_indices_ahead(graph):
+    """Each kernel at one and two edges per loop step, its edge and node indices loaded in the step that
+    uses them or one step ahead (`convolution_triton.AHEAD`), layers 2 and 1, bf16 and float32."""
+    def settings(lmax_in, kind, narrow, base):
+        for unroll, ahead in itertools.product((1, 2), (False, True)):
+            yield dict(unroll=unroll, ahead=ahead), base[:2] + (unroll,) + base[3:], ahead
+    return tile_rows(graph, settings)
+
+
+def tile_rows(graph, settings):
+    """Time each kernel, layer 2 then layer 1, bf16 and float32 operands, at the (label, TILES entry,
+    AHEAD) of `settings(lmax_in, kind, narrow, saved entry)`, with registers and spills per compiled
+    kernel; ∂L/∂message in the operand dtype, as the model hands it back."""
+    saved, saved_ahead = dict(convolution_triton.TILES), dict(convolution_triton.AHEAD)
     found = []
     for lmax_in, dtype in itertools.product((1, 0), (torch.bfloat16, torch.float32)):
         x, y, w, g, seg = problem(graph, lmax_in, 128, dtype)
@@ -198,14 +224,12 @@ def path_runs(graph):
         narrow = dtype.itemsize == 2
         for kind in ("message", "grads"):
             key = f"{kind} 16-bit" if narrow else kind
-            base = saved[key]
-            lanes = (2, 1) if narrow else (1,)
-            for per_lane, runs in itertools.product(lanes, (1, 2, 3) if lmax_in == 1 else (1, 2)):
+            for label, tile, ahead in settings(lmax_in, kind, narrow, saved[key]):
                 convolution_triton.TILES.update(saved)
-                channels = max(base[0], 32 * per_lane)
-                convolution_triton.TILES[key] = (channels, base[1], base[2], per_lane, runs)
-                row = dict(layer=lmax_in + 1, dtype=str(dtype).split(".")[-1], kernel=kind, runs=runs,
-                           channels_per_lane=per_lane, channels_per_program=channels)
+                convolution_triton.AHEAD.clear()
+                convolution_triton.AHEAD.update(saved_ahead)
+                convolution_triton.TILES[key], convolution_triton.AHEAD[key] = tile, ahead
+                row = dict(layer=lmax_in + 1, dtype=str(dtype).split(".")[-1], kernel=kind, **label)
                 try:
                     fn = convolution_triton.kernels(lmax_in, 3, dtype)[0 if kind == "message" else 1]
                     before = _binaries(fn)
@@ -219,6 +243,8 @@ def path_runs(graph):
                 print(json.dumps(row), flush=True)
                 found.append(row)
         convolution_triton.TILES.update(saved)
+        convolution_triton.AHEAD.clear()
+        convolution_triton.AHEAD.update(saved_ahead)
         del x, y, w, g, seg, refs
         torch.cuda.empty_cache()
     return found

@@ -284,6 +284,7 @@ def test_edges_unrolled_per_loop_step(interpret, monkeypatch, unroll, per_lane, 
     forward and three derivatives against the plain formula."""
     from lpmace.kernels import convolution_triton
 
+    monkeypatch.setattr(convolution_triton, "AHEAD", {})  # indices loaded in their own step (AHEAD's own test below)
     monkeypatch.setitem(convolution_triton.TILES, "message", (64, 3, unroll[0], per_lane, 1))
     monkeypatch.setitem(convolution_triton.TILES, "message 16-bit", (64, 3, unroll[0], per_lane, 1))
     monkeypatch.setitem(convolution_triton.TILES, "grads", (64, 1, unroll[1], per_lane, 1))
@@ -295,6 +296,52 @@ def test_edges_unrolled_per_loop_step(interpret, monkeypatch, unroll, per_lane, 
     fused = _derivatives(lambda x, y, w: conv_tensor_product(x, y, w, seg, 1, 2, "triton"), (x, y, w))
     plain = _derivatives(lambda x, y, w: _plain(x.double(), y.double(), w.double(), seg, 1, 2), (x, y, w))
     _assert_close(fused, plain, 2e-6)
+
+
+@pytest.mark.parametrize("unroll, per_lane, channels", [((1, 1), 1, 3), ((2, 3), 2, 70)])
+def test_edge_indices_loaded_a_step_ahead(interpret, monkeypatch, unroll, per_lane, channels):
+    """Each step loading the next step's edge and node indices (`AHEAD`), one or 2–3 edges per step,
+    segments of 0..8 edges (empty ones, ones ending mid-step): forward and three derivatives against the
+    plain formula; and the 300-edge receiver."""
+    from lpmace.kernels import convolution_triton
+
+    for key in ("message", "grads"):
+        monkeypatch.setitem(convolution_triton.AHEAD, key, True)
+    monkeypatch.setitem(convolution_triton.TILES, "message", (64, 1, unroll[0], per_lane, 1))
+    monkeypatch.setitem(convolution_triton.TILES, "grads", (64, 1, unroll[1], per_lane, 1))
+    assert "ahead=(True, True)" in convolution_triton.source(1, 2, unroll, (1, 1), (True, True))
+    x, y, w, seg = _problem(7, 23, channels, 1, 2, dtype=torch.float32, seed=10)
+    assert 0 in seg.src_ptr.diff().tolist()
+    fused = _derivatives(lambda x, y, w: conv_tensor_product(x, y, w, seg, 1, 2, "triton"), (x, y, w))
+    plain = _derivatives(lambda x, y, w: _plain(x.double(), y.double(), w.double(), seg, 1, 2), (x, y, w))
+    _assert_close(fused, plain, 2e-6)
+    gen = torch.Generator().manual_seed(3)
+    index = torch.stack([torch.randint(0, 5, (300,), generator=gen), torch.full((300,), 2)])
+    x, y, w, seg = _problem(5, 300, 3, 1, 2, dtype=torch.float32, index=index)
+    fused = _derivatives(lambda x, y, w: conv_tensor_product(x, y, w, seg, 1, 2, "triton"), (x, y, w))
+    plain = _derivatives(lambda x, y, w: _plain(x.double(), y.double(), w.double(), seg, 1, 2), (x, y, w))
+    _assert_close(fused, plain, 2e-6)
+
+
+def test_edge_indices_loaded_ahead_with_16_bit_operands(interpret, monkeypatch):
+    """bf16 operands through the 16-bit entries with `AHEAD` set (the GPU's defaults may set it there
+    only): within the same bounds as without."""
+    from lpmace.kernels import convolution_triton
+
+    for key in ("message 16-bit", "grads 16-bit"):
+        monkeypatch.setitem(convolution_triton.AHEAD, key, True)
+    _check_rounded_operands(4, 10, 160, 1, 2, torch.bfloat16, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_edge_indices_loaded_ahead_at_real_size_on_the_gpu(monkeypatch, dtype):
+    """`AHEAD` set for every kernel, compiled, at a foundation model's size."""
+    from lpmace.kernels import convolution_triton
+
+    for key in convolution_triton.TILES:
+        monkeypatch.setitem(convolution_triton.AHEAD, key, True)
+    _check_rounded_operands(512, 512 * 24, 128, 1, 3, dtype, "cuda")
 
 
 class _PoisonedTorch:
