@@ -94,7 +94,8 @@ def main() -> None:
                         "float32) with its paths cut into 1-3 runs (TILES' last entry), at one and two channels "
                         "per lane for 16-bit operands, with registers and spills per compiled kernel")
     parser.add_argument("--ahead", action="store_true", help="only time each kernel (layers 2 and 1, bf16 and "
-                        "float32) at one and two edges per step, edge indices loaded in their step or one ahead")
+                        "float32) at one and two edges per step, at each level of AHEAD (what a step loads for "
+                        "the next)")
     parser.add_argument("--once", action="store_true", help="only run layer 2's kernels once per operand dtype "
                         "(bf16, fp32), after one warm-up call: for a profiler such as ncu")
     args = parser.parse_args()
@@ -200,10 +201,11 @@ def path_runs(graph):
 
 
 def edge_indices_ahead(graph):
-    """Each kernel at one and two edges per loop step, its edge and node indices loaded in the step that
-    uses them or one step ahead (`convolution_triton.AHEAD`), layers 2 and 1, bf16 and float32."""
+    """Each kernel at one and two edges per loop step, what each step loads for the next
+    (`convolution_triton.AHEAD`: 0 nothing, 1 the edge and node indices, 2 for the message also X, Y and
+    W), layers 2 and 1, bf16 and float32."""
     def settings(lmax_in, kind, narrow, base):
-        for unroll, ahead in itertools.product((1, 2), (False, True)):
+        for unroll, ahead in itertools.product((1, 2), (0, 1, 2) if kind == "message" else (0, 1)):
             yield dict(unroll=unroll, ahead=ahead), base[:2] + (unroll,) + base[3:], ahead
     return tile_rows(graph, settings)
 

@@ -298,18 +298,19 @@ def test_edges_unrolled_per_loop_step(interpret, monkeypatch, unroll, per_lane, 
     _assert_close(fused, plain, 2e-6)
 
 
-@pytest.mark.parametrize("unroll, per_lane, channels", [((1, 1), 1, 3), ((2, 3), 2, 70)])
-def test_edge_indices_loaded_a_step_ahead(interpret, monkeypatch, unroll, per_lane, channels):
-    """Each step loading the next step's edge and node indices (`AHEAD`), one or 2–3 edges per step,
-    segments of 0..8 edges (empty ones, ones ending mid-step): forward and three derivatives against the
-    plain formula; and the 300-edge receiver."""
+@pytest.mark.parametrize("unroll, per_lane, channels, level", [((1, 1), 1, 3, 1), ((2, 3), 2, 70, 1),
+                                                                 ((1, 1), 1, 3, 2), ((2, 2), 2, 70, 2)])
+def test_edge_indices_loaded_a_step_ahead(interpret, monkeypatch, unroll, per_lane, channels, level):
+    """Each step loading the next step's edge and node indices (`AHEAD` 1), and the message also the
+    next step's values (2), one or 2–3 edges per step, segments of 0..8 edges (empty ones, ones ending
+    mid-step): forward and three derivatives against the plain formula; and the 300-edge receiver."""
     from lpmace.kernels import convolution_triton
 
     for key in ("message", "grads"):
-        monkeypatch.setitem(convolution_triton.AHEAD, key, True)
+        monkeypatch.setitem(convolution_triton.AHEAD, key, level)
     monkeypatch.setitem(convolution_triton.TILES, "message", (64, 1, unroll[0], per_lane, 1))
     monkeypatch.setitem(convolution_triton.TILES, "grads", (64, 1, unroll[1], per_lane, 1))
-    assert "ahead=(True, True)" in convolution_triton.source(1, 2, unroll, (1, 1), (True, True))
+    assert f"ahead=({level}, {level})" in convolution_triton.source(1, 2, unroll, (1, 1), (level, level))
     x, y, w, seg = _problem(7, 23, channels, 1, 2, dtype=torch.float32, seed=10)
     assert 0 in seg.src_ptr.diff().tolist()
     fused = _derivatives(lambda x, y, w: conv_tensor_product(x, y, w, seg, 1, 2, "triton"), (x, y, w))
@@ -323,24 +324,26 @@ def test_edge_indices_loaded_a_step_ahead(interpret, monkeypatch, unroll, per_la
     _assert_close(fused, plain, 2e-6)
 
 
-def test_edge_indices_loaded_ahead_with_16_bit_operands(interpret, monkeypatch):
-    """bf16 operands through the 16-bit entries with `AHEAD` set (the GPU's defaults may set it there
-    only): within the same bounds as without."""
+@pytest.mark.parametrize("level", [1, 2])
+def test_edge_indices_loaded_ahead_with_16_bit_operands(interpret, monkeypatch, level):
+    """bf16 operands through the 16-bit entries with `AHEAD` set (values loaded ahead stay bf16 until
+    used): within the same bounds as without."""
     from lpmace.kernels import convolution_triton
 
     for key in ("message 16-bit", "grads 16-bit"):
-        monkeypatch.setitem(convolution_triton.AHEAD, key, True)
+        monkeypatch.setitem(convolution_triton.AHEAD, key, level)
     _check_rounded_operands(4, 10, 160, 1, 2, torch.bfloat16, "cpu")
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_edge_indices_loaded_ahead_at_real_size_on_the_gpu(monkeypatch, dtype):
+@pytest.mark.parametrize("level", [1, 2])
+def test_edge_indices_loaded_ahead_at_real_size_on_the_gpu(monkeypatch, dtype, level):
     """`AHEAD` set for every kernel, compiled, at a foundation model's size."""
     from lpmace.kernels import convolution_triton
 
     for key in convolution_triton.TILES:
-        monkeypatch.setitem(convolution_triton.AHEAD, key, True)
+        monkeypatch.setitem(convolution_triton.AHEAD, key, level)
     _check_rounded_operands(512, 512 * 24, 128, 1, 3, dtype, "cuda")
 
 

@@ -62,12 +62,13 @@ TILES = {"message": (64, 1, 2, 1, 1), "message 16-bit": (64, 1, 2, 2, 1),
 # Register cap per thread (Triton's `maxnreg`) per TILES key; absent: the compiler's choice. A lower cap
 # lets more warps share an SM (the message's occupancy is limited by its registers) at the risk of spills.
 MAXNREG: dict = {}
-# Per TILES key: load the next loop step's edge and node indices during this step (`source`'s `ahead`), so
-# that a step's gathers wait on no index load (perm → edge → node → row is three dependent loads otherwise).
+# Per TILES key, what each loop step loads for the next (`source`'s `ahead`): 1, the next step's edge and node
+# indices, so that a step's gathers wait on no index load (perm → edge → node → row is three dependent loads
+# otherwise); 2 (the message only; grads takes it as 1), also the next step's X, Y and W, a two-deep pipeline.
 # H200, `mp` W2 layer 2 (benchmarks/conv_kernels.py --ahead, results in conv_ahead_h200_2026-12-03): the
 # message 0.743 → 0.638 ms with 16-bit operands, 0.799 → 0.765 fp32; grads gains 2 % (1.69 → 1.65, 1.98 →
 # 1.95 ms: its time is in the gathers of G[dst] and the arithmetic, not the indices) and stays as it was.
-AHEAD: dict = {"message": True, "message 16-bit": True}
+AHEAD: dict = {"message": 1, "message 16-bit": 1}
 
 
 def sizes(lmax_in: int, max_ell: int) -> tuple[int, int, int, int]:
@@ -119,15 +120,16 @@ def path_groups(lmax_in: int, max_ell: int, count: int) -> tuple:
 
 
 def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups: tuple[int, int] = (1, 1),
-           ahead: tuple[bool, bool] = (False, False)) -> str:
+           ahead: tuple[int, int] = (0, 0)) -> str:
     """Python source of the two kernels of this (lmax_in, max_ell), CG non-zeros written as literals.
 
     unroll = (message, grads): edges per loop step. With u > 1 the loads of u edges are issued before
     any of their arithmetic (more loads in flight per lane); edges past the segment's end load zeros
     (masked) and store nothing. groups = (message, grads): runs of paths (`path_groups`), one per
     program along grid axis 2 (`grp`); with more than one, grads writes ∂X per run ([runs, N, C, I])
-    and ∂Y per (run, channel block), summed by the caller. ahead = (message, grads): each step loads
-    the next step's edge and node indices (the first step's before the loop)."""
+    and ∂Y per (run, channel block), summed by the caller. ahead = (message, grads), `AHEAD`'s levels:
+    1, each step loads the next step's edge and node indices (the first step's before the loop); 2
+    (message), also the next step's values, with the indices two steps ahead."""
     _, pcol, table = layout(lmax_in, max_ell)
     n_in, n_sh, n_out = table.shape
     n_paths = max(pcol) + 1
@@ -194,17 +196,60 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups:
         emit(indent, f"ok{u} = c_ok & (j0 + {u} + 0 * c < end)")  # (a scalar & a block fails in the interpreter)
         return f", mask=in{u}"
 
-    def load_edge(indent, u, edge_mask, harmonics, paths):
+    def load_edge(indent, u, edge_mask, harmonics, paths, edge="e", ok="ok", to=""):
         # Row pointers once per edge (int64), then compile-time offsets within the row (C is constexpr):
-        # the loads take them as immediates, with no integer arithmetic per load.
-        emit(indent, f"y_row{u} = y_ptr + e{u} * {n_sh}")
+        # the loads take them as immediates, with no integer arithmetic per load. Values go to `to`y{b}_{u}
+        # and `to`w{q}_{u}, in float32 (with `to`: as stored, converted when used, so that no conversion
+        # waits on the load early); the edge is `edge`{u}, the channels' mask `ok`{u}.
+        cvt = "" if to else ".to(tl.float32)"
+        emit(indent, f"y_row{u} = y_ptr + {edge}{u} * {n_sh}")
         for b in harmonics:
             other = ", other=0.0" if edge_mask else ""
-            emit(indent, f"y{b}_{u} = tl.load(y_row{u} + {b}{edge_mask}{other}).to(tl.float32)")
+            emit(indent, f"{to}y{b}_{u} = tl.load(y_row{u} + {b}{edge_mask}{other}){cvt}")
         if paths:
-            emit(indent, f"w_row{u} = w_ptr + e{u} * ({n_paths} * C) + c")
+            emit(indent, f"w_row{u} = w_ptr + {edge}{u} * ({n_paths} * C) + c")
             for q in paths:
-                emit(indent, f"w{q}_{u} = tl.load(w_row{u} + {q} * C, mask=ok{u}, other=0.0).to(tl.float32)")
+                emit(indent, f"{to}w{q}_{u} = tl.load(w_row{u} + {q} * C, mask={ok}{u}, other=0.0){cvt}")
+
+    def message_loads(indent, u, edge_mask, comps, harmonics, paths, edge="e", node="s", ok="ok", to=""):
+        emit(indent, f"x_row{u} = x_ptr + {node}{u} * ({n_in} * C) + c")
+        for i in comps:
+            emit(indent, f"{to}x{i}_{u} = tl.load(x_row{u} + {i} * C, mask={ok}{u}, other=0.0)" + ("" if to else ".to(tl.float32)"))
+        load_edge(indent, u, edge_mask, harmonics, paths, edge, ok, to)
+
+    def message_data_ahead(indent, u_max, comps, harmonics, paths):
+        """The message's edge loop with the next step's loads (X, Y, W) issued before this step's
+        arithmetic and the indices two steps ahead: a two-deep software pipeline, at twice the
+        registers of the loaded values. Edges past the segment load zeros, which add nothing."""
+        emit(indent, "j_first = tl.load(ptr_ptr + n)")
+        for u in range(u_max):  # step 0's indices and values
+            emit(indent, f"in{u} = j_first + {u} < end")
+            emit(indent, f"ok{u} = c_ok & (j_first + {u} + 0 * c < end)")
+            emit(indent, f"e{u} = tl.load(perm_ptr + j_first + {u}, mask=in{u}, other=0).to(tl.int64)")
+            emit(indent, f"s{u} = tl.load(src_ptr + e{u}, mask=in{u}, other=0).to(tl.int64)")
+            message_loads(indent, u, f", mask=in{u}", comps, harmonics, paths)
+        for u in range(u_max):  # step 1's indices
+            emit(indent, f"nin{u} = j_first + {u_max + u} < end")
+            emit(indent, f"ne{u} = tl.load(perm_ptr + j_first + {u_max + u}, mask=nin{u}, other=0).to(tl.int64)")
+            emit(indent, f"ns{u} = tl.load(src_ptr + ne{u}, mask=nin{u}, other=0).to(tl.int64)")
+        step = "" if u_max == 1 else f", {u_max}"
+        emit(indent, f"for j0 in tl.range(j_first, end{step}, num_stages=STAGES):")
+        body = indent + 4
+        for u in range(u_max):  # the next step's values
+            emit(body, f"nok{u} = c_ok & (j0 + {u_max + u} + 0 * c < end)")
+            message_loads(body, u, f", mask=nin{u}", comps, harmonics, paths, "ne", "ns", "nok", "n")
+        for u in range(u_max):  # the indices of the step after it
+            emit(body, f"nnin{u} = j0 + {2 * u_max + u} < end")
+            emit(body, f"nne{u} = tl.load(perm_ptr + j0 + {2 * u_max + u}, mask=nnin{u}, other=0).to(tl.int64)")
+            emit(body, f"nns{u} = tl.load(src_ptr + nne{u}, mask=nnin{u}, other=0).to(tl.int64)")
+        return body
+
+    def hand_on_data(indent, u_max, comps, harmonics, paths):
+        for u in range(u_max):
+            for name in [f"x{i}" for i in comps] + [f"y{b}" for b in harmonics] + [f"w{q}" for q in paths]:
+                emit(indent, f"{name}_{u} = n{name}_{u}.to(tl.float32)")
+            for name in ("in", "e", "s"):
+                emit(indent, f"n{name}{u} = nn{name}{u}")
 
     # message: out[n, c, o] = Σ_{e: dst=n} W[e, p(o), c] Σ CG X[src, c, i] Y[e, b]
     um, ug = unroll
@@ -221,21 +266,23 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups:
         by_out = {o: [(i, b, v) for i, b, oo, v in found if oo == o] for o in cols}
         for o in cols:
             emit(ind, f"a{o} = tl.zeros((BLOCK_C,), tl.float32)")
-        masks = edge_loop(ind, um, "n", "src_ptr", "s", ahead[0])
-        for u in range(um):  # every load of the step's edges first
-            emit(ind + 4, f"x_row{u} = x_ptr + s{u} * ({n_in} * C) + c")
-            for i in comps:
-                emit(ind + 4, f"x{i}_{u} = tl.load(x_row{u} + {i} * C, mask=ok{u}, other=0.0).to(tl.float32)")
-            load_edge(ind + 4, u, masks[u], harmonics, run)
-        if ahead[0]:
-            next_edges(ind + 4, um, "src_ptr", "s")
+        if ahead[0] >= 2:
+            message_data_ahead(ind, um, comps, harmonics, run)
+        else:
+            masks = edge_loop(ind, um, "n", "src_ptr", "s", ahead[0])
+            for u in range(um):  # every load of the step's edges first
+                message_loads(ind + 4, u, masks[u], comps, harmonics, run)
+            if ahead[0]:
+                next_edges(ind + 4, um, "src_ptr", "s")
         for u in range(um):  # tp{o} = Σ CG x_i y_b, then a{o} += W tp{o}
             for i, b in pairs:
                 emit(ind + 4, f"xy{i}_{b} = x{i}_{u} * y{b}_{u}")
             for o in cols:
                 expr = " + ".join(f"{_literal(v)} * xy{i}_{b}" for i, b, v in by_out[o]) or f"0.0 * x{comps[0]}_{u}"
                 emit(ind + 4, f"a{o} += w{pcol[o]}_{u} * ({expr})")
-        if ahead[0]:
+        if ahead[0] >= 2:
+            hand_on_data(ind + 4, um, comps, harmonics, run)
+        elif ahead[0]:
             hand_on(ind + 4, um, "s")
         emit(ind, f"out_row = out_ptr + n * (C * {n_out}) + c * {n_out}")
         for o in cols:
@@ -325,7 +372,7 @@ def kernels(lmax_in: int, max_ell: int, dtype: torch.dtype = torch.float32):
     """(message, grads) Triton kernels for this (lmax_in, max_ell) and operand dtype, generated on first use."""
     message, grads = _tile("message", dtype), _tile("grads", dtype)
     unroll, groups = (message[2], grads[2]), (message[4], grads[4])
-    ahead = (bool(AHEAD.get(_key("message", dtype))), bool(AHEAD.get(_key("grads", dtype))))
+    ahead = (int(AHEAD.get(_key("message", dtype), 0)), int(AHEAD.get(_key("grads", dtype), 0)))
     key = (lmax_in, max_ell, unroll, groups, ahead, os.environ.get("TRITON_INTERPRET") == "1")
     if key not in _LOADED:
         text = source(lmax_in, max_ell, unroll, groups, ahead)
