@@ -23,9 +23,10 @@ offset as an immediate, with no integer arithmetic per load):
              It writes the edge's ∂W row and ∂Y row (a sum over the block's channels; blocks add up in
              a [blocks, E, B] buffer), and ∂X[s] is summed in registers and written once.
 
-Either kernel may split the paths into runs (`path_groups`, TILES), one program per (node, channel
-block, run), each keeping only its run's outputs and products in registers; grads then writes ∂X and
-∂Y per run, summed after it.
+Each step of the message loads the next step's edge and sender indices (`AHEAD`), so that its gathers
+wait on no index load. Either kernel may split the paths into runs (`path_groups`, TILES), one program
+per (node, channel block, run), each keeping only its run's outputs and products in registers; grads
+then writes ∂X and ∂Y per run, summed after it.
 
 No atomics: every output is written by one program, in a fixed order; the same result every run.
 Sums run in float32 (the literals are float32); `convolution` sends float64 work to its reference.
@@ -65,7 +66,7 @@ MAXNREG: dict = {}
 # Per TILES key, what each loop step loads for the next (`source`'s `ahead`): 1, the next step's edge and node
 # indices, so that a step's gathers wait on no index load (perm → edge → node → row is three dependent loads
 # otherwise); 2 (the message only; grads takes it as 1), also the next step's X, Y and W, a two-deep pipeline.
-# H200, `mp` W2 layer 2 (benchmarks/conv_kernels.py --ahead, results in conv_ahead_h200_2026-12-03): the
+# H200, `mp` W2 layer 2 (benchmarks/conv_kernels.py --ahead, results in conv_ahead_h200_mp_2026-12-03): the
 # message 0.743 → 0.638 ms with 16-bit operands, 0.799 → 0.765 fp32; grads gains 2 % (1.69 → 1.65, 1.98 →
 # 1.95 ms: its time is in the gathers of G[dst] and the arithmetic, not the indices) and stays as it was.
 AHEAD: dict = {"message": 1, "message 16-bit": 1}
