@@ -196,7 +196,7 @@ def path_runs(graph):
         for per_lane, runs in itertools.product((2, 1) if narrow else (1,), (1, 2, 3) if lmax_in == 1 else (1, 2)):
             channels = max(base[0], 32 * per_lane)
             yield (dict(runs=runs, channels_per_lane=per_lane, channels_per_program=channels),
-                   (channels, base[1], base[2], per_lane, runs), False)
+                   (channels, base[1], base[2], per_lane, runs), None)
     return tile_rows(graph, settings)
 
 
@@ -212,8 +212,8 @@ def edge_indices_ahead(graph):
 
 def tile_rows(graph, settings):
     """Time each kernel, layer 2 then layer 1, bf16 and float32 operands, at the (label, TILES entry,
-    AHEAD) of `settings(lmax_in, kind, narrow, saved entry)`, with registers and spills per compiled
-    kernel; ∂L/∂message in the operand dtype, as the model hands it back."""
+    AHEAD level; None: the default) of `settings(lmax_in, kind, narrow, saved entry)`, with registers and
+    spills per compiled kernel; ∂L/∂message in the operand dtype, as the model hands it back."""
     saved, saved_ahead = dict(convolution_triton.TILES), dict(convolution_triton.AHEAD)
     found = []
     for lmax_in, dtype in itertools.product((1, 0), (torch.bfloat16, torch.float32)):
@@ -230,7 +230,9 @@ def tile_rows(graph, settings):
                 convolution_triton.TILES.update(saved)
                 convolution_triton.AHEAD.clear()
                 convolution_triton.AHEAD.update(saved_ahead)
-                convolution_triton.TILES[key], convolution_triton.AHEAD[key] = tile, ahead
+                convolution_triton.TILES[key] = tile
+                if ahead is not None:
+                    convolution_triton.AHEAD[key] = ahead
                 row = dict(layer=lmax_in + 1, dtype=str(dtype).split(".")[-1], kernel=kind, **label)
                 try:
                     fn = convolution_triton.kernels(lmax_in, 3, dtype)[0 if kind == "message" else 1]

@@ -277,7 +277,7 @@ def test_no_channels(interpret):
     assert d_y.shape == (5, 4) and torch.equal(d_y, torch.zeros(5, 4))
 
 
-@pytest.mark.parametrize("unroll, per_lane, channels", [((2, 3), 1, 3), ((4, 2), 1, 3), ((2, 1), 2, 70)])
+@pytest.mark.parametrize("unroll, per_lane, channels", [((1, 1), 1, 3), ((2, 3), 1, 3), ((4, 2), 1, 3), ((2, 1), 2, 70)])
 def test_edges_unrolled_per_loop_step(interpret, monkeypatch, unroll, per_lane, channels):
     """Kernels that take 2–4 edges per loop step (segments of 0..7 edges: most end mid-step, where the
     extra slots must load zeros and store nothing), and two channels per lane over two programs of 64:
@@ -302,8 +302,9 @@ def test_edges_unrolled_per_loop_step(interpret, monkeypatch, unroll, per_lane, 
                                                                  ((1, 1), 1, 3, 2), ((2, 2), 2, 70, 2)])
 def test_edge_indices_loaded_a_step_ahead(interpret, monkeypatch, unroll, per_lane, channels, level):
     """Each step loading the next step's edge and node indices (`AHEAD` 1), and the message also the
-    next step's values (2), one or 2–3 edges per step, segments of 0..8 edges (empty ones, ones ending
-    mid-step): forward and three derivatives against the plain formula; and the 300-edge receiver."""
+    next step's values (2), one or 2–3 edges per step, segments of 1..5 edges per receiver and 0..8 per
+    sender (empty ones, ones ending mid-step): forward and three derivatives against the plain formula;
+    and the 300-edge receiver beside four receivers without edges."""
     from lpmace.kernels import convolution_triton
 
     for key in ("message", "grads"):
@@ -313,9 +314,11 @@ def test_edge_indices_loaded_a_step_ahead(interpret, monkeypatch, unroll, per_la
     assert f"ahead=({level}, {level})" in convolution_triton.source(1, 2, unroll, (1, 1), (level, level))
     x, y, w, seg = _problem(7, 23, channels, 1, 2, dtype=torch.float32, seed=10)
     assert 0 in seg.src_ptr.diff().tolist()
+    monkeypatch.setattr(convolution_triton, "_LOADED", {})
     fused = _derivatives(lambda x, y, w: conv_tensor_product(x, y, w, seg, 1, 2, "triton"), (x, y, w))
     plain = _derivatives(lambda x, y, w: _plain(x.double(), y.double(), w.double(), seg, 1, 2), (x, y, w))
     _assert_close(fused, plain, 2e-6)
+    assert [key[4] for key in convolution_triton._LOADED] == [(level, level)]  # the kernels that ran: AHEAD's
     gen = torch.Generator().manual_seed(3)
     index = torch.stack([torch.randint(0, 5, (300,), generator=gen), torch.full((300,), 2)])
     x, y, w, seg = _problem(5, 300, 3, 1, 2, dtype=torch.float32, index=index)
@@ -365,7 +368,8 @@ def test_paths_cut_into_runs(interpret, monkeypatch, lmax_in, max_ell, runs):
     """Each kernel's paths cut into runs, one program per run (grads then sums the runs' ∂X and ∂Y,
     buffers poisoned with NaN: every entry, zeros of a run's untouched components included, must be
     written): forward and three derivatives against the plain formula, with two edges per step and
-    two channels per lane over two programs of 64 channels; 16-bit operands take their own entries."""
+    two channels per lane over two programs of 64 channels; 16-bit operands take their own entries.
+    At 3 runs the message loads its next step's values ahead (`AHEAD` 2) and grads its indices (1)."""
     from lpmace.kernels import convolution_triton
 
     monkeypatch.setattr(convolution_triton, "torch", _PoisonedTorch())
@@ -373,6 +377,8 @@ def test_paths_cut_into_runs(interpret, monkeypatch, lmax_in, max_ell, runs):
     groups = convolution_triton.path_groups(lmax_in, max_ell, runs)
     paths = conv_paths(lmax_in, max_ell, max_ell)
     assert len(groups) == min(runs, len(paths)) and [q for r in groups for q in r] == list(range(len(paths)))
+    if runs == 3:  # each run's branch with the values (message) and indices (grads) loaded a step ahead
+        monkeypatch.setattr(convolution_triton, "AHEAD", {"message": 2, "grads": 1})
     for key, unroll in (("message", 2), ("grads", 2)):
         monkeypatch.setitem(convolution_triton.TILES, key, (64, 1, unroll, 2, runs))
         monkeypatch.setitem(convolution_triton.TILES, f"{key} 16-bit", (64, 1, 1, 1, 1))

@@ -69,7 +69,8 @@ MAXNREG: dict = {}
 # H200, `mp` W2 layer 2 (benchmarks/conv_kernels.py --ahead, results in conv_ahead_h200_mp_2026-12-03): the
 # message 0.743 → 0.638 ms with 16-bit operands, 0.799 → 0.765 fp32; grads gains 2 % (1.69 → 1.65, 1.98 →
 # 1.95 ms: its time is in the gathers of G[dst] and the arithmetic, not the indices) and stays as it was.
-# Level 2 pays at one edge per step (0.808 → 0.684 ms) but loses at two (0.728: 242 registers against 168).
+# Level 2 pays only for the bf16 message at one edge per step (0.808 → 0.684 ms) and loses at two (0.728 ms:
+# 242 registers against 168).
 AHEAD: dict = {"message": 1, "message 16-bit": 1}
 
 
