@@ -17,7 +17,7 @@ time, against the H200's 4.8 TB/s (NVIDIA's data sheet).
 
     python benchmarks/conv_kernels.py --out DIR [--old PATH] [--sweep]
     python benchmarks/conv_kernels.py --out DIR --runs     # paths cut into runs (TILES' last entry)
-    python benchmarks/conv_kernels.py --out DIR --ahead    # edge indices loaded a loop step ahead (AHEAD)
+    python benchmarks/conv_kernels.py --out DIR --ahead    # what each loop step loads for the next (AHEAD)
     ncu --clock-control none --launch-skip 2 ... python benchmarks/conv_kernels.py --out DIR --once
 """
 
@@ -215,6 +215,12 @@ def tile_rows(graph, settings):
     AHEAD level; None: the default) of `settings(lmax_in, kind, narrow, saved entry)`, with registers and
     spills per compiled kernel; ∂L/∂message in the operand dtype, as the model hands it back."""
     saved, saved_ahead = dict(convolution_triton.TILES), dict(convolution_triton.AHEAD)
+
+    def restore():
+        convolution_triton.TILES.update(saved)
+        convolution_triton.AHEAD.clear()
+        convolution_triton.AHEAD.update(saved_ahead)
+
     found = []
     for lmax_in, dtype in itertools.product((1, 0), (torch.bfloat16, torch.float32)):
         x, y, w, g, seg = problem(graph, lmax_in, 128, dtype)
@@ -227,9 +233,7 @@ def tile_rows(graph, settings):
         for kind in ("message", "grads"):
             key = f"{kind} 16-bit" if narrow else kind
             for label, tile, ahead in settings(lmax_in, kind, narrow, saved[key]):
-                convolution_triton.TILES.update(saved)
-                convolution_triton.AHEAD.clear()
-                convolution_triton.AHEAD.update(saved_ahead)
+                restore()
                 convolution_triton.TILES[key] = tile
                 if ahead is not None:
                     convolution_triton.AHEAD[key] = ahead
@@ -246,9 +250,7 @@ def tile_rows(graph, settings):
                     row["error"] = f"{type(err).__name__}: {err}"[:300]
                 print(json.dumps(row), flush=True)
                 found.append(row)
-        convolution_triton.TILES.update(saved)
-        convolution_triton.AHEAD.clear()
-        convolution_triton.AHEAD.update(saved_ahead)
+        restore()
         del x, y, w, g, seg, refs
         torch.cuda.empty_cache()
     return found

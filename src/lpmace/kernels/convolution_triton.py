@@ -174,11 +174,14 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups:
         emit(indent, f"for j0 in tl.range({first}, end{step}, num_stages=STAGES):")
         return [edge_index(indent + 4, u, u_max, node_ptr, node, ahead) for u in range(u_max)]
 
-    def next_edges(indent, u_max, node_ptr, node):  # the next step's indices, handed on at the step's end
+    def next_edges(indent, u_max, node_ptr, node, base="j0", ahead=1, to="n"):
+        """The indices of the step `ahead` steps after the one at `base` (in `to`in{u}, `to`e{u}, `to`{node}{u}),
+        handed on at the step's end."""
         for u in range(u_max):
-            emit(indent, f"nin{u} = j0 + {u_max + u} < end")
-            emit(indent, f"ne{u} = tl.load(perm_ptr + j0 + {u_max + u}, mask=nin{u}, other=0).to(tl.int64)")
-            emit(indent, f"n{node}{u} = tl.load({node_ptr} + ne{u}, mask=nin{u}, other=0).to(tl.int64)")
+            j = f"{base} + {ahead * u_max + u}"
+            emit(indent, f"{to}in{u} = {j} < end")
+            emit(indent, f"{to}e{u} = tl.load(perm_ptr + {j}, mask={to}in{u}, other=0).to(tl.int64)")
+            emit(indent, f"{to}{node}{u} = tl.load({node_ptr} + {to}e{u}, mask={to}in{u}, other=0).to(tl.int64)")
 
     def hand_on(indent, u_max, node):
         for u in range(u_max):
@@ -231,20 +234,14 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups:
             emit(indent, f"e{u} = tl.load(perm_ptr + j_first + {u}, mask=in{u}, other=0).to(tl.int64)")
             emit(indent, f"s{u} = tl.load(src_ptr + e{u}, mask=in{u}, other=0).to(tl.int64)")
             message_loads(indent, u, f", mask=in{u}", comps, harmonics, paths)
-        for u in range(u_max):  # step 1's indices
-            emit(indent, f"nin{u} = j_first + {u_max + u} < end")
-            emit(indent, f"ne{u} = tl.load(perm_ptr + j_first + {u_max + u}, mask=nin{u}, other=0).to(tl.int64)")
-            emit(indent, f"ns{u} = tl.load(src_ptr + ne{u}, mask=nin{u}, other=0).to(tl.int64)")
+        next_edges(indent, u_max, "src_ptr", "s", base="j_first")  # step 1's indices
         step = "" if u_max == 1 else f", {u_max}"
         emit(indent, f"for j0 in tl.range(j_first, end{step}, num_stages=STAGES):")
         body = indent + 4
         for u in range(u_max):  # the next step's values
             emit(body, f"nok{u} = c_ok & (j0 + {u_max + u} + 0 * c < end)")
             message_loads(body, u, f", mask=nin{u}", comps, harmonics, paths, "ne", "ns", "nok", "n")
-        for u in range(u_max):  # the indices of the step after it
-            emit(body, f"nnin{u} = j0 + {2 * u_max + u} < end")
-            emit(body, f"nne{u} = tl.load(perm_ptr + j0 + {2 * u_max + u}, mask=nnin{u}, other=0).to(tl.int64)")
-            emit(body, f"nns{u} = tl.load(src_ptr + nne{u}, mask=nnin{u}, other=0).to(tl.int64)")
+        next_edges(body, u_max, "src_ptr", "s", ahead=2, to="nn")  # the indices of the step after it
         return body
 
     def hand_on_data(indent, u_max, comps, harmonics, paths):
