@@ -419,3 +419,68 @@ def test_runs_of_paths_balance_the_work():
     assert first + second == tuple(range(10))
     assert 0.4 <= sum(cost[q] for q in first) / 126 <= 0.6
     assert path_groups(1, 3, 1) == (tuple(range(10)),) and len(path_groups(0, 3, 9)) == 4
+
+
+def _walking_the_receivers(monkeypatch, shares):
+    """RECEIVER_GRADS set for both operand widths; returns the list that counts the receiver walk's calls."""
+    from lpmace.kernels import convolution_triton
+
+    calls, walk = [], convolution_triton._grads_by_receiver
+
+    def counted(*args):
+        calls.append(args[-3])
+        return walk(*args)
+
+    monkeypatch.setattr(convolution_triton, "_grads_by_receiver", counted)
+    for key in ("grads", "grads 16-bit"):
+        monkeypatch.setitem(convolution_triton.RECEIVER_GRADS, key, shares)
+    return calls
+
+
+@pytest.mark.parametrize("shares, unroll, per_lane, channels, ahead, runs", [
+    ("float32", 1, 1, 3, 0, 1), ("operand", 2, 2, 70, 1, 1), ("float32", 3, 1, 3, 1, 3), ("float32", 1, 2, 70, 0, 2)])
+def test_grads_walking_the_receivers(interpret, monkeypatch, shares, unroll, per_lane, channels, ahead, runs):
+    """grads by receiver (`grads_in`: G[n] and its CG sums once per receiver, ∂W and ∂Y per incoming edge,
+    each edge's share of ∂X stored; `sum_shares`: ∂X per sender) with 1–3 edges per step, with and
+    without the next step's indices loaded ahead, paths in 1–3 runs, one or two channels per lane,
+    buffers poisoned with NaN (every share must be written, zeros included): forward and three
+    derivatives against the plain formula; then (one edge per step, one run) a receiver and a sender of 300 edges each."""
+    from lpmace.kernels import convolution_triton
+
+    calls = _walking_the_receivers(monkeypatch, shares)
+    monkeypatch.setattr(convolution_triton, "torch", _PoisonedTorch())
+    monkeypatch.setitem(convolution_triton.AHEAD, "grads", ahead)
+    monkeypatch.setitem(convolution_triton.TILES, "grads", (64, 1, unroll, per_lane, runs))
+    x, y, w, seg = _problem(7, 23, channels, 1, 2, dtype=torch.float32, seed=10)
+    assert 0 in seg.src_ptr.diff().tolist() and 0 not in seg.dst_ptr.diff().tolist()
+    fused = _derivatives(lambda x, y, w: conv_tensor_product(x, y, w, seg, 1, 2, "triton"), (x, y, w))
+    plain = _derivatives(lambda x, y, w: _plain(x.double(), y.double(), w.double(), seg, 1, 2), (x, y, w))
+    _assert_close(fused, plain, 2e-6)
+    assert calls and set(calls) == {shares}
+    if (unroll, runs) != (1, 1):
+        return
+    index = torch.stack([torch.full((300,), 1), torch.full((300,), 3)])
+    index[:, 150:] = index[:, 150:].flip(0)  # 150 edges 1 -> 3 and 150 edges 3 -> 1, nodes 0, 2, 4 without edges
+    x, y, w, seg = _problem(5, 300, 3, 1, 2, dtype=torch.float32, index=index)
+    fused = _derivatives(lambda x, y, w: conv_tensor_product(x, y, w, seg, 1, 2, "triton"), (x, y, w))
+    plain = _derivatives(lambda x, y, w: _plain(x.double(), y.double(), w.double(), seg, 1, 2), (x, y, w))
+    _assert_close(fused, plain, 2e-6)
+
+
+def test_grads_walking_the_receivers_with_16_bit_operands(interpret, monkeypatch):
+    """bf16 features and weights through the receiver walk (float32 shares; on the CPU the interpreter
+    stores every share in float32): within the bounds of `_check_rounded_operands`."""
+    calls = _walking_the_receivers(monkeypatch, "float32")
+    _check_rounded_operands(4, 10, 160, 1, 2, torch.bfloat16, "cpu")
+    assert calls
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, shares", [(torch.float32, "float32"), (torch.bfloat16, "float32"),
+                                           (torch.bfloat16, "operand"), (torch.float16, "operand")])
+def test_grads_walking_the_receivers_at_real_size_on_the_gpu(monkeypatch, dtype, shares):
+    """The receiver walk compiled, at a foundation model's size; with "operand" each edge's share of ∂X
+    is rounded to 16 bits before the float32 sum, within the same bounds."""
+    calls = _walking_the_receivers(monkeypatch, shares)
+    _check_rounded_operands(512, 512 * 24, 128, 1, 3, dtype, "cuda")
+    assert calls

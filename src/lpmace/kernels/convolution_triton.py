@@ -48,7 +48,7 @@ from lpmace.cache import cache_dir
 from lpmace.kernels.launch import launch_context, next_power_of_2, require_interpreter
 from lpmace.o3.clebsch_gordan import conv_coupling_table, conv_paths, path_of_column
 
-__all__ = ["AHEAD", "TILES", "grads_triton", "layout", "message_triton", "path_groups", "sizes", "source"]
+__all__ = ["AHEAD", "RECEIVER_GRADS", "TILES", "grads_triton", "layout", "message_triton", "path_groups", "sizes", "source"]
 
 # (channels per program, pipeline stages, edges per loop step, adjacent channels per lane, runs of paths)
 # per kernel and operand width, from sweeps on the H200 (benchmarks/conv_kernels.py --sweep, MACE-MP-0-medium
@@ -72,6 +72,9 @@ MAXNREG: dict = {}
 # Level 2 pays only for the bf16 message at one edge per step (0.808 → 0.684 ms) and loses at two (0.728 ms:
 # 242 registers against 168).
 AHEAD: dict = {"message": 1, "message 16-bit": 1}
+# Per grads key of TILES, grads walks the receivers (`grads_in` then `sum_shares`) instead of the senders, with
+# each edge's share of ∂X stored in "float32" or in the "operand" dtype; absent: the senders' walk (`grads`).
+RECEIVER_GRADS: dict = {}
 
 
 def sizes(lmax_in: int, max_ell: int) -> tuple[int, int, int, int]:
@@ -251,6 +254,29 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups:
             for name in ("in", "e", "s"):
                 emit(indent, f"n{name}{u} = nn{name}{u}")
 
+    def edge_products(body, u, x, pairs, run, ibp, comps, dy_base, mask, d_x):
+        """Edge u's ∂W row (stored), t[i,b] = Σ_p W_p s[i,b,p], `d_x`'s lines (∂X from t) and its ∂Y row
+        (stored), from s[i,b,p] and the edge's Y and W; X's component i is named x(i)."""
+        emit(body, "if WANT_W:")
+        emit(body + 4, f"dw_row{u} = dw_ptr + e{u} * ({n_paths} * C) + c")
+        for i, b in pairs:
+            emit(body + 4, f"xy{i}_{b} = {x(i)} * y{b}_{u}")
+        for q in run:
+            expr = " + ".join(f"xy{i}_{b} * s{i}_{b}_{q}" for (i, b, qq) in ibp if qq == q) or f"0.0 * {x(comps[0])}"
+            emit(body + 4, f"tl.store(dw_row{u} + {q} * C, ({expr}).to(dw_ptr.dtype.element_ty), mask=ok{u})")
+        emit(body, "if WANT_X or WANT_Y:")
+        for i, b in pairs:
+            emit(body + 4, f"t{i}_{b} = " + " + ".join(f"w{q}_{u} * s{i}_{b}_{q}" for (ii, bb, q) in ibp
+                                                     if (ii, bb) == (i, b)))
+        emit(body, "if WANT_X:")
+        d_x()
+        emit(body, "if WANT_Y:")
+        emit(body + 4, f"dy_row{u} = dy_ptr + ({dy_base} * E + e{u}) * {n_sh}")
+        for b in range(n_sh):
+            expr = " + ".join(f"{x(i)} * t{i}_{b}" for i, bb in pairs if bb == b)
+            value = f"tl.sum({expr}, axis=0)" if expr else "0.0"
+            emit(body + 4, f"tl.store(dy_row{u} + {b}, {value}{mask})")
+
     # message: out[n, c, o] = Σ_{e: dst=n} W[e, p(o), c] Σ CG X[src, c, i] Y[e, b]
     um, ug = unroll
     emit(0, "@triton.jit")
@@ -324,26 +350,10 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups:
             # which ∂X (with Y) and ∂Y (with X) share: every CG product is formed once per edge and channel.
             for (i, b, q), entries in ibp.items():
                 emit(body, f"s{i}_{b}_{q} = " + " + ".join(f"{_literal(v)} * g{o}_{u}" for o, v in entries))
-            emit(body, "if WANT_W:")
-            emit(body + 4, f"dw_row{u} = dw_ptr + e{u} * ({n_paths} * C) + c")
-            for i, b in pairs:
-                emit(body + 4, f"xy{i}_{b} = x{i} * y{b}_{u}")
-            for q in run:
-                expr = " + ".join(f"xy{i}_{b} * s{i}_{b}_{q}" for (i, b, qq) in ibp if qq == q) or f"0.0 * x{comps[0]}"
-                emit(body + 4, f"tl.store(dw_row{u} + {q} * C, ({expr}).to(dw_ptr.dtype.element_ty), mask=ok{u})")
-            emit(body, "if WANT_X or WANT_Y:")
-            for i, b in pairs:
-                emit(body + 4, f"t{i}_{b} = " + " + ".join(f"w{q}_{u} * s{i}_{b}_{q}" for (ii, bb, q) in ibp
-                                                         if (ii, bb) == (i, b)))
-            emit(body, "if WANT_X:")
-            for i in comps:
-                emit(body + 4, f"dx{i} += " + " + ".join(f"y{b}_{u} * t{i}_{b}" for ii, b in pairs if ii == i))
-            emit(body, "if WANT_Y:")
-            emit(body + 4, f"dy_row{u} = dy_ptr + ({dy_base} * E + e{u}) * {n_sh}")
-            for b in range(n_sh):
-                expr = " + ".join(f"x{i} * t{i}_{b}" for i, bb in pairs if bb == b)
-                value = f"tl.sum({expr}, axis=0)" if expr else "0.0"
-                emit(body + 4, f"tl.store(dy_row{u} + {b}, {value}{masks[u]})")
+            def sums(u=u):  # ∂X[s] summed in registers over the sender's edges
+                for i in comps:
+                    emit(body + 4, f"dx{i} += " + " + ".join(f"y{b}_{u} * t{i}_{b}" for ii, b in pairs if ii == i))
+            edge_products(body, u, lambda i: f"x{i}", pairs, run, ibp, comps, dy_base, masks[u], sums)
         if ahead[1]:
             hand_on(body, ug, "d")
         emit(ind, "if WANT_X:")
@@ -351,6 +361,44 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups:
             value = f"dx{i}" if i in comps else "tl.zeros((BLOCK_C,), tl.float32)"
             emit(ind + 4, f"tl.store(dx_ptr + {dx_base} * (C * {n_in}) + c * {n_in} + {i}, "
                           f"{value}.to(dx_ptr.dtype.element_ty), mask=c_ok)")
+    emit(0, "")
+
+    # grads_in: ∂Y[e], ∂W[e] and each edge's share of ∂X[src], walking the receivers' incoming edges
+    emit(0, "@triton.jit")
+    emit(0, "def grads_in(g_ptr, x_ptr, y_ptr, w_ptr, src_ptr, ptr_ptr, perm_ptr, px_ptr, dy_ptr, dw_ptr, C: tl.constexpr, "
+            "N, E, BLOCK_C: tl.constexpr, WANT_X: tl.constexpr, WANT_Y: tl.constexpr, WANT_W: tl.constexpr, "
+            "STAGES: tl.constexpr):")
+    emit(4, "n = tl.program_id(0).to(tl.int64)")
+    emit(4, "block = tl.program_id(1).to(tl.int64)")
+    emit(4, "grp = tl.program_id(2)")
+    emit(4, "c = block * BLOCK_C + tl.arange(0, BLOCK_C)")
+    emit(4, "c_ok = c < C")
+    emit(4, "end = tl.load(ptr_ptr + n + 1)")
+    px_base = "(grp.to(tl.int64) * E + e{u})" if many else "e{u}"  # ∂X's shares: [runs, E, I, C]
+    for ind, run in runs_of(groups[1], 4):
+        cols, found, pairs, comps, harmonics = run_parts(run)
+        ibp = {key: entries for key, entries in by_ibp.items() if key[2] in run}
+        # G[n] once per receiver, and with it s[i,b,p] = Σ_{o in p} CG[i,b,o] G_o, the same for every edge into n
+        emit(ind, f"g_row = g_ptr + n * ({n_out} * C) + c")  # G^T [N, O, C]
+        for o in cols:
+            emit(ind, f"g{o} = tl.load(g_row + {o} * C, mask=c_ok, other=0.0).to(tl.float32)")
+        for (i, b, q), entries in ibp.items():
+            emit(ind, f"s{i}_{b}_{q} = " + " + ".join(f"{_literal(v)} * g{o}" for o, v in entries))
+        masks = edge_loop(ind, ug, "n", "src_ptr", "s", ahead[1])
+        body = ind + 4
+        for u in range(ug):
+            message_loads(body, u, masks[u], comps, harmonics, run)
+        if ahead[1]:
+            next_edges(body, ug, "src_ptr", "s")
+        for u in range(ug):
+            def shares(u=u):  # each edge's share of ∂X, every component (a run's others zero)
+                emit(body + 4, f"px_row{u} = px_ptr + {px_base.format(u=u)} * ({n_in} * C) + c")
+                for i in range(n_in):
+                    expr = " + ".join(f"y{b}_{u} * t{i}_{b}" for ii, b in pairs if ii == i) or f"0.0 * g{cols[0]}"
+                    emit(body + 4, f"tl.store(px_row{u} + {i} * C, ({expr}).to(px_ptr.dtype.element_ty), mask=ok{u})")
+            edge_products(body, u, lambda i, u=u: f"x{i}_{u}", pairs, run, ibp, comps, dy_base, masks[u], shares)
+        if ahead[1]:
+            hand_on(body, ug, "s")
     return "\n".join(lines) + "\n"
 
 
@@ -385,8 +433,40 @@ def kernels(lmax_in: int, max_ell: int, dtype: torch.dtype = torch.float32):
         spec = importlib.util.spec_from_file_location(f"lpmace_conv_l{lmax_in}_sh{max_ell}_{digest}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        _LOADED[key] = (module.message, module.grads)
+        _LOADED[key] = (module.message, module.grads, module.grads_in)
     return _LOADED[key]
+
+
+_SUM_ROWS = 8  # edges whose ∂X shares one step of `sum_shares` loads at once
+
+
+@lru_cache(maxsize=None)
+def _sum_kernel():
+    """∂X[s, c, i] = Σ_runs Σ_{e: src_e = s} P[run, e, i, c]: one program per (sender, block of I·C), the
+    sender's edges (CSR) taken _SUM_ROWS at a time, summed in float32, written once. Made on first use:
+    triton is imported only when a kernel runs."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def sum_shares(p_ptr, ptr_ptr, perm_ptr, dx_ptr, C: tl.constexpr, I: tl.constexpr, E, RUNS: tl.constexpr,
+                   BLOCK: tl.constexpr, ROWS: tl.constexpr):
+        s = tl.program_id(0).to(tl.int64)
+        k = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # i * C + c
+        k_ok = k < I * C
+        start = tl.load(ptr_ptr + s)
+        end = tl.load(ptr_ptr + s + 1)
+        acc = tl.zeros((BLOCK,), tl.float32)
+        for j0 in range(start, end, ROWS):
+            j = j0 + tl.arange(0, ROWS)
+            e = tl.load(perm_ptr + j, mask=j < end, other=0).to(tl.int64)
+            ok = (j < end)[:, None] & k_ok[None, :]
+            for r in tl.static_range(RUNS):
+                rows = tl.load(p_ptr + ((r * E + e) * (I * C))[:, None] + k[None, :], mask=ok, other=0.0)
+                acc += tl.sum(rows.to(tl.float32), axis=0)
+        tl.store(dx_ptr + s * (C * I) + (k % C) * I + k // C, acc.to(dx_ptr.dtype.element_ty), mask=k_ok)
+
+    return sum_shares
 
 
 def _registers(kernel: str, dtype: torch.dtype) -> dict:
@@ -422,7 +502,7 @@ def message_triton(x, y, w, seg, lmax_in: int, max_ell: int, out_dtype: torch.dt
     stored = out_dtype if x.device.type == "cuda" else torch.float32
     out = torch.empty(n, c, n_out, dtype=stored, device=x.device)
     block, warps, stages = _channels(c, "message", w.dtype)
-    message, _ = kernels(lmax_in, max_ell, w.dtype)
+    message = kernels(lmax_in, max_ell, w.dtype)[0]
     with launch_context(x.device):
         message[(n, (c + block - 1) // block, _runs("message", w.dtype, lmax_in, max_ell))](
             x.transpose(1, 2).contiguous(), y.contiguous(), w.contiguous(), seg.src, seg.dst_ptr, seg.dst_perm, out,
@@ -441,17 +521,20 @@ def grads_triton(g, x, y, w, seg, lmax_in: int, max_ell: int, want_x: bool, want
     blocks = (c + block - 1) // block
     runs = _runs("grads", w.dtype, lmax_in, max_ell)
     launch = n > 0 and c > 0 and e > 0 and (want_x or want_y or want_w)
+    d_y = torch.empty(runs * blocks, e, n_sh, dtype=torch.float32, device=x.device) if want_y else y.new_zeros(0)
+    d_w = torch.empty(e, n_paths, c, dtype=w.dtype, device=x.device) if want_w else w.new_zeros(0)
+    shares = RECEIVER_GRADS.get(_key("grads", w.dtype))
+    if launch and shares is not None:
+        return _grads_by_receiver(g, x, y, w, seg, lmax_in, max_ell, want_x, want_y, want_w, shares, d_y, d_w)
     if not want_x:
         d_x = x.new_zeros(0)
     elif runs > 1 and launch:
         d_x = torch.empty(runs, n, c, n_in, dtype=torch.float32, device=x.device)
     else:
         d_x = (torch.zeros if not launch else torch.empty)(n, c, n_in, dtype=x.dtype, device=x.device)
-    d_y = torch.empty(runs * blocks, e, n_sh, dtype=torch.float32, device=x.device) if want_y else y.new_zeros(0)
-    d_w = torch.empty(e, n_paths, c, dtype=w.dtype, device=x.device) if want_w else w.new_zeros(0)
     if launch:
         require_interpreter(x.device)
-        _, grads = kernels(lmax_in, max_ell, w.dtype)
+        grads = kernels(lmax_in, max_ell, w.dtype)[1]
         with launch_context(x.device):
             grads[(n, blocks, runs)](
                 g.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous(), y.contiguous(), w.contiguous(),
@@ -460,5 +543,34 @@ def grads_triton(g, x, y, w, seg, lmax_in: int, max_ell: int, want_x: bool, want
     if want_x and d_x.dim() == 4:  # the runs' partial sums
         d_x = d_x.sum(0).to(x.dtype)
     if want_y:  # the channel blocks' (and runs') partial sums (none: no channels, zeros)
+        d_y = (d_y[0] if d_y.shape[0] == 1 else d_y.sum(0)).to(y.dtype)
+    return d_x, d_y, d_w
+
+
+def _grads_by_receiver(g, x, y, w, seg, lmax_in, max_ell, want_x, want_y, want_w, shares, d_y, d_w):
+    """grads_triton through `grads_in` (each receiver's G loaded once; ∂Y and ∂W per edge, each edge's
+    share of ∂X stored in `shares`' dtype) and `sum_shares` (∂X per sender, summed in float32)."""
+    require_interpreter(x.device)
+    n, c, n_in = x.shape
+    e = y.shape[0]
+    block, warps, stages = _channels(c, "grads", w.dtype)
+    blocks, runs = (c + block - 1) // block, _runs("grads", w.dtype, lmax_in, max_ell)
+    stored = x.dtype if shares == "operand" and x.device.type == "cuda" else torch.float32  # (interpreter: see message_triton)
+    p = torch.empty(runs, e, n_in, c, dtype=stored, device=x.device) if want_x else x.new_zeros(0)
+    grads_in = kernels(lmax_in, max_ell, w.dtype)[2]
+    with launch_context(x.device):
+        grads_in[(n, blocks, runs)](
+            g.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous(), y.contiguous(), w.contiguous(),
+            seg.src, seg.dst_ptr, seg.dst_perm, p, d_y, d_w, c, n, e, BLOCK_C=block, WANT_X=want_x, WANT_Y=want_y,
+            WANT_W=want_w, STAGES=stages, num_warps=warps, **_registers("grads", w.dtype))
+        d_x = x.new_zeros(0)
+        if want_x:
+            d_x = torch.empty(n, c, n_in, dtype=x.dtype if x.device.type == "cuda" else torch.float32, device=x.device)
+            width = min(next_power_of_2(n_in * c), 512)
+            _sum_kernel()[(n, (n_in * c + width - 1) // width)](
+                p, seg.src_ptr, seg.src_perm, d_x, c, n_in, e, RUNS=runs, BLOCK=width, ROWS=_SUM_ROWS,
+                num_warps=max(1, min(4, width // 128)))
+            d_x = d_x.to(x.dtype)
+    if want_y:
         d_y = (d_y[0] if d_y.shape[0] == 1 else d_y.sum(0)).to(y.dtype)
     return d_x, d_y, d_w
