@@ -18,7 +18,7 @@ time, against the H200's 4.8 TB/s (NVIDIA's data sheet).
     python benchmarks/conv_kernels.py --out DIR [--old PATH] [--sweep]
     python benchmarks/conv_kernels.py --out DIR --runs     # paths cut into runs (TILES' last entry)
     python benchmarks/conv_kernels.py --out DIR --ahead    # what each loop step loads for the next (AHEAD)
-    python benchmarks/conv_kernels.py --out DIR --walk     # grads walking the senders or the receivers
+    python benchmarks/conv_kernels.py --out DIR --butterfly  # ∂Y's sums over channels: butterfly or tl.sum
     ncu --clock-control none --launch-skip 2 ... python benchmarks/conv_kernels.py --out DIR --once
 """
 
@@ -97,8 +97,9 @@ def main() -> None:
     parser.add_argument("--ahead", action="store_true", help="only time each kernel (layers 2 and 1, bf16 and "
                         "float32) at one and two edges per step, at each level of AHEAD (what a step loads for "
                         "the next)")
-    parser.add_argument("--walk", action="store_true", help="only time grads (layers 2 and 1, bf16 and float32) "
-                        "walking the senders or the receivers (RECEIVER_GRADS), over tiles and what a step loads ahead")
+    parser.add_argument("--butterfly", action="store_true", help="only time grads (layers 2 and 1, bf16 and "
+                        "float32) with each edge's ∂Y summed over channels in one butterfly and in one tl.sum per "
+                        "harmonic (BUTTERFLY)")
     parser.add_argument("--once", action="store_true", help="only run layer 2's kernels once per operand dtype "
                         "(bf16, fp32), after one warm-up call: for a profiler such as ncu")
     args = parser.parse_args()
@@ -119,8 +120,8 @@ def main() -> None:
     if args.runs:
         (args.out / "conv_runs.json").write_text(json.dumps(path_runs(graph), indent=1) + "\n")
         return
-    if args.walk:
-        (args.out / "conv_walk.json").write_text(json.dumps(receiver_walk(graph), indent=1) + "\n")
+    if args.butterfly:
+        (args.out / "conv_butterfly.json").write_text(json.dumps(butterfly_rows(graph), indent=1) + "\n")
         return
     if args.ahead:
         (args.out / "conv_ahead.json").write_text(json.dumps(edge_indices_ahead(graph), indent=1) + "\n")
@@ -216,36 +217,37 @@ def edge_indices_ahead(graph):
     return tile_rows(graph, settings)
 
 
-def receiver_walk(graph):
-    """grads walking the senders (`grads`, as TILES has it) or the receivers (`grads_in` + `sum_shares`;
-    ∂X's per-edge shares in float32 or, for 16-bit operands, in the operand dtype) at 32 or 64 channels
-    per program, one or two per lane, one edge per step with and without the next step's indices loaded
-    ahead and two with them; layers 2 and 1, bf16 and float32."""
-    def settings(lmax_in, kind, narrow, base):
-        if kind == "message":
-            return
-        yield dict(walk="senders"), base, None, "senders"
-        tiles = ((32, 1), (64, 1), (64, 2)) if narrow else ((32, 1), (64, 1))
-        for shares, (channels, per_lane), (unroll, ahead) in itertools.product(
-                ("float32", "operand") if narrow else ("float32",), tiles, ((1, 0), (1, 1), (2, 1))):
-            yield (dict(walk="receivers", shares=shares, channels_per_program=channels, channels_per_lane=per_lane,
-                        unroll=unroll, ahead=ahead), (channels, base[1], unroll, per_lane, base[4]), ahead, shares)
-    return tile_rows(graph, settings)
+def butterfly_rows(graph):
+    """grads with `BUTTERFLY` on and off at its default tiles, layers 2 and 1, bf16 and float32."""
+    found = []
+    for lmax_in, dtype in itertools.product((1, 0), (torch.bfloat16, torch.float32)):
+        x, y, w, g, seg = problem(graph, lmax_in, 128, dtype)
+        g = g.to(dtype)
+        ref = convolution.grads_reference(g, x, y, w, seg, lmax_in, 3, True, True, True, torch.float32)
+        for on in (False, True):
+            convolution_triton.BUTTERFLY = on
+            call = lambda: convolution_triton.grads_triton(g, x, y, w, seg, lmax_in, 3, True, True, True)  # noqa: E731
+            row = dict(layer=lmax_in + 1, dtype=str(dtype).split(".")[-1], kernel="grads", butterfly=on,
+                       check=rel_diff(call(), ref), ms=time_ms(call))
+            row["bandwidth_tb_s"] = floor_bytes("grads", x, y, w, g) / (row["ms"] * 1e-3) / 1e12
+            print(json.dumps(row), flush=True)
+            found.append(row)
+        convolution_triton.BUTTERFLY = True
+        del x, y, w, g, seg, ref
+        torch.cuda.empty_cache()
+    return found
 
 
 def tile_rows(graph, settings):
     """Time each kernel, layer 2 then layer 1, bf16 and float32 operands, at the (label, TILES entry,
-    AHEAD level, and optionally RECEIVER_GRADS' entry or "senders"; None: the default) of
-    `settings(lmax_in, kind, narrow, saved entry)`, with registers and spills per compiled kernel;
-    ∂L/∂message in the operand dtype, as the model hands it back."""
+    AHEAD level; None: the default) of `settings(lmax_in, kind, narrow, saved entry)`, with registers and
+    spills per compiled kernel; ∂L/∂message in the operand dtype, as the model hands it back."""
     saved, saved_ahead = dict(convolution_triton.TILES), dict(convolution_triton.AHEAD)
-    saved_walk = dict(convolution_triton.RECEIVER_GRADS)
 
     def restore():
         convolution_triton.TILES.update(saved)
-        for table, was in ((convolution_triton.AHEAD, saved_ahead), (convolution_triton.RECEIVER_GRADS, saved_walk)):
-            table.clear()
-            table.update(was)
+        convolution_triton.AHEAD.clear()
+        convolution_triton.AHEAD.update(saved_ahead)
 
     found = []
     for lmax_in, dtype in itertools.product((1, 0), (torch.bfloat16, torch.float32)):
@@ -258,19 +260,14 @@ def tile_rows(graph, settings):
         narrow = dtype.itemsize == 2
         for kind in ("message", "grads"):
             key = f"{kind} 16-bit" if narrow else kind
-            for label, tile, ahead, *walk in settings(lmax_in, kind, narrow, saved[key]):
+            for label, tile, ahead in settings(lmax_in, kind, narrow, saved[key]):
                 restore()
                 convolution_triton.TILES[key] = tile
                 if ahead is not None:
                     convolution_triton.AHEAD[key] = ahead
-                if walk and walk[0] is not None:
-                    convolution_triton.RECEIVER_GRADS.pop(key, None)
-                    if walk[0] != "senders":
-                        convolution_triton.RECEIVER_GRADS[key] = walk[0]
                 row = dict(layer=lmax_in + 1, dtype=str(dtype).split(".")[-1], kernel=kind, **label)
                 try:
-                    which = 0 if kind == "message" else 2 if key in convolution_triton.RECEIVER_GRADS else 1
-                    fn = convolution_triton.kernels(lmax_in, 3, dtype)[which]
+                    fn = convolution_triton.kernels(lmax_in, 3, dtype)[0 if kind == "message" else 1]
                     before = _binaries(fn)
                     row["check"] = rel_diff(calls[kind](), refs[kind])
                     row["ms"] = time_ms(calls[kind])

@@ -421,66 +421,86 @@ def test_runs_of_paths_balance_the_work():
     assert path_groups(1, 3, 1) == (tuple(range(10)),) and len(path_groups(0, 3, 9)) == 4
 
 
-def _walking_the_receivers(monkeypatch, shares):
-    """RECEIVER_GRADS set for both operand widths; returns the list that counts the receiver walk's calls."""
+def _run_warp(ptx: str, operands: dict) -> list:
+    """The PTX of `butterfly` run for the 32 lanes of a warp, in order, instruction by instruction: the
+    few instructions it uses (mov, add, and, shr, setp.ne, selp, shfl.sync.bfly) with their PTX meaning.
+    operands: {"$k": [32 values]} for the inputs; returns each lane's registers (outputs as "$k")."""
+    lanes = [dict({k: v[lane] for k, v in operands.items()}, **{"%laneid": lane}) for lane in range(32)]
+    for line in ptx.splitlines():
+        line = line.strip().rstrip(";")
+        if not line or line[0] in "{}." or line.startswith(".reg"):
+            continue
+        op, args = line.split(None, 1)
+        args = [a.strip() for a in args.split(",")]
+
+        def val(regs, a):
+            return regs[a] if a in regs else int(a, 0)
+        if op.startswith("shfl.sync.bfly"):
+            sent = [val(regs, args[1]) for regs in lanes]
+            for lane, regs in enumerate(lanes):
+                regs[args[0]] = sent[lane ^ int(args[2])]
+            continue
+        for regs in lanes:
+            a = [val(regs, x) for x in args[1:]]
+            regs[args[0]] = {"mov": lambda: a[0], "add": lambda: a[0] + a[1], "and": lambda: a[0] & a[1],
+                             "shr": lambda: a[0] >> a[1], "setp": lambda: a[0] != a[1],
+                             "selp": lambda: a[0] if a[2] else a[1]}[op.split(".")[0]]()
+    return lanes
+
+
+@pytest.mark.parametrize("pack", [1, 2])
+def test_butterfly_sums_sixteen_values_over_a_warp(pack):
+    """`butterfly`'s PTX (which the CPU cannot run: the interpreter takes the tl.sum path) executed lane
+    by lane: lane l's first output is the sum over all 32 lanes and `pack` channels of input (l >> 1) & 15,
+    every output of the lane carries it, and exactly one output of the warp names each of the 16 indices."""
+    from lpmace.kernels.convolution_triton import butterfly
+
+    ptx, constraints = butterfly(pack)
+    assert constraints.count("=r") == 2 * pack and constraints.count(",r") + constraints.startswith("r") == 16 * pack
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randint(-1000, 1000, (16, pack, 32), generator=gen)  # integers: sums exact in any order
+    operands = {f"${2 * pack + b * pack + k}": values[b, k].tolist() for b in range(16) for k in range(pack)}
+    lanes = _run_warp(ptx, operands)
+    sums = values.sum(dim=(1, 2))
+    named = []
+    for lane, regs in enumerate(lanes):
+        assert [regs[f"${k}"] for k in range(pack)] == [int(sums[(lane >> 1) & 15])] * pack, lane
+        named += [regs[f"${pack + k}"] for k in range(pack) if regs[f"${pack + k}"] != -1]
+    assert sorted(named) == list(range(16))
+
+
+def test_the_butterfly_runs_where_a_program_is_one_warp_on_a_gpu(monkeypatch):
+    """grads' LANES: the default tiles (one warp of 32 channels, or of 64 at two per lane) take the
+    butterfly on a GPU; two warps, the CPU, the interpreter or BUTTERFLY off take the tl.sum path."""
     from lpmace.kernels import convolution_triton
 
-    calls, walk = [], convolution_triton._grads_by_receiver
-
-    def counted(*args):
-        calls.append(args[-3])
-        return walk(*args)
-
-    monkeypatch.setattr(convolution_triton, "_grads_by_receiver", counted)
-    for key in ("grads", "grads 16-bit"):
-        monkeypatch.setitem(convolution_triton.RECEIVER_GRADS, key, shares)
-    return calls
-
-
-@pytest.mark.parametrize("shares, unroll, per_lane, channels, ahead, runs", [
-    ("float32", 1, 1, 3, 0, 1), ("operand", 2, 2, 70, 1, 1), ("float32", 3, 1, 3, 1, 3), ("float32", 1, 2, 70, 0, 2)])
-def test_grads_walking_the_receivers(interpret, monkeypatch, shares, unroll, per_lane, channels, ahead, runs):
-    """grads by receiver (`grads_in`: G[n] and its CG sums once per receiver, ∂W and ∂Y per incoming edge,
-    each edge's share of ∂X stored; `sum_shares`: ∂X per sender) with 1–3 edges per step, with and
-    without the next step's indices loaded ahead, paths in 1–3 runs, one or two channels per lane,
-    buffers poisoned with NaN (every share must be written, zeros included): forward and three
-    derivatives against the plain formula; then (one edge per step, one run) a receiver and a sender of 300 edges each."""
-    from lpmace.kernels import convolution_triton
-
-    calls = _walking_the_receivers(monkeypatch, shares)
-    monkeypatch.setattr(convolution_triton, "torch", _PoisonedTorch())
-    monkeypatch.setitem(convolution_triton.AHEAD, "grads", ahead)
-    monkeypatch.setitem(convolution_triton.TILES, "grads", (64, 1, unroll, per_lane, runs))
-    x, y, w, seg = _problem(7, 23, channels, 1, 2, dtype=torch.float32, seed=10)
-    assert 0 in seg.src_ptr.diff().tolist() and 0 not in seg.dst_ptr.diff().tolist()
-    fused = _derivatives(lambda x, y, w: conv_tensor_product(x, y, w, seg, 1, 2, "triton"), (x, y, w))
-    plain = _derivatives(lambda x, y, w: _plain(x.double(), y.double(), w.double(), seg, 1, 2), (x, y, w))
-    _assert_close(fused, plain, 2e-6)
-    assert calls and set(calls) == {shares}
-    if (unroll, runs) != (1, 1):
-        return
-    index = torch.stack([torch.full((300,), 1), torch.full((300,), 3)])
-    index[:, 150:] = index[:, 150:].flip(0)  # 150 edges 1 -> 3 and 150 edges 3 -> 1, nodes 0, 2, 4 without edges
-    x, y, w, seg = _problem(5, 300, 3, 1, 2, dtype=torch.float32, index=index)
-    fused = _derivatives(lambda x, y, w: conv_tensor_product(x, y, w, seg, 1, 2, "triton"), (x, y, w))
-    plain = _derivatives(lambda x, y, w: _plain(x.double(), y.double(), w.double(), seg, 1, 2), (x, y, w))
-    _assert_close(fused, plain, 2e-6)
-
-
-def test_grads_walking_the_receivers_with_16_bit_operands(interpret, monkeypatch):
-    """bf16 features and weights through the receiver walk (float32 shares; on the CPU the interpreter
-    stores every share in float32): within the bounds of `_check_rounded_operands`."""
-    calls = _walking_the_receivers(monkeypatch, "float32")
-    _check_rounded_operands(4, 10, 160, 1, 2, torch.bfloat16, "cpu")
-    assert calls
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cuda = torch.device("cuda")
+    for dtype, lanes in ((torch.float32, 1), (torch.bfloat16, 2), (torch.float16, 2)):
+        block, warps, _ = convolution_triton._channels(128, "grads", dtype)
+        assert convolution_triton._lanes(block, warps, dtype, cuda) == lanes
+        assert convolution_triton._lanes(block, warps, dtype, torch.device("cpu")) == 0
+    assert convolution_triton._lanes(64, 2, torch.float32, cuda) == 0
+    monkeypatch.setattr(convolution_triton, "BUTTERFLY", False)
+    assert convolution_triton._lanes(32, 1, torch.float32, cuda) == 0
+    monkeypatch.setattr(convolution_triton, "BUTTERFLY", True)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert convolution_triton._lanes(32, 1, torch.float32, cuda) == 0
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype, shares", [(torch.float32, "float32"), (torch.bfloat16, "float32"),
-                                           (torch.bfloat16, "operand"), (torch.float16, "operand")])
-def test_grads_walking_the_receivers_at_real_size_on_the_gpu(monkeypatch, dtype, shares):
-    """The receiver walk compiled, at a foundation model's size; with "operand" each edge's share of ∂X
-    is rounded to 16 bits before the float32 sum, within the same bounds."""
-    calls = _walking_the_receivers(monkeypatch, shares)
-    _check_rounded_operands(512, 512 * 24, 128, 1, 3, dtype, "cuda")
-    assert calls
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_butterfly_and_per_harmonic_sums_agree_on_the_gpu(monkeypatch, dtype):
+    """At a foundation model's size, grads with the butterfly and with one tl.sum per harmonic: ∂X and
+    ∂W identical (the same code), ∂Y the same sums in another order (float32)."""
+    from lpmace.kernels import convolution_triton
+
+    x, y, w, seg = _problem(512, 512 * 24, 128, 1, 3, device="cuda")
+    x, y, w = x.detach().to(dtype), y.detach().float(), w.detach().to(dtype)
+    g = torch.randn(512, 128, 40, device="cuda", generator=torch.Generator(device="cuda").manual_seed(0)).to(dtype)
+    assert convolution_triton._lanes(*convolution_triton._channels(128, "grads", dtype)[:2], dtype, x.device) > 0
+    fly = conv_grads(g, x, y, w, seg, 1, 3, impl="triton")
+    monkeypatch.setattr(convolution_triton, "BUTTERFLY", False)
+    tree = conv_grads(g, x, y, w, seg, 1, 3, impl="triton")
+    assert torch.equal(fly[0], tree[0]) and torch.equal(fly[2], tree[2])
+    assert float((fly[1] - tree[1]).abs().max()) <= 1e-5 * float(tree[1].abs().max())

@@ -48,7 +48,7 @@ from lpmace.cache import cache_dir
 from lpmace.kernels.launch import launch_context, next_power_of_2, require_interpreter
 from lpmace.o3.clebsch_gordan import conv_coupling_table, conv_paths, path_of_column
 
-__all__ = ["AHEAD", "RECEIVER_GRADS", "TILES", "grads_triton", "layout", "message_triton", "path_groups", "sizes", "source"]
+__all__ = ["AHEAD", "BUTTERFLY", "TILES", "butterfly", "grads_triton", "layout", "message_triton", "path_groups", "sizes", "source"]
 
 # (channels per program, pipeline stages, edges per loop step, adjacent channels per lane, runs of paths)
 # per kernel and operand width, from sweeps on the H200 (benchmarks/conv_kernels.py --sweep, MACE-MP-0-medium
@@ -72,9 +72,9 @@ MAXNREG: dict = {}
 # Level 2 pays only for the bf16 message at one edge per step (0.808 → 0.684 ms) and loses at two (0.728 ms:
 # 242 registers against 168).
 AHEAD: dict = {"message": 1, "message 16-bit": 1}
-# Per grads key of TILES, grads walks the receivers (`grads_in` then `sum_shares`) instead of the senders, with
-# each edge's share of ∂X stored in "float32" or in the "operand" dtype; absent: the senders' walk (`grads`).
-RECEIVER_GRADS: dict = {}
+# grads sums each edge's ∂Y over a program's channels in one warp-wide butterfly (`butterfly`: 16 shuffles)
+# where a program is one warp on a GPU, instead of one tl.sum (a tree of 5 shuffles) per harmonic.
+BUTTERFLY = True
 
 
 def sizes(lmax_in: int, max_ell: int) -> tuple[int, int, int, int]:
@@ -123,6 +123,38 @@ def path_groups(lmax_in: int, max_ell: int, count: int) -> tuple:
         cuts.append(min(allowed, key=lambda j: abs(prefix[j] - prefix[-1] * k / count)))
     cuts.append(n_paths)
     return tuple(tuple(range(a, b)) for a, b in zip(cuts, cuts[1:]))
+
+
+def butterfly(pack: int) -> tuple[str, str]:
+    """(PTX, constraints) of `tl.inline_asm_elementwise` summing 16 values over the channels of one warp,
+    `pack` channels per lane, for 16 inputs [BLOCK_C] (BLOCK_C = 32·pack): each lane first adds its own
+    channels, then five butterfly steps, each halving what a lane holds (xor 16: a lane keeps the 8 sums
+    whose index has bit 3 equal to its lane's bit 4 and hands the other 8 to its partner; xor 8, 4, 2 the
+    same on bits 2, 1, 0; xor 1 adds the last pair): 16 shuffles instead of 16 trees of 5. Lane l ends with
+    the sum of value (l >> 1) & 15; outputs (per channel of the lane) that sum and its index, -1 except on
+    the even lane's first channel, so that each sum is stored once."""
+    out_v, out_i = [f"${k}" for k in range(pack)], [f"${pack + k}" for k in range(pack)]
+    inputs = [[f"${2 * pack + b * pack + k}" for k in range(pack)] for b in range(16)]
+    lines = ["{", ".reg .pred %bp;", ".reg .b32 %bl, %bt;", ".reg .f32 %bs, %br;"]
+    lines.append(".reg .f32 " + ", ".join(f"%ba{b}" for b in range(16)) + ";")
+    lines.append("mov.u32 %bl, %laneid;")
+    for b in range(16):
+        lines.append(f"mov.b32 %ba{b}, {inputs[b][0]};")
+        lines += [f"add.f32 %ba{b}, %ba{b}, {v};" for v in inputs[b][1:]]
+    half = 8
+    for bit in (16, 8, 4, 2):
+        lines += [f"and.b32 %bt, %bl, {bit};", "setp.ne.u32 %bp, %bt, 0;"]
+        for k in range(half):  # keep a[k + half] where the lane's bit is set, else a[k]; hand the other on
+            lines += [f"selp.f32 %bs, %ba{k}, %ba{k + half}, %bp;", f"selp.f32 %br, %ba{k + half}, %ba{k}, %bp;",
+                      f"shfl.sync.bfly.b32 %bs, %bs, {bit}, 0x1f, 0xffffffff;", f"add.f32 %ba{k}, %br, %bs;"]
+        half //= 2
+    lines += ["shfl.sync.bfly.b32 %bs, %ba0, 1, 0x1f, 0xffffffff;", "add.f32 %ba0, %ba0, %bs;"]
+    lines += [f"mov.b32 {v}, %ba0;" for v in out_v]
+    lines += ["and.b32 %bt, %bl, 1;", "setp.ne.u32 %bp, %bt, 0;", "shr.u32 %bl, %bl, 1;", "and.b32 %bl, %bl, 15;",
+              f"selp.b32 {out_i[0]}, -1, %bl, %bp;"]
+    lines += [f"mov.b32 {v}, -1;" for v in out_i[1:]]
+    lines.append("}")
+    return "\n".join(lines), ",".join(["=r"] * (2 * pack) + ["r"] * (16 * pack))
 
 
 def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups: tuple[int, int] = (1, 1),
@@ -254,28 +286,26 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups:
             for name in ("in", "e", "s"):
                 emit(indent, f"n{name}{u} = nn{name}{u}")
 
-    def edge_products(body, u, x, pairs, run, ibp, comps, dy_base, mask, d_x):
-        """Edge u's ∂W row (stored), t[i,b] = Σ_p W_p s[i,b,p], `d_x`'s lines (∂X from t) and its ∂Y row
-        (stored), from s[i,b,p] and the edge's Y and W; X's component i is named x(i)."""
-        emit(body, "if WANT_W:")
-        emit(body + 4, f"dw_row{u} = dw_ptr + e{u} * ({n_paths} * C) + c")
-        for i, b in pairs:
-            emit(body + 4, f"xy{i}_{b} = {x(i)} * y{b}_{u}")
-        for q in run:
-            expr = " + ".join(f"xy{i}_{b} * s{i}_{b}_{q}" for (i, b, qq) in ibp if qq == q) or f"0.0 * {x(comps[0])}"
-            emit(body + 4, f"tl.store(dw_row{u} + {q} * C, ({expr}).to(dw_ptr.dtype.element_ty), mask=ok{u})")
-        emit(body, "if WANT_X or WANT_Y:")
-        for i, b in pairs:
-            emit(body + 4, f"t{i}_{b} = " + " + ".join(f"w{q}_{u} * s{i}_{b}_{q}" for (ii, bb, q) in ibp
-                                                     if (ii, bb) == (i, b)))
-        emit(body, "if WANT_X:")
-        d_x()
-        emit(body, "if WANT_Y:")
-        emit(body + 4, f"dy_row{u} = dy_ptr + ({dy_base} * E + e{u}) * {n_sh}")
+    def store_dy(at, u, sums, mask):
+        """Edge u's ∂Y row: sums[b] summed over the program's channels, one butterfly where LANES > 0 (a
+        program of one warp on a GPU), else one tl.sum per harmonic."""
+        if 1 < n_sh <= 16:
+            emit(at, "if LANES > 0:")
+            for b in range(16):
+                emit(at + 4, f"vy{b} = " + (sums[b] if b < n_sh and sums[b] else "tl.zeros((BLOCK_C,), tl.float32)"))
+            for pack in (1, 2):
+                emit(at + 4, "if LANES == 1:" if pack == 1 else "else:")
+                asm, constraints = butterfly(pack)
+                emit(at + 8, f"r{u}, ix{u} = tl.inline_asm_elementwise({asm!r}, {constraints!r}, ["
+                             + ", ".join(f"vy{b}" for b in range(16)) + f"], dtype=(tl.float32, tl.int32), "
+                             f"is_pure=False, pack={pack})")
+            edge_ok = f" & {mask.split('=')[1]}" if mask else ""  # (the edge's `in` flag past the segment's end)
+            emit(at + 4, f"tl.store(dy_row{u} + tl.maximum(ix{u}, 0), r{u}, mask=(ix{u} >= 0) & (ix{u} < {n_sh}){edge_ok})")
+            emit(at, "else:")
+            at += 4
         for b in range(n_sh):
-            expr = " + ".join(f"{x(i)} * t{i}_{b}" for i, bb in pairs if bb == b)
-            value = f"tl.sum({expr}, axis=0)" if expr else "0.0"
-            emit(body + 4, f"tl.store(dy_row{u} + {b}, {value}{mask})")
+            value = f"tl.sum({sums[b]}, axis=0)" if sums[b] else "0.0"
+            emit(at, f"tl.store(dy_row{u} + {b}, {value}{mask})")
 
     # message: out[n, c, o] = Σ_{e: dst=n} W[e, p(o), c] Σ CG X[src, c, i] Y[e, b]
     um, ug = unroll
@@ -320,7 +350,7 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups:
     emit(0, "@triton.jit")
     emit(0, "def grads(g_ptr, x_ptr, y_ptr, w_ptr, dst_ptr, ptr_ptr, perm_ptr, dx_ptr, dy_ptr, dw_ptr, C: tl.constexpr, N, "
             "E, BLOCK_C: tl.constexpr, WANT_X: tl.constexpr, WANT_Y: tl.constexpr, WANT_W: tl.constexpr, "
-            "STAGES: tl.constexpr):")
+            "STAGES: tl.constexpr, LANES: tl.constexpr):")
     emit(4, "s = tl.program_id(0).to(tl.int64)")
     emit(4, "block = tl.program_id(1).to(tl.int64)")
     emit(4, "grp = tl.program_id(2)")
@@ -350,10 +380,24 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups:
             # which ∂X (with Y) and ∂Y (with X) share: every CG product is formed once per edge and channel.
             for (i, b, q), entries in ibp.items():
                 emit(body, f"s{i}_{b}_{q} = " + " + ".join(f"{_literal(v)} * g{o}_{u}" for o, v in entries))
-            def sums(u=u):  # ∂X[s] summed in registers over the sender's edges
-                for i in comps:
-                    emit(body + 4, f"dx{i} += " + " + ".join(f"y{b}_{u} * t{i}_{b}" for ii, b in pairs if ii == i))
-            edge_products(body, u, lambda i: f"x{i}", pairs, run, ibp, comps, dy_base, masks[u], sums)
+            emit(body, "if WANT_W:")
+            emit(body + 4, f"dw_row{u} = dw_ptr + e{u} * ({n_paths} * C) + c")
+            for i, b in pairs:
+                emit(body + 4, f"xy{i}_{b} = x{i} * y{b}_{u}")
+            for q in run:
+                expr = " + ".join(f"xy{i}_{b} * s{i}_{b}_{q}" for (i, b, qq) in ibp if qq == q) or f"0.0 * x{comps[0]}"
+                emit(body + 4, f"tl.store(dw_row{u} + {q} * C, ({expr}).to(dw_ptr.dtype.element_ty), mask=ok{u})")
+            emit(body, "if WANT_X or WANT_Y:")
+            for i, b in pairs:
+                emit(body + 4, f"t{i}_{b} = " + " + ".join(f"w{q}_{u} * s{i}_{b}_{q}" for (ii, bb, q) in ibp
+                                                         if (ii, bb) == (i, b)))
+            emit(body, "if WANT_X:")
+            for i in comps:
+                emit(body + 4, f"dx{i} += " + " + ".join(f"y{b}_{u} * t{i}_{b}" for ii, b in pairs if ii == i))
+            emit(body, "if WANT_Y:")
+            emit(body + 4, f"dy_row{u} = dy_ptr + ({dy_base} * E + e{u}) * {n_sh}")
+            store_dy(body + 4, u, [" + ".join(f"x{i} * t{i}_{b}" for i, bb in pairs if bb == b) for b in range(n_sh)],
+                     masks[u])
         if ahead[1]:
             hand_on(body, ug, "d")
         emit(ind, "if WANT_X:")
@@ -361,44 +405,6 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups:
             value = f"dx{i}" if i in comps else "tl.zeros((BLOCK_C,), tl.float32)"
             emit(ind + 4, f"tl.store(dx_ptr + {dx_base} * (C * {n_in}) + c * {n_in} + {i}, "
                           f"{value}.to(dx_ptr.dtype.element_ty), mask=c_ok)")
-    emit(0, "")
-
-    # grads_in: ∂Y[e], ∂W[e] and each edge's share of ∂X[src], walking the receivers' incoming edges
-    emit(0, "@triton.jit")
-    emit(0, "def grads_in(g_ptr, x_ptr, y_ptr, w_ptr, src_ptr, ptr_ptr, perm_ptr, px_ptr, dy_ptr, dw_ptr, C: tl.constexpr, "
-            "N, E, BLOCK_C: tl.constexpr, WANT_X: tl.constexpr, WANT_Y: tl.constexpr, WANT_W: tl.constexpr, "
-            "STAGES: tl.constexpr):")
-    emit(4, "n = tl.program_id(0).to(tl.int64)")
-    emit(4, "block = tl.program_id(1).to(tl.int64)")
-    emit(4, "grp = tl.program_id(2)")
-    emit(4, "c = block * BLOCK_C + tl.arange(0, BLOCK_C)")
-    emit(4, "c_ok = c < C")
-    emit(4, "end = tl.load(ptr_ptr + n + 1)")
-    px_base = "(grp.to(tl.int64) * E + e{u})" if many else "e{u}"  # ∂X's shares: [runs, E, I, C]
-    for ind, run in runs_of(groups[1], 4):
-        cols, found, pairs, comps, harmonics = run_parts(run)
-        ibp = {key: entries for key, entries in by_ibp.items() if key[2] in run}
-        # G[n] once per receiver, and with it s[i,b,p] = Σ_{o in p} CG[i,b,o] G_o, the same for every edge into n
-        emit(ind, f"g_row = g_ptr + n * ({n_out} * C) + c")  # G^T [N, O, C]
-        for o in cols:
-            emit(ind, f"g{o} = tl.load(g_row + {o} * C, mask=c_ok, other=0.0).to(tl.float32)")
-        for (i, b, q), entries in ibp.items():
-            emit(ind, f"s{i}_{b}_{q} = " + " + ".join(f"{_literal(v)} * g{o}" for o, v in entries))
-        masks = edge_loop(ind, ug, "n", "src_ptr", "s", ahead[1])
-        body = ind + 4
-        for u in range(ug):
-            message_loads(body, u, masks[u], comps, harmonics, run)
-        if ahead[1]:
-            next_edges(body, ug, "src_ptr", "s")
-        for u in range(ug):
-            def shares(u=u):  # each edge's share of ∂X, every component (a run's others zero)
-                emit(body + 4, f"px_row{u} = px_ptr + {px_base.format(u=u)} * ({n_in} * C) + c")
-                for i in range(n_in):
-                    expr = " + ".join(f"y{b}_{u} * t{i}_{b}" for ii, b in pairs if ii == i) or f"0.0 * g{cols[0]}"
-                    emit(body + 4, f"tl.store(px_row{u} + {i} * C, ({expr}).to(px_ptr.dtype.element_ty), mask=ok{u})")
-            edge_products(body, u, lambda i, u=u: f"x{i}_{u}", pairs, run, ibp, comps, dy_base, masks[u], shares)
-        if ahead[1]:
-            hand_on(body, ug, "s")
     return "\n".join(lines) + "\n"
 
 
@@ -433,40 +439,8 @@ def kernels(lmax_in: int, max_ell: int, dtype: torch.dtype = torch.float32):
         spec = importlib.util.spec_from_file_location(f"lpmace_conv_l{lmax_in}_sh{max_ell}_{digest}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        _LOADED[key] = (module.message, module.grads, module.grads_in)
+        _LOADED[key] = (module.message, module.grads)
     return _LOADED[key]
-
-
-_SUM_ROWS = 8  # edges whose ∂X shares one step of `sum_shares` loads at once
-
-
-@lru_cache(maxsize=None)
-def _sum_kernel():
-    """∂X[s, c, i] = Σ_runs Σ_{e: src_e = s} P[run, e, i, c]: one program per (sender, block of I·C), the
-    sender's edges (CSR) taken _SUM_ROWS at a time, summed in float32, written once. Made on first use:
-    triton is imported only when a kernel runs."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def sum_shares(p_ptr, ptr_ptr, perm_ptr, dx_ptr, C: tl.constexpr, I: tl.constexpr, E, RUNS: tl.constexpr,
-                   BLOCK: tl.constexpr, ROWS: tl.constexpr):
-        s = tl.program_id(0).to(tl.int64)
-        k = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # i * C + c
-        k_ok = k < I * C
-        start = tl.load(ptr_ptr + s)
-        end = tl.load(ptr_ptr + s + 1)
-        acc = tl.zeros((BLOCK,), tl.float32)
-        for j0 in range(start, end, ROWS):
-            j = j0 + tl.arange(0, ROWS)
-            e = tl.load(perm_ptr + j, mask=j < end, other=0).to(tl.int64)
-            ok = (j < end)[:, None] & k_ok[None, :]
-            for r in tl.static_range(RUNS):
-                rows = tl.load(p_ptr + ((r * E + e) * (I * C))[:, None] + k[None, :], mask=ok, other=0.0)
-                acc += tl.sum(rows.to(tl.float32), axis=0)
-        tl.store(dx_ptr + s * (C * I) + (k % C) * I + k // C, acc.to(dx_ptr.dtype.element_ty), mask=k_ok)
-
-    return sum_shares
 
 
 def _registers(kernel: str, dtype: torch.dtype) -> dict:
@@ -482,6 +456,15 @@ def _channels(c: int, kernel: str, dtype: torch.dtype = torch.float32) -> tuple[
     most, stages, _, per_lane, _ = _tile(kernel, dtype)
     block = max(32, min(next_power_of_2(c), most))
     return block, max(1, block // (32 * per_lane)), stages
+
+
+def _lanes(block: int, warps: int, dtype: torch.dtype, device: torch.device) -> int:
+    """grads' LANES: its channels per lane where one warp holds a program's channels on a GPU (then each
+    edge's ∂Y sums over channels run as one `butterfly`), else 0 (one tl.sum per harmonic; always in
+    the interpreter, which runs no PTX)."""
+    per_lane = _tile("grads", dtype)[3]
+    one_warp = warps == 1 and block == 32 * per_lane and per_lane in (1, 2)
+    return per_lane if BUTTERFLY and one_warp and device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1" else 0
 
 
 def _runs(kernel: str, dtype: torch.dtype, lmax_in: int, max_ell: int) -> int:
@@ -523,9 +506,6 @@ def grads_triton(g, x, y, w, seg, lmax_in: int, max_ell: int, want_x: bool, want
     launch = n > 0 and c > 0 and e > 0 and (want_x or want_y or want_w)
     d_y = torch.empty(runs * blocks, e, n_sh, dtype=torch.float32, device=x.device) if want_y else y.new_zeros(0)
     d_w = torch.empty(e, n_paths, c, dtype=w.dtype, device=x.device) if want_w else w.new_zeros(0)
-    shares = RECEIVER_GRADS.get(_key("grads", w.dtype))
-    if launch and shares is not None:
-        return _grads_by_receiver(g, x, y, w, seg, lmax_in, max_ell, want_x, want_y, want_w, shares, d_y, d_w)
     if not want_x:
         d_x = x.new_zeros(0)
     elif runs > 1 and launch:
@@ -539,38 +519,11 @@ def grads_triton(g, x, y, w, seg, lmax_in: int, max_ell: int, want_x: bool, want
             grads[(n, blocks, runs)](
                 g.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous(), y.contiguous(), w.contiguous(),
                 seg.dst, seg.src_ptr, seg.src_perm, d_x, d_y, d_w, c, n, e, BLOCK_C=block, WANT_X=want_x,
-                WANT_Y=want_y, WANT_W=want_w, STAGES=stages, num_warps=warps, **_registers("grads", w.dtype))
+                WANT_Y=want_y, WANT_W=want_w, STAGES=stages, LANES=_lanes(block, warps, w.dtype, x.device),
+                num_warps=warps, **_registers("grads", w.dtype))
     if want_x and d_x.dim() == 4:  # the runs' partial sums
         d_x = d_x.sum(0).to(x.dtype)
     if want_y:  # the channel blocks' (and runs') partial sums (none: no channels, zeros)
         d_y = (d_y[0] if d_y.shape[0] == 1 else d_y.sum(0)).to(y.dtype)
     return d_x, d_y, d_w
 
-
-def _grads_by_receiver(g, x, y, w, seg, lmax_in, max_ell, want_x, want_y, want_w, shares, d_y, d_w):
-    """grads_triton through `grads_in` (each receiver's G loaded once; ∂Y and ∂W per edge, each edge's
-    share of ∂X stored in `shares`' dtype) and `sum_shares` (∂X per sender, summed in float32)."""
-    require_interpreter(x.device)
-    n, c, n_in = x.shape
-    e = y.shape[0]
-    block, warps, stages = _channels(c, "grads", w.dtype)
-    blocks, runs = (c + block - 1) // block, _runs("grads", w.dtype, lmax_in, max_ell)
-    stored = x.dtype if shares == "operand" and x.device.type == "cuda" else torch.float32  # (interpreter: see message_triton)
-    p = torch.empty(runs, e, n_in, c, dtype=stored, device=x.device) if want_x else x.new_zeros(0)
-    grads_in = kernels(lmax_in, max_ell, w.dtype)[2]
-    with launch_context(x.device):
-        grads_in[(n, blocks, runs)](
-            g.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous(), y.contiguous(), w.contiguous(),
-            seg.src, seg.dst_ptr, seg.dst_perm, p, d_y, d_w, c, n, e, BLOCK_C=block, WANT_X=want_x, WANT_Y=want_y,
-            WANT_W=want_w, STAGES=stages, num_warps=warps, **_registers("grads", w.dtype))
-        d_x = x.new_zeros(0)
-        if want_x:
-            d_x = torch.empty(n, c, n_in, dtype=x.dtype if x.device.type == "cuda" else torch.float32, device=x.device)
-            width = min(next_power_of_2(n_in * c), 512)
-            _sum_kernel()[(n, (n_in * c + width - 1) // width)](
-                p, seg.src_ptr, seg.src_perm, d_x, c, n_in, e, RUNS=runs, BLOCK=width, ROWS=_SUM_ROWS,
-                num_warps=max(1, min(4, width // 128)))
-            d_x = d_x.to(x.dtype)
-    if want_y:
-        d_y = (d_y[0] if d_y.shape[0] == 1 else d_y.sum(0)).to(y.dtype)
-    return d_x, d_y, d_w
