@@ -218,7 +218,11 @@ def _check_message_rounded_once(problem, impl, max_ell):
     g = torch.randn(narrow.shape, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16).to(x.device)
     d_narrow = torch.autograd.grad(conv_tensor_product(x, y, w, seg, 1, max_ell, impl, out=torch.bfloat16), (x, y, w), g)
     d_wide = torch.autograd.grad(conv_tensor_product(x, y, w, seg, 1, max_ell, impl).to(torch.bfloat16), (x, y, w), g)
-    assert all(torch.equal(a, b) for a, b in zip(d_narrow, d_wide))
+    # ∂X and ∂W the same bits; ∂Y (a sum over channels) the same to float32 rounding: on the GPU the two
+    # calls run grads compiled for a bf16 and a float32 G, whose lanes may hold other channel pairs, so
+    # the butterfly (`convolution_triton.butterfly`) adds the channels in another order
+    assert torch.equal(d_narrow[0], d_wide[0]) and torch.equal(d_narrow[2], d_wide[2])
+    assert float((d_narrow[1] - d_wide[1]).abs().max()) <= 1e-6 * float(d_wide[1].abs().max())
 
 
 def test_bad_input_a_message_dtype_that_is_not_floating():
@@ -304,7 +308,7 @@ def test_edge_indices_loaded_a_step_ahead(interpret, monkeypatch, unroll, per_la
     """Each step loading the next step's edge and node indices (`AHEAD` 1), and the message also the
     next step's values (2), one or 2–3 edges per step, segments of 1..5 edges per receiver and 0..8 per
     sender (empty ones, ones ending mid-step): forward and three derivatives against the plain formula;
-    and the 300-edge receiver beside four receivers without edges."""
+    and (one case per level) the 300-edge receiver beside four receivers without edges."""
     from lpmace.kernels import convolution_triton
 
     for key in ("message", "grads"):
@@ -319,6 +323,8 @@ def test_edge_indices_loaded_a_step_ahead(interpret, monkeypatch, unroll, per_la
     plain = _derivatives(lambda x, y, w: _plain(x.double(), y.double(), w.double(), seg, 1, 2), (x, y, w))
     _assert_close(fused, plain, 2e-6)
     assert [key[4] for key in convolution_triton._LOADED] == [(level, level)]  # the kernels that ran: AHEAD's
+    if (unroll, level) not in (((1, 1), 1), ((2, 2), 2)):  # the long receiver once per level (a minute each on the CPU)
+        return
     gen = torch.Generator().manual_seed(3)
     index = torch.stack([torch.randint(0, 5, (300,), generator=gen), torch.full((300,), 2)])
     x, y, w, seg = _problem(5, 300, 3, 1, 2, dtype=torch.float32, index=index)
