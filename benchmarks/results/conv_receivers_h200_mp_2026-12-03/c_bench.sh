@@ -14,7 +14,7 @@ timeout 110 python3 -m pytest -m gpu tests/kernels/test_conv_tensor_product.py -
 echo "pytest rc $? $(tail -1 $OUT/pytest.log) $(el)" | tee -a $L
 for S in medium mp; do
   W=$([ $S = medium ] && echo infer,train || echo infer)
-  LEFT=$(( 585 - $(date +%s) + T0 ))
+  LEFT=$(( ${DEADLINE:-585} - $(date +%s) + T0 ))
   [ $LEFT -gt 60 ] || break
   timeout $LEFT python3 -m lpmace bench --size $S --precisions fp32,bf16-mixed --backends compiled \
     --workloads $W --repeats 10 --compare-mace-torch --device cuda --no-progress \
