@@ -227,12 +227,14 @@ def butterfly_rows(graph):
         for on in (False, True):
             convolution_triton.BUTTERFLY = on
             call = lambda: convolution_triton.grads_triton(g, x, y, w, seg, lmax_in, 3, True, True, True)  # noqa: E731
-            row = dict(layer=lmax_in + 1, dtype=str(dtype).split(".")[-1], kernel="grads", butterfly=on,
-                       check=rel_diff(call(), ref), ms=time_ms(call))
+            try:
+                row = dict(layer=lmax_in + 1, dtype=str(dtype).split(".")[-1], kernel="grads", butterfly=on,
+                           check=rel_diff(call(), ref), ms=time_ms(call))
+            finally:
+                convolution_triton.BUTTERFLY = True
             row["bandwidth_tb_s"] = floor_bytes("grads", x, y, w, g) / (row["ms"] * 1e-3) / 1e12
             print(json.dumps(row), flush=True)
             found.append(row)
-        convolution_triton.BUTTERFLY = True
         del x, y, w, g, seg, ref
         torch.cuda.empty_cache()
     return found

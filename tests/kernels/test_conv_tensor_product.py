@@ -222,6 +222,8 @@ def _check_message_rounded_once(problem, impl, max_ell):
     # calls run grads compiled for a bf16 and a float32 G, whose lanes may hold other channel pairs, so
     # the butterfly (`convolution_triton.butterfly`) adds the channels in another order
     assert torch.equal(d_narrow[0], d_wide[0]) and torch.equal(d_narrow[2], d_wide[2])
+    if x.device.type == "cpu":  # the interpreter: one tl.sum per harmonic, the same bits
+        assert torch.equal(d_narrow[1], d_wide[1])
     assert float((d_narrow[1] - d_wide[1]).abs().max()) <= 1e-6 * float(d_wide[1].abs().max())
 
 
@@ -487,6 +489,7 @@ def test_the_butterfly_runs_where_a_program_is_one_warp_on_a_gpu(monkeypatch):
         assert convolution_triton._lanes(block, warps, dtype, cuda) == lanes
         assert convolution_triton._lanes(block, warps, dtype, torch.device("cpu")) == 0
     assert convolution_triton._lanes(64, 2, torch.float32, cuda) == 0
+    assert convolution_triton._lanes(32, 1, torch.bfloat16, cuda) == 0  # one warp, but one channel per lane
     monkeypatch.setattr(convolution_triton, "BUTTERFLY", False)
     assert convolution_triton._lanes(32, 1, torch.float32, cuda) == 0
     monkeypatch.setattr(convolution_triton, "BUTTERFLY", True)
@@ -495,18 +498,27 @@ def test_the_butterfly_runs_where_a_program_is_one_warp_on_a_gpu(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_butterfly_and_per_harmonic_sums_agree_on_the_gpu(monkeypatch, dtype):
-    """At a foundation model's size, grads with the butterfly and with one tl.sum per harmonic: ∂X and
-    ∂W identical (the same code), ∂Y the same sums in another order (float32)."""
+@pytest.mark.parametrize("dtype, max_ell, channels, unroll, runs", [
+    (torch.float32, 3, 128, 1, 1), (torch.bfloat16, 3, 128, 1, 1), (torch.float32, 2, 48, 3, 2),
+    (torch.bfloat16, 1, 48, 2, 1), (torch.bfloat16, 2, 70, 1, 3)])
+def test_butterfly_and_per_harmonic_sums_agree_on_the_gpu(monkeypatch, dtype, max_ell, channels, unroll, runs):
+    """grads with the butterfly and with one tl.sum per harmonic: ∂X and ∂W identical (the same code), ∂Y
+    the same sums in another order (float32); at a foundation model's size, and with fewer harmonics
+    (the butterfly's zero padding), channels that leave lanes empty, 2–3 edges per step (edges past a
+    segment's end) and paths in runs."""
     from lpmace.kernels import convolution_triton
 
-    x, y, w, seg = _problem(512, 512 * 24, 128, 1, 3, device="cuda")
+    key = "grads 16-bit" if dtype.itemsize == 2 else "grads"
+    tile = convolution_triton.TILES[key]
+    monkeypatch.setitem(convolution_triton.TILES, key, tile[:2] + (unroll,) + tile[3:4] + (runs,))
+    x, y, w, seg = _problem(512, 512 * 24, channels, 1, max_ell, device="cuda")
     x, y, w = x.detach().to(dtype), y.detach().float(), w.detach().to(dtype)
-    g = torch.randn(512, 128, 40, device="cuda", generator=torch.Generator(device="cuda").manual_seed(0)).to(dtype)
-    assert convolution_triton._lanes(*convolution_triton._channels(128, "grads", dtype)[:2], dtype, x.device) > 0
-    fly = conv_grads(g, x, y, w, seg, 1, 3, impl="triton")
+    columns = convolution_triton.sizes(1, max_ell)[2]
+    g = torch.randn(512, channels, columns, device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
+    g = g.to(dtype)
+    assert convolution_triton._lanes(*convolution_triton._channels(channels, "grads", dtype)[:2], dtype, x.device) > 0
+    fly = conv_grads(g, x, y, w, seg, 1, max_ell, impl="triton")
     monkeypatch.setattr(convolution_triton, "BUTTERFLY", False)
-    tree = conv_grads(g, x, y, w, seg, 1, 3, impl="triton")
+    tree = conv_grads(g, x, y, w, seg, 1, max_ell, impl="triton")
     assert torch.equal(fly[0], tree[0]) and torch.equal(fly[2], tree[2])
     assert float((fly[1] - tree[1]).abs().max()) <= 1e-5 * float(tree[1].abs().max())

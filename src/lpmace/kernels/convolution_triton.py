@@ -21,7 +21,9 @@ offset as an immediate, with no integer arithmetic per load):
                  t[i,b]   = Σ_p W_p s[i,b,p]                ∂X_i += Σ_b Y_b t[i,b]
                                                             ∂Y_b  = Σ_c Σ_i X_i t[i,b]
              It writes the edge's ∂W row and ∂Y row (a sum over the block's channels; blocks add up in
-             a [blocks, E, B] buffer), and ∂X[s] is summed in registers and written once.
+             a [blocks, E, B] buffer), and ∂X[s] is summed in registers and written once. Where a
+             program is one warp on a GPU, the 16 sums over channels of ∂Y run as one `butterfly`
+             (16 shuffles, not 16 trees of 5 each).
 
 Each step of the message loads the next step's edge and sender indices (`AHEAD`), so that its gathers
 wait on no index load. Either kernel may split the paths into runs (`path_groups`, TILES), one program
@@ -464,7 +466,8 @@ def _lanes(block: int, warps: int, dtype: torch.dtype, device: torch.device) -> 
     the interpreter, which runs no PTX)."""
     per_lane = _tile("grads", dtype)[3]
     one_warp = warps == 1 and block == 32 * per_lane and per_lane in (1, 2)
-    return per_lane if BUTTERFLY and one_warp and device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1" else 0
+    nvidia = device.type == "cuda" and torch.version.hip is None  # (the butterfly is PTX)
+    return per_lane if BUTTERFLY and one_warp and nvidia and os.environ.get("TRITON_INTERPRET") != "1" else 0
 
 
 def _runs(kernel: str, dtype: torch.dtype, lmax_in: int, max_ell: int) -> int:
