@@ -50,7 +50,8 @@ from lpmace.cache import cache_dir
 from lpmace.kernels.launch import launch_context, next_power_of_2, require_interpreter
 from lpmace.o3.clebsch_gordan import conv_coupling_table, conv_paths, path_of_column
 
-__all__ = ["AHEAD", "BUTTERFLY", "TILES", "butterfly", "grads_triton", "layout", "message_triton", "path_groups", "sizes", "source"]
+__all__ = ["AHEAD", "BUTTERFLY", "TILES", "butterfly", "grads_triton", "layout", "message_triton", "path_groups", "sizes",
+           "source"]
 
 # (channels per program, pipeline stages, edges per loop step, adjacent channels per lane, runs of paths)
 # per kernel and operand width, from sweeps on the H200 (benchmarks/conv_kernels.py --sweep, MACE-MP-0-medium
@@ -301,7 +302,7 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups:
                 emit(at + 8, f"r{u}, ix{u} = tl.inline_asm_elementwise({asm!r}, {constraints!r}, ["
                              + ", ".join(f"vy{b}" for b in range(16)) + f"], dtype=(tl.float32, tl.int32), "
                              f"is_pure=False, pack={pack})")
-            edge_ok = f" & {mask.split('=')[1]}" if mask else ""  # (the edge's `in` flag past the segment's end)
+            edge_ok = f" & in{u}" if mask else ""  # (unrolled steps: the edge's flag past the segment's end)
             emit(at + 4, f"tl.store(dy_row{u} + tl.maximum(ix{u}, 0), r{u}, mask=(ix{u} >= 0) & (ix{u} < {n_sh}){edge_ok})")
             emit(at, "else:")
             at += 4
@@ -488,7 +489,7 @@ def message_triton(x, y, w, seg, lmax_in: int, max_ell: int, out_dtype: torch.dt
     stored = out_dtype if x.device.type == "cuda" else torch.float32
     out = torch.empty(n, c, n_out, dtype=stored, device=x.device)
     block, warps, stages = _channels(c, "message", w.dtype)
-    message = kernels(lmax_in, max_ell, w.dtype)[0]
+    message, _ = kernels(lmax_in, max_ell, w.dtype)
     with launch_context(x.device):
         message[(n, (c + block - 1) // block, _runs("message", w.dtype, lmax_in, max_ell))](
             x.transpose(1, 2).contiguous(), y.contiguous(), w.contiguous(), seg.src, seg.dst_ptr, seg.dst_perm, out,
@@ -507,17 +508,17 @@ def grads_triton(g, x, y, w, seg, lmax_in: int, max_ell: int, want_x: bool, want
     blocks = (c + block - 1) // block
     runs = _runs("grads", w.dtype, lmax_in, max_ell)
     launch = n > 0 and c > 0 and e > 0 and (want_x or want_y or want_w)
-    d_y = torch.empty(runs * blocks, e, n_sh, dtype=torch.float32, device=x.device) if want_y else y.new_zeros(0)
-    d_w = torch.empty(e, n_paths, c, dtype=w.dtype, device=x.device) if want_w else w.new_zeros(0)
     if not want_x:
         d_x = x.new_zeros(0)
     elif runs > 1 and launch:
         d_x = torch.empty(runs, n, c, n_in, dtype=torch.float32, device=x.device)
     else:
         d_x = (torch.zeros if not launch else torch.empty)(n, c, n_in, dtype=x.dtype, device=x.device)
+    d_y = torch.empty(runs * blocks, e, n_sh, dtype=torch.float32, device=x.device) if want_y else y.new_zeros(0)
+    d_w = torch.empty(e, n_paths, c, dtype=w.dtype, device=x.device) if want_w else w.new_zeros(0)
     if launch:
         require_interpreter(x.device)
-        grads = kernels(lmax_in, max_ell, w.dtype)[1]
+        _, grads = kernels(lmax_in, max_ell, w.dtype)
         with launch_context(x.device):
             grads[(n, blocks, runs)](
                 g.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous(), y.contiguous(), w.contiguous(),
