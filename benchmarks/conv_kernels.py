@@ -19,6 +19,7 @@ time, against the H200's 4.8 TB/s (NVIDIA's data sheet).
     python benchmarks/conv_kernels.py --out DIR --runs     # paths cut into runs (TILES' last entry)
     python benchmarks/conv_kernels.py --out DIR --ahead    # what each loop step loads for the next (AHEAD)
     python benchmarks/conv_kernels.py --out DIR --butterfly  # ∂Y's sums over channels: butterfly or tl.sum
+    python benchmarks/conv_kernels.py --out DIR --layers   # settings per layer and operand width (`CANDIDATES`)
     ncu --clock-control none --launch-skip 2 ... python benchmarks/conv_kernels.py --out DIR --once
 """
 
@@ -100,17 +101,20 @@ def main() -> None:
     parser.add_argument("--butterfly", action="store_true", help="only time grads (layers 2 and 1, bf16 and "
                         "float32) with each edge's ∂Y summed over channels in one butterfly and in one tl.sum per "
                         "harmonic (BUTTERFLY)")
-    parser.add_argument("--once", action="store_true", help="only run layer 2's kernels once per operand dtype "
+    parser.add_argument("--layers", action="store_true", help="only time the kernels of layers 2 and 1 at each of "
+                        "CANDIDATES' settings (tiles, AHEAD, Y_FIRST, register caps)")
+    parser.add_argument("--once", action="store_true", help="only run each layer's kernels once per operand dtype "
                         "(bf16, fp32), after one warm-up call: for a profiler such as ncu")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     graph = graph_from_configuration(random_bulk(4096, list(range(1, 90)), np.random.default_rng(0)), 6.0)
     if args.once:
-        for dtype in (torch.bfloat16, torch.float32):
-            x, y, w, g, seg = problem(graph, 1, 128, dtype)
+        for lmax_in, dtype in itertools.product((1, 0), (torch.bfloat16, torch.float32)):
+            x, y, w, g, seg = problem(graph, lmax_in, 128, dtype)
+            g = g.to(dtype)
             for _ in range(2):
-                convolution_triton.message_triton(x, y, w, seg, 1, 3)
-                convolution_triton.grads_triton(g, x, y, w, seg, 1, 3, True, True, True)
+                convolution_triton.message_triton(x, y, w, seg, lmax_in, 3)
+                convolution_triton.grads_triton(g, x, y, w, seg, lmax_in, 3, True, True, True)
             torch.cuda.synchronize()
         return
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__}; W2 mp box: {graph.edge_index.shape[1]} edges")
@@ -122,6 +126,9 @@ def main() -> None:
         return
     if args.butterfly:
         (args.out / "conv_butterfly.json").write_text(json.dumps(butterfly_rows(graph), indent=1) + "\n")
+        return
+    if args.layers:
+        (args.out / "conv_layers.json").write_text(json.dumps(tile_rows(graph, layer_candidates), indent=1) + "\n")
         return
     if args.ahead:
         (args.out / "conv_ahead.json").write_text(json.dumps(edge_indices_ahead(graph), indent=1) + "\n")
@@ -163,7 +170,7 @@ def registers(graph):
         calls = {"message": lambda: (convolution_triton.message_triton(x, y, w, seg, lmax_in, 3),),
                  "grads": lambda: convolution_triton.grads_triton(g, x, y, w, seg, lmax_in, 3, True, True, True)}
         for kind, fn in calls.items():
-            key = f"{kind} 16-bit" if dtype.itemsize == 2 else kind
+            key = convolution_triton._key(kind, dtype, lmax_in)
             ref = fn()
             for cap in caps[kind]:
                 convolution_triton.MAXNREG.clear()
@@ -217,6 +224,35 @@ def edge_indices_ahead(graph):
     return tile_rows(graph, settings)
 
 
+# Tiles to time per (layer, kernel, operand width): ((channels per program, stages, edges per step, channels
+# per lane, runs), AHEAD level, options: y_first (Y_FIRST), maxnreg (MAXNREG)). The first of each is the
+# default of session 36's start; the 16-bit layer-1 message's second its own entry since.
+_YF = {"y_first": True}
+CANDIDATES = {
+    (2, "message", True): [((64, 1, 2, 2, 1), 1, {}), ((64, 1, 2, 2, 1), 1, _YF), ((64, 1, 1, 2, 1), 2, _YF),
+                           ((128, 1, 2, 4, 1), 1, _YF), ((128, 1, 1, 4, 1), 1, _YF), ((64, 1, 3, 2, 1), 1, _YF),
+                           ((64, 1, 2, 2, 2), 1, _YF), ((128, 1, 2, 2, 1), 1, _YF)],
+    (1, "message", True): [((64, 1, 2, 2, 1), 1, {}), ((128, 1, 1, 4, 1), 1, {}), ((128, 1, 1, 4, 1), 1, _YF),
+                           ((128, 1, 2, 4, 1), 1, _YF), ((64, 1, 1, 2, 1), 1, _YF), ((64, 1, 3, 2, 1), 1, _YF)],
+    (2, "message", False): [((64, 1, 2, 1, 1), 1, {}), ((64, 1, 2, 1, 1), 1, _YF), ((64, 1, 2, 2, 1), 1, _YF)],
+    (1, "message", False): [((64, 1, 2, 1, 1), 1, {}), ((64, 1, 2, 1, 1), 1, _YF), ((64, 1, 1, 1, 1), 1, _YF),
+                            ((128, 1, 1, 4, 1), 1, _YF), ((64, 1, 1, 2, 1), 1, _YF)],
+    (2, "grads", True): [],
+    (1, "grads", True): [((64, 1, 1, 2, 1), 1, {}), ((128, 1, 1, 4, 1), 1, {}), ((128, 1, 1, 4, 1), 0, {}),
+                         ((64, 1, 1, 2, 1), 1, {"maxnreg": 64}), ((64, 1, 1, 2, 1), 1, {"maxnreg": 72})],
+    (2, "grads", False): [((32, 1, 1, 1, 1), 0, {}), ((32, 1, 1, 1, 1), 1, {})],
+    (1, "grads", False): [((32, 1, 1, 1, 1), 0, {}), ((32, 1, 1, 1, 1), 1, {})],
+}
+
+
+def layer_candidates(lmax_in, kind, narrow, base):
+    """`tile_rows` settings: CANDIDATES of this layer, kernel and operand width."""
+    for tile, ahead, options in CANDIDATES[(lmax_in + 1, kind, narrow)]:
+        label = dict(channels_per_program=tile[0], unroll=tile[2], channels_per_lane=tile[3], runs=tile[4], ahead=ahead,
+                     **options)
+        yield label, tile, ahead
+
+
 def butterfly_rows(graph):
     """grads with `BUTTERFLY` on and off at its default tiles, layers 2 and 1, bf16 and float32."""
     found = []
@@ -245,11 +281,14 @@ def tile_rows(graph, settings):
     AHEAD level; None: the default) of `settings(lmax_in, kind, narrow, saved entry)`, with registers and
     spills per compiled kernel; ∂L/∂message in the operand dtype, as the model hands it back."""
     saved, saved_ahead = dict(convolution_triton.TILES), dict(convolution_triton.AHEAD)
+    saved_first, saved_caps = dict(convolution_triton.Y_FIRST), dict(convolution_triton.MAXNREG)
 
     def restore():
         convolution_triton.TILES.update(saved)
-        convolution_triton.AHEAD.clear()
-        convolution_triton.AHEAD.update(saved_ahead)
+        for table, kept in ((convolution_triton.AHEAD, saved_ahead), (convolution_triton.Y_FIRST, saved_first),
+                            (convolution_triton.MAXNREG, saved_caps)):
+            table.clear()
+            table.update(kept)
 
     found = []
     for lmax_in, dtype in itertools.product((1, 0), (torch.bfloat16, torch.float32)):
@@ -261,12 +300,16 @@ def tile_rows(graph, settings):
                  "grads": lambda: convolution_triton.grads_triton(g, x, y, w, seg, lmax_in, 3, True, True, True)}
         narrow = dtype.itemsize == 2
         for kind in ("message", "grads"):
-            key = f"{kind} 16-bit" if narrow else kind
+            key = convolution_triton._key(kind, dtype, lmax_in)  # the entry this layer's kernels take
             for label, tile, ahead in settings(lmax_in, kind, narrow, saved[key]):
                 restore()
                 convolution_triton.TILES[key] = tile
                 if ahead is not None:
                     convolution_triton.AHEAD[key] = ahead
+                if "y_first" in label:  # (a label's options: the message's Y_FIRST, a register cap)
+                    convolution_triton.Y_FIRST[key] = label["y_first"]
+                if "maxnreg" in label:
+                    convolution_triton.MAXNREG[key] = label["maxnreg"]
                 row = dict(layer=lmax_in + 1, dtype=str(dtype).split(".")[-1], kernel=kind, **label)
                 try:
                     fn = convolution_triton.kernels(lmax_in, 3, dtype)[0 if kind == "message" else 1]

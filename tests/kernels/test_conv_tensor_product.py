@@ -140,12 +140,70 @@ def test_rounded_operands_sum_in_float32_forward_and_two_derivatives(interpret, 
     _check_rounded_operands(4, 10, 160, 1, 2, dtype, "cpu")
 
 
+def test_layers_take_their_own_tiles(monkeypatch):
+    """A TILES entry ending ", L = l" holds for features of L = l only, its AHEAD and MAXNREG with it: the
+    16-bit message of scalar features takes 128 channels per program in one warp, one edge per step, and
+    loads indices ahead; L = 1 features and float32 operands keep their kernel's entry."""
+    from lpmace.kernels import convolution_triton as ct
+
+    bf16 = torch.bfloat16
+    assert ct._key("message", bf16, 0) == "message 16-bit, L = 0"
+    assert ct._key("message", bf16, 1) == ct._key("message", bf16) == "message 16-bit"
+    assert ct._key("message", torch.float32, 0) == "message" and ct._key("grads", torch.float16, 0) == "grads 16-bit"
+    assert ct._channels(128, "message", bf16, 0) == (128, 1, 1) and ct._channels(128, "message", bf16, 1)[:2] == (64, 1)
+    assert ct._channels(48, "message", bf16, 0)[:2] == (64, 1)  # fewer channels: one program, one warp
+    monkeypatch.setitem(ct.TILES, "grads, L = 2", (64, 1, 3, 2, 1))
+    monkeypatch.setitem(ct.MAXNREG, "grads, L = 2", 96)
+    assert ct._channels(128, "grads", torch.float32, 2) == (64, 1, 1) and ct._runs("grads", torch.float32, 2, 2) == 1
+    assert ct._registers("grads", torch.float32, 2) == {"maxnreg": 96} and ct._registers("grads", torch.float32, 1) == {}
+    assert ct._channels(128, "grads", torch.float32, 1) == (32, 1, 1)
+    monkeypatch.setattr(ct, "_LOADED", {})
+    monkeypatch.setattr(ct, "source", lambda *args: (_ for _ in ()).throw(RuntimeError(args)))
+    with pytest.raises(RuntimeError) as made:  # what would be generated: (lmax_in, max_ell, unroll, groups, ahead)
+        ct.kernels(0, 3, bf16)
+    assert made.value.args[0] == (0, 3, (1, 1), (1, 1), (1, 1), False)
+    with pytest.raises(RuntimeError) as made:
+        ct.kernels(2, 2, torch.float32)
+    assert made.value.args[0] == (2, 2, (2, 3), (1, 1), (1, 0), False)
+
+
+def test_the_scalar_layer_at_its_own_16_bit_tiles(interpret):
+    """bf16 operands of L = 0 features at their own entry (128 channels per program, four per lane, one
+    edge per step, indices ahead) over 160 channels (a program of 128 and one of 32, its other lanes masked):
+    forward and two derivatives within the 16-bit bounds."""
+    _check_rounded_operands(4, 10, 160, 0, 2, torch.bfloat16, "cpu")
+
+
+@pytest.mark.parametrize("lmax_in, max_ell, unroll, level", [(1, 2, 1, 1), (0, 3, 2, 1), (2, 2, 2, 2)])
+def test_the_message_with_y_contracted_first(interpret, monkeypatch, lmax_in, max_ell, unroll, level):
+    """The message forming k[i,o] = Σ_b CG Y_b per edge before X (`Y_FIRST`), one or two edges per step,
+    indices or values loaded ahead, 70 channels over programs of 64: forward and three derivatives against
+    the plain formula; the generated message has no X·Y products and grads is as without."""
+    from lpmace.kernels import convolution_triton
+
+    monkeypatch.setattr(convolution_triton, "Y_FIRST", {"message": True})
+    monkeypatch.setattr(convolution_triton, "AHEAD", {"message": level})
+    monkeypatch.setitem(convolution_triton.TILES, "message", (64, 1, unroll, 2, 1))
+    monkeypatch.setattr(convolution_triton, "_LOADED", {})
+    text = convolution_triton.source(lmax_in, max_ell, (unroll, 1), (1, 1), (level, 0), True)
+    plain_text = convolution_triton.source(lmax_in, max_ell, (unroll, 1), (1, 1), (level, 0), False)
+    message, grads = text.split("def grads")
+    assert "k0_0 = " in message and "xy" not in message and "xy" in plain_text.split("def grads")[0]
+    assert grads == plain_text.split("def grads")[1]
+    x, y, w, seg = _problem(7, 23, 70, lmax_in, max_ell, dtype=torch.float32, seed=12)
+    fused = _derivatives(lambda x, y, w: conv_tensor_product(x, y, w, seg, lmax_in, max_ell, "triton"), (x, y, w))
+    plain = _derivatives(lambda x, y, w: _plain(x.double(), y.double(), w.double(), seg, lmax_in, max_ell), (x, y, w))
+    _assert_close(fused, plain, 2e-6)
+    assert [key[-1] for key in convolution_triton._LOADED] == [True]  # the kernels that ran: Y_FIRST's
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_rounded_operands_at_real_size_on_the_gpu(dtype):
-    """The compiled kernels at a foundation model's size (128 channels, L = 1 features, max_ell 3, ~24
-    neighbours)."""
-    _check_rounded_operands(512, 512 * 24, 128, 1, 3, dtype, "cuda")
+@pytest.mark.parametrize("lmax_in", [0, 1])
+def test_rounded_operands_at_real_size_on_the_gpu(dtype, lmax_in):
+    """The compiled kernels at a foundation model's size (128 channels, L = 0 and 1 features, max_ell 3,
+    ~24 neighbours)."""
+    _check_rounded_operands(512, 512 * 24, 128, lmax_in, 3, dtype, "cuda")
 
 
 def test_sums_run_in_float64_for_float64_inputs(interpret):
@@ -458,7 +516,7 @@ def _run_warp(ptx: str, operands: dict) -> list:
     return lanes
 
 
-@pytest.mark.parametrize("pack", [1, 2])
+@pytest.mark.parametrize("pack", [1, 2, 4])
 def test_butterfly_sums_sixteen_values_over_a_warp(pack):
     """`butterfly`'s PTX (which the CPU cannot run: the interpreter takes the tl.sum path) executed lane
     by lane: lane l's first output is the sum over all 32 lanes and `pack` channels of input (l >> 1) & 15,
@@ -481,7 +539,8 @@ def test_butterfly_sums_sixteen_values_over_a_warp(pack):
 
 def test_the_butterfly_runs_where_a_program_is_one_warp_on_a_gpu(monkeypatch):
     """grads' LANES: the default tiles (one warp of 32 channels, or of 64 at two per lane) take the
-    butterfly on a GPU; two warps, the CPU, the interpreter or BUTTERFLY off take the tl.sum path."""
+    butterfly on a GPU, as does one warp of 128 at four per lane; two warps, three channels per lane, the
+    CPU, the interpreter or BUTTERFLY off take the tl.sum path."""
     from lpmace.kernels import convolution_triton
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
@@ -492,6 +551,10 @@ def test_the_butterfly_runs_where_a_program_is_one_warp_on_a_gpu(monkeypatch):
         assert convolution_triton._lanes(block, warps, dtype, torch.device("cpu")) == 0
     assert convolution_triton._lanes(64, 2, torch.float32, cuda) == 0
     assert convolution_triton._lanes(32, 1, torch.bfloat16, cuda) == 0  # one warp, but one channel per lane
+    monkeypatch.setitem(convolution_triton.TILES, "grads, L = 0", (128, 1, 1, 4, 1))
+    assert convolution_triton._lanes(128, 1, torch.float32, cuda, 0) == 4
+    monkeypatch.setitem(convolution_triton.TILES, "grads, L = 0", (96, 1, 1, 3, 1))
+    assert convolution_triton._lanes(96, 1, torch.float32, cuda, 0) == 0
     monkeypatch.setattr(convolution_triton, "BUTTERFLY", False)
     assert convolution_triton._lanes(32, 1, torch.float32, cuda) == 0
     monkeypatch.setattr(convolution_triton, "BUTTERFLY", True)
@@ -500,19 +563,21 @@ def test_the_butterfly_runs_where_a_program_is_one_warp_on_a_gpu(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype, max_ell, channels, unroll, runs", [
-    (torch.float32, 3, 128, 1, 1), (torch.bfloat16, 3, 128, 1, 1), (torch.float32, 2, 48, 3, 2),
-    (torch.bfloat16, 1, 48, 2, 1), (torch.bfloat16, 2, 70, 1, 3)])
-def test_butterfly_and_per_harmonic_sums_agree_on_the_gpu(monkeypatch, dtype, max_ell, channels, unroll, runs):
+@pytest.mark.parametrize("dtype, max_ell, channels, unroll, runs, per_lane", [
+    (torch.float32, 3, 128, 1, 1, 1), (torch.bfloat16, 3, 128, 1, 1, 2), (torch.float32, 2, 48, 3, 2, 1),
+    (torch.bfloat16, 1, 48, 2, 1, 2), (torch.bfloat16, 2, 70, 1, 3, 2), (torch.bfloat16, 3, 128, 1, 1, 4),
+    (torch.bfloat16, 2, 100, 2, 1, 4)])
+def test_butterfly_and_per_harmonic_sums_agree_on_the_gpu(monkeypatch, dtype, max_ell, channels, unroll, runs,
+                                                          per_lane):
     """grads with the butterfly and with one tl.sum per harmonic: ∂X and ∂W identical (the same code), ∂Y
     the same sums in another order (float32); at a foundation model's size, and with fewer harmonics
     (the butterfly's zero padding), channels that leave lanes empty, 2–3 edges per step (edges past a
-    segment's end) and paths in runs."""
+    segment's end), paths in runs, and one, two or four channels per lane."""
     from lpmace.kernels import convolution_triton
 
     key = "grads 16-bit" if dtype.itemsize == 2 else "grads"
     tile = convolution_triton.TILES[key]
-    monkeypatch.setitem(convolution_triton.TILES, key, tile[:2] + (unroll,) + tile[3:4] + (runs,))
+    monkeypatch.setitem(convolution_triton.TILES, key, (32 * per_lane, tile[1], unroll, per_lane, runs))
     x, y, w, seg = _problem(512, 512 * 24, channels, 1, max_ell, device="cuda")
     x, y, w = x.detach().to(dtype), y.detach().float(), w.detach().to(dtype)
     columns = convolution_triton.sizes(1, max_ell)[2]
