@@ -102,7 +102,7 @@ def main() -> None:
                         "float32) with each edge's ∂Y summed over channels in one butterfly and in one tl.sum per "
                         "harmonic (BUTTERFLY)")
     parser.add_argument("--layers", action="store_true", help="only time the kernels of layers 2 and 1 at each of "
-                        "CANDIDATES' settings (tiles, AHEAD, Y_FIRST, register caps)")
+                        "CANDIDATES' settings (tiles, AHEAD, register caps)")
     parser.add_argument("--once", action="store_true", help="only run each layer's kernels once per operand dtype "
                         "(bf16, fp32), after one warm-up call: for a profiler such as ncu")
     args = parser.parse_args()
@@ -224,24 +224,24 @@ def edge_indices_ahead(graph):
     return tile_rows(graph, settings)
 
 
-# Tiles to time per (layer, kernel, operand width): ((channels per program, stages, edges per step, channels
-# per lane, runs), AHEAD level, options: y_first (Y_FIRST), maxnreg (MAXNREG)). The first of each is the
-# default of session 36's start; the 16-bit layer-1 message's second its own entry since.
-_YF = {"y_first": True}
+# Settings to time per (layer, kernel, operand width): ((channels per program, stages, edges per step, channels
+# per lane, runs), AHEAD level, options: maxnreg (MAXNREG)). The first of each: the layers' common entry.
+# (Session 36's call b_first also timed the message with Y contracted with the CG first, commit 1971942's
+# Y_FIRST: no faster, removed.)
 CANDIDATES = {
-    (2, "message", True): [((64, 1, 2, 2, 1), 1, {}), ((64, 1, 2, 2, 1), 1, _YF), ((64, 1, 1, 2, 1), 2, _YF),
-                           ((128, 1, 2, 4, 1), 1, _YF), ((128, 1, 1, 4, 1), 1, _YF), ((64, 1, 3, 2, 1), 1, _YF),
-                           ((64, 1, 2, 2, 2), 1, _YF), ((128, 1, 2, 2, 1), 1, _YF)],
-    (1, "message", True): [((64, 1, 2, 2, 1), 1, {}), ((128, 1, 1, 4, 1), 1, {}), ((128, 1, 1, 4, 1), 1, _YF),
-                           ((128, 1, 2, 4, 1), 1, _YF), ((64, 1, 1, 2, 1), 1, _YF), ((64, 1, 3, 2, 1), 1, _YF)],
-    (2, "message", False): [((64, 1, 2, 1, 1), 1, {}), ((64, 1, 2, 1, 1), 1, _YF), ((64, 1, 2, 2, 1), 1, _YF)],
-    (1, "message", False): [((64, 1, 2, 1, 1), 1, {}), ((64, 1, 2, 1, 1), 1, _YF), ((64, 1, 1, 1, 1), 1, _YF),
-                            ((128, 1, 1, 4, 1), 1, _YF), ((64, 1, 1, 2, 1), 1, _YF)],
-    (2, "grads", True): [],
+    (2, "message", True): [((64, 1, 2, 2, 1), 1, {}), ((64, 1, 1, 2, 1), 2, {}), ((128, 1, 2, 2, 1), 1, {}),
+                           ((64, 1, 2, 1, 1), 1, {}), ((64, 1, 2, 2, 2), 1, {}), ((64, 1, 3, 2, 1), 1, {})],
+    (1, "message", True): [((64, 1, 2, 2, 1), 1, {}), ((128, 1, 1, 4, 1), 1, {}), ((128, 1, 2, 4, 1), 1, {}),
+                           ((64, 1, 1, 2, 1), 1, {}), ((64, 1, 3, 2, 1), 1, {}), ((128, 1, 1, 2, 1), 1, {})],
+    (2, "message", False): [((64, 1, 2, 1, 1), 1, {}), ((64, 1, 2, 2, 1), 1, {}), ((128, 1, 1, 4, 1), 1, {})],
+    (1, "message", False): [((64, 1, 2, 1, 1), 1, {}), ((64, 1, 1, 1, 1), 1, {}), ((128, 1, 1, 4, 1), 1, {}),
+                            ((64, 1, 1, 2, 1), 1, {})],
+    (2, "grads", True): [((64, 1, 1, 2, 1), 0, {}), ((64, 1, 1, 2, 1), 1, {}), ((32, 1, 1, 1, 1), 1, {})],
     (1, "grads", True): [((64, 1, 1, 2, 1), 1, {}), ((128, 1, 1, 4, 1), 1, {}), ((128, 1, 1, 4, 1), 0, {}),
-                         ((64, 1, 1, 2, 1), 1, {"maxnreg": 64}), ((64, 1, 1, 2, 1), 1, {"maxnreg": 72})],
+                         ((64, 1, 1, 2, 1), 1, {"maxnreg": 72})],
     (2, "grads", False): [((32, 1, 1, 1, 1), 0, {}), ((32, 1, 1, 1, 1), 1, {})],
-    (1, "grads", False): [((32, 1, 1, 1, 1), 0, {}), ((32, 1, 1, 1, 1), 1, {})],
+    (1, "grads", False): [((32, 1, 1, 1, 1), 0, {}), ((32, 1, 1, 1, 1), 1, {}), ((128, 1, 1, 4, 1), 1, {}),
+                          ((64, 1, 1, 2, 1), 1, {})],
 }
 
 
@@ -281,12 +281,11 @@ def tile_rows(graph, settings):
     AHEAD level; None: the default) of `settings(lmax_in, kind, narrow, saved entry)`, with registers and
     spills per compiled kernel; ∂L/∂message in the operand dtype, as the model hands it back."""
     saved, saved_ahead = dict(convolution_triton.TILES), dict(convolution_triton.AHEAD)
-    saved_first, saved_caps = dict(convolution_triton.Y_FIRST), dict(convolution_triton.MAXNREG)
+    saved_caps = dict(convolution_triton.MAXNREG)
 
     def restore():
         convolution_triton.TILES.update(saved)
-        for table, kept in ((convolution_triton.AHEAD, saved_ahead), (convolution_triton.Y_FIRST, saved_first),
-                            (convolution_triton.MAXNREG, saved_caps)):
+        for table, kept in ((convolution_triton.AHEAD, saved_ahead), (convolution_triton.MAXNREG, saved_caps)):
             table.clear()
             table.update(kept)
 
@@ -306,9 +305,7 @@ def tile_rows(graph, settings):
                 convolution_triton.TILES[key] = tile
                 if ahead is not None:
                     convolution_triton.AHEAD[key] = ahead
-                if "y_first" in label:  # (a label's options: the message's Y_FIRST, a register cap)
-                    convolution_triton.Y_FIRST[key] = label["y_first"]
-                if "maxnreg" in label:
+                if "maxnreg" in label:  # (a label's option: a register cap)
                     convolution_triton.MAXNREG[key] = label["maxnreg"]
                 row = dict(layer=lmax_in + 1, dtype=str(dtype).split(".")[-1], kernel=kind, **label)
                 try:

@@ -142,14 +142,15 @@ def test_rounded_operands_sum_in_float32_forward_and_two_derivatives(interpret, 
 
 def test_layers_take_their_own_tiles(monkeypatch):
     """A TILES entry ending ", L = l" holds for features of L = l only, its AHEAD and MAXNREG with it: the
-    16-bit message of scalar features takes 128 channels per program in one warp, one edge per step, and
-    loads indices ahead; L = 1 features and float32 operands keep their kernel's entry."""
+    kernels of scalar features take 128 channels per program in one warp, one edge per step, and load
+    indices ahead (float32 grads excepted); L = 1 features keep their kernel's entry."""
     from lpmace.kernels import convolution_triton as ct
 
     bf16 = torch.bfloat16
     assert ct._key("message", bf16, 0) == "message 16-bit, L = 0"
     assert ct._key("message", bf16, 1) == ct._key("message", bf16) == "message 16-bit"
-    assert ct._key("message", torch.float32, 0) == "message" and ct._key("grads", torch.float16, 0) == "grads 16-bit"
+    assert ct._key("message", torch.float32, 0) == "message, L = 0" and ct._key("message", torch.float32, 1) == "message"
+    assert ct._key("grads", torch.float16, 0) == "grads 16-bit, L = 0" and ct._key("grads", torch.float32, 0) == "grads"
     assert ct._channels(128, "message", bf16, 0) == (128, 1, 1) and ct._channels(128, "message", bf16, 1)[:2] == (64, 1)
     assert ct._channels(48, "message", bf16, 0)[:2] == (64, 1)  # fewer channels: one program, one warp
     monkeypatch.setitem(ct.TILES, "grads, L = 2", (64, 1, 3, 2, 1))
@@ -161,40 +162,21 @@ def test_layers_take_their_own_tiles(monkeypatch):
     monkeypatch.setattr(ct, "source", lambda *args: (_ for _ in ()).throw(RuntimeError(args)))
     with pytest.raises(RuntimeError) as made:  # what would be generated: (lmax_in, max_ell, unroll, groups, ahead)
         ct.kernels(0, 3, bf16)
-    assert made.value.args[0] == (0, 3, (1, 1), (1, 1), (1, 1), False)
+    assert made.value.args[0] == (0, 3, (1, 1), (1, 1), (1, 1))
+    with pytest.raises(RuntimeError) as made:
+        ct.kernels(0, 3, torch.float32)
+    assert made.value.args[0] == (0, 3, (1, 1), (1, 1), (1, 0))
     with pytest.raises(RuntimeError) as made:
         ct.kernels(2, 2, torch.float32)
-    assert made.value.args[0] == (2, 2, (2, 3), (1, 1), (1, 0), False)
+    assert made.value.args[0] == (2, 2, (2, 3), (1, 1), (1, 0))
 
 
-def test_the_scalar_layer_at_its_own_16_bit_tiles(interpret):
-    """bf16 operands of L = 0 features at their own entry (128 channels per program, four per lane, one
-    edge per step, indices ahead) over 160 channels (a program of 128 and one of 32, its other lanes masked):
-    forward and two derivatives within the 16-bit bounds."""
-    _check_rounded_operands(4, 10, 160, 0, 2, torch.bfloat16, "cpu")
-
-
-@pytest.mark.parametrize("lmax_in, max_ell, unroll, level", [(1, 2, 1, 1), (0, 3, 2, 1), (2, 2, 2, 2)])
-def test_the_message_with_y_contracted_first(interpret, monkeypatch, lmax_in, max_ell, unroll, level):
-    """The message forming k[i,o] = Σ_b CG Y_b per edge before X (`Y_FIRST`), one or two edges per step,
-    indices or values loaded ahead, 70 channels over programs of 64: forward and three derivatives against
-    the plain formula; the generated message has no X·Y products and grads is as without."""
-    from lpmace.kernels import convolution_triton
-
-    monkeypatch.setattr(convolution_triton, "Y_FIRST", {"message": True})
-    monkeypatch.setattr(convolution_triton, "AHEAD", {"message": level})
-    monkeypatch.setitem(convolution_triton.TILES, "message", (64, 1, unroll, 2, 1))
-    monkeypatch.setattr(convolution_triton, "_LOADED", {})
-    text = convolution_triton.source(lmax_in, max_ell, (unroll, 1), (1, 1), (level, 0), True)
-    plain_text = convolution_triton.source(lmax_in, max_ell, (unroll, 1), (1, 1), (level, 0), False)
-    message, grads = text.split("def grads")
-    assert "k0_0 = " in message and "xy" not in message and "xy" in plain_text.split("def grads")[0]
-    assert grads == plain_text.split("def grads")[1]
-    x, y, w, seg = _problem(7, 23, 70, lmax_in, max_ell, dtype=torch.float32, seed=12)
-    fused = _derivatives(lambda x, y, w: conv_tensor_product(x, y, w, seg, lmax_in, max_ell, "triton"), (x, y, w))
-    plain = _derivatives(lambda x, y, w: _plain(x.double(), y.double(), w.double(), seg, lmax_in, max_ell), (x, y, w))
-    _assert_close(fused, plain, 2e-6)
-    assert [key[-1] for key in convolution_triton._LOADED] == [True]  # the kernels that ran: Y_FIRST's
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_scalar_layer_at_its_own_tiles(interpret, dtype):
+    """Operands of L = 0 features at their own entries (128 channels per program, four per lane, one edge
+    per step, indices ahead) over 160 channels (a program of 128 and one of 32, its other lanes masked):
+    forward and two derivatives within the bounds of their dtype."""
+    _check_rounded_operands(4, 10, 160, 0, 2, dtype, "cpu")
 
 
 @pytest.mark.gpu

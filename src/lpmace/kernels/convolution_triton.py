@@ -50,7 +50,7 @@ from lpmace.cache import cache_dir
 from lpmace.kernels.launch import launch_context, next_power_of_2, require_interpreter
 from lpmace.o3.clebsch_gordan import conv_coupling_table, conv_paths, path_of_column
 
-__all__ = ["AHEAD", "BUTTERFLY", "TILES", "Y_FIRST", "butterfly", "grads_triton", "layout", "message_triton", "path_groups", "sizes",
+__all__ = ["AHEAD", "BUTTERFLY", "TILES", "butterfly", "grads_triton", "layout", "message_triton", "path_groups", "sizes",
            "source"]
 
 # (channels per program, pipeline stages, edges per loop step, adjacent channels per lane, runs of paths)
@@ -61,12 +61,14 @@ __all__ = ["AHEAD", "BUTTERFLY", "TILES", "Y_FIRST", "butterfly", "grads_triton"
 # program (its ∂Y sums over channels are warp shuffles without a block-wide barrier) and one edge per step,
 # 32 channels for fp32 operands, 64 at two per lane for 16-bit ones (1.98 / 1.81 ms against 2.11 / 1.94).
 # Runs of paths (`path_groups`): one program per run, each holding only its run's outputs and products.
-# A key ending ", L = l" holds for features of L = l only (`_key`): the layer-1 message of scalar features
-# (16 columns, 64 registers) takes 128 channels per program at four per lane, one edge per step: 0.233 ms
-# against 0.284 at the layer-2 entry, 43 % of 4.3 TB/s (`mp` W2 shapes, H200, benchmarks/conv_kernels.py
-# --layers, results in conv_layers_h200_mp_2026-12-03).
-TILES = {"message": (64, 1, 2, 1, 1), "message 16-bit": (64, 1, 2, 2, 1), "message 16-bit, L = 0": (128, 1, 1, 4, 1),
-         "grads": (32, 1, 1, 1, 1), "grads 16-bit": (64, 1, 1, 2, 1)}
+# A key ending ", L = l" holds for features of L = l only (`_key`). The kernels of scalar features (layer 1:
+# 16 columns, 4 paths, 64-80 registers at the layers' common tiles) take 128 channels per program at four
+# per lane (one warp), one edge per step, indices a step ahead: `mp` W2 shapes (H200, benchmarks/conv_kernels.py
+# --layers, conv_layers_h200_mp_2026-12-03), message fp32 0.376 → 0.274 ms, bf16 0.284 → 0.233; grads bf16
+# 0.485 → 0.459 (its ∂Y butterfly at four channels per lane).
+TILES = {"message": (64, 1, 2, 1, 1), "message 16-bit": (64, 1, 2, 2, 1), "message, L = 0": (128, 1, 1, 4, 1),
+         "message 16-bit, L = 0": (128, 1, 1, 4, 1), "grads": (32, 1, 1, 1, 1), "grads 16-bit": (64, 1, 1, 2, 1),
+         "grads 16-bit, L = 0": (128, 1, 1, 4, 1)}
 # Register cap per thread (Triton's `maxnreg`) per TILES key; absent: the compiler's choice. A lower cap
 # lets more warps share an SM (the message's occupancy is limited by its registers) at the risk of spills.
 MAXNREG: dict = {}
@@ -79,10 +81,8 @@ MAXNREG: dict = {}
 # Level 2 pays only for the bf16 message at one edge per step (0.808 → 0.684 ms) and loses at two (0.728 ms:
 # 242 registers against 168). With the butterfly (session 36, --layers), level 1 pays for 16-bit grads:
 # 1.587 → 1.546 ms layer 2, 0.551 → 0.483 layer 1.
-AHEAD: dict = {"message": 1, "message 16-bit": 1, "message 16-bit, L = 0": 1, "grads 16-bit": 1}
-# Per TILES key of the message: contract each edge's Y with the CG literals before X (`source`'s y_first):
-# per edge and channel 76 + 40 FMAs instead of 62 + 86 + 40 (layer 2), plus 86 per lane and edge.
-Y_FIRST: dict = {}
+AHEAD: dict = {"message": 1, "message 16-bit": 1, "message, L = 0": 1, "message 16-bit, L = 0": 1, "grads 16-bit": 1,
+               "grads 16-bit, L = 0": 1}
 # grads sums each edge's ∂Y over a program's channels in one warp-wide butterfly (`butterfly`: 16 shuffles)
 # where a program is one warp on a GPU, instead of one tl.sum (a tree of 5 shuffles) per harmonic.
 BUTTERFLY = True
@@ -169,7 +169,7 @@ def butterfly(pack: int) -> tuple[str, str]:
 
 
 def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups: tuple[int, int] = (1, 1),
-           ahead: tuple[int, int] = (0, 0), y_first: bool = False) -> str:
+           ahead: tuple[int, int] = (0, 0)) -> str:
     """Python source of the two kernels of this (lmax_in, max_ell), CG non-zeros written as literals.
 
     unroll = (message, grads): edges per loop step. With u > 1 the loads of u edges are issued before
@@ -178,10 +178,7 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups:
     program along grid axis 2 (`grp`); with more than one, grads writes ∂X per run ([runs, N, C, I])
     and ∂Y per (run, channel block), summed by the caller. ahead = (message, grads), `AHEAD`'s levels:
     1, each step loads the next step's edge and node indices (the first step's before the loop); 2
-    (message), also the next step's values, with the indices two steps ahead. y_first: the message
-    contracts each edge's Y with the CG literals first, k[i,o] = Σ_b CG[i,b,o] Y_b (the same for every
-    channel: once per lane, not once per channel), then tp_o = Σ_i X_i k[i,o], instead of forming every
-    product X_i Y_b per channel (`Y_FIRST`)."""
+    (message), also the next step's values, with the indices two steps ahead."""
     _, pcol, table = layout(lmax_in, max_ell)
     n_in, n_sh, n_out = table.shape
     n_paths = max(pcol) + 1
@@ -190,7 +187,7 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups:
     for i, b, o, v in terms:
         by_ibp.setdefault((i, b, pcol[o]), []).append((o, v))
     lines = [f'"""Generated by lpmace.kernels.convolution_triton for lmax_in={lmax_in}, max_ell={max_ell}, '
-             f'unroll={tuple(unroll)}, groups={tuple(groups)}, ahead={tuple(ahead)}, y_first={y_first}."""', "import triton", "import triton.language as tl", ""]
+             f'unroll={tuple(unroll)}, groups={tuple(groups)}, ahead={tuple(ahead)}."""', "import triton", "import triton.language as tl", ""]
 
     def emit(indent, text):
         lines.append(" " * indent + text)
@@ -345,15 +342,6 @@ def source(lmax_in: int, max_ell: int, unroll: tuple[int, int] = (1, 1), groups:
             if ahead[0]:
                 next_edges(ind + 4, um, "src_ptr", "s")
         for u in range(um):  # tp{o} = Σ CG x_i y_b, then a{o} += W tp{o}
-            if y_first:  # k{i}_{o} = Σ_b CG y_b: scalars of the edge, then tp{o} = Σ_i x_i k{i}_{o}
-                for o in cols:
-                    parts = sorted({i for i, _, _ in by_out[o]})
-                    for i in parts:
-                        emit(ind + 4, f"k{i}_{o} = " + " + ".join(f"{_literal(v)} * y{b}_{u}" for ii, b, v in by_out[o]
-                                                                if ii == i))
-                    expr = " + ".join(f"x{i}_{u} * k{i}_{o}" for i in parts) or f"0.0 * x{comps[0]}_{u}"
-                    emit(ind + 4, f"a{o} += w{pcol[o]}_{u} * ({expr})")
-                continue
             for i, b in pairs:
                 emit(ind + 4, f"xy{i}_{b} = x{i}_{u} * y{b}_{u}")
             for o in cols:
@@ -453,10 +441,9 @@ def kernels(lmax_in: int, max_ell: int, dtype: torch.dtype = torch.float32):
     message, grads = _tile("message", dtype, lmax_in), _tile("grads", dtype, lmax_in)
     unroll, groups = (message[2], grads[2]), (message[4], grads[4])
     ahead = (int(AHEAD.get(_key("message", dtype, lmax_in), 0)), int(AHEAD.get(_key("grads", dtype, lmax_in), 0)))
-    y_first = bool(Y_FIRST.get(_key("message", dtype, lmax_in), False))
-    key = (lmax_in, max_ell, unroll, groups, ahead, os.environ.get("TRITON_INTERPRET") == "1", y_first)
+    key = (lmax_in, max_ell, unroll, groups, ahead, os.environ.get("TRITON_INTERPRET") == "1")
     if key not in _LOADED:
-        text = source(lmax_in, max_ell, unroll, groups, ahead, y_first)
+        text = source(lmax_in, max_ell, unroll, groups, ahead)
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         path = cache_dir("kernels") / f"conv_l{lmax_in}_sh{max_ell}_{digest}.py"
         if not path.is_file():
