@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # session 36 call C (issues 17, 18): the GPU conv tests at real size, L = 0 and 1 features (the layer-1 tiles),
-# then `lpmace bench --size medium --workloads infer,train --compare-mace-torch` and, as far as the call's
+# the conv kernels at the defaults, then `lpmace bench --size medium --workloads infer,train --compare-mace-torch` and, as far as the call's
 # time allows (DEADLINE s), `lpmace bench --size mp --workloads infer --compare-mace-torch`, on commit d3a2548.
 set -uo pipefail
 T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s]"; }
@@ -12,6 +12,13 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a $L
 echo "$(date -u)" | tee -a $L
 timeout 60 python3 -m pytest -m gpu tests/kernels/test_conv_tensor_product.py -k "real_size and not ahead" -p no:cacheprovider -q > $OUT/pytest.log 2>&1
 echo "pytest rc $? $(tail -1 $OUT/pytest.log) $(el)" | tee -a $L
+timeout 60 python3 benchmarks/conv_kernels.py --out $OUT/conv > $OUT/defaults.log 2>&1
+echo "conv kernels at the defaults rc $? $(el)" | tee -a $L
+python3 - $OUT/conv/conv_kernels.json <<'PY' | tee -a $L
+import json, sys
+for r in json.load(open(sys.argv[1])):
+    print(r["layer"], r["dtype"], r["kernel"], round(r["ms"], 4), "%.1f%%" % (100 * r["bandwidth_tb_s"] / 4.3), r["check"])
+PY
 for S in medium mp; do
   W=$([ $S = medium ] && echo infer,train || echo infer)
   LEFT=$(( ${DEADLINE:-585} - $(date +%s) + T0 ))
