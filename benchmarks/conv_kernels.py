@@ -102,7 +102,7 @@ def main() -> None:
                         "float32) with each edge's ∂Y summed over channels in one butterfly and in one tl.sum per "
                         "harmonic (BUTTERFLY)")
     parser.add_argument("--layers", action="store_true", help="only time the kernels of layers 2 and 1 at each of "
-                        "CANDIDATES' settings (tiles, AHEAD, register caps)")
+                        "CANDIDATES' settings (tiles, AHEAD, register caps, grads split)")
     parser.add_argument("--once", action="store_true", help="only run each layer's kernels once per operand dtype "
                         "(bf16, fp32), after one warm-up call: for a profiler such as ncu")
     args = parser.parse_args()
@@ -225,7 +225,8 @@ def edge_indices_ahead(graph):
 
 
 # Settings to time per (layer, kernel, operand width): ((channels per program, stages, edges per step, channels
-# per lane, runs), AHEAD level, options: maxnreg (MAXNREG)). The first of each: the layers' common entry.
+# per lane, runs), AHEAD level, options: maxnreg (MAXNREG), split (SPLIT)). The first of each: the layers'
+# common entry.
 # (Session 36's call b_first also timed the message with Y contracted with the CG first, commit 1971942's
 # Y_FIRST: no faster, removed.)
 CANDIDATES = {
@@ -236,10 +237,11 @@ CANDIDATES = {
     (2, "message", False): [((64, 1, 2, 1, 1), 1, {}), ((64, 1, 2, 2, 1), 1, {}), ((128, 1, 1, 4, 1), 1, {})],
     (1, "message", False): [((64, 1, 2, 1, 1), 1, {}), ((64, 1, 1, 1, 1), 1, {}), ((128, 1, 1, 4, 1), 1, {}),
                             ((64, 1, 1, 2, 1), 1, {})],
-    (2, "grads", True): [((64, 1, 1, 2, 1), 0, {}), ((64, 1, 1, 2, 1), 1, {}), ((32, 1, 1, 1, 1), 1, {})],
+    (2, "grads", True): [((64, 1, 1, 2, 1), 0, {}), ((64, 1, 1, 2, 1), 1, {}), ((32, 1, 1, 1, 1), 1, {}),
+                         ((64, 1, 1, 2, 1), 1, {"split": True}), ((32, 1, 1, 1, 1), 1, {"split": True})],
     (1, "grads", True): [((64, 1, 1, 2, 1), 1, {}), ((128, 1, 1, 4, 1), 1, {}), ((128, 1, 1, 4, 1), 0, {}),
-                         ((64, 1, 1, 2, 1), 1, {"maxnreg": 72})],
-    (2, "grads", False): [((32, 1, 1, 1, 1), 0, {}), ((32, 1, 1, 1, 1), 1, {})],
+                         ((64, 1, 1, 2, 1), 1, {"maxnreg": 72}), ((128, 1, 1, 4, 1), 1, {"split": True})],
+    (2, "grads", False): [((32, 1, 1, 1, 1), 0, {}), ((32, 1, 1, 1, 1), 1, {}), ((32, 1, 1, 1, 1), 0, {"split": True})],
     (1, "grads", False): [((32, 1, 1, 1, 1), 0, {}), ((32, 1, 1, 1, 1), 1, {}), ((128, 1, 1, 4, 1), 1, {}),
                           ((64, 1, 1, 2, 1), 1, {})],
 }
@@ -281,11 +283,12 @@ def tile_rows(graph, settings):
     AHEAD level; None: the default) of `settings(lmax_in, kind, narrow, saved entry)`, with registers and
     spills per compiled kernel; ∂L/∂message in the operand dtype, as the model hands it back."""
     saved, saved_ahead = dict(convolution_triton.TILES), dict(convolution_triton.AHEAD)
-    saved_caps = dict(convolution_triton.MAXNREG)
+    saved_caps, saved_split = dict(convolution_triton.MAXNREG), dict(convolution_triton.SPLIT)
 
     def restore():
         convolution_triton.TILES.update(saved)
-        for table, kept in ((convolution_triton.AHEAD, saved_ahead), (convolution_triton.MAXNREG, saved_caps)):
+        for table, kept in ((convolution_triton.AHEAD, saved_ahead), (convolution_triton.MAXNREG, saved_caps),
+                            (convolution_triton.SPLIT, saved_split)):
             table.clear()
             table.update(kept)
 
@@ -305,7 +308,9 @@ def tile_rows(graph, settings):
                 convolution_triton.TILES[key] = tile
                 if ahead is not None:
                     convolution_triton.AHEAD[key] = ahead
-                if "maxnreg" in label:  # (a label's option: a register cap)
+                if "split" in label:  # (a label's options: grads in two launches, a register cap)
+                    convolution_triton.SPLIT[key] = label["split"]
+                if "maxnreg" in label:
                     convolution_triton.MAXNREG[key] = label["maxnreg"]
                 row = dict(layer=lmax_in + 1, dtype=str(dtype).split(".")[-1], kernel=kind, **label)
                 try:

@@ -179,6 +179,37 @@ def test_the_scalar_layer_at_its_own_tiles(interpret, dtype):
     _check_rounded_operands(4, 10, 160, 0, 2, dtype, "cpu")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_derivatives_split_into_two_launches(interpret, monkeypatch, dtype):
+    """`SPLIT`: ∂W in a launch of its own, ∂X and ∂Y in another: the same values as one launch (the same
+    sums), two launches where ∂W and another are wanted, one where only ∂W or only ∂X and ∂Y are."""
+    from lpmace.kernels import convolution_triton
+
+    x, y, w, seg = _problem(7, 23, 70, 1, 2, dtype=torch.float32, seed=13)
+    x, w = x.detach().to(dtype), w.detach().to(dtype)
+    g = torch.randn(7, 70, 21, generator=torch.Generator().manual_seed(1)).to(dtype)
+    whole = conv_grads(g, x, y.detach(), w, seg, 1, 2, impl="triton")
+    launches = []
+    made = convolution_triton.kernels
+
+    def counted(*args):
+        message, grads = made(*args)
+
+        class Counted:
+            def __getitem__(self, grid):
+                return lambda *a, **k: (launches.append((k["WANT_X"], k["WANT_Y"], k["WANT_W"])), grads[grid](*a, **k))
+        return message, Counted()
+
+    monkeypatch.setattr(convolution_triton, "kernels", counted)
+    monkeypatch.setitem(convolution_triton.SPLIT, convolution_triton._key("grads", dtype, 1), True)
+    split = conv_grads(g, x, y.detach(), w, seg, 1, 2, impl="triton")
+    assert launches == [(True, True, False), (False, False, True)]
+    assert all(torch.equal(a, b) for a, b in zip(split, whole))
+    launches.clear()
+    only_w = conv_grads(g, x, y.detach(), w, seg, 1, 2, False, False, True, impl="triton")
+    assert launches == [(False, False, True)] and torch.equal(only_w[2], whole[2])
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("lmax_in", [0, 1])

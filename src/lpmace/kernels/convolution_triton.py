@@ -23,7 +23,7 @@ offset as an immediate, with no integer arithmetic per load):
              It writes the edge's ∂W row and ∂Y row (a sum over the block's channels; blocks add up in
              a [blocks, E, B] buffer), and ∂X[s] is summed in registers and written once. Where a
              program is one warp on a GPU, the 16 sums over channels of ∂Y run as one `butterfly`
-             (16 shuffles, not 16 trees of 5 each).
+             (16 shuffles, not 16 trees of 5 each). With `SPLIT`, ∂W runs in a launch of its own.
 
 Each step of the message loads the next step's edge and sender indices (`AHEAD`), so that its gathers
 wait on no index load. Either kernel may split the paths into runs (`path_groups`, TILES), one program
@@ -50,8 +50,8 @@ from lpmace.cache import cache_dir
 from lpmace.kernels.launch import launch_context, next_power_of_2, require_interpreter
 from lpmace.o3.clebsch_gordan import conv_coupling_table, conv_paths, path_of_column
 
-__all__ = ["AHEAD", "BUTTERFLY", "TILES", "butterfly", "grads_triton", "layout", "message_triton", "path_groups", "sizes",
-           "source"]
+__all__ = ["AHEAD", "BUTTERFLY", "SPLIT", "TILES", "butterfly", "grads_triton", "layout", "message_triton", "path_groups",
+           "sizes", "source"]
 
 # (channels per program, pipeline stages, edges per loop step, adjacent channels per lane, runs of paths)
 # per kernel and operand width, from sweeps on the H200 (benchmarks/conv_kernels.py --sweep, MACE-MP-0-medium
@@ -86,6 +86,11 @@ AHEAD: dict = {"message": 1, "message 16-bit": 1, "message, L = 0": 1, "message 
 # grads sums each edge's ∂Y over a program's channels in one warp-wide butterfly (`butterfly`: 16 shuffles)
 # where a program is one warp on a GPU, instead of one tl.sum (a tree of 5 shuffles) per harmonic.
 BUTTERFLY = True
+# Per TILES key of grads: ∂W in one launch, ∂X and ∂Y in another (the kernel's WANT flags), each compiled with
+# fewer live registers (layer 2, bf16 operands, Triton 3.9 for sm_90 on the CPU: 204 registers for all three,
+# 134 for ∂W, 162 for ∂X and ∂Y: more warps per SM) at the cost of gathering G, X and Y twice and forming the
+# CG sums s twice (1,408 → 792 + 1,048 SASS instructions). Off: not yet timed on a GPU.
+SPLIT: dict = {}
 
 
 def sizes(lmax_in: int, max_ell: int) -> tuple[int, int, int, int]:
@@ -530,12 +535,15 @@ def grads_triton(g, x, y, w, seg, lmax_in: int, max_ell: int, want_x: bool, want
     if launch:
         require_interpreter(x.device)
         _, grads = kernels(lmax_in, max_ell, w.dtype)
+        operands = (g.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous(), y.contiguous(), w.contiguous(),
+                    seg.dst, seg.src_ptr, seg.src_perm, d_x, d_y, d_w, c, n, e)
+        split = SPLIT.get(_key("grads", w.dtype, lmax_in)) and want_w and (want_x or want_y)
         with launch_context(x.device):
-            grads[(n, blocks, runs)](
-                g.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous(), y.contiguous(), w.contiguous(),
-                seg.dst, seg.src_ptr, seg.src_perm, d_x, d_y, d_w, c, n, e, BLOCK_C=block, WANT_X=want_x,
-                WANT_Y=want_y, WANT_W=want_w, STAGES=stages, LANES=_lanes(block, warps, w.dtype, x.device, lmax_in),
-                num_warps=warps, **_registers("grads", w.dtype, lmax_in))
+            for wants in ((want_x, want_y, False), (False, False, True)) if split else ((want_x, want_y, want_w),):
+                grads[(n, blocks, runs)](
+                    *operands, BLOCK_C=block, WANT_X=wants[0], WANT_Y=wants[1], WANT_W=wants[2], STAGES=stages,
+                    LANES=_lanes(block, warps, w.dtype, x.device, lmax_in), num_warps=warps,
+                    **_registers("grads", w.dtype, lmax_in))
     if want_x and d_x.dim() == 4:  # the runs' partial sums
         d_x = d_x.sum(0).to(x.dtype)
     if want_y:  # the channel blocks' (and runs') partial sums (none: no channels, zeros)
