@@ -19,7 +19,7 @@ time, against the H200's 4.8 TB/s (NVIDIA's data sheet).
     python benchmarks/conv_kernels.py --out DIR --runs     # paths cut into runs (TILES' last entry)
     python benchmarks/conv_kernels.py --out DIR --ahead    # what each loop step loads for the next (AHEAD)
     python benchmarks/conv_kernels.py --out DIR --butterfly  # ∂Y's sums over channels: butterfly or tl.sum
-    python benchmarks/conv_kernels.py --out DIR --layers   # settings per layer and operand width (`CANDIDATES`)
+    python benchmarks/conv_kernels.py --out DIR --layers [--atoms 864]   # settings per layer and operand width
     ncu --clock-control none --launch-skip 2 ... python benchmarks/conv_kernels.py --out DIR --once
 """
 
@@ -103,11 +103,13 @@ def main() -> None:
                         "harmonic (BUTTERFLY)")
     parser.add_argument("--layers", action="store_true", help="only time the kernels of layers 2 and 1 at each of "
                         "CANDIDATES' settings (tiles, AHEAD, register caps, grads split)")
+    parser.add_argument("--atoms", type=int, default=4096, help="atoms in the box (default 4096, the W2 box; 864: "
+                        "a W1 batch's count, where every program is resident at once)")
     parser.add_argument("--once", action="store_true", help="only run each layer's kernels once per operand dtype "
                         "(bf16, fp32), after one warm-up call: for a profiler such as ncu")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    graph = graph_from_configuration(random_bulk(4096, list(range(1, 90)), np.random.default_rng(0)), 6.0)
+    graph = graph_from_configuration(random_bulk(args.atoms, list(range(1, 90)), np.random.default_rng(0)), 6.0)
     if args.once:
         for lmax_in, dtype in itertools.product((1, 0), (torch.bfloat16, torch.float32)):
             x, y, w, g, seg = problem(graph, lmax_in, 128, dtype)
@@ -117,7 +119,8 @@ def main() -> None:
                 convolution_triton.grads_triton(g, x, y, w, seg, lmax_in, 3, True, True, True)
             torch.cuda.synchronize()
         return
-    print(f"{torch.cuda.get_device_name()} torch {torch.__version__}; W2 mp box: {graph.edge_index.shape[1]} edges")
+    print(f"{torch.cuda.get_device_name()} torch {torch.__version__}; mp box of {args.atoms} atoms: "
+          f"{graph.edge_index.shape[1]} edges")
     if args.registers:
         (args.out / "conv_registers.json").write_text(json.dumps(registers(graph), indent=1) + "\n")
         return
