@@ -228,8 +228,8 @@ def edge_indices_ahead(graph):
 
 
 # Settings to time per (layer, kernel, operand width): ((channels per program, stages, edges per step, channels
-# per lane, runs), AHEAD level, options: maxnreg (MAXNREG), split (SPLIT)). The first of each: the layers'
-# common entry.
+# per lane, runs), AHEAD level, options: maxnreg (MAXNREG), split (SPLIT)). The first of each: the entry the
+# layers shared at session 36's start.
 # (Session 36's call b_first also timed the message with Y contracted with the CG first, commit 1971942's
 # Y_FIRST: no faster, removed.)
 CANDIDATES = {

@@ -149,14 +149,17 @@ def test_layers_take_their_own_tiles(monkeypatch):
     bf16 = torch.bfloat16
     assert ct._key("message", bf16, 0) == "message 16-bit, L = 0"
     assert ct._key("message", bf16, 1) == ct._key("message", bf16) == "message 16-bit"
-    assert ct._key("message", torch.float32, 0) == "message, L = 0" and ct._key("message", torch.float32, 1) == "message"
+    assert ct._key("message", torch.float32, 0) == "message, L = 0"
+    assert ct._key("message", torch.float32, 1) == "message"
     assert ct._key("grads", torch.float16, 0) == "grads 16-bit, L = 0" and ct._key("grads", torch.float32, 0) == "grads"
-    assert ct._channels(128, "message", bf16, 0) == (128, 1, 1) and ct._channels(128, "message", bf16, 1)[:2] == (64, 1)
+    assert ct._channels(128, "message", bf16, 0) == (128, 1, 1)
+    assert ct._channels(128, "message", bf16, 1)[:2] == (64, 1)
     assert ct._channels(48, "message", bf16, 0)[:2] == (64, 1)  # fewer channels: one program, one warp
     monkeypatch.setitem(ct.TILES, "grads, L = 2", (64, 1, 3, 2, 1))
     monkeypatch.setitem(ct.MAXNREG, "grads, L = 2", 96)
     assert ct._channels(128, "grads", torch.float32, 2) == (64, 1, 1) and ct._runs("grads", torch.float32, 2, 2) == 1
-    assert ct._registers("grads", torch.float32, 2) == {"maxnreg": 96} and ct._registers("grads", torch.float32, 1) == {}
+    assert ct._registers("grads", torch.float32, 2) == {"maxnreg": 96}
+    assert ct._registers("grads", torch.float32, 1) == {}
     assert ct._channels(128, "grads", torch.float32, 1) == (32, 1, 1)
     monkeypatch.setattr(ct, "_LOADED", {})
     monkeypatch.setattr(ct, "source", lambda *args: (_ for _ in ()).throw(RuntimeError(args)))
@@ -172,11 +175,22 @@ def test_layers_take_their_own_tiles(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_scalar_layer_at_its_own_tiles(interpret, dtype):
+def test_the_scalar_layer_at_its_own_tiles(interpret, monkeypatch, dtype):
     """Operands of L = 0 features at their own entries (128 channels per program, four per lane, one edge
     per step, indices ahead) over 160 channels (a program of 128 and one of 32, its other lanes masked):
-    forward and two derivatives within the bounds of their dtype."""
+    forward and two derivatives within the bounds of their dtype; every launch asks its tiles, lanes,
+    runs and register cap for L = 0."""
+    from lpmace.kernels import convolution_triton as ct
+
+    asked = []
+    for name, at in (("_channels", 3), ("_lanes", 4), ("_runs", 2), ("_registers", 2)):
+        def spy(*args, _made=getattr(ct, name), _name=name, _at=at):
+            asked.append((_name, args[_at] if len(args) > _at else None))
+            return _made(*args)
+        monkeypatch.setattr(ct, name, spy)
     _check_rounded_operands(4, 10, 160, 0, 2, dtype, "cpu")
+    assert {name for name, _ in asked} == {"_channels", "_lanes", "_runs", "_registers"}
+    assert all(level == 0 for _, level in asked), sorted(set(asked))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -463,12 +477,14 @@ def test_paths_cut_into_runs(interpret, monkeypatch, lmax_in, max_ell, runs):
     for key, unroll in (("message", 2), ("grads", 2)):
         monkeypatch.setitem(convolution_triton.TILES, key, (64, 1, unroll, 2, runs))
         monkeypatch.setitem(convolution_triton.TILES, f"{key} 16-bit", (64, 1, 1, 1, 1))
+        monkeypatch.delitem(convolution_triton.TILES, f"{key}, L = {lmax_in}", raising=False)  # (the runs' tiles)
     x, y, w, seg = _problem(7, 23, 70, lmax_in, max_ell, dtype=torch.float32, seed=11)
     fused = _derivatives(lambda x, y, w: conv_tensor_product(x, y, w, seg, lmax_in, max_ell, "triton"), (x, y, w))
     plain = _derivatives(lambda x, y, w: _plain(x.double(), y.double(), w.double(), seg, lmax_in, max_ell),
                          (x, y, w))
     _assert_close(fused, plain, 2e-6)
     assert convolution_triton._runs("grads", torch.float32, lmax_in, max_ell) == len(groups)
+    assert convolution_triton._runs("message", torch.float32, lmax_in, max_ell) == len(groups)
 
 
 def test_paths_cut_into_runs_with_16_bit_operands(interpret, monkeypatch):

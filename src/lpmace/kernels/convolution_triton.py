@@ -25,8 +25,8 @@ offset as an immediate, with no integer arithmetic per load):
              program is one warp on a GPU, the 16 sums over channels of ∂Y run as one `butterfly`
              (16 shuffles, not 16 trees of 5 each). With `SPLIT`, ∂W runs in a launch of its own.
 
-Each step of the message loads the next step's edge and sender indices (`AHEAD`), so that its gathers
-wait on no index load. Either kernel may split the paths into runs (`path_groups`, TILES), one program
+Each step of the message (and of 16-bit grads) loads the next step's edge and node indices (`AHEAD`), so
+that its gathers wait on no index load. Either kernel may split the paths into runs (`path_groups`, TILES), one program
 per (node, channel block, run), each keeping only its run's outputs and products in registers; grads
 then writes ∂X and ∂Y per run, summed after it.
 
@@ -64,7 +64,7 @@ __all__ = ["AHEAD", "BUTTERFLY", "SPLIT", "TILES", "butterfly", "grads_triton", 
 # A key ending ", L = l" holds for features of L = l only (`_key`). The kernels of scalar features (layer 1:
 # 16 columns, 4 paths, 64-80 registers at the layers' common tiles) take 128 channels per program at four
 # per lane (one warp), one edge per step, indices a step ahead: `mp` W2 shapes (H200, benchmarks/conv_kernels.py
-# --layers, conv_layers_h200_mp_2026-12-03), message fp32 0.376 → 0.274 ms, bf16 0.284 → 0.233; grads bf16
+# --layers, conv_layers_h200_mp_2026-12-03), message fp32 0.376 → 0.276 ms, bf16 0.284 → 0.233; grads bf16
 # 0.485 → 0.459 (its ∂Y butterfly at four channels per lane).
 TILES = {"message": (64, 1, 2, 1, 1), "message 16-bit": (64, 1, 2, 2, 1), "message, L = 0": (128, 1, 1, 4, 1),
          "message 16-bit, L = 0": (128, 1, 1, 4, 1), "grads": (32, 1, 1, 1, 1), "grads 16-bit": (64, 1, 1, 2, 1),
@@ -468,10 +468,11 @@ def _registers(kernel: str, dtype: torch.dtype, lmax_in: int | None = None) -> d
     return {"maxnreg": cap} if cap else {}
 
 
-def _channels(c: int, kernel: str, dtype: torch.dtype = torch.float32, lmax_in: int | None = None) -> tuple[int, int, int]:
+def _channels(c: int, kernel: str, dtype: torch.dtype = torch.float32,
+              lmax_in: int | None = None) -> tuple[int, int, int]:
     """(channels per program, warps, stages): at most TILES[kernel][0] channels per program, TILES[kernel][3]
-    adjacent channels per lane (a lane's loads of them are one vector load); 16-bit operands take the
-    kernel's "16-bit" entry where there is one."""
+    adjacent channels per lane (a lane's loads of them are one vector load); the entry is `_key`'s (16-bit
+    operands and features of L = lmax_in take theirs where there is one)."""
     most, stages, _, per_lane, _ = _tile(kernel, dtype, lmax_in)
     block = max(32, min(next_power_of_2(c), most))
     return block, max(1, block // (32 * per_lane)), stages
