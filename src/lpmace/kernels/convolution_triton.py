@@ -26,8 +26,8 @@ offset as an immediate, with no integer arithmetic per load):
              (16 shuffles, not 16 trees of 5 each). With `SPLIT`, ∂W runs in a launch of its own.
 
 Each step of the message (and of 16-bit grads) loads the next step's edge and node indices (`AHEAD`), so
-that its gathers wait on no index load. Either kernel may split the paths into runs (`path_groups`, TILES), one program
-per (node, channel block, run), each keeping only its run's outputs and products in registers; grads
+that its gathers wait on no index load. Either kernel may split the paths into runs (`path_groups`, TILES),
+one program per (node, channel block, run), each keeping only its run's outputs and products in registers; grads
 then writes ∂X and ∂Y per run, summed after it.
 
 No atomics: every output is written by one program, in a fixed order; the same result every run.
@@ -50,8 +50,8 @@ from lpmace.cache import cache_dir
 from lpmace.kernels.launch import launch_context, next_power_of_2, require_interpreter
 from lpmace.o3.clebsch_gordan import conv_coupling_table, conv_paths, path_of_column
 
-__all__ = ["AHEAD", "BUTTERFLY", "SPLIT", "TILES", "butterfly", "grads_triton", "layout", "message_triton", "path_groups",
-           "sizes", "source"]
+__all__ = ["AHEAD", "BUTTERFLY", "SPLIT", "TILES", "butterfly", "grads_triton", "layout", "message_triton",
+           "path_groups", "sizes", "source"]
 
 # (channels per program, pipeline stages, edges per loop step, adjacent channels per lane, runs of paths)
 # per kernel and operand width, from sweeps on the H200 (benchmarks/conv_kernels.py --sweep, MACE-MP-0-medium
@@ -431,8 +431,8 @@ def _key(kernel: str, dtype: torch.dtype, lmax_in: int | None = None) -> str:
     """The TILES (AHEAD, MAXNREG) key of `kernel` for operands of `dtype` and features of L = lmax_in: the
     first in TILES of "{kernel} 16-bit, L = {lmax_in}" and "{kernel} 16-bit" (16-bit operands only),
     "{kernel}, L = {lmax_in}" and `kernel`."""
-    found = [kernel + " 16-bit"] if dtype.itemsize == 2 else []
-    found = [f"{k}, L = {lmax_in}" for k in found] + found + [f"{kernel}, L = {lmax_in}", kernel]
+    names = [kernel + " 16-bit", kernel] if dtype.itemsize == 2 else [kernel]
+    found = [n for name in names for n in ((f"{name}, L = {lmax_in}",) if lmax_in is not None else ()) + (name,)]
     return next(k for k in found if k in TILES)
 
 
@@ -538,13 +538,12 @@ def grads_triton(g, x, y, w, seg, lmax_in: int, max_ell: int, want_x: bool, want
         _, grads = kernels(lmax_in, max_ell, w.dtype)
         operands = (g.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous(), y.contiguous(), w.contiguous(),
                     seg.dst, seg.src_ptr, seg.src_perm, d_x, d_y, d_w, c, n, e)
+        options = dict(BLOCK_C=block, STAGES=stages, LANES=_lanes(block, warps, w.dtype, x.device, lmax_in),
+                       num_warps=warps, **_registers("grads", w.dtype, lmax_in))
         split = SPLIT.get(_key("grads", w.dtype, lmax_in)) and want_w and (want_x or want_y)
         with launch_context(x.device):
             for wants in ((want_x, want_y, False), (False, False, True)) if split else ((want_x, want_y, want_w),):
-                grads[(n, blocks, runs)](
-                    *operands, BLOCK_C=block, WANT_X=wants[0], WANT_Y=wants[1], WANT_W=wants[2], STAGES=stages,
-                    LANES=_lanes(block, warps, w.dtype, x.device, lmax_in), num_warps=warps,
-                    **_registers("grads", w.dtype, lmax_in))
+                grads[(n, blocks, runs)](*operands, WANT_X=wants[0], WANT_Y=wants[1], WANT_W=wants[2], **options)
     if want_x and d_x.dim() == 4:  # the runs' partial sums
         d_x = d_x.sum(0).to(x.dtype)
     if want_y:  # the channel blocks' (and runs') partial sums (none: no channels, zeros)
