@@ -108,6 +108,8 @@ def main() -> None:
     parser.add_argument("--once", action="store_true", help="only run each layer's kernels once per operand dtype "
                         "(bf16, fp32), after one warm-up call: for a profiler such as ncu")
     args = parser.parse_args()
+    if args.atoms < 2:
+        parser.error(f"--atoms {args.atoms}: a box needs at least 2 atoms")
     args.out.mkdir(parents=True, exist_ok=True)
     graph = graph_from_configuration(random_bulk(args.atoms, list(range(1, 90)), np.random.default_rng(0)), 6.0)
     if args.once:
