@@ -143,7 +143,7 @@ def test_rounded_operands_sum_in_float32_forward_and_two_derivatives(interpret, 
 def test_layers_take_their_own_tiles(monkeypatch):
     """A TILES entry ending ", L = l" holds for features of L = l only, its AHEAD and MAXNREG with it: the
     kernels of scalar features take 128 channels per program in one warp, one edge per step, and load
-    indices ahead (float32 grads excepted); L = 1 features keep their kernel's entry."""
+    indices ahead; L = 1 features keep their kernel's entry."""
     from lpmace.kernels import convolution_triton as ct
 
     bf16 = torch.bfloat16
@@ -151,7 +151,9 @@ def test_layers_take_their_own_tiles(monkeypatch):
     assert ct._key("message", bf16, 1) == ct._key("message", bf16) == "message 16-bit"
     assert ct._key("message", torch.float32, 0) == "message, L = 0"
     assert ct._key("message", torch.float32, 1) == "message"
-    assert ct._key("grads", torch.float16, 0) == "grads 16-bit, L = 0" and ct._key("grads", torch.float32, 0) == "grads"
+    assert ct._key("grads", torch.float16, 0) == "grads 16-bit, L = 0"
+    assert ct._key("grads", torch.float32, 0) == "grads, L = 0" and ct._key("grads", torch.float32, 1) == "grads"
+    assert ct._channels(128, "grads", torch.float32, 0) == (128, 1, 1)
     assert ct._channels(128, "message", bf16, 0) == (128, 1, 1)
     assert ct._channels(128, "message", bf16, 1)[:2] == (64, 1)
     assert ct._channels(48, "message", bf16, 0)[:2] == (64, 1)  # fewer channels: one program, one warp
@@ -168,7 +170,7 @@ def test_layers_take_their_own_tiles(monkeypatch):
     assert made.value.args[0] == (0, 3, (1, 1), (1, 1), (1, 1))
     with pytest.raises(RuntimeError) as made:
         ct.kernels(0, 3, torch.float32)
-    assert made.value.args[0] == (0, 3, (1, 1), (1, 1), (1, 0))
+    assert made.value.args[0] == (0, 3, (1, 1), (1, 1), (1, 1))
     with pytest.raises(RuntimeError) as made:
         ct.kernels(2, 2, torch.float32)
     assert made.value.args[0] == (2, 2, (2, 3), (1, 1), (1, 0))

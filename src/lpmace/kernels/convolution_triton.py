@@ -65,10 +65,11 @@ __all__ = ["AHEAD", "BUTTERFLY", "SPLIT", "TILES", "butterfly", "grads_triton", 
 # 16 columns, 4 paths, 64-80 registers at the layers' common tiles) take 128 channels per program at four
 # per lane (one warp), one edge per step, indices a step ahead: `mp` W2 shapes (H200, benchmarks/conv_kernels.py
 # --layers, conv_layers_h200_mp_2026-12-03), message fp32 0.376 → 0.276 ms, bf16 0.284 → 0.233; grads bf16
-# 0.485 → 0.459 (its ∂Y butterfly at four channels per lane).
+# 0.485 → 0.459 (its ∂Y butterfly at four channels per lane); fp32 grads (session 37, conv_split_h200_mp_2026-12-03)
+# 0.841 → 0.571 ms (0.210 → 0.165 at a W1 batch's 864 atoms).
 TILES = {"message": (64, 1, 2, 1, 1), "message 16-bit": (64, 1, 2, 2, 1), "message, L = 0": (128, 1, 1, 4, 1),
          "message 16-bit, L = 0": (128, 1, 1, 4, 1), "grads": (32, 1, 1, 1, 1), "grads 16-bit": (64, 1, 1, 2, 1),
-         "grads 16-bit, L = 0": (128, 1, 1, 4, 1)}
+         "grads, L = 0": (128, 1, 1, 4, 1), "grads 16-bit, L = 0": (128, 1, 1, 4, 1)}
 # Register cap per thread (Triton's `maxnreg`) per TILES key; absent: the compiler's choice. A lower cap
 # lets more warps share an SM (the message's occupancy is limited by its registers) at the risk of spills.
 MAXNREG: dict = {}
@@ -82,7 +83,7 @@ MAXNREG: dict = {}
 # 242 registers against 168). With the butterfly (session 36, --layers), level 1 pays for 16-bit grads:
 # 1.587 → 1.546 ms layer 2, 0.551 → 0.483 layer 1.
 AHEAD: dict = {"message": 1, "message 16-bit": 1, "message, L = 0": 1, "message 16-bit, L = 0": 1, "grads 16-bit": 1,
-               "grads 16-bit, L = 0": 1}
+               "grads, L = 0": 1, "grads 16-bit, L = 0": 1}
 # grads sums each edge's ∂Y over a program's channels in one warp-wide butterfly (`butterfly`: 16 shuffles)
 # where a program is one warp on a GPU, instead of one tl.sum (a tree of 5 shuffles) per harmonic.
 BUTTERFLY = True

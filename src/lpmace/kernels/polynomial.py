@@ -11,7 +11,8 @@ G = 1 (T = P·W summed over the basis index k). Its derivatives are (1) again:
     ∂/∂A: (1) over the monomials one degree lower, T' = derivative_table(T) with o = j (the component)
           and q = (o, q) of the original, G' = grad_out ⊗ G;
     ∂/∂G: (1) with the roles of o and q swapped and G = grad_out;
-    ∂/∂T: Σ_{i: s_i = z} m_r · grad_out[o] · G[q] (a segment sum; done in PyTorch).
+    ∂/∂T: Σ_{i: s_i = z} m_r · grad_out[o] · G[q] (a sum over each element's nodes,
+          `lpmace.kernels.table_gradient`).
 
 So `polynomial_contraction` registers its own backward in terms of itself, and the double backward
 that training needs (forces are ∂E/∂positions, and the loss differentiates them) comes for free.
@@ -41,6 +42,7 @@ from lpmace.kernels.launch import launch_context, require_interpreter, triton_av
 from lpmace.kernels.launch import next_power_of_2 as _next_power_of_2
 from lpmace.kernels import polynomial_dot
 from lpmace.kernels.monomials import monomial_table
+from lpmace.kernels.table_gradient import table_gradient
 
 __all__ = ["IMPLEMENTATIONS", "monomial_values", "polynomial_contraction", "polynomial_contraction_reference",
            "triton_available"]
@@ -215,12 +217,9 @@ def _backward(ctx, grad_out):
     if ctx.needs_input_grad[4]:
         swapped = table.transpose(3, 4).contiguous()  # out index q, summed index o
         grad_g = _polynomial_contraction(a, species, index, swapped, grad_out, ctx.impl, ctx.acc, *entries).to(g.dtype)
-    if ctx.needs_input_grad[3]:
-        acc = grad_out.dtype
-        values = monomial_values(a.to(acc), index)  # [n, C, R]
-        h = (grad_out[..., :, None] * g.to(acc)[..., None, :]).reshape(n, c, o * q)
-        onehot = torch.nn.functional.one_hot(species, s).to(acc)
-        grad_table = torch.einsum("iz,icr,icp->zcrp", onehot, values, h).reshape(s, c, r, o, q).to(table.dtype)
+    if ctx.needs_input_grad[3]:  # Σ over each element's nodes (the kernel where autograd records nothing)
+        h = (grad_out[..., :, None] * g.to(grad_out.dtype)[..., None, :]).reshape(n, c, o * q)
+        grad_table = table_gradient(a, species, index, h, s, ctx.impl).reshape(s, c, r, o, q).to(table.dtype)
     return grad_a, None, None, grad_table, grad_g, None, None, None, None
 
 

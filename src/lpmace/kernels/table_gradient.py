@@ -1,0 +1,124 @@
+"""The gradient of the polynomial contraction's coefficient table: a sum over each element's nodes.
+
+For the contraction out[i, c, o] = Σ_r m_r(A[i, c]) Σ_q T[s_i, c, r, o, q] G[i, c, q] of
+`lpmace.kernels.polynomial` and a gradient ∂L/∂out, with h[i, c, (o, q)] = ∂L/∂out[i, c, o] G[i, c, q]:
+
+    ∂L/∂T[z, c, r, p] = Σ_{i: s_i = z} m_r(A[i, c]) h[i, c, p]
+
+The reference forms the monomials [n, C, R] and contracts them with a one-hot [n, S] of the species:
+S times the work and an [n, C, R] tensor in memory (for MACE-MP-0's 89 elements, an 89-element
+one-hot and 0.4 GB of monomials per layer and training step). The Triton kernel walks each element's
+nodes (sorted by element, `launch.element_blocks`): one program per (element, block of rows and of p,
+block of channels) forms the monomials of its rows in registers, node by node, and keeps the sums
+there; every entry is written once, by one program, in node order (no atomics; the same result every
+run). Elements with no nodes get zeros. Sums in float32, or float64 for float64 inputs.
+
+The kernel's result is not differentiable: `table_gradient` takes it only where autograd records
+nothing (`torch.is_grad_enabled()` false, as in a backward pass without create_graph, which is how
+training's parameter gradients are formed), and the reference everywhere else.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lpmace.kernels.launch import element_blocks, launch_context, next_power_of_2, require_interpreter
+
+__all__ = ["table_gradient", "table_gradient_reference"]
+
+
+def table_gradient_reference(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, h: torch.Tensor,
+                             elements: int) -> torch.Tensor:
+    """∂L/∂T [S, C, R, P] in h's dtype, in differentiable PyTorch (monomials [n, C, R] in memory)."""
+    from lpmace.kernels.polynomial import monomial_values
+
+    values = monomial_values(a.to(h.dtype), index)  # [n, C, R]
+    onehot = torch.nn.functional.one_hot(species, elements).to(h.dtype)
+    return torch.einsum("iz,icr,icp->zcrp", onehot, values, h)
+
+
+_KERNELS: dict = {}
+
+
+def _kernel():
+    if not _KERNELS:
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def table_gradient_kernel(a_ptr, order_ptr, node_ptr, index_ptr, h_ptr, out_ptr, C, D, R, P,
+                                  NU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+                                  BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+            blocks_p = tl.cdiv(P, BLOCK_P)
+            r = (tl.program_id(0) // blocks_p) * BLOCK_R + tl.arange(0, BLOCK_R)
+            p = (tl.program_id(0) % blocks_p) * BLOCK_P + tl.arange(0, BLOCK_P)
+            c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+            z = tl.program_id(2)
+            r_ok, p_ok, c_ok = r < R, p < P, c < C
+            start = tl.load(node_ptr + z)
+            end = tl.load(node_ptr + z + 1)
+            acc = tl.zeros((BLOCK_R, BLOCK_P, BLOCK_C), ACC)
+            for j in tl.range(start, end):
+                node = tl.load(order_ptr + j).to(tl.int64)
+                row = node * C + c  # [BLOCK_C]
+                mono = tl.full((BLOCK_R, BLOCK_C), 1.0, ACC)
+                for k in tl.static_range(NU):  # the row's variables; D (padding) is the constant 1
+                    var = tl.load(index_ptr + r * NU + k, mask=r_ok, other=D)
+                    real = (var < D)[:, None] & c_ok[None, :]
+                    mono = mono * tl.load(a_ptr + row[None, :] * D + var[:, None], mask=real, other=1.0).to(ACC)
+                h = tl.load(h_ptr + row[None, :] * P + p[:, None], mask=p_ok[:, None] & c_ok[None, :],
+                            other=0.0).to(ACC)  # [BLOCK_P, BLOCK_C]
+                acc += mono[:, None, :] * h[None, :, :]
+            offset = ((z.to(tl.int64) * C + c[None, None, :]) * R + r[:, None, None]) * P + p[None, :, None]
+            tl.store(out_ptr + offset, acc, mask=r_ok[:, None, None] & p_ok[None, :, None] & c_ok[None, None, :])
+
+        _KERNELS["kernel"] = table_gradient_kernel
+    return _KERNELS["kernel"]
+
+
+def _triton(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, h: torch.Tensor,
+            elements: int) -> torch.Tensor:
+    import triton.language as tl
+
+    n, c, d = a.shape
+    r, p = index.shape[0], h.shape[2]
+    out = torch.empty(elements, c, r, p, dtype=h.dtype, device=a.device)
+    if n == 0 or out.numel() == 0:
+        return out.zero_()
+    require_interpreter(a.device)
+    block_p = min(next_power_of_2(p), 16)
+    block_c = min(max(next_power_of_2(c), 2), 32)
+    block_r = max(1, min(64, 8192 // (block_p * block_c)))  # [R, P, C] sums: ~64 per thread of 4 warps
+    order, node_ptr, _, _ = element_blocks(species, elements, 1)
+    grid = (_cdiv(r, block_r) * _cdiv(p, block_p), _cdiv(c, block_c), elements)
+    with launch_context(a.device):
+        _kernel()[grid](a.contiguous(), order, node_ptr, index.to(torch.int32).contiguous(), h.contiguous(), out,
+                        c, d, r, p, NU=index.shape[1], BLOCK_R=block_r, BLOCK_P=block_p, BLOCK_C=block_c,
+                        ACC=tl.float64 if h.dtype == torch.float64 else tl.float32, num_warps=4)
+    return out
+
+
+def _cdiv(x: int, y: int) -> int:
+    return (x + y - 1) // y
+
+
+@torch.library.custom_op("lpmace::table_gradient", mutates_args=())
+def _table_gradient(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, h: torch.Tensor,
+                    elements: int) -> torch.Tensor:
+    return _triton(a, species, index, h, elements)
+
+
+@_table_gradient.register_fake
+def _(a, species, index, h, elements):
+    return h.new_empty(elements, a.shape[1], index.shape[0], h.shape[2])
+
+
+def table_gradient(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, h: torch.Tensor, elements: int,
+                   impl: str = "reference") -> torch.Tensor:
+    """∂L/∂T [S, C, R, P] (h's dtype: float32 or float64) from A [n, C, D] (any float dtype, widened to
+    h's), species [n] in [0, S), monomial rows index [R, ν] (padded with D) and h [n, C, P]. impl
+    "triton" runs the kernel where autograd records nothing (see the module's docstring), else the
+    reference."""
+    if impl == "triton" and not torch.is_grad_enabled():
+        return _table_gradient(a, species, index, h, elements)
+    return table_gradient_reference(a, species, index, h, elements)

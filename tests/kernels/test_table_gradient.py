@@ -1,0 +1,133 @@
+"""∂L/∂T of the polynomial contraction, Σ_{i: s_i = z} m_r(A[i, c]) h[i, c, p]: the Triton kernel
+(interpreter on the CPU, compiled on the GPU) and the reference against the sum written here node by
+node, monomials enumerated here; when each is taken (autograd recording or not)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from tolerances import assert_rounding_error
+
+from lpmace.kernels import table_gradient as module
+from lpmace.kernels.monomials import monomial_table
+from lpmace.kernels.table_gradient import table_gradient
+
+
+@pytest.fixture
+def interpret(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def _plain(a, species, degree, rows, h, elements):
+    """The sum over nodes, one node at a time, in a's dtype; monomials by degree, as multisets."""
+    monomials = [m for d in range(degree + 1) for m in itertools.combinations_with_replacement(range(a.shape[2]), d)]
+    out = a.new_zeros(elements, a.shape[1], rows, h.shape[2])
+    for i in range(a.shape[0]):
+        values = torch.stack([torch.ones_like(a[i, :, 0]) if not m else torch.stack([a[i, :, j] for j in m]).prod(0)
+                              for m in monomials[:rows]], dim=1)  # [C, R]
+        out[species[i]] += values[:, :, None] * h[i, :, None, :]
+    return out
+
+
+def _inputs(n, channels, dim, degree, elements, p, dtype=torch.float64, device="cpu", seed=0, species=None):
+    gen = torch.Generator().manual_seed(seed)
+    table = monomial_table(dim, degree)
+    rows = table.rows_up_to[degree]
+    a = torch.randn(n, channels, dim, generator=gen, dtype=torch.float64).to(dtype)
+    h = torch.randn(n, channels, p, generator=gen, dtype=torch.float64)
+    if species is None:
+        species = torch.randint(0, elements, (n,), generator=gen)
+    return a.to(device), species.to(device), table.index[:rows].to(device), h.to(device), rows
+
+
+SHAPES = [  # n, C, D, degree, elements, P
+    (5, 3, 4, 3, 2, 4),  # the energy's call: layer of 128x0e+128x1o outputs (4), L = 1 features
+    (7, 2, 4, 2, 3, 64),  # a derivative call's P = D·O·Q, four blocks of p
+    (9, 40, 4, 3, 2, 1),  # channels past one block of 32, P = 1 (a last layer's scalar output)
+    (40, 2, 4, 3, 89, 4),  # a foundation model's 89 elements, most absent from the batch
+    (6, 1, 1, 3, 1, 2),  # one variable: rows 1, a, a², a³
+    (3, 2, 16, 1, 2, 3),  # degree 1 over 16 components (the second derivative's call)
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_kernel_and_reference_equal_the_sum_over_nodes(interpret, shape):
+    a, species, index, h, rows = _inputs(*shape)
+    expected = _plain(a, species, shape[3], rows, h, shape[4])
+    with torch.no_grad():
+        got = table_gradient(a, species, index, h, shape[4], impl="triton")
+    reference = table_gradient(a, species, index, h, shape[4], impl="reference")
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(reference, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_elements_in_any_order_and_an_element_without_nodes(interpret):
+    """Species interleaved, sorted, all one element, one node of an element: each element's rows sum its own nodes;
+    an element with no node gets zeros."""
+    for species in (torch.tensor([3, 0, 2] * 4), torch.tensor([0] * 5 + [2] * 7), torch.full((12,), 1),
+                    torch.tensor([2] * 11 + [0])):
+        a, species, index, h, rows = _inputs(12, 3, 4, 2, 4, 4, species=species)
+        with torch.no_grad():
+            got = table_gradient(a, species, index, h, 4, impl="triton")
+        torch.testing.assert_close(got, _plain(a, species, 2, rows, h, 4), rtol=1e-12, atol=1e-12)
+        for z in set(range(4)) - set(species.tolist()):
+            assert (got[z] == 0).all()
+
+
+def test_no_nodes_gives_zeros(interpret):
+    a, species, index, h, rows = _inputs(0, 3, 4, 2, 3, 4)
+    with torch.no_grad():
+        got = table_gradient(a, species, index, h, 3, impl="triton")
+    assert got.shape == (3, 3, rows, 4) and (got == 0).all()
+
+
+def test_the_kernel_only_where_autograd_records_nothing(interpret, monkeypatch):
+    """Under grad mode (a create_graph backward) the differentiable reference, so a third derivative stays
+    right; with grad mode off the kernel."""
+    calls = []
+    monkeypatch.setattr(module, "_triton", lambda *args: calls.append(1) or module.table_gradient_reference(*args))
+    a, species, index, h, rows = _inputs(5, 3, 4, 3, 2, 4)
+    h.requires_grad_()
+    recorded = table_gradient(a, species, index, h, 2, impl="triton")
+    assert recorded.grad_fn is not None and not calls
+    with torch.no_grad():
+        table_gradient(a, species, index, h, 2, impl="triton")
+    assert calls == [1]
+    with torch.no_grad():
+        table_gradient(a, species, index, h, 2, impl="reference")
+    assert calls == [1]
+
+
+def _rounded_check(n, channels, dim, degree, elements, p, dtype, device):
+    """Kernel on `dtype` features (sums in float32) within float32 rounding of float64 sums of the same
+    rounded operands: Σ over an element's nodes of a product of degree + 1 factors."""
+    a, species, index, h, rows = _inputs(n, channels, dim, degree, elements, p, dtype, device)
+    h = h.float()
+    with torch.no_grad():
+        got = table_gradient(a, species, index, h, elements, impl="triton")
+    assert got.dtype == torch.float32
+    exact = table_gradient(a.double(), species, index, h.double(), elements, impl="reference")
+    scale = table_gradient(a.double().abs(), species, index, h.double().abs(), elements, impl="reference")
+    roundings = int(species.bincount().max()) + degree + 2
+    assert_rounding_error(got, exact, scale, roundings, dtype, f"∂T {dtype}")
+    return got
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rounded_features_sum_in_float32(interpret, dtype):
+    _rounded_check(20, 40, 4, 3, 3, 4, dtype, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("degree,p", [(3, 4), (2, 64)])
+def test_at_real_size_on_the_gpu_and_the_same_every_run(dtype, degree, p):
+    """MACE-MP-0 medium's W1 shapes: 864 nodes of 89 elements, 128 channels, 16 components; the energy's
+    call (969 rows, P = 4) and the derivative's (153 rows, P = 64). Two runs are bit-equal."""
+    first = _rounded_check(864, 128, 16, degree, 89, p, dtype, "cuda")
+    a, species, index, h, _ = _inputs(864, 128, 16, degree, 89, p, dtype, "cuda")
+    with torch.no_grad():
+        again = table_gradient(a, species, index, h.float(), 89, impl="triton")
+    assert torch.equal(first, again)
