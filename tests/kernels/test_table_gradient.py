@@ -76,6 +76,33 @@ def test_elements_in_any_order_and_an_element_without_nodes(interpret):
             assert (got[z] == 0).all()
 
 
+@pytest.mark.parametrize("runs", [2, 3, 7])
+def test_each_elements_nodes_cut_into_runs(interpret, monkeypatch, runs):
+    """Few elements: their nodes in runs of programs, summed afterwards (runs with no node of an element
+    add zeros); the same sums as the plain loop. 14 nodes of 3 elements (9, 1, 4), one program per element
+    and run: `runs` runs asked through PROGRAMS, at most 14 // 3 = 4 (NODES = 1)."""
+    launched = []
+    made = module._kernel
+
+    def spy():
+        kernel = made()
+
+        class Spy:
+            def __getitem__(self, grid):
+                return lambda *args, **kw: (launched.append((grid[2], kw["CHUNKS"])), kernel[grid](*args, **kw))
+        return Spy()
+
+    monkeypatch.setattr(module, "_kernel", spy)
+    monkeypatch.setattr(module, "PROGRAMS", 3 * runs)
+    monkeypatch.setattr(module, "NODES", 1)
+    species = torch.tensor([0] * 9 + [2] * 4 + [1])
+    a, species, index, h, rows = _inputs(14, 3, 4, 2, 3, 4, species=species)
+    with torch.no_grad():
+        got = table_gradient(a, species, index, h, 3, impl="triton")
+    assert launched == [(3 * min(runs, 4), min(runs, 4))]
+    torch.testing.assert_close(got, _plain(a, species, 2, rows, h, 3), rtol=1e-12, atol=1e-12)
+
+
 def test_no_nodes_gives_zeros(interpret):
     a, species, index, h, rows = _inputs(0, 3, 4, 2, 3, 4)
     with torch.no_grad():
@@ -123,11 +150,13 @@ def test_rounded_features_sum_in_float32(interpret, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("degree,p", [(3, 4), (2, 64)])
-def test_at_real_size_on_the_gpu_and_the_same_every_run(dtype, degree, p):
-    """MACE-MP-0 medium's W1 shapes: 864 nodes of 89 elements, 128 channels, 16 components; the energy's
-    call (969 rows, P = 4) and the derivative's (153 rows, P = 64). Two runs are bit-equal."""
-    first = _rounded_check(864, 128, 16, degree, 89, p, dtype, "cuda")
-    a, species, index, h, _ = _inputs(864, 128, 16, degree, 89, p, dtype, "cuda")
+@pytest.mark.parametrize("elements", [89, 4])
+def test_at_real_size_on_the_gpu_and_the_same_every_run(dtype, degree, p, elements):
+    """W1 shapes: 864 nodes of 89 elements (MACE-MP-0 medium: one run per element) or 4 (medium: each
+    element's nodes in runs), 128 channels, 16 components; the energy's call (969 rows, P = 4) and the
+    derivative's (153 rows, P = 64). Two runs are bit-equal."""
+    first = _rounded_check(864, 128, 16, degree, elements, p, dtype, "cuda")
+    a, species, index, h, _ = _inputs(864, 128, 16, degree, elements, p, dtype, "cuda")
     with torch.no_grad():
-        again = table_gradient(a, species, index, h.float(), 89, impl="triton")
+        again = table_gradient(a, species, index, h.float(), elements, impl="triton")
     assert torch.equal(first, again)

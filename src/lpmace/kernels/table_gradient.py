@@ -8,10 +8,11 @@ For the contraction out[i, c, o] = Σ_r m_r(A[i, c]) Σ_q T[s_i, c, r, o, q] G[i
 The reference forms the monomials [n, C, R] and contracts them with a one-hot [n, S] of the species:
 S times the work and an [n, C, R] tensor in memory (for MACE-MP-0's 89 elements, an 89-element
 one-hot and 0.4 GB of monomials per layer and training step). The Triton kernel walks each element's
-nodes (sorted by element, `launch.element_blocks`): one program per (element, block of rows and of p,
-block of channels) forms the monomials of its rows in registers, node by node, and keeps the sums
-there; every entry is written once, by one program, in node order (no atomics; the same result every
-run). Elements with no nodes get zeros. Sums in float32, or float64 for float64 inputs.
+nodes (sorted by element, `launch.element_blocks`): one program per (element, run of its nodes, block
+of rows and of p, block of channels) forms the monomials of its rows in registers, node by node, and
+keeps the sums there; every entry is written once, by one program, in node order, and the runs' sums
+are added in a fixed order (no atomics; the same result every run). Elements with no nodes get zeros.
+Sums in float32, or float64 for float64 inputs.
 
 The kernel's result is not differentiable: `table_gradient` takes it only where autograd records
 nothing (`torch.is_grad_enabled()` false, as in a backward pass without create_graph, which is how
@@ -38,6 +39,12 @@ def table_gradient_reference(a: torch.Tensor, species: torch.Tensor, index: torc
 
 
 _KERNELS: dict = {}
+# Few elements leave few programs, each walking many nodes one after another (a medium model's 4
+# elements: 256 programs of ~216 nodes for a W1 batch). Each element's nodes are then cut into runs, one
+# program each, until there are about PROGRAMS programs or runs of NODES nodes on average; the runs' sums
+# are added afterwards, in a fixed order.
+PROGRAMS = 4096
+NODES = 32
 
 
 def _kernel():
@@ -46,17 +53,21 @@ def _kernel():
         import triton.language as tl
 
         @triton.jit
-        def table_gradient_kernel(a_ptr, order_ptr, node_ptr, index_ptr, h_ptr, out_ptr, C, D, R, P,
-                                  NU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
-                                  BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+        def table_gradient_kernel(a_ptr, order_ptr, node_ptr, index_ptr, h_ptr, out_ptr, C, D, R, P, S,
+                                  NU: tl.constexpr, CHUNKS: tl.constexpr, BLOCK_R: tl.constexpr,
+                                  BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
             blocks_p = tl.cdiv(P, BLOCK_P)
             r = (tl.program_id(0) // blocks_p) * BLOCK_R + tl.arange(0, BLOCK_R)
             p = (tl.program_id(0) % blocks_p) * BLOCK_P + tl.arange(0, BLOCK_P)
             c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-            z = tl.program_id(2)
+            z = tl.program_id(2) // CHUNKS
+            chunk = tl.program_id(2) % CHUNKS
             r_ok, p_ok, c_ok = r < R, p < P, c < C
-            start = tl.load(node_ptr + z)
-            end = tl.load(node_ptr + z + 1)
+            first = tl.load(node_ptr + z)
+            last = tl.load(node_ptr + z + 1)
+            length = (last - first + CHUNKS - 1) // CHUNKS  # the element's nodes cut into CHUNKS runs
+            start = first + chunk * length
+            end = tl.minimum(start + length, last)
             acc = tl.zeros((BLOCK_R, BLOCK_P, BLOCK_C), ACC)
             for j in tl.range(start, end):
                 node = tl.load(order_ptr + j).to(tl.int64)
@@ -69,7 +80,8 @@ def _kernel():
                 h = tl.load(h_ptr + row[None, :] * P + p[:, None], mask=p_ok[:, None] & c_ok[None, :],
                             other=0.0).to(ACC)  # [BLOCK_P, BLOCK_C]
                 acc += mono[:, None, :] * h[None, :, :]
-            offset = ((z.to(tl.int64) * C + c[None, None, :]) * R + r[:, None, None]) * P + p[None, :, None]
+            cell = (chunk.to(tl.int64) * S + z) * C + c[None, None, :]  # of [CHUNKS, S, C, R, P]
+            offset = (cell * R + r[:, None, None]) * P + p[None, :, None]
             tl.store(out_ptr + offset, acc, mask=r_ok[:, None, None] & p_ok[None, :, None] & c_ok[None, None, :])
 
         _KERNELS["kernel"] = table_gradient_kernel
@@ -90,12 +102,15 @@ def _triton(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, h: torc
     block_c = min(max(next_power_of_2(c), 2), 32)
     block_r = max(1, min(64, 8192 // (block_p * block_c)))  # [R, P, C] sums: ~64 per thread of 4 warps
     order, node_ptr, _, _ = element_blocks(species, elements, 1)
-    grid = (_cdiv(r, block_r) * _cdiv(p, block_p), _cdiv(c, block_c), elements)
+    programs = _cdiv(r, block_r) * _cdiv(p, block_p) * _cdiv(c, block_c) * elements
+    chunks = max(1, min(_cdiv(PROGRAMS, programs), n // (elements * NODES)))
+    parts = out if chunks == 1 else torch.empty(chunks, *out.shape, dtype=out.dtype, device=out.device)
+    grid = (_cdiv(r, block_r) * _cdiv(p, block_p), _cdiv(c, block_c), elements * chunks)
     with launch_context(a.device):
-        _kernel()[grid](a.contiguous(), order, node_ptr, index.to(torch.int32).contiguous(), h.contiguous(), out,
-                        c, d, r, p, NU=index.shape[1], BLOCK_R=block_r, BLOCK_P=block_p, BLOCK_C=block_c,
-                        ACC=tl.float64 if h.dtype == torch.float64 else tl.float32, num_warps=4)
-    return out
+        _kernel()[grid](a.contiguous(), order, node_ptr, index.to(torch.int32).contiguous(), h.contiguous(), parts,
+                        c, d, r, p, elements, NU=index.shape[1], CHUNKS=chunks, BLOCK_R=block_r, BLOCK_P=block_p,
+                        BLOCK_C=block_c, ACC=tl.float64 if h.dtype == torch.float64 else tl.float32, num_warps=4)
+    return out if chunks == 1 else parts.sum(0)
 
 
 def _cdiv(x: int, y: int) -> int:
