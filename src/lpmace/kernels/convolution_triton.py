@@ -90,7 +90,8 @@ BUTTERFLY = True
 # Per TILES key of grads: ∂W in one launch, ∂X and ∂Y in another (the kernel's WANT flags), each compiled with
 # fewer live registers (layer 2, bf16 operands, Triton 3.9 for sm_90 on the CPU: 204 registers for all three,
 # 134 for ∂W, 162 for ∂X and ∂Y: more warps per SM) at the cost of gathering G, X and Y twice and forming the
-# CG sums s twice (1,408 → 792 + 1,048 SASS instructions). Off: not yet timed on a GPU.
+# CG sums s twice (1,408 → 792 + 1,048 SASS instructions). Off: slower on the H200 (session 37, `mp` W2 layer 2
+# bf16, conv_split_h200_mp_2026-12-03: 1.545 ms in one launch, 1.674 split, 1.596 split under a cap of 128 registers).
 SPLIT: dict = {}
 
 
