@@ -160,3 +160,20 @@ def test_at_real_size_on_the_gpu_and_the_same_every_run(dtype, degree, p, elemen
     with torch.no_grad():
         again = table_gradient(a, species, index, h.float(), elements, impl="triton")
     assert torch.equal(first, again)
+
+
+@pytest.mark.parametrize("n,elements", [(0, 3), (1, 1), (12, 4), (300, 89), (50, 2)])
+def test_element_order_by_counting_equals_the_stable_sort(monkeypatch, n, elements):
+    """`element_blocks`' counting sort (small batches) and its argsort (large ones) give the stable order of
+    the species, each element's first node and first program."""
+    from lpmace.kernels import launch
+
+    species = torch.randint(0, elements, (n,), generator=torch.Generator().manual_seed(n))
+    counted = launch.element_blocks(species, elements, 8)
+    monkeypatch.setattr(launch, "COUNTING_SORT", 0)
+    sorted_ = launch.element_blocks(species, elements, 8)
+    assert torch.equal(counted[0], torch.argsort(species, stable=True)) and torch.equal(sorted_[0], counted[0])
+    counts = torch.bincount(species, minlength=elements)
+    assert counted[1].tolist() == [0] + counts.cumsum(0).tolist() and torch.equal(sorted_[1], counted[1])
+    assert counted[2].tolist() == [0] + ((counts + 7) // 8).cumsum(0).tolist() and torch.equal(sorted_[2], counted[2])
+    assert counted[3] == sorted_[3] == (n + 7) // 8 + elements
