@@ -111,8 +111,8 @@ def test_no_nodes_gives_zeros(interpret):
 
 
 def test_the_kernel_only_where_autograd_records_nothing(interpret, monkeypatch):
-    """Under grad mode (a create_graph backward) the differentiable reference, so a third derivative stays
-    right; with grad mode off the kernel."""
+    """Under grad mode (a create_graph backward) the differentiable reference (its result has a grad_fn);
+    with grad mode off the kernel."""
     calls = []
     monkeypatch.setattr(module, "_triton", lambda *args: calls.append(1) or module.table_gradient_reference(*args))
     a, species, index, h, rows = _inputs(5, 3, 4, 3, 2, 4)
@@ -169,6 +169,7 @@ def test_element_order_by_counting_equals_the_stable_sort(monkeypatch, n, elemen
     from lpmace.kernels import launch
 
     species = torch.randint(0, elements, (n,), generator=torch.Generator().manual_seed(n))
+    monkeypatch.setattr(launch, "COUNTING_SORT", 1 << 20)
     counted = launch.element_blocks(species, elements, 8)
     monkeypatch.setattr(launch, "COUNTING_SORT", 0)
     sorted_ = launch.element_blocks(species, elements, 8)
@@ -177,3 +178,10 @@ def test_element_order_by_counting_equals_the_stable_sort(monkeypatch, n, elemen
     assert counted[1].tolist() == [0] + counts.cumsum(0).tolist() and torch.equal(sorted_[1], counted[1])
     assert counted[2].tolist() == [0] + ((counts + 7) // 8).cumsum(0).tolist() and torch.equal(sorted_[2], counted[2])
     assert counted[3] == sorted_[3] == (n + 7) // 8 + elements
+
+
+def test_opcheck(interpret):
+    """The operator's registration: schema, fake (shape and dtype) against the real result."""
+    a, species, index, h, _ = _inputs(5, 3, 4, 2, 3, 4)
+    torch.library.opcheck(torch.ops.lpmace.table_gradient.default, (a, species, index, h, 3),
+                          test_utils=("test_schema", "test_faketensor"))

@@ -25,7 +25,7 @@ offset as an immediate, with no integer arithmetic per load):
              program is one warp on a GPU, the 16 sums over channels of ∂Y run as one `butterfly`
              (16 shuffles, not 16 trees of 5 each). With `SPLIT`, ∂W runs in a launch of its own.
 
-Each step of the message (and of 16-bit grads) loads the next step's edge and node indices (`AHEAD`), so
+Each step of the message (and of grads, per `AHEAD`) loads the next step's edge and node indices, so
 that its gathers wait on no index load. Either kernel may split the paths into runs (`path_groups`, TILES),
 one program per (node, channel block, run), each keeping only its run's outputs and products in registers; grads
 then writes ∂X and ∂Y per run, summed after it.

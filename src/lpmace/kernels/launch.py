@@ -40,7 +40,11 @@ def launch_context(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-COUNTING_SORT = 1 << 20  # nodes × elements (an [n, S] int64 cumulative sum: 8 MB)
+# Nodes × elements up to which `element_blocks` orders by counting (an [S, n] int64 cumulative sum, 8 MB at
+# 2^20); 0: always the argsort. Off: session 37 timed (c_mp, d_medium) a first form that summed an [n, S]
+# one-hot along n, which CUDA does with one thread per element walking the nodes one after another
+# (suspected of the W1 step's +2.6 ms there); this form sums along the inner dimension, not yet timed.
+COUNTING_SORT = 0
 
 
 def element_blocks(species: torch.Tensor, elements: int, block: int) -> tuple:
@@ -52,15 +56,15 @@ def element_blocks(species: torch.Tensor, elements: int, block: int) -> tuple:
     Up to COUNTING_SORT nodes × elements the order comes from a counting sort (each node's rank among
     its element's nodes: a cumulative sum of the one-hot species), a few elementwise kernels; past it
     from a stable argsort (on a GPU a one-block radix sort of ~27 µs for a W1 batch, once per kernel
-    launch: 14 times a training step). Both give the same order."""
+    launch: 14 times a training step). Both give the same order (int64 species)."""
     n = species.shape[0]
     node_ptr = torch.zeros(elements + 1, dtype=torch.int64, device=species.device)
     if 0 < n * elements <= COUNTING_SORT:
-        each = species[:, None] == torch.arange(elements, device=species.device)  # [n, S] one-hot, no range check
-        ranks = each.cumsum(0)  # [n, S]: nodes of each element so far
-        counts = ranks[-1]
+        each = torch.arange(elements, device=species.device)[:, None] == species[None, :]  # [S, n] one-hot
+        ranks = each.cumsum(1)  # [S, n]: nodes of each element so far (a scan along the inner dimension)
+        counts = ranks[:, -1]
         torch.cumsum(counts, 0, out=node_ptr[1:])
-        place = node_ptr[species] + ranks.gather(1, species[:, None])[:, 0] - 1
+        place = node_ptr[species] + ranks.gather(0, species[None, :])[0] - 1
         order = torch.empty_like(species).scatter_(0, place, torch.arange(n, device=species.device))
         block_ptr = torch.zeros(elements + 1, dtype=torch.int64, device=species.device)
         torch.cumsum((counts + block - 1) // block, 0, out=block_ptr[1:])

@@ -12,7 +12,7 @@ nodes (sorted by element, `launch.element_blocks`): one program per (element, ru
 of rows and of p, block of channels) forms the monomials of its rows in registers, node by node, and
 keeps the sums there; every entry is written once, by one program, in node order, and the runs' sums
 are added in a fixed order (no atomics; the same result every run). Elements with no nodes get zeros.
-Sums in float32, or float64 for float64 inputs.
+Sums in float32, or float64 where h is float64.
 
 The kernel's result is not differentiable: `table_gradient` takes it only where autograd records
 nothing (`torch.is_grad_enabled()` false, as in a backward pass without create_graph, which is how
@@ -54,7 +54,7 @@ def _kernel():
 
         @triton.jit
         def table_gradient_kernel(a_ptr, order_ptr, node_ptr, index_ptr, h_ptr, out_ptr, C, D, R, P, S,
-                                  NU: tl.constexpr, CHUNKS: tl.constexpr, BLOCK_R: tl.constexpr,
+                                  NU: tl.constexpr, CHUNKS, BLOCK_R: tl.constexpr,
                                   BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
             blocks_p = tl.cdiv(P, BLOCK_P)
             r = (tl.program_id(0) // blocks_p) * BLOCK_R + tl.arange(0, BLOCK_R)
