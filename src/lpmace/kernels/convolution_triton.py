@@ -66,7 +66,7 @@ __all__ = ["AHEAD", "BUTTERFLY", "SPLIT", "TILES", "butterfly", "grads_triton", 
 # per lane (one warp), one edge per step, indices a step ahead: `mp` W2 shapes (H200, benchmarks/conv_kernels.py
 # --layers, conv_layers_h200_mp_2026-12-03), message fp32 0.376 → 0.276 ms, bf16 0.284 → 0.233; grads bf16
 # 0.485 → 0.459 (its ∂Y butterfly at four channels per lane); fp32 grads (session 37, conv_split_h200_mp_2026-12-03)
-# 0.847 → 0.571 ms (0.215 → 0.165 at a W1 batch's 864 atoms).
+# 0.847 → 0.571 ms (0.215 → 0.165 in a box of 864 atoms).
 TILES = {"message": (64, 1, 2, 1, 1), "message 16-bit": (64, 1, 2, 2, 1), "message, L = 0": (128, 1, 1, 4, 1),
          "message 16-bit, L = 0": (128, 1, 1, 4, 1), "grads": (32, 1, 1, 1, 1), "grads 16-bit": (64, 1, 1, 2, 1),
          "grads, L = 0": (128, 1, 1, 4, 1), "grads 16-bit, L = 0": (128, 1, 1, 4, 1)}
