@@ -210,6 +210,34 @@ def test_what_a_recording_fixes_is_read_without_walking_the_model_yet_sees_every
     assert graphs._fixed()[0] != swapped[0]
 
 
+def test_a_training_recording_sees_moved_weights_and_optimizer_state_without_walking_the_model(make_model,
+                                                                                              monkeypatch):
+    """`StepGraphs` keys its recordings on the weights' and the optimizer state's addresses and the
+    optimizer's hyperparameters, read each step from the kept list of modules (no walk of the model)."""
+    from lpmace.train.cuda_graphs import StepGraphs
+
+    model = make_model(torch.float32)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(_boxes(model.config.atomic_numbers, model.config.r_max, 1)[0], training=True)["energy"].sum().backward()
+    optimizer.step()  # moments exist
+    graphs = StepGraphs.__new__(StepGraphs)
+    graphs.model, graphs.optimizer = model, optimizer
+    keys = [graphs._fixed()]
+
+    def walked():
+        raise AssertionError("the model's modules were walked again")
+    monkeypatch.setattr(model, "modules", walked)
+    assert graphs._fixed() == keys[0]
+    optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # a rollback: new moment tensors
+    keys.append(graphs._fixed())
+    weight = next(model.parameters())
+    weight.data = weight.data.clone()  # a cast
+    keys.append(graphs._fixed())
+    optimizer.param_groups[0]["lr"] = 1e-4  # the plateau scheduler
+    keys.append(graphs._fixed())
+    assert len({k[1] for k in keys[:3]}) == 3 and keys[3][1] == keys[2][1] and keys[3][0] != keys[2][0]
+
+
 def test_submodules_removed_or_inserted_without_an_assignment_walk_the_model_again(make_model):
     """del, ModuleList.insert/pop and writes into _modules (no attribute assignment): the kept list of
     modules must still notice them (a stale list replays a recording of the old model)."""

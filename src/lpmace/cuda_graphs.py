@@ -87,6 +87,22 @@ class ShapeGraphs:
         """What a recording fixes besides the batch and the caller's key (addresses, settings)."""
         raise NotImplementedError
 
+    def _modules(self) -> tuple:
+        """(the blocks with settings, every module's parameter and buffer dicts) of `self.model`.
+
+        `Module.modules()` and `parameters()` take ~170 us for `medium` (a 12-atom MD step's host time is
+        a few ms; a W1 training step's GPU time ~6 ms), so the list of modules is kept while every kept
+        module holds the same submodules (compared by identity; the kept modules are held, so no identity
+        is reused): an assignment, ``del``, ``ModuleList.insert``/``pop`` or a write into ``_modules``
+        walks the model again. The dicts are read as they are at each call."""
+        kept = getattr(self, "_modules_kept", None)
+        if kept is None or kept[1] != _children(kept[0]):
+            modules = tuple(self.model.modules())
+            blocks = tuple(m for m in modules if hasattr(m, "IMPLEMENTATIONS") or hasattr(m, "active_correlation"))
+            tables = tuple(d for m in modules for d in (m._parameters, m._buffers))
+            kept = self._modules_kept = (modules, _children(modules), blocks, tables)
+        return kept[2], kept[3]
+
     def reset(self) -> None:
         """Drop the recordings. Their pool goes with the last of them: later recordings get a new one."""
         self.recordings.clear()
@@ -207,22 +223,11 @@ class ForwardGraphs(ShapeGraphs):
 
     def _fixed(self) -> Hashable:
         """The weights' addresses, and what the model's blocks were set to compute with: their
-        implementations (`lpmace.backends.use`) and active correlation orders.
-
-        `Module.modules()` and `parameters()` take ~170 us for `medium` (a 12-atom MD step's host time is
-        a few ms), so the list of modules is kept while every kept module holds the same submodules
-        (compared by identity; the kept modules are held, so no identity is reused): an assignment,
-        ``del``, ``ModuleList.insert``/``pop`` or a write into ``_modules`` walks the model again. Each
-        call reads every module's parameter and buffer dicts as they are now (an assignment,
-        ``load_state_dict(assign=True)``, a cast's new buffers or ``param.data = ...`` all show) and
+        implementations (`lpmace.backends.use`) and active correlation orders. Every module's parameter
+        and buffer dicts are read as they are now (`_modules`: an assignment,
+        ``load_state_dict(assign=True)``, a cast's new buffers or ``param.data = ...`` all show), and
         every block's settings."""
-        kept = getattr(self, "_modules_kept", None)
-        if kept is None or kept[1] != _children(kept[0]):
-            modules = tuple(self.model.modules())
-            blocks = tuple(m for m in modules if hasattr(m, "IMPLEMENTATIONS") or hasattr(m, "active_correlation"))
-            tables = tuple(d for m in modules for d in (m._parameters, m._buffers))
-            kept = self._modules_kept = (modules, _children(modules), blocks, tables)
-        _, _, blocks, tables = kept
+        blocks, tables = self._modules()
         return (tuple((getattr(m, "implementation", None), getattr(m, "active_correlation", None)) for m in blocks),
                 tuple(t.data_ptr() for table in tables for t in table.values() if t is not None))
 

@@ -24,6 +24,7 @@ import torch
 from lpmace.data.graph import Graph
 from lpmace.elements import check_known_elements
 from lpmace.errors import InputError
+from lpmace.kernels.launch import element_grouping
 from lpmace.nn.constants import ExactConstants
 from lpmace.nn.distance_transform import DISTANCE_TRANSFORMS, distance_transform
 from lpmace.nn.edges import Edges
@@ -255,9 +256,13 @@ class MACE(ExactConstants):
         h = (one_hot @ emb)[:, :, None]  # [n, C, 1]
         total = torch.zeros(positions.shape[0], dtype=p.accumulate, device=positions.device)
         product_species = torch.zeros_like(species) if c.agnostic_product else species  # one shared set
+        # the nodes in element order, sorted once for every fused contraction's kernels, forward and backward
+        grouping = None
+        if any(product.contraction.implementation == "triton" for product in self.products):
+            grouping = element_grouping(product_species, 1 if c.agnostic_product else len(c.atomic_numbers))
         for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
             a, sc = interaction(h, one_hot, edges, p)
-            h = product(a, product_species, sc, p)
+            h = product(a, product_species, sc, p, grouping)
             total = total + readout(h, p.readout).to(p.accumulate)
         if self.pair_repulsion is not None:
             total = total.to(p.follows("pair_energy")) + self.pair_repulsion(

@@ -81,3 +81,29 @@ def test_a_batch_without_reference_flags_gets_them_for_its_real_structures(make_
     assert padded.has_stress.tolist() == [False, False, False]  # the batch had no stress references
     assert padded.energy[-1] == 0 and torch.equal(padded.forces[graph.num_atoms:],
                                                    torch.zeros_like(padded.forces[graph.num_atoms:]))
+
+
+def test_padding_copies_nothing_from_the_host(make_model, bpa_test_path):
+    """A batch already on the GPU (`lpmace bench`, inference) is padded without a host-to-device copy:
+    such a copy of a Python number (an indexed assignment `pos[i, 0] = 2.0`) waits for the device, one
+    host sync per training step. Every op is recorded (here on the CPU): no index_put, no scalar lifted
+    into a tensor, no value read back."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    model = make_model(dtype=torch.float64)
+    graph = collate([graph_from_configuration(c, model.config.r_max)
+                     for c in read_configurations(bpa_test_path, index=":3")])
+    with Ops() as ops:
+        padded = pad_graph(graph, model.config.r_max)
+    assert padded.num_atoms > graph.num_atoms and ops.names  # it padded, and the ops were seen
+    assert not ops.names & {"index_put", "index_put_", "lift_fresh", "lift_fresh_copy", "_local_scalar_dense",
+                            "item"}, sorted(ops.names)

@@ -51,6 +51,25 @@ def test_triton_backend_matches_reference_with_gradients(monkeypatch, make_model
 
 
 
+def test_a_training_step_sorts_the_nodes_by_element_once(monkeypatch, make_model, small_graph):
+    """The fused contractions' 2 forward, 2 backward and 6 double-backward launches (∂A, ∂T) of a
+    two-layer model all walk the nodes in the one element order the model formed: no launch sorts."""
+    import lpmace.model
+    from lpmace.kernels import launch
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    calls = {"model": 0, "launch": 0}
+
+    def counted(where, real):
+        return lambda *args: calls.__setitem__(where, calls[where] + 1) or real(*args)
+    monkeypatch.setattr(lpmace.model, "element_grouping", counted("model", lpmace.model.element_grouping))
+    monkeypatch.setattr(launch, "element_grouping", counted("launch", launch.element_grouping))
+    _run(make_model(torch.float64, correlation=(3, 2)), small_graph, "fp64", "triton")
+    assert calls == {"model": 1, "launch": 0}
+    _run(make_model(torch.float64, correlation=(3, 2)), small_graph, "fp64", "reference")
+    assert calls == {"model": 1, "launch": 0}  # the reference neither forms nor reads one
+
+
 def test_triton_backend_matches_reference_in_fp64_on_a_float32_model(monkeypatch, make_model, small_graph):
     """The bench and trainer models are float32; fp64 (the reference of every precision) must compute
     with the same exact tables in both backends (the reference's were float32-rounded: 3e-10 of the forces)."""

@@ -12,6 +12,7 @@ from tolerances import check_low_precision_kernel
 
 from lpmace.errors import InputError
 from lpmace.backends import resolve as resolve_backend
+from lpmace.kernels.launch import element_grouping
 from lpmace.kernels.monomials import monomial_table
 from lpmace.kernels.polynomial import monomial_values, polynomial_contraction
 
@@ -145,6 +146,35 @@ def test_forward_first_and_second_derivatives_match_the_reference(interpret, imp
         torch.testing.assert_close(x, e, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[-1], (70, 2, 1, 3, 2, 4, 1)])
+@pytest.mark.parametrize("prefix", [False, True])
+def test_one_element_grouping_for_every_launch_gives_the_same_numbers(interpret, monkeypatch, shape, prefix):
+    """A model sorts its nodes by element once (`launch.element_grouping`) for all its contractions: with
+    that grouping passed in, the forward, first and second derivatives (∂A, ∂T by the table-gradient
+    kernel, ∂G) are bit-equal to those of launches that sort for themselves, and no launch sorts."""
+    from lpmace.kernels import launch, polynomial_dot
+
+    monkeypatch.setattr(polynomial_dot, "ON_CPU", prefix)
+    a, species, index, coefficients, g = _inputs(*shape)
+    if prefix:
+        a, coefficients, g = (x.detach().float().requires_grad_() for x in (a, coefficients, g))
+    grouping = launch.element_grouping(species, coefficients.shape[0])
+    sorts = []
+    real = launch.element_grouping
+    monkeypatch.setattr(launch, "element_grouping", lambda *args: sorts.append(1) or real(*args))
+    inputs = (a, coefficients, g)
+    results = []
+    for given in (None, grouping):
+        sorts.clear()
+        out = polynomial_contraction(a, species, index, coefficients, g, impl="triton", grouping=given)
+        first = torch.autograd.grad((out * out.detach()).sum(), inputs, create_graph=True)
+        second = torch.autograd.grad((first[0] * a.detach()).sum(), inputs, allow_unused=True)
+        results.append((out, *first, *second))
+        assert bool(sorts) == (given is None), len(sorts)
+    for x, y in zip(*results):
+        assert (x is None and y is None) or torch.equal(x, y)
+
+
 def test_triton_blocks_of_same_element_nodes(interpret):
     """Nodes in element order or interleaved, an element with no nodes, counts not multiples of the
     kernel's 8-node blocks: every node gets its own element's table."""
@@ -211,9 +241,11 @@ def test_opcheck():
     a, species, index, coefficients, g = _inputs(3, 2, 1, 2, 2, 4, 2)
     op = torch.ops.lpmace.polynomial_contraction.default
     empty = (index.new_zeros(0),) * 2  # derivative entries made by the backward
-    torch.library.opcheck(op, (a, species, index, coefficients, g, "reference", torch.float64, *empty))
+    none = species.new_zeros(0)  # no element grouping: the kernels sort the nodes themselves
+    torch.library.opcheck(op, (a, species, index, coefficients, g, "reference", torch.float64, *empty, none))
     entries = monomial_table(4, 2).derivative_tensors()  # passed in, as a model's buffers
-    torch.library.opcheck(op, (a, species, index, coefficients, g, "reference", torch.float64, *entries))
+    grouping = element_grouping(species, coefficients.shape[0])
+    torch.library.opcheck(op, (a, species, index, coefficients, g, "reference", torch.float64, *entries, grouping))
 
 
 @pytest.mark.parametrize("active", [1, 2, 3])

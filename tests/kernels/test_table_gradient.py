@@ -10,6 +10,7 @@ import pytest
 import torch
 from tolerances import assert_rounding_error
 
+from lpmace.kernels import launch
 from lpmace.kernels import table_gradient as module
 from lpmace.kernels.monomials import monomial_table
 from lpmace.kernels.table_gradient import table_gradient
@@ -166,8 +167,6 @@ def test_at_real_size_on_the_gpu_and_the_same_every_run(dtype, degree, p, elemen
 def test_element_order_by_counting_equals_the_stable_sort(monkeypatch, n, elements):
     """`element_blocks`' counting sort (small batches) and its argsort (large ones) give the stable order of
     the species, each element's first node and first program."""
-    from lpmace.kernels import launch
-
     species = torch.randint(0, elements, (n,), generator=torch.Generator().manual_seed(n))
     monkeypatch.setattr(launch, "COUNTING_SORT", 1 << 20)
     counted = launch.element_blocks(species, elements, 8)
@@ -178,10 +177,18 @@ def test_element_order_by_counting_equals_the_stable_sort(monkeypatch, n, elemen
     assert counted[1].tolist() == [0] + counts.cumsum(0).tolist() and torch.equal(sorted_[1], counted[1])
     assert counted[2].tolist() == [0] + ((counts + 7) // 8).cumsum(0).tolist() and torch.equal(sorted_[2], counted[2])
     assert counted[3] == sorted_[3] == (n + 7) // 8 + elements
+    for block in (1, 8, 64):  # a grouping formed once (a model's) gives every launch the same blocks
+        given = launch.element_blocks(species, elements, block, launch.element_grouping(species, elements))
+        own = launch.element_blocks(species, elements, block)
+        assert all(torch.equal(x, y) for x, y in zip(given[:3], own[:3])) and given[3] == own[3]
+    assert torch.equal(launch.element_blocks(species, elements, 1)[2], counted[1])  # blocks of one node: node_ptr
+    with pytest.raises(ValueError, match=f"{n + elements + 1} entries"):  # a grouping of another batch
+        launch.element_blocks(species, elements, 8, launch.element_grouping(species, elements + 1))
 
 
 def test_opcheck(interpret):
     """The operator's registration: schema, fake (shape and dtype) against the real result."""
     a, species, index, h, _ = _inputs(5, 3, 4, 2, 3, 4)
-    torch.library.opcheck(torch.ops.lpmace.table_gradient.default, (a, species, index, h, 3),
-                          test_utils=("test_schema", "test_faketensor"))
+    for grouping in (species.new_zeros(0), launch.element_grouping(species, 3)):  # formed inside, or passed in
+        torch.library.opcheck(torch.ops.lpmace.table_gradient.default, (a, species, index, h, 3, grouping),
+                              test_utils=("test_schema", "test_faketensor"))

@@ -44,19 +44,20 @@ def pad_graph(graph: Graph, r_max: float, per_octave: int = 8) -> Graph:
     n_pad = bucket(n + 2, per_octave)
     pairs = (n_pad - n) // 2
     e_pad = bucket(e, per_octave) if e else 0
-    dev = graph.positions.device
-    j = torch.arange(pairs, device=dev)
-    a, b = n + 2 * j, n + 2 * j + 1
-    pos = torch.zeros(n_pad - n, 3, dtype=graph.positions.dtype, device=dev)
-    pos[2 * j, 2] = pos[2 * j + 1, 2] = 4.0 * r_max * j.to(pos.dtype)  # pairs far from each other too
-    pos[2 * j + 1, 0] = 2.0 * r_max  # (an odd atom left over has no edges)
-    extra = torch.arange(e_pad - e, device=dev) % pairs
+    dev, dtype = graph.positions.device, graph.positions.dtype
+    # dummy k: pair k // 2 at z = 4 r_max (k // 2) (pairs far from each other too), x = 2 r_max for the
+    # second of a pair (an odd atom left over has no edges). Elementwise only: an indexed assignment of
+    # a Python number would copy it from the host and wait for the device (a sync per training step).
+    k = torch.arange(n_pad - n, device=dev)
+    x = (2.0 * r_max) * (k % 2).to(dtype)
+    pos = torch.stack([x, torch.zeros_like(x), (4.0 * r_max) * torch.div(k, 2, rounding_mode="floor").to(dtype)], 1)
+    a = n + 2 * (torch.arange(e_pad - e, device=dev) % pairs)  # extra edges a -> a + 1, pairs in turn
     return Graph(
         positions=torch.cat([graph.positions, pos]),
         # a copy of the first atom's number (a known element), without a host sync
         numbers=torch.cat([graph.numbers, graph.numbers[:1].expand(n_pad - n) if n else
                            graph.numbers.new_ones(n_pad - n)]),
-        edge_index=torch.cat([graph.edge_index, torch.stack([a[extra], b[extra]])], dim=1),
+        edge_index=torch.cat([graph.edge_index, torch.stack([a, a + 1])], dim=1),
         unit_shifts=_pad_rows(graph.unit_shifts, e_pad - e),
         cell=torch.cat([graph.cell, torch.eye(3, dtype=graph.cell.dtype, device=dev)[None]]),
         pbc=_pad_rows(graph.pbc, 1, False),

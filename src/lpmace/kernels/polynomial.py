@@ -139,14 +139,14 @@ def _kernel(interpret: bool):
     return _KERNELS[interpret]
 
 
-def _triton(a, species, index, table, g, out_dtype):
+def _triton(a, species, index, table, g, out_dtype, grouping=None):
     require_interpreter(a.device)
     if polynomial_dot.supports(a, table, out_dtype):
-        return polynomial_dot.contraction_by_prefix(a, species, index, table, g)
-    return _triton_rows(a, species, index, table, g, out_dtype)
+        return polynomial_dot.contraction_by_prefix(a, species, index, table, g, grouping=grouping)
+    return _triton_rows(a, species, index, table, g, out_dtype, grouping)
 
 
-def _triton_rows(a, species, index, table, g, out_dtype):
+def _triton_rows(a, species, index, table, g, out_dtype, grouping=None):
     """The row-by-row kernel (float64 sums, and shapes `polynomial_dot` does not take)."""
     import triton.language as tl
 
@@ -164,7 +164,7 @@ def _triton_rows(a, species, index, table, g, out_dtype):
     block_n = 8
     block_r = max(1, min(16, 8192 // (block_n * block_o * block_c)))
     block_r = 1 << (block_r.bit_length() - 1)
-    order, node_ptr, block_ptr, programs = element_blocks(species, s, block_n)
+    order, node_ptr, block_ptr, programs = element_blocks(species, s, block_n, grouping)
     grid = (programs, (c + block_c - 1) // block_c)
     with launch_context(a.device):
         _kernel(interpret)[grid](
@@ -179,27 +179,28 @@ def _triton_rows(a, species, index, table, g, out_dtype):
 @torch.library.custom_op("lpmace::polynomial_contraction", mutates_args=())
 def _polynomial_contraction(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, table: torch.Tensor,
                             g: torch.Tensor, impl: str, acc: torch.dtype, d_gather: torch.Tensor,
-                            d_scatter: torch.Tensor) -> torch.Tensor:
-    # d_*: the MonomialTable's derivative entries for the backward (empty: made there), unused here
+                            d_scatter: torch.Tensor, grouping: torch.Tensor) -> torch.Tensor:
+    # d_*: the MonomialTable's derivative entries for the backward (empty: made there), unused here;
+    # grouping: `launch.element_grouping(species, S)` (empty: each launch sorts the nodes itself)
     if impl == "triton":
-        return _triton(a, species, index, table, g, acc)
+        return _triton(a, species, index, table, g, acc, grouping)
     with torch.no_grad():
         return polynomial_contraction_reference(a, species, index, table, g, acc)
 
 
 @_polynomial_contraction.register_fake
-def _(a, species, index, table, g, impl, acc, d_gather, d_scatter):
+def _(a, species, index, table, g, impl, acc, d_gather, d_scatter, grouping):
     return a.new_empty(a.shape[0], a.shape[1], table.shape[3], dtype=acc)
 
 
 def _setup_context(ctx, inputs, output):
-    a, species, index, table, g, impl, acc, d_gather, d_scatter = inputs
-    ctx.save_for_backward(a, species, index, table, g, d_gather, d_scatter)
+    a, species, index, table, g, impl, acc, d_gather, d_scatter, grouping = inputs
+    ctx.save_for_backward(a, species, index, table, g, grouping, d_gather, d_scatter)
     ctx.impl, ctx.acc = impl, acc
 
 
 def _backward(ctx, grad_out):
-    a, species, index, table, g, *entries = ctx.saved_tensors
+    a, species, index, table, g, grouping, *entries = ctx.saved_tensors
     n, c, d = a.shape
     s, _, r, o, q = table.shape
     grad_a = grad_table = grad_g = None
@@ -212,15 +213,16 @@ def _backward(ctx, grad_out):
         else:
             h = (grad_out[..., :, None] * g[..., None, :]).reshape(n, c, o * q)
             grad_a = _polynomial_contraction(a, species, index[: derivative.shape[2]], derivative, h, ctx.impl, ctx.acc,
-                                             *entries)
+                                             *entries, grouping)
             grad_a = grad_a.to(a.dtype)
     if ctx.needs_input_grad[4]:
         swapped = table.transpose(3, 4).contiguous()  # out index q, summed index o
-        grad_g = _polynomial_contraction(a, species, index, swapped, grad_out, ctx.impl, ctx.acc, *entries).to(g.dtype)
+        grad_g = _polynomial_contraction(a, species, index, swapped, grad_out, ctx.impl, ctx.acc, *entries,
+                                         grouping).to(g.dtype)
     if ctx.needs_input_grad[3]:  # Σ over each element's nodes (the kernel where autograd records nothing)
         h = (grad_out[..., :, None] * g.to(grad_out.dtype)[..., None, :]).reshape(n, c, o * q)
-        grad_table = table_gradient(a, species, index, h, s, ctx.impl).reshape(s, c, r, o, q).to(table.dtype)
-    return grad_a, None, None, grad_table, grad_g, None, None, None, None
+        grad_table = table_gradient(a, species, index, h, s, ctx.impl, grouping).reshape(s, c, r, o, q).to(table.dtype)
+    return grad_a, None, None, grad_table, grad_g, None, None, None, None, None
 
 
 _polynomial_contraction.register_autograd(_backward, setup_context=_setup_context)
@@ -239,7 +241,8 @@ def flop_count(a_shape, species_shape, index_shape, table_shape, g_shape, impl, 
 
 def polynomial_contraction(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, table: torch.Tensor,
                            g: torch.Tensor | None = None, impl: str = "reference",
-                           acc: torch.dtype | None = None, derivative: tuple | None = None) -> torch.Tensor:
+                           acc: torch.dtype | None = None, derivative: tuple | None = None,
+                           grouping: torch.Tensor | None = None) -> torch.Tensor:
     """Equation (1) of this module, differentiable to any order in `a`, `table` and `g`.
 
     Args:
@@ -253,6 +256,9 @@ def polynomial_contraction(a: torch.Tensor, species: torch.Tensor, index: torch.
             in it; None: float64 when `a` or `table` is float64, else float32.
         derivative: `MonomialTable.derivative_tensors()` of `index`'s table on `a`'s device (a model's
             buffers: a traced graph then holds no constants), or None: the backward makes them.
+        grouping: `lpmace.kernels.launch.element_grouping(species, S)`, formed once for all the calls
+            of a model's forward and backward (the kernels walk nodes by element), or None: each
+            kernel launch sorts the nodes itself. The reference does not read it.
 
     Returns:
         [n, C, O] in `acc`.
@@ -266,7 +272,9 @@ def polynomial_contraction(a: torch.Tensor, species: torch.Tensor, index: torch.
         g = a.new_ones(a.shape[0], a.shape[1], table.shape[4], dtype=acc)
     if derivative is None:
         derivative = (index.new_zeros(0),) * 2
-    return _polynomial_contraction(a, species, index, table, g, impl, acc, *derivative)
+    if grouping is None:
+        grouping = species.new_zeros(0, dtype=torch.int64)
+    return _polynomial_contraction(a, species, index, table, g, impl, acc, *derivative, grouping)
 
 
 def _acc(acc, a: torch.Tensor, table: torch.Tensor) -> torch.dtype:

@@ -172,10 +172,11 @@ def _kernel(interpret: bool):
     return _KERNELS[interpret]
 
 
-def contraction_by_prefix(a, species, index, table, g, dot: int | None = None) -> torch.Tensor:
+def contraction_by_prefix(a, species, index, table, g, dot: int | None = None,
+                          grouping: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. (1) of lpmace.kernels.polynomial in fp32 (shapes as there; any whole-degree table, though
-    `supports` sends only short prefix loops here), by
-    prefix blocks. `dot` overrides the operand mode of DOT_DTYPES (tests)."""
+    `supports` sends only short prefix loops here), by prefix blocks. `dot` overrides the operand mode
+    of DOT_DTYPES (tests); `grouping` as `launch.element_blocks` takes it."""
     n, c, d = a.shape
     s, _, r, o, q = table.shape
     out = torch.empty(n, c, o, dtype=torch.float32, device=a.device)
@@ -188,7 +189,7 @@ def contraction_by_prefix(a, species, index, table, g, dot: int | None = None) -
     q_pad = next_power_of_2(q)
     block_o = max(1, min(next_power_of_2(o), MAX_COLUMNS // 2 // q_pad))
     block_o = max(block_o, 16 // q_pad)  # a product's N is at least 16
-    order, node_ptr, block_ptr, programs = element_blocks(species, s, BLOCK_N)
+    order, node_ptr, block_ptr, programs = element_blocks(species, s, BLOCK_N, grouping)
     grid = (programs, c, (o + block_o - 1) // block_o)
     interpret = a.device.type != "cuda"
     dot = DOT_DTYPES.get(a.dtype, 0) if dot is None else dot

@@ -89,7 +89,7 @@ def _kernel():
 
 
 def _triton(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, h: torch.Tensor,
-            elements: int) -> torch.Tensor:
+            elements: int, grouping: torch.Tensor | None = None) -> torch.Tensor:
     import triton.language as tl
 
     n, c, d = a.shape
@@ -101,7 +101,7 @@ def _triton(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, h: torc
     block_p = min(next_power_of_2(p), 16)
     block_c = min(max(next_power_of_2(c), 2), 32)
     block_r = max(1, min(64, 8192 // (block_p * block_c)))  # [R, P, C] sums: ~64 per thread of 4 warps
-    order, node_ptr, _, _ = element_blocks(species, elements, 1)
+    order, node_ptr, _, _ = element_blocks(species, elements, 1, grouping)
     programs = _cdiv(r, block_r) * _cdiv(p, block_p) * _cdiv(c, block_c) * elements
     chunks = max(1, min(_cdiv(PROGRAMS, programs), n // (elements * NODES)))
     parts = out if chunks == 1 else torch.empty(chunks, *out.shape, dtype=out.dtype, device=out.device)
@@ -119,21 +119,24 @@ def _cdiv(x: int, y: int) -> int:
 
 @torch.library.custom_op("lpmace::table_gradient", mutates_args=())
 def _table_gradient(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, h: torch.Tensor,
-                    elements: int) -> torch.Tensor:
-    return _triton(a, species, index, h, elements)
+                    elements: int, grouping: torch.Tensor) -> torch.Tensor:
+    return _triton(a, species, index, h, elements, grouping)
 
 
 @_table_gradient.register_fake
-def _(a, species, index, h, elements):
+def _(a, species, index, h, elements, grouping):
     return h.new_empty(elements, a.shape[1], index.shape[0], h.shape[2])
 
 
 def table_gradient(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, h: torch.Tensor, elements: int,
-                   impl: str = "reference") -> torch.Tensor:
+                   impl: str = "reference", grouping: torch.Tensor | None = None) -> torch.Tensor:
     """∂L/∂T [S, C, R, P] (h's dtype: float32 or float64) from A [n, C, D] (any float dtype, widened to
     h's), species [n] in [0, S), monomial rows index [R, ν] (padded with D) and h [n, C, P]. impl
     "triton" runs the kernel where autograd records nothing (see the module's docstring), else the
-    reference."""
+    reference. `grouping`: `launch.element_grouping(species, elements)` if the caller has it (the
+    kernel's order of the nodes; None or empty: formed here)."""
     if impl == "triton" and not torch.is_grad_enabled():
-        return _table_gradient(a, species, index, h, elements)
+        if grouping is None:
+            grouping = species.new_zeros(0, dtype=torch.int64)
+        return _table_gradient(a, species, index, h, elements, grouping)
     return table_gradient_reference(a, species, index, h, elements)

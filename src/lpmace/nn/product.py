@@ -83,13 +83,15 @@ class SymmetricContraction(ExactConstants):
                     torch.randn(num_elements, k, channels) / max(k, 1)
                 )
 
-    def forward(self, a: torch.Tensor, species: torch.Tensor, dtypes: BlockDtypes):
+    def forward(self, a: torch.Tensor, species: torch.Tensor, dtypes: BlockDtypes,
+                grouping: Optional[torch.Tensor] = None):
         """A and the weights are rounded to dtypes.operand; the polynomial and its sums run in
         dtypes.math, with tables in dtypes.table. Output in dtypes.math. Both implementations give the
-        same numbers up to summation order."""
+        same numbers up to summation order. `grouping`: the nodes in element order for the fused
+        path's kernels (`lpmace.kernels.launch.element_grouping`, formed once per model call), or None."""
         operand, math_dtype, table_dtype = dtypes.operand, dtypes.math, dtypes.table
         if self.implementation == "triton":
-            return self._fused(a, species, operand, math_dtype, table_dtype)
+            return self._fused(a, species, operand, math_dtype, table_dtype, grouping)
         a = a.to(operand).to(math_dtype)
         n, c, _ = a.shape
         out = []
@@ -134,14 +136,14 @@ class SymmetricContraction(ExactConstants):
             parts.append(part)
         return torch.cat(parts, dim=3).unsqueeze(4)
 
-    def _fused(self, a, species, operand, math_dtype, table_dtype):
+    def _fused(self, a, species, operand, math_dtype, table_dtype, grouping=None):
         weight_grads = not getattr(_FROZEN, "value", False)
         table = self.table(operand, math_dtype, table_dtype, weight_grads)
         a = a.to(operand) if math_dtype != torch.float64 else a.to(operand).to(math_dtype)
         index = self.fused_index[: table.shape[2]]  # a whole-degree prefix: the active orders' monomials
         derivative = (self.derivative_gather, self.derivative_scatter)
         return polynomial_contraction(a, species, index, table, None, impl="triton", acc=math_dtype,
-                                      derivative=derivative)
+                                      derivative=derivative, grouping=grouping)
 
 
 class Product(torch.nn.Module):
@@ -152,9 +154,11 @@ class Product(torch.nn.Module):
         self.contraction = SymmetricContraction(channels, lmax_in, lmax_out, correlation, num_elements)
         self.linear = EquivariantLinear([channels] * (lmax_out + 1), channels, lmax_out)
 
-    def forward(self, a, species, sc: Optional[torch.Tensor], policy: PrecisionPolicy):
-        """The linear runs in the policy's linear dtype; the skip sum in the accumulate dtype."""
-        b = self.contraction(a, species, policy.block("contraction"))
+    def forward(self, a, species, sc: Optional[torch.Tensor], policy: PrecisionPolicy,
+                grouping: Optional[torch.Tensor] = None):
+        """The linear runs in the policy's linear dtype; the skip sum in the accumulate dtype. `grouping`
+        as `SymmetricContraction.forward` takes it."""
+        b = self.contraction(a, species, policy.block("contraction"), grouping)
         h = self.linear(b, policy.linear)
         if sc is None:
             return h

@@ -73,8 +73,10 @@ class StepGraphs(ShapeGraphs):
     def _fixed(self) -> tuple:
         """What a recording fixes outside the batch: the optimizer's hyperparameters and the addresses
         of the weights, buffers and optimizer state."""
+        _, tables = self._modules()  # the model's modules, walked again only when one changed
+        weights = (t for table in tables for t in table.values() if t is not None)
         state = (v for st in self.optimizer.state.values() for v in st.values() if torch.is_tensor(v))
-        addresses = tuple(t.data_ptr() for t in itertools.chain(self.model.parameters(), self.model.buffers(), state))
+        addresses = tuple(t.data_ptr() for t in itertools.chain(weights, state))
         return self._hyperparameters(), addresses
 
     def _hyperparameters(self) -> tuple:
