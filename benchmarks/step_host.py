@@ -8,7 +8,7 @@ batch, the replay call, the wait for the GPU), sums the GPU's busy time (torch.p
 host functions that take the most CPU time (cProfile) and the kernels that take the most GPU time:
 
     python benchmarks/step_host.py --size medium --precisions bf16-mixed,fp32 --out DIR
-    python benchmarks/step_host.py --size medium --precisions bf16-mixed --set lpmace.kernels.launch.COUNTING_SORT=1048576
+    python benchmarks/step_host.py --size medium --precisions bf16-mixed --set lpmace.kernels.table_gradient.PROGRAMS=0
 
 ``--set MODULE.NAME=INT`` sets a module constant before anything runs (A/B of launch settings).
 """

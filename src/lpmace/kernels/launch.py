@@ -40,32 +40,15 @@ def launch_context(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-# Nodes × elements up to which `element_grouping` orders by counting (an [S, n] int64 cumulative sum, 8 MB
-# at 2^20); 0: always the argsort. Off: session 37 timed (c_mp, d_medium) a first form that summed an
-# [n, S] one-hot along n, which CUDA does with one thread per element walking the nodes one after another
-# (suspected of the W1 step's +2.6 ms there); this form sums along the inner dimension, not yet timed.
-COUNTING_SORT = 0
-
-
 def element_grouping(species: torch.Tensor, elements: int) -> torch.Tensor:
     """The nodes grouped by element, without a host sync: [n + S + 1] int64, the nodes in element order
     (a stable sort) followed by node_ptr (element s owns order[node_ptr[s]:node_ptr[s+1]]).
 
     A model forms it once per call (`lpmace.model.MACE.site_energies`) and hands it to every kernel that
     walks nodes by element (`element_blocks`): a training step's 14 launches then share one sort, where
-    each used to sort for itself (on an H200 a one-block radix sort of ~27 µs for a W1 batch).
-    Up to COUNTING_SORT nodes × elements the order comes from a counting sort (each node's rank among
-    its element's nodes: a cumulative sum of the one-hot species), past it from a stable argsort; both
-    give the same order (int64 species)."""
-    n = species.shape[0]
-    if 0 < n * elements <= COUNTING_SORT:
-        each = torch.arange(elements, device=species.device)[:, None] == species[None, :]  # [S, n] one-hot
-        ranks = each.cumsum(1)  # [S, n]: nodes of each element so far (a scan along the inner dimension)
-        node_ptr = torch.zeros(elements + 1, dtype=torch.int64, device=species.device)
-        torch.cumsum(ranks[:, -1], 0, out=node_ptr[1:])
-        place = node_ptr[species] + ranks.gather(0, species[None, :])[0] - 1
-        order = torch.empty_like(species).scatter_(0, place, torch.arange(n, device=species.device))
-        return torch.cat([order.to(torch.int64), node_ptr])
+    each used to sort for itself (on an H200 a one-block radix sort of ~27 µs for a W1 batch). (A
+    counting sort, a cumulative sum of the one-hot species, was slower on the H200 even once per call:
+    `medium` W1 step 8.13 against 7.57 ms, session 38.)"""
     order = torch.argsort(species, stable=True)
     # node_ptr[s] = nodes of element < s: searchsorted, traceable and without a data-dependent shape
     node_ptr = torch.searchsorted(torch.index_select(species, 0, order),
