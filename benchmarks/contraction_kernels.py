@@ -5,6 +5,7 @@ a training step makes (forward, ∂A, ∂G of ∂A, ∂²A), with their differen
     python benchmarks/contraction_kernels.py [--nodes 864] [--elements 4] [--present 4] [--out DIR]
     python benchmarks/contraction_kernels.py --sweep     # prefix kernel tile settings, forward and ∂A
     python benchmarks/contraction_kernels.py --once      # each kernel once per call (for ncu)
+    python benchmarks/contraction_kernels.py --table-gradient   # the ∂T kernel's calls, its settings swept
 
 Species follow 3BPA's composition (H 12, C 12, N 2, O 1 per molecule) over the present elements.
 
@@ -74,6 +75,41 @@ def _once_or_sweep(args, species, dim, gen) -> None:
                   f"bf16 {times[1]:.3f} ms", flush=True)
 
 
+# the table gradient's calls in a training step (lpmace.kernels.table_gradient): rows' degree and P = O·Q;
+# layer 1 (4 outputs) and the last layer (a scalar): the energy's table and the derivative's (∂A, D = 16 of O)
+TABLE_GRADIENT_CALLS = {"energy, 4 outputs": (3, 4), "energy, scalar": (3, 1), "∂A, 4 outputs": (2, 64),
+                        "∂A, scalar": (2, 16)}
+TABLE_GRADIENT_SETTINGS = [{}, {"PROGRAMS": 0}, {"PROGRAMS": 1024}, {"PROGRAMS": 16384}, {"NODES": 8},
+                           {"NODES": 16}, {"NODES": 64}, {"SUMS": 4096}, {"SUMS": 16384}, {"MAX_BLOCK_C": 16},
+                           {"MAX_BLOCK_C": 64}, {"NUM_WARPS": 2}, {"NUM_WARPS": 8}]
+
+
+def _table_gradient(args, species, dim, gen) -> None:
+    """Each ∂T call of a step (bf16-mixed: bf16 A, float32 h; and float32 A) under each setting of
+    TABLE_GRADIENT_SETTINGS (module constants of lpmace.kernels.table_gradient, one changed at a time)."""
+    from lpmace.kernels import table_gradient as module
+    from lpmace.kernels.launch import element_grouping
+
+    defaults = {name: getattr(module, name) for setting in TABLE_GRADIENT_SETTINGS for name in setting}
+    grouping = element_grouping(species, args.elements)
+    a = torch.randn(args.nodes, args.channels, dim, device="cuda", generator=gen)
+    print(f"# table gradient: {args.nodes} nodes, {args.channels} channels, {args.elements} elements "
+          f"({args.present} present), {torch.cuda.get_device_name()}; defaults {defaults}; ms, A bf16 / fp32")
+    for setting in TABLE_GRADIENT_SETTINGS:
+        for name, value in {**defaults, **setting}.items():
+            setattr(module, name, value)
+        line = []
+        for call, (degree, p) in TABLE_GRADIENT_CALLS.items():
+            index = monomial_table(dim, 3).index[: monomial_table(dim, 3).rows_up_to[degree]].cuda()
+            h = torch.randn(args.nodes, args.channels, p, device="cuda", generator=gen)
+            times = [_time(lambda: module._triton(x, species, index, h, args.elements, grouping), args.repeats)
+                     for x in (a.to(torch.bfloat16), a)]
+            line.append(f"{call} {times[0]:.3f} / {times[1]:.3f}")
+        print(f"{setting or 'defaults'}: " + "; ".join(line), flush=True)
+    for name, value in defaults.items():
+        setattr(module, name, value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=864)
@@ -84,6 +120,7 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path, default=None)
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--once", action="store_true")
+    parser.add_argument("--table-gradient", action="store_true", help="time the ∂T kernel's calls and settings")
     args = parser.parse_args()
     if not 1 <= args.present <= args.elements:
         parser.error(f"--present {args.present} must be between 1 and --elements ({args.elements})")
@@ -93,6 +130,8 @@ def main() -> None:
     dim = 16
     weights = torch.tensor([12.0, 12.0, 2.0, 1.0] + [1.0] * max(args.present - 4, 0))[: args.present]
     species = torch.multinomial(weights, args.nodes, replacement=True).cuda()
+    if args.table_gradient:
+        return _table_gradient(args, species, dim, gen)
     if args.once or args.sweep:
         return _once_or_sweep(args, species, dim, gen)
     a32 = torch.randn(args.nodes, args.channels, dim, device="cuda", generator=gen)

@@ -223,14 +223,15 @@ def test_a_training_recording_sees_moved_weights_and_optimizer_state_without_wal
     graphs = StepGraphs.__new__(StepGraphs)
     graphs.model, graphs.optimizer = model, optimizer
     keys = [graphs._fixed()]
+    weight = next(model.parameters())
 
-    def walked():
+    def walked(*args, **kwargs):
         raise AssertionError("the model's modules were walked again")
-    monkeypatch.setattr(model, "modules", walked)
+    # modules(), parameters() and buffers() all walk through named_modules()
+    monkeypatch.setattr(model, "named_modules", walked)
     assert graphs._fixed() == keys[0]
     optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # a rollback: new moment tensors
     keys.append(graphs._fixed())
-    weight = next(model.parameters())
     weight.data = weight.data.clone()  # a cast
     keys.append(graphs._fixed())
     optimizer.param_groups[0]["lr"] = 1e-4  # the plateau scheduler

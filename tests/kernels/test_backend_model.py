@@ -52,8 +52,9 @@ def test_triton_backend_matches_reference_with_gradients(monkeypatch, make_model
 
 
 def test_a_training_step_sorts_the_nodes_by_element_once(monkeypatch, make_model, small_graph):
-    """The fused contractions' 2 forward, 2 backward and 6 double-backward launches (∂A, ∂T) of a
-    two-layer model all walk the nodes in the one element order the model formed: no launch sorts."""
+    """The 14 launches of a two-layer model's training step that walk nodes by element (the contraction,
+    its ∂A in the force pass, and the double backward's calls, ∂T by the table-gradient kernel) all
+    take the one element order the model formed: no launch sorts."""
     import lpmace.model
     from lpmace.kernels import launch
 
@@ -64,10 +65,16 @@ def test_a_training_step_sorts_the_nodes_by_element_once(monkeypatch, make_model
         return lambda *args: calls.__setitem__(where, calls[where] + 1) or real(*args)
     monkeypatch.setattr(lpmace.model, "element_grouping", counted("model", lpmace.model.element_grouping))
     monkeypatch.setattr(launch, "element_grouping", counted("launch", launch.element_grouping))
+    given = []
+    blocks = launch.element_blocks
+    monkeypatch.setattr(launch, "element_blocks", lambda *args: given.append(args[3].numel()) or blocks(*args))
+    for module in ("polynomial", "polynomial_dot", "table_gradient"):  # where the kernels took it by name
+        monkeypatch.setattr(f"lpmace.kernels.{module}.element_blocks", launch.element_blocks)
     _run(make_model(torch.float64, correlation=(3, 2)), small_graph, "fp64", "triton")
     assert calls == {"model": 1, "launch": 0}
+    assert len(given) == 14 and all(given), given  # every launch, each with the model's grouping
     _run(make_model(torch.float64, correlation=(3, 2)), small_graph, "fp64", "reference")
-    assert calls == {"model": 1, "launch": 0}  # the reference neither forms nor reads one
+    assert calls == {"model": 1, "launch": 0} and len(given) == 14  # the reference neither forms nor reads one
 
 
 def test_triton_backend_matches_reference_in_fp64_on_a_float32_model(monkeypatch, make_model, small_graph):

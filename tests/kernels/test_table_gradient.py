@@ -64,6 +64,19 @@ def test_kernel_and_reference_equal_the_sum_over_nodes(interpret, shape):
     torch.testing.assert_close(reference, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("sums,max_c,warps", [(512, 8, 1), (2048, 2, 2), (100, 4, 4)])
+def test_other_tiles_give_the_same_sums(interpret, monkeypatch, sums, max_c, warps):
+    """The tile settings a benchmark sweeps (rows per program from SUMS, rounded down to a power of two;
+    channels per program; warps): the same sums over nodes, rows and channels past one tile."""
+    for name, value in (("SUMS", sums), ("MAX_BLOCK_C", max_c), ("NUM_WARPS", warps)):
+        monkeypatch.setattr(module, name, value)
+    for shape in (SHAPES[0], SHAPES[2], (7, 5, 4, 2, 3, 20)):
+        a, species, index, h, rows = _inputs(*shape)
+        with torch.no_grad():
+            got = table_gradient(a, species, index, h, shape[4], impl="triton")
+        torch.testing.assert_close(got, _plain(a, species, shape[3], rows, h, shape[4]), rtol=1e-12, atol=1e-12)
+
+
 def test_elements_in_any_order_and_an_element_without_nodes(interpret):
     """Species interleaved, sorted, all one element, one node of an element: each element's rows sum its own nodes;
     an element with no node gets zeros."""

@@ -42,7 +42,9 @@ def launch_context(device: torch.device):
 
 def element_grouping(species: torch.Tensor, elements: int) -> torch.Tensor:
     """The nodes grouped by element, without a host sync: [n + S + 1] int64, the nodes in element order
-    (a stable sort) followed by node_ptr (element s owns order[node_ptr[s]:node_ptr[s+1]]).
+    (a stable sort) followed by node_ptr (element s owns order[node_ptr[s]:node_ptr[s+1]]). `species`
+    must lie in [0, S) (the model's are checked when read): nodes outside it get no element, and the
+    kernels leave their rows unwritten.
 
     A model forms it once per call (`lpmace.model.MACE.site_energies`) and hands it to every kernel that
     walks nodes by element (`element_blocks`): a training step's 14 launches then share one sort, where

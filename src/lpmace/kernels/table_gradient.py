@@ -45,6 +45,11 @@ _KERNELS: dict = {}
 # are added afterwards, in a fixed order.
 PROGRAMS = 4096
 NODES = 32
+# A program's tile: up to MAX_BLOCK_C channels, 16 of p, and rows up to ~SUMS sums in all (64 per thread
+# of NUM_WARPS = 4 warps). Module constants: `benchmarks/contraction_kernels.py --table-gradient` sweeps them.
+SUMS = 8192
+MAX_BLOCK_C = 32
+NUM_WARPS = 4
 
 
 def _kernel():
@@ -94,23 +99,24 @@ def _triton(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, h: torc
 
     n, c, d = a.shape
     r, p = index.shape[0], h.shape[2]
-    out = torch.empty(elements, c, r, p, dtype=h.dtype, device=a.device)
-    if n == 0 or out.numel() == 0:
-        return out.zero_()
+    if n == 0 or elements * c * r * p == 0:
+        return h.new_zeros(elements, c, r, p)
     require_interpreter(a.device)
     block_p = min(next_power_of_2(p), 16)
-    block_c = min(max(next_power_of_2(c), 2), 32)
-    block_r = max(1, min(64, 8192 // (block_p * block_c)))  # [R, P, C] sums: ~64 per thread of 4 warps
+    block_c = min(max(next_power_of_2(c), 2), MAX_BLOCK_C)
+    block_r = max(1, min(64, SUMS // (block_p * block_c)))  # [R, P, C] sums of one program
+    block_r = 1 << (block_r.bit_length() - 1)
     order, node_ptr, _, _ = element_blocks(species, elements, 1, grouping)
     programs = _cdiv(r, block_r) * _cdiv(p, block_p) * _cdiv(c, block_c) * elements
     chunks = max(1, min(_cdiv(PROGRAMS, programs), n // (elements * NODES)))
-    parts = out if chunks == 1 else torch.empty(chunks, *out.shape, dtype=out.dtype, device=out.device)
+    parts = h.new_empty(chunks, elements, c, r, p)
     grid = (_cdiv(r, block_r) * _cdiv(p, block_p), _cdiv(c, block_c), elements * chunks)
     with launch_context(a.device):
         _kernel()[grid](a.contiguous(), order, node_ptr, index.to(torch.int32).contiguous(), h.contiguous(), parts,
                         c, d, r, p, elements, NU=index.shape[1], CHUNKS=chunks, BLOCK_R=block_r, BLOCK_P=block_p,
-                        BLOCK_C=block_c, ACC=tl.float64 if h.dtype == torch.float64 else tl.float32, num_warps=4)
-    return out if chunks == 1 else parts.sum(0)
+                        BLOCK_C=block_c, ACC=tl.float64 if h.dtype == torch.float64 else tl.float32,
+                        num_warps=NUM_WARPS)
+    return parts[0] if chunks == 1 else parts.sum(0)
 
 
 def _cdiv(x: int, y: int) -> int:
