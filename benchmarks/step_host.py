@@ -66,10 +66,18 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="MODULE.NAME=INT (a module constant)")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("this script times CUDA-graph training steps: no CUDA device here")
     for item in args.set:
-        name, value = item.split("=")
-        module, attr = name.rsplit(".", 1)
-        setattr(importlib.import_module(module), attr, int(value))
+        name, _, value = item.partition("=")
+        module, _, attr = name.rpartition(".")
+        try:
+            target = importlib.import_module(module) if module else None
+        except ImportError:
+            target = None
+        if target is None or not hasattr(target, attr) or not value.lstrip("-").isdigit():
+            parser.error(f"--set {item!r}: expected MODULE.NAME=INT naming an existing module constant")
+        setattr(target, attr, int(value))
     from lpmace.bench.engines import lpmace_engine
     from lpmace.train.cuda_graphs import StepGraphs
 

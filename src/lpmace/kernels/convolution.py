@@ -47,6 +47,7 @@ import torch
 from lpmace.errors import InputError
 from lpmace.kernels import convolution_triton as _triton
 from lpmace.kernels.convolution_triton import layout, sizes
+from lpmace.kernels.launch import segments
 
 __all__ = ["EdgeSegments", "conv_grads", "conv_message", "conv_tensor_product", "edge_segments", "layout"]
 
@@ -63,19 +64,10 @@ class EdgeSegments(NamedTuple):
     src_perm: torch.Tensor
 
 
-def _segments(index: torch.Tensor, num_nodes: int):
-    perm = torch.argsort(index, stable=True)
-    # ptr[n] = number of edges with index < n. searchsorted, not bincount: no host sync and no
-    # data-dependent shape, so the backend "compiled" can trace it and CUDA graphs can capture it.
-    nodes = torch.arange(num_nodes + 1, dtype=index.dtype, device=index.device)
-    ptr = torch.searchsorted(torch.index_select(index, 0, perm), nodes)
-    return ptr, perm
-
-
 def edge_segments(edge_index: torch.Tensor, num_nodes: int) -> EdgeSegments:
     """CSR groupings of edge_index [2, E] (row 0 senders, row 1 receivers) over num_nodes nodes."""
     src, dst = edge_index[0].contiguous(), edge_index[1].contiguous()  # the kernels read them with stride 1
-    return EdgeSegments(src, dst, *_segments(dst, num_nodes), *_segments(src, num_nodes))
+    return EdgeSegments(src, dst, *segments(dst, num_nodes), *segments(src, num_nodes))
 
 
 ACCUMULATE = (torch.float32, torch.float64)

@@ -40,6 +40,15 @@ def launch_context(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
+def segments(index: torch.Tensor, count: int) -> tuple:
+    """(ptr [count + 1], perm [n]): the entries of `index` (values in [0, count)) grouped by value, without
+    a host sync: perm sorts them (stable), and value v owns perm[ptr[v]:ptr[v+1]]. ptr[v] = entries with
+    value < v: searchsorted, not bincount, so no data-dependent shape (traceable, capturable)."""
+    perm = torch.argsort(index, stable=True)
+    values = torch.arange(count + 1, dtype=index.dtype, device=index.device)
+    return torch.searchsorted(torch.index_select(index, 0, perm), values), perm
+
+
 def element_grouping(species: torch.Tensor, elements: int) -> torch.Tensor:
     """The nodes grouped by element, without a host sync: [n + S + 1] int64, the nodes in element order
     (a stable sort) followed by node_ptr (element s owns order[node_ptr[s]:node_ptr[s+1]]). `species`
@@ -51,10 +60,7 @@ def element_grouping(species: torch.Tensor, elements: int) -> torch.Tensor:
     each used to sort for itself (on an H200 a one-block radix sort of ~27 µs for a W1 batch). (A
     counting sort, a cumulative sum of the one-hot species, was slower on the H200 even once per call:
     `medium` W1 step 8.13 against 7.57 ms, session 38.)"""
-    order = torch.argsort(species, stable=True)
-    # node_ptr[s] = nodes of element < s: searchsorted, traceable and without a data-dependent shape
-    node_ptr = torch.searchsorted(torch.index_select(species, 0, order),
-                                  torch.arange(elements + 1, dtype=species.dtype, device=species.device))
+    node_ptr, order = segments(species, elements)
     return torch.cat([order.to(torch.int64), node_ptr.to(torch.int64)])
 
 
