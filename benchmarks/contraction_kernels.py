@@ -6,6 +6,7 @@ a training step makes (forward, ∂A, ∂G of ∂A, ∂²A), with their differen
     python benchmarks/contraction_kernels.py --sweep     # prefix kernel tile settings, forward and ∂A
     python benchmarks/contraction_kernels.py --once      # each kernel once per call (for ncu)
     python benchmarks/contraction_kernels.py --table-gradient   # the ∂T kernel's calls, its settings swept
+    python benchmarks/contraction_kernels.py --old PATH  # also a previous polynomial_dot.py's prefix kernel
 
 Species follow 3BPA's composition (H 12, C 12, N 2, O 1 per molecule) over the present elements.
 
@@ -16,34 +17,61 @@ model). Prints a markdown table; writes contraction_kernels.json under --out.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import pathlib
 
 import torch
 
 from lpmace.kernels import polynomial, polynomial_dot
+from lpmace.kernels.launch import element_grouping
 from lpmace.kernels.monomials import monomial_table
 
-CALLS = {  # name: (degree of the table's rows, O, Q) for 16 components (max_ell 3)
+CALLS = {  # name: (degree of the table's rows, O, Q) for 16 components (max_ell 3): a training step's calls,
+    # layer 1 (4 outputs: L ≤ 1) and the last layer (a scalar); ∂A runs twice per layer (forces, then the energy's
+    # gradient in the loss's backward)
     "forward (L ≤ 1 out)": (3, 4, 1),
     "forward (scalar out)": (3, 1, 1),
     "∂A": (2, 16, 4),
+    "∂A (scalar out)": (2, 16, 1),
     "∂G of ∂A": (2, 4, 16),
+    "∂G of ∂A (scalar out)": (2, 1, 16),
     "∂²A": (1, 16, 64),
+    "∂²A (scalar out)": (1, 16, 16),
 }
 
 
-def _time(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
+def _time(fn, repeats: int, calls: int = 10) -> float:
+    """Median GPU time of one call (ms): `calls` calls recorded in one CUDA graph, replayed `repeats` times,
+    so that the host's launch time (Python, the launches' small torch ops) is not counted; a call that
+    cannot be recorded is timed back to back instead."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+        run = graph.replay
+    except RuntimeError:
+        graph = None
+
+        def run():
+            for _ in range(calls):
+                fn()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = []
     for _ in range(repeats):
         start.record()
-        fn()
+        run()
         end.record()
         torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / calls)
     return sorted(times)[len(times) // 2]
 
 
@@ -61,37 +89,47 @@ def _once_or_sweep(args, species, dim, gen) -> None:
         a, index, table, g = _inputs(args, dim, degree, o, q, gen)
         if args.once:
             for a_ in (a, a.to(torch.bfloat16)):
-                polynomial._triton_rows(a_, species, index, table, g, torch.float32)
-                polynomial_dot.contraction_by_prefix(a_, species, index, table, g)
+                polynomial._triton_rows(a_, species, index, table, g, torch.float32, args.grouping)
+                polynomial_dot.contraction_by_prefix(a_, species, index, table, g, grouping=args.grouping)
             torch.cuda.synchronize()
             continue
-        if name not in ("forward (L ≤ 1 out)", "∂A", "∂²A"):
+        timed = lambda fn: [_time(lambda: fn(x), args.repeats) for x in (a, a.to(torch.bfloat16))]  # noqa: E731
+        if name.startswith("forward"):  # the row kernel's tile (the forward's kernel)
+            kept = polynomial.ROWS_BLOCK_N, polynomial.ROWS_MAX_BLOCK_C, polynomial.ROWS_NUM_WARPS
+            for block_n, block_c, warps in ((8, 32, 4), (8, 16, 2), (8, 16, 1), (4, 16, 2), (16, 16, 2), (8, 8, 1),
+                                            (4, 8, 1), (16, 16, 4)):
+                polynomial.ROWS_BLOCK_N, polynomial.ROWS_MAX_BLOCK_C, polynomial.ROWS_NUM_WARPS = block_n, block_c, warps
+                times = timed(lambda x: polynomial._triton_rows(x, species, index, table, g, torch.float32, args.grouping))
+                print(f"{name}: row kernel BLOCK_N {block_n} BLOCK_C {block_c} warps {warps}: fp32 {times[0]:.3f} ms "
+                      f"bf16 {times[1]:.3f} ms", flush=True)
+            polynomial.ROWS_BLOCK_N, polynomial.ROWS_MAX_BLOCK_C, polynomial.ROWS_NUM_WARPS = kept
             continue
-        for block_n, warps, stages in ((64, 4, 1), (64, 4, 2), (64, 4, 3), (128, 4, 2), (128, 8, 2), (64, 8, 2)):
+        kept = polynomial_dot.BLOCK_N, polynomial_dot.NUM_WARPS, polynomial_dot.NUM_STAGES, polynomial_dot.UNROLL
+        for block_n, warps, stages, unroll in ((64, 4, 1, 1), (64, 4, 1, 2), (64, 4, 1, 4), (64, 4, 1, 8),
+                                               (64, 4, 2, 2), (128, 4, 1, 1), (128, 4, 1, 4), (64, 4, 3, 1)):
             polynomial_dot.BLOCK_N, polynomial_dot.NUM_WARPS, polynomial_dot.NUM_STAGES = block_n, warps, stages
-            times = [_time(lambda: polynomial_dot.contraction_by_prefix(x, species, index, table, g), args.repeats)
-                     for x in (a, a.to(torch.bfloat16))]
-            print(f"{name}: BLOCK_N {block_n} warps {warps} stages {stages}: fp32 {times[0]:.3f} ms "
+            polynomial_dot.UNROLL = unroll
+            times = timed(lambda x: polynomial_dot.contraction_by_prefix(x, species, index, table, g, grouping=args.grouping))
+            print(f"{name}: BLOCK_N {block_n} warps {warps} stages {stages} unroll {unroll}: fp32 {times[0]:.3f} ms "
                   f"bf16 {times[1]:.3f} ms", flush=True)
+        polynomial_dot.BLOCK_N, polynomial_dot.NUM_WARPS, polynomial_dot.NUM_STAGES, polynomial_dot.UNROLL = kept
 
 
 # the table gradient's calls in a training step (lpmace.kernels.table_gradient): rows' degree and P = O·Q;
 # layer 1 (4 outputs) and the last layer (a scalar): the energy's table and the derivative's (∂A, D = 16 of O)
 TABLE_GRADIENT_CALLS = {"energy, 4 outputs": (3, 4), "energy, scalar": (3, 1), "∂A, 4 outputs": (2, 64),
                         "∂A, scalar": (2, 16)}
-TABLE_GRADIENT_SETTINGS = [{}, {"PROGRAMS": 0}, {"PROGRAMS": 1024}, {"PROGRAMS": 16384}, {"NODES": 8},
-                           {"NODES": 16}, {"NODES": 64}, {"SUMS": 4096}, {"SUMS": 16384}, {"MAX_BLOCK_C": 16},
-                           {"MAX_BLOCK_C": 64}, {"NUM_WARPS": 2}, {"NUM_WARPS": 8}]
+TABLE_GRADIENT_SETTINGS = [{}, {"PROGRAMS": 0}, {"PROGRAMS": 1024}, {"NODES": 64}, {"SUMS": 4096}, {"SUMS": 16384},
+                           {"MAX_BLOCK_C": 32}, {"MAX_BLOCK_C": 8}, {"NUM_WARPS": 2}, {"NUM_WARPS": 2, "SUMS": 4096},
+                           {"NUM_WARPS": 2, "NODES": 64}, {"SUMS": 4096, "NODES": 64}]
 
 
 def _table_gradient(args, species, dim, gen) -> None:
     """Each ∂T call of a step (bf16-mixed: bf16 A, float32 h; and float32 A) under each setting of
     TABLE_GRADIENT_SETTINGS (module constants of lpmace.kernels.table_gradient, one changed at a time)."""
     from lpmace.kernels import table_gradient as module
-    from lpmace.kernels.launch import element_grouping
-
     defaults = {name: getattr(module, name) for setting in TABLE_GRADIENT_SETTINGS for name in setting}
-    grouping = element_grouping(species, args.elements)
+    grouping = args.grouping
     a = torch.randn(args.nodes, args.channels, dim, device="cuda", generator=gen)
     print(f"# table gradient: {args.nodes} nodes, {args.channels} channels, {args.elements} elements "
           f"({args.present} present), {torch.cuda.get_device_name()}; defaults {defaults}; ms, A bf16 / fp32")
@@ -110,6 +148,14 @@ def _table_gradient(args, species, dim, gen) -> None:
         setattr(module, name, value)
 
 
+def _module(path: pathlib.Path):
+    """A previous polynomial_dot.py, imported on its own (it imports lpmace's launch and monomials)."""
+    spec = importlib.util.spec_from_file_location("polynomial_dot_old", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=864)
@@ -121,6 +167,7 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--once", action="store_true")
     parser.add_argument("--table-gradient", action="store_true", help="time the ∂T kernel's calls and settings")
+    parser.add_argument("--old", type=pathlib.Path, help="a previous polynomial_dot.py: its prefix kernel timed beside")
     args = parser.parse_args()
     if not 1 <= args.present <= args.elements:
         parser.error(f"--present {args.present} must be between 1 and --elements ({args.elements})")
@@ -130,15 +177,20 @@ def main() -> None:
     dim = 16
     weights = torch.tensor([12.0, 12.0, 2.0, 1.0] + [1.0] * max(args.present - 4, 0))[: args.present]
     species = torch.multinomial(weights, args.nodes, replacement=True).cuda()
+    args.grouping = element_grouping(species, args.elements)  # once, as a model call forms it
     if args.table_gradient:
         return _table_gradient(args, species, dim, gen)
     if args.once or args.sweep:
         return _once_or_sweep(args, species, dim, gen)
     a32 = torch.randn(args.nodes, args.channels, dim, device="cuda", generator=gen)
+    old = _module(args.old) if args.old else None
+    if old:  # the same pipelining as the kernel of now
+        old.NUM_STAGES = polynomial_dot.NUM_STAGES
     rows = [f"# contraction kernels: {args.nodes} nodes, {args.channels} channels, {args.elements} elements "
             f"({args.present} present), {torch.cuda.get_device_name()}",
-            "", "| call | rows | O | Q | row kernel fp32 (ms) | prefix fp32 (ms) | prefix bf16 (ms) | "
-            "fp32 diff | bf16 diff |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "", "| call | rows | O | Q | row kernel fp32 (ms) | row kernel bf16 (ms) | prefix fp32 (ms) | prefix bf16 (ms) | "
+            "fp32 diff | bf16 diff |" + (" old prefix fp32 (ms) | old prefix bf16 (ms) |" if old else ""),
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if old else "")]
     results = []
     for name, (degree, o, q) in CALLS.items():
         table_rows = monomial_table(dim, 3).rows_up_to[degree]
@@ -146,22 +198,27 @@ def main() -> None:
         table = torch.randn(args.elements, args.channels, table_rows, o, q, device="cuda", generator=gen)
         g = torch.randn(args.nodes, args.channels, q, device="cuda", generator=gen)
         a16 = a32.to(torch.bfloat16)
-        reference = polynomial._triton_rows(a32, species, index, table, g, torch.float32)
-        reference16 = polynomial._triton_rows(a16, species, index, table, g, torch.float32)
-        fast32 = polynomial_dot.contraction_by_prefix(a32, species, index, table, g)
-        fast16 = polynomial_dot.contraction_by_prefix(a16, species, index, table, g)
+        reference = polynomial._triton_rows(a32, species, index, table, g, torch.float32, args.grouping)
+        reference16 = polynomial._triton_rows(a16, species, index, table, g, torch.float32, args.grouping)
+        fast32 = polynomial_dot.contraction_by_prefix(a32, species, index, table, g, grouping=args.grouping)
+        fast16 = polynomial_dot.contraction_by_prefix(a16, species, index, table, g, grouping=args.grouping)
         diff32 = ((fast32 - reference).norm() / reference.norm()).item()
         diff16 = ((fast16 - reference16).norm() / reference16.norm()).item()
-        t_rows = _time(lambda: polynomial._triton_rows(a32, species, index, table, g, torch.float32), args.repeats)
-        t32 = _time(lambda: polynomial_dot.contraction_by_prefix(a32, species, index, table, g), args.repeats)
-        t16 = _time(lambda: polynomial_dot.contraction_by_prefix(a16, species, index, table, g), args.repeats)
-        results.append(dict(call=name, rows=table_rows, o=o, q=q, row_kernel_fp32_ms=t_rows, prefix_fp32_ms=t32,
+        t_rows = _time(lambda: polynomial._triton_rows(a32, species, index, table, g, torch.float32, args.grouping), args.repeats)
+        t_rows16 = _time(lambda: polynomial._triton_rows(a16, species, index, table, g, torch.float32, args.grouping), args.repeats)
+        t32 = _time(lambda: polynomial_dot.contraction_by_prefix(a32, species, index, table, g, grouping=args.grouping), args.repeats)
+        t16 = _time(lambda: polynomial_dot.contraction_by_prefix(a16, species, index, table, g, grouping=args.grouping), args.repeats)
+        results.append(dict(call=name, rows=table_rows, o=o, q=q, row_kernel_fp32_ms=t_rows, row_kernel_bf16_ms=t_rows16, prefix_fp32_ms=t32,
                             prefix_bf16_ms=t16, diff_fp32=diff32, diff_bf16=diff16))
-        rows.append(f"| {name} | {table_rows} | {o} | {q} | {t_rows:.3f} | {t32:.3f} | {t16:.3f} | {diff32:.1e} | {diff16:.1e} |")
+        rows.append(f"| {name} | {table_rows} | {o} | {q} | {t_rows:.3f} | {t_rows16:.3f} | {t32:.3f} | {t16:.3f} | {diff32:.1e} | {diff16:.1e} |")
+        if old:
+            times = [_time(lambda: old.contraction_by_prefix(x, species, index, table, g, grouping=args.grouping), args.repeats) for x in (a32, a16)]
+            results[-1].update(old_prefix_fp32_ms=times[0], old_prefix_bf16_ms=times[1])
+            rows[-1] += f" {times[0]:.3f} | {times[1]:.3f} |"
     print("\n".join(rows))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "contraction_kernels.json").write_text(json.dumps(dict(args={k: str(v) for k, v in vars(args).items()},
+        (args.out / "contraction_kernels.json").write_text(json.dumps(dict(args={k: str(v) for k, v in vars(args).items() if k != "grouping"},
                                                                             results=results), indent=1))
 
 

@@ -185,6 +185,20 @@ def test_triton_blocks_of_same_element_nodes(interpret):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("block_n,max_c,warps", [(8, 32, 4), (4, 8, 1), (16, 16, 2)])
+def test_row_kernel_other_tiles_give_the_same_numbers(interpret, monkeypatch, block_n, max_c, warps):
+    """The row kernel's tile settings a benchmark sweeps (nodes and at most this many channels per program,
+    warps): channels and nodes past one tile, an element's nodes not a multiple of the block, q > 1."""
+    from lpmace.kernels import polynomial
+
+    for name, value in (("ROWS_BLOCK_N", block_n), ("ROWS_MAX_BLOCK_C", max_c), ("ROWS_NUM_WARPS", warps)):
+        monkeypatch.setattr(polynomial, name, value)
+    a, species, index, coefficients, g = _inputs(37, 20, 1, 2, 3, 4, 2)
+    with torch.no_grad():
+        got = polynomial_contraction(a, species, index, coefficients, g, impl="triton")
+    torch.testing.assert_close(got, _plain(a, species, coefficients, g), rtol=1e-12, atol=1e-12)
+
+
 def _check_rounded_operands(n, channels, lmax, degree, elements, outputs, q, dtype, device):
     a, species, index, coefficients, g = _inputs(n, channels, lmax, degree, elements, outputs, q, device=device)
     per_element = int(species.bincount().max())

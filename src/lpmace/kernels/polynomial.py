@@ -48,6 +48,13 @@ __all__ = ["IMPLEMENTATIONS", "monomial_values", "polynomial_contraction", "poly
            "triton_available"]
 
 IMPLEMENTATIONS = ("reference", "triton")
+# The row-by-row kernel's tile: nodes per program, at most this many channels per program, warps. H200, the
+# forward of a `medium` W1 step, 4 outputs (benchmarks/contraction_kernels.py --sweep, contraction_in_dot_h200_mp_2026-12-03):
+# 8 nodes, 32 channels, 4 warps 0.39 ms (448 programs for 132 SMs); 16 channels and 2 warps 0.25 ms (scalar output:
+# 0.21 / 0.22 ms).
+ROWS_BLOCK_N = 8
+ROWS_MAX_BLOCK_C = 16
+ROWS_NUM_WARPS = 2
 
 
 def monomial_values(a: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -160,8 +167,8 @@ def _triton_rows(a, species, index, table, g, out_dtype, grouping=None):
     interpret = a.device.type != "cuda"
     require_interpreter(a.device)
     block_o = max(_next_power_of_2(o), 2)
-    block_c = min(max(_next_power_of_2(c), 2), 32)
-    block_n = 8
+    block_c = min(max(_next_power_of_2(c), 2), ROWS_MAX_BLOCK_C)
+    block_n = ROWS_BLOCK_N
     block_r = max(1, min(16, 8192 // (block_n * block_o * block_c)))
     block_r = 1 << (block_r.bit_length() - 1)
     order, node_ptr, block_ptr, programs = element_blocks(species, s, block_n, grouping)
@@ -170,7 +177,8 @@ def _triton_rows(a, species, index, table, g, out_dtype, grouping=None):
         _kernel(interpret)[grid](
             a.contiguous(), order, node_ptr, block_ptr, index.to(torch.int32).contiguous(), table.contiguous(),
             g.contiguous(), out, c, d, o, S=s, R=r, Q=q, NU=index.shape[1], BLOCK_N=block_n, BLOCK_R=block_r,
-            BLOCK_O=block_o, BLOCK_C=block_c, ACC=tl.float64 if out_dtype == torch.float64 else tl.float32)
+            BLOCK_O=block_o, BLOCK_C=block_c, ACC=tl.float64 if out_dtype == torch.float64 else tl.float32,
+            num_warps=ROWS_NUM_WARPS)
     return out
 
 
