@@ -119,33 +119,46 @@ def _once_or_sweep(args, species, dim, gen) -> None:
 # layer 1 (4 outputs) and the last layer (a scalar): the energy's table and the derivative's (∂A, D = 16 of O)
 TABLE_GRADIENT_CALLS = {"energy, 4 outputs": (3, 4), "energy, scalar": (3, 1), "∂A, 4 outputs": (2, 64),
                         "∂A, scalar": (2, 16)}
-TABLE_GRADIENT_SETTINGS = [{}, {"PROGRAMS": 0}, {"PROGRAMS": 1024}, {"NODES": 64}, {"SUMS": 4096}, {"SUMS": 16384},
-                           {"MAX_BLOCK_C": 32}, {"MAX_BLOCK_C": 8}, {"NUM_WARPS": 2}, {"NUM_WARPS": 2, "SUMS": 4096},
-                           {"NUM_WARPS": 2, "NODES": 64}, {"SUMS": 4096, "NODES": 64}]
+TABLE_GRADIENT_SETTINGS = [{}, {"PROGRAMS": 1024}, {"NODES": 64}, {"NUM_WARPS": 2}, {"SUMS": 8192},
+                           {"BY_PREFIX": 1}, {"BY_PREFIX": 1, "dot.ROWS": 64}, {"BY_PREFIX": 1, "dot.ROWS": 256},
+                           {"BY_PREFIX": 1, "dot.BLOCK_K": 16}, {"BY_PREFIX": 1, "dot.BLOCK_K": 64},
+                           {"BY_PREFIX": 1, "dot.NUM_WARPS": 8}, {"BY_PREFIX": 1, "dot.ROWS": 256, "dot.NUM_WARPS": 8}]
 
 
 def _table_gradient(args, species, dim, gen) -> None:
     """Each ∂T call of a step (bf16-mixed: bf16 A, float32 h; and float32 A) under each setting of
-    TABLE_GRADIENT_SETTINGS (module constants of lpmace.kernels.table_gradient, one changed at a time)."""
+    TABLE_GRADIENT_SETTINGS (module constants of lpmace.kernels.table_gradient; "dot.NAME": of
+    lpmace.kernels.table_gradient_dot, the products by prefix that BY_PREFIX turns on), with the
+    norm-relative difference from the row-by-row kernel's sums (bf16 A)."""
     from lpmace.kernels import table_gradient as module
-    defaults = {name: getattr(module, name) for setting in TABLE_GRADIENT_SETTINGS for name in setting}
+    from lpmace.kernels import table_gradient_dot
+
+    def place(name):  # (module, constant) of a setting's key
+        return (table_gradient_dot, name[4:]) if name.startswith("dot.") else (module, name)
+
+    defaults = {name: getattr(*place(name)) for setting in TABLE_GRADIENT_SETTINGS for name in setting}
     grouping = args.grouping
     a = torch.randn(args.nodes, args.channels, dim, device="cuda", generator=gen)
     print(f"# table gradient: {args.nodes} nodes, {args.channels} channels, {args.elements} elements "
           f"({args.present} present), {torch.cuda.get_device_name()}; defaults {defaults}; ms, A bf16 / fp32")
+    inputs = {}
+    for call, (degree, p) in TABLE_GRADIENT_CALLS.items():
+        index = monomial_table(dim, 3).index[: monomial_table(dim, 3).rows_up_to[degree]].cuda()
+        h = torch.randn(args.nodes, args.channels, p, device="cuda", generator=gen)
+        inputs[call] = index, h, module._triton(a.to(torch.bfloat16), species, index, h, args.elements, grouping)
     for setting in TABLE_GRADIENT_SETTINGS:
         for name, value in {**defaults, **setting}.items():
-            setattr(module, name, value)
+            setattr(*place(name), value)
         line = []
-        for call, (degree, p) in TABLE_GRADIENT_CALLS.items():
-            index = monomial_table(dim, 3).index[: monomial_table(dim, 3).rows_up_to[degree]].cuda()
-            h = torch.randn(args.nodes, args.channels, p, device="cuda", generator=gen)
+        for call, (index, h, reference) in inputs.items():
+            got = module._triton(a.to(torch.bfloat16), species, index, h, args.elements, grouping)
+            diff = ((got - reference).norm() / reference.norm()).item()
             times = [_time(lambda: module._triton(x, species, index, h, args.elements, grouping), args.repeats)
                      for x in (a.to(torch.bfloat16), a)]
-            line.append(f"{call} {times[0]:.3f} / {times[1]:.3f}")
+            line.append(f"{call} {times[0]:.3f} / {times[1]:.3f} (bf16 diff {diff:.1e})")
         print(f"{setting or 'defaults'}: " + "; ".join(line), flush=True)
     for name, value in defaults.items():
-        setattr(module, name, value)
+        setattr(*place(name), value)
 
 
 def _module(path: pathlib.Path):

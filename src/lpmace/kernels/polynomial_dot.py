@@ -13,12 +13,13 @@ of its ν factors):
 
 - bf16 features: products on tensor cores. U_p, a product of at most three bf16 numbers, is exact in
   fp32, and goes in as two bf16 terms U = U_hi + U_lo (exact for the prefixes of degree ≤ 1 this kernel
-  takes: 16 significant bits; a residual ≤ 2⁻¹⁸|U| for longer ones); the fp32 table goes in as
-  T = T_hi + T_lo (residual ≤ 2⁻¹⁸|T|). Three products U_hi·T_hi + U_hi·T_lo + U_lo·T_hi, each exact in
-  fp32 (the dropped U_lo·T_lo ≤ 2⁻¹⁸|U·T|), so every term is within 2⁻¹⁷ of its value in fp32 arithmetic,
-  next to the 2⁻⁹ of the bf16 features themselves, and the table is never rounded to 16 bits (DESIGN
-  rule 2). With one prefix (m = 1) U = X is exact in bf16 and the third product is skipped. fp32
-  features given to a 16-bit mode (tests) are split the same way (U rounded to fp32 first);
+  takes: 16 significant bits; bf16 rounds to 8, a relative 2⁻⁸, so a residual ≤ 2⁻¹⁶|U| for longer
+  ones); the fp32 table goes in as T = T_hi + T_lo (residual ≤ 2⁻¹⁶|T|). Three products U_hi·T_hi +
+  U_hi·T_lo + U_lo·T_hi, each exact in fp32 (the dropped U_lo·T_lo ≤ 2⁻¹⁶|U·T|), so every term is within
+  2⁻¹⁵ of its value in fp32 arithmetic, next to the 2⁻⁸ of the bf16 features themselves, and the table
+  is never rounded to 16 bits (DESIGN rule 2). With one prefix (m = 1) U = X is exact in bf16 and the
+  third product is skipped. fp32 features given to a 16-bit mode (tests) are split the same way (U
+  rounded to fp32 first);
 - fp32 (and fp16) features: fp32 products on the CUDA cores (`input_precision="ieee"`: no TF32).
 
 The epilogue sums over q with G in fp32 and writes each output once. Padding (j ≥ D, prefixes past the

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from lpmace.kernels import table_gradient_dot
 from lpmace.kernels.launch import element_blocks, launch_context, next_power_of_2, require_interpreter
 
 __all__ = ["table_gradient", "table_gradient_reference"]
@@ -52,6 +53,10 @@ NODES = 32
 SUMS = 4096
 MAX_BLOCK_C = 16
 NUM_WARPS = 4
+# 1: float32 sums go to `table_gradient_dot` (the same sums as products U @ X by prefix, on tensor cores for
+# bf16 features) where it takes them. Prepared in session 39 and tested against the reference on the CPU;
+# not yet timed on a GPU, so off.
+BY_PREFIX = 0
 
 
 def _kernel():
@@ -104,6 +109,8 @@ def _triton(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, h: torc
     if n == 0 or elements * c * r * p == 0:
         return h.new_zeros(elements, c, r, p)
     require_interpreter(a.device)
+    if BY_PREFIX and table_gradient_dot.supports(a, index, h):
+        return table_gradient_dot.table_gradient_by_prefix(a, species, index, h, elements, grouping)
     block_p = min(next_power_of_2(p), 16)
     block_c = min(max(next_power_of_2(c), 2), MAX_BLOCK_C)
     block_r = max(1, min(64, SUMS // (block_p * block_c)))  # [R, P, C] sums of one program
