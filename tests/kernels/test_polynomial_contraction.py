@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 import torch
-from tolerances import check_low_precision_kernel
+from tolerances import check_low_precision_kernel, unit_roundoff
 
 from lpmace.errors import InputError
 from lpmace.backends import resolve as resolve_backend
@@ -185,10 +185,11 @@ def test_triton_blocks_of_same_element_nodes(interpret):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("block_n,max_c,warps", [(8, 32, 4), (4, 8, 1), (16, 16, 2)])
+@pytest.mark.parametrize("block_n,max_c,warps", [(8, 16, 2), (8, 32, 4), (4, 8, 1), (16, 16, 2)])
 def test_row_kernel_other_tiles_give_the_same_numbers(interpret, monkeypatch, block_n, max_c, warps):
     """The row kernel's tile settings a benchmark sweeps (nodes and at most this many channels per program,
-    warps): channels and nodes past one tile, an element's nodes not a multiple of the block, q > 1."""
+    warps, which the interpreter ignores): channels and nodes past one tile, an element's nodes not a multiple
+    of the block, q > 1."""
     from lpmace.kernels import polynomial
 
     for name, value in (("ROWS_BLOCK_N", block_n), ("ROWS_MAX_BLOCK_C", max_c), ("ROWS_NUM_WARPS", warps)):
@@ -360,16 +361,19 @@ def test_prefix_kernel_fp32_forward_and_two_derivatives(interpret, monkeypatch, 
     assert len(calls) >= 3  # forward, ∂A and the second derivative's calls all went to this kernel
 
 
-@pytest.mark.parametrize("dot,unit", [(1, 2.0 ** -8), (2, 2.0 ** -11)])  # unit roundoff: bf16 (emulated here), fp16
-@pytest.mark.parametrize("shape", [(70, 3, 1, 3, 2, 4, 1), (9, 2, 1, 2, 2, 16, 4), (9, 2, 1, 1, 2, 16, 64),
-                                   (5, 2, 3, 3, 3, 1, 1)])
-def test_prefix_kernel_16bit_products_within_their_rounding_bound(interpret, dot, unit, shape):
+SPLIT_SHAPES = [(70, 3, 1, 3, 2, 4, 1), (9, 2, 1, 2, 2, 16, 4), (9, 2, 1, 1, 2, 16, 64), (5, 2, 3, 3, 3, 1, 1)]
+
+
+@pytest.mark.parametrize("dot,dtype", [(1, torch.bfloat16), (2, torch.float16)])  # bf16 emulated here
+@pytest.mark.parametrize("shape", SPLIT_SHAPES)
+def test_prefix_kernel_16bit_products_within_their_rounding_bound(interpret, dot, dtype, shape):
     """16-bit products: the fp32 features X and each table entry T as two 16-bit terms (residual ≤
     unit² relative), three products X_hi·T_hi + X_hi·T_lo + X_lo·T_hi (the dropped X_lo·T_lo ≤ unit²),
     sums in float32. Every output is within that bound of the float64 formula, scaled by the sum of
-    absolute terms (the same formula on |A|, |T|, |G|)."""
+    absolute terms (the same formula on |A|, |T|, |G|); unit: the 16-bit type's unit roundoff."""
     from lpmace.kernels import polynomial_dot
 
+    unit = unit_roundoff(dtype)
     species, index, low, wide = _fp32_inputs(shape)
     got = polynomial_dot.contraction_by_prefix(*(x.detach() for x in low[:1]), species, index,
                                                *(x.detach() for x in low[1:]), dot=dot).double()
@@ -380,25 +384,47 @@ def test_prefix_kernel_16bit_products_within_their_rounding_bound(interpret, dot
                                                                      low[2].detach(), dot=0).double())
 
 
+@pytest.mark.parametrize("shape", SPLIT_SHAPES)
+def test_prefix_kernel_bf16_features_within_their_rounding_bound(interpret, shape):
+    """bf16 features (as bf16-mixed hands them; several prefixes and, for the degree-1 table, one): X exact,
+    the table as two bf16 terms, two products; within the same bound of the formula on the same numbers."""
+    from lpmace.kernels import polynomial_dot
+
+    species, index, low, wide = _fp32_inputs(shape)
+    a16 = low[0].detach().to(torch.bfloat16)
+    got = polynomial_dot.contraction_by_prefix(a16, species, index, low[1].detach(), low[2].detach()).double()
+    a, t, g = a16.double(), wide[1].detach(), wide[2].detach()
+    exact, scale = _plain(a, species, t, g), _plain(a.abs(), species, t.abs(), g.abs())
+    assert ((got - exact).abs() <= _split_bound(unit_roundoff(torch.bfloat16), index, t) * scale + 1e-30).all()
+
+
 def _split_bound(unit, index, table):
     """Relative (to Σ|terms|) error bound of the split products and the float32 sums of one output."""
     return 3 * unit ** 2 * (1 + 4 * unit) + (index.shape[0] + index.shape[1] + table.shape[-1] + 2) * 2.0 ** -24
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dot,unit", [(1, 2.0 ** -8), (2, 2.0 ** -11)])
-def test_prefix_kernel_16bit_products_within_their_rounding_bound_on_the_gpu(dot, unit):
+@pytest.mark.parametrize("dot,dtype", [(1, torch.bfloat16), (2, torch.float16)])
+def test_prefix_kernel_16bit_products_within_their_rounding_bound_on_the_gpu(dot, dtype):
     """The same bound with the GPU's tensor-core products, at a medium model's size (16 components,
-    969 monomials, 4 outputs) and at its derivative's (153 rows, 16 outputs, q = 4)."""
+    969 monomials, 4 outputs), at its derivative's (153 rows, 16 outputs, q = 4) and its second
+    derivative's (17 rows: one prefix); fp32 features split, and (bf16) bf16 features as the model hands them."""
     from lpmace.kernels import polynomial_dot
 
-    for shape in ((700, 16, 3, 3, 4, 4, 1), (700, 16, 3, 2, 4, 16, 4)):
+    unit = unit_roundoff(dtype)
+    for shape in ((700, 16, 3, 3, 4, 4, 1), (700, 16, 3, 2, 4, 16, 4), (700, 16, 3, 1, 4, 16, 64)):
         species, index, low, wide = _fp32_inputs(shape)
         a, t, g = (x.detach() for x in wide)
         got = polynomial_dot.contraction_by_prefix(*(x.detach().cuda() for x in low[:1]), species.cuda(), index.cuda(),
                                                    *(x.detach().cuda() for x in low[1:]), dot=dot).double().cpu()
         exact, scale = _plain(a, species, t, g), _plain(a.abs(), species, t.abs(), g.abs())
         assert ((got - exact).abs() <= _split_bound(unit, index, t) * scale + 1e-30).all()
+        if dtype == torch.bfloat16:
+            a16 = low[0].detach().to(torch.bfloat16)
+            got = polynomial_dot.contraction_by_prefix(a16.cuda(), species.cuda(), index.cuda(), low[1].detach().cuda(),
+                                                       low[2].detach().cuda()).double().cpu()
+            exact, scale = _plain(a16.double(), species, t, g), _plain(a16.double().abs(), species, t.abs(), g.abs())
+            assert ((got - exact).abs() <= _split_bound(unit, index, t) * scale + 1e-30).all()
 
 
 def test_prefix_kernel_takes_the_short_prefix_loops_with_float32_sums(monkeypatch):

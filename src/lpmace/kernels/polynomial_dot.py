@@ -6,21 +6,20 @@ its largest variable j. So for one node and channel
     Σ_r m_r(A) T[r, n] = T[1, n] + Σ_p m_p(A) Σ_j A_j T[p·j, n]      (T[p·j] := 0 unless j ≥ max(p))
 
 and for a block of 64 same-element nodes of one channel that is, per prefix p, one small matrix product
-U_p @ T_p with U_p = m_p X ([nodes, D] @ [D, (o, q)]: X the nodes' features, m_p [nodes] the prefix values,
-T_p the table rows of p·j), accumulated by the product itself (acc = U_p @ T_p + acc: one chain of
-products, nothing scaled after each). No monomial is formed per row (the row-by-row kernel gathers each
-of its ν factors):
+of the features X [nodes, D] with the table rows of p·j, T_p [D, (o, q)]. No monomial is formed per row
+(the row-by-row kernel gathers each of its ν factors):
 
-- bf16 features: products on tensor cores. U_p, a product of at most three bf16 numbers, is exact in
-  fp32, and goes in as two bf16 terms U = U_hi + U_lo (exact for the prefixes of degree ≤ 1 this kernel
-  takes: 16 significant bits; bf16 rounds to 8, a relative 2⁻⁸, so a residual ≤ 2⁻¹⁶|U| for longer
-  ones); the fp32 table goes in as T = T_hi + T_lo (residual ≤ 2⁻¹⁶|T|). Three products U_hi·T_hi +
-  U_hi·T_lo + U_lo·T_hi, each exact in fp32 (the dropped U_lo·T_lo ≤ 2⁻¹⁶|U·T|), so every term is within
-  2⁻¹⁵ of its value in fp32 arithmetic, next to the 2⁻⁸ of the bf16 features themselves, and the table
-  is never rounded to 16 bits (DESIGN rule 2). With one prefix (m = 1) U = X is exact in bf16 and the
-  third product is skipped. fp32 features given to a 16-bit mode (tests) are split the same way (U
-  rounded to fp32 first);
-- fp32 (and fp16) features: fp32 products on the CUDA cores (`input_precision="ieee"`: no TF32).
+- bf16 features: products on tensor cores, Y_p = X @ T_p scaled by the prefix values m_p [nodes] and
+  summed into the accumulator. X is exact in bf16; the fp32 table goes in as two bf16 terms
+  T = T_hi + T_lo (X·T_hi + X·T_lo, each exact in fp32; bf16 rounds to 8 significant bits, a relative
+  2⁻⁸, so the residual is ≤ 2⁻¹⁶|T|): every term is within 2⁻¹⁶ of its value in fp32 arithmetic, next to
+  the 2⁻⁸ of the bf16 features themselves, and the table is never rounded to 16 bits (DESIGN rule 2).
+  fp32 features given to a 16-bit mode (tests) are split the same way, with a third product X_lo·T_hi
+  (within 3·2⁻¹⁶);
+- fp32 (and fp16) features: fp32 products on the CUDA cores (`input_precision="ieee"`: no TF32) of
+  U_p = m_p X with T_p, accumulated inside the product (acc = U_p @ T_p + acc). For bf16 features that
+  form was slower on the H200 and less exact (U_p = m_p X is not one bf16 number: a split of U and a
+  dropped U_lo·T_lo), so they keep the product-then-scale form (session 39).
 
 The epilogue sums over q with G in fp32 and writes each output once. Padding (j ≥ D, prefixes past the
 last, o and q past their counts) is masked to zero. Float64 stays with the row-by-row kernel.
@@ -47,13 +46,15 @@ MAX_PREFIXES = 32  # longer prefix loops go to the row-by-row kernel (see `suppo
 # (the row kernel one per 32): on CPU tensors the operator takes the row kernel unless this is set
 # (the tests of this kernel set it).
 ON_CPU = False
-# Tile: H200, the six prefix-kernel calls of a `medium` W1 step (benchmarks/contraction_kernels.py --sweep,
-# contraction_in_dot_h200_mp_2026-12-03, call C): no software pipelining (∂A, 4 outputs: 0.33 → 0.19 ms bf16 at 3
-# stages → 1) and the prefix loop unrolled by 2 (0.18 ms; 4 and 8 the same); 128 nodes per program was faster
-# for bf16 (0.15 ms) and no faster for fp32 (0.24; 0.61 unrolled by 4).
+# Tile: H200, the six prefix-kernel calls of a `medium` W1 step (benchmarks/contraction_kernels.py --old, --sweep,
+# contraction_in_dot_h200_mp_2026-12-03, calls B and C): no software pipelining (∂A, 4 outputs, bf16 features:
+# 0.311 ms at 3 stages, 0.170 at 1; fp32 features, accumulating inside the product: 0.290 → 0.236); 128 nodes
+# per program was faster for bf16 features in the accumulate-inside form (0.154 against 0.203 ms) and no faster
+# for fp32; the prefix loop unrolled by 2 gained 0.015 ms on fp32, by 4–8 lost up to 0.034 (UNROLL; the
+# product-then-scale form was timed at 1 only).
 NUM_WARPS = 4
 NUM_STAGES = 1
-UNROLL = 2  # the prefix loop's unroll factor (tl.range's loop_unroll_factor)
+UNROLL = 1  # the prefix loop's unroll factor (tl.range's loop_unroll_factor)
 
 
 def supports(a: torch.Tensor, table: torch.Tensor, acc: torch.dtype) -> bool:
@@ -111,7 +112,7 @@ def _kernel(interpret: bool):
         def contraction_by_prefix(a_ptr, order_ptr, node_ptr, block_ptr, index_ptr, rows_ptr, table_ptr, g_ptr,
                                   out_ptr, C, D, R, O, Q, S: tl.constexpr, P: tl.constexpr, NU: tl.constexpr,
                                   DP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, QP: tl.constexpr,
-                                  DOT: tl.constexpr, SPLIT_U: tl.constexpr, UNROLL: tl.constexpr):
+                                  DOT: tl.constexpr, SPLIT_X: tl.constexpr, UNROLL: tl.constexpr):
             p_id = tl.program_id(0)
             s = 0
             for z in tl.static_range(S):  # this program's element: the number of elements it is past
@@ -129,6 +130,14 @@ def _kernel(interpret: bool):
             j = tl.arange(0, DP)
             x = tl.load(a_ptr + base[:, None] * D + j[None, :], mask=n_ok[:, None] & (j < D)[None, :],
                         other=0.0).to(tl.float32)  # [BLOCK_N, DP]
+            if DOT == 3:  # bf16 rounding to nearest even by hand: the interpreter's cast truncates
+                bits = x.to(tl.uint32, bitcast=True)
+                x_hi = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+                bits = (x - x_hi).to(tl.uint32, bitcast=True)
+                x_lo = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+            elif DOT != 0:
+                x_hi = x.to(tl.bfloat16 if DOT == 1 else tl.float16)
+                x_lo = (x - x_hi.to(tl.float32)).to(tl.bfloat16 if DOT == 1 else tl.float16)
             col = tl.arange(0, BLOCK_O * QP)
             o = tl.program_id(2) * BLOCK_O + col // QP
             q = col % QP
@@ -145,31 +154,26 @@ def _kernel(interpret: bool):
                 row = tl.load(rows_ptr + p * DP + j)
                 t = tl.load(table_ptr + (slice_ + row[:, None]) * O * Q + (o * Q + q)[None, :],
                             mask=(row >= 0)[:, None] & col_ok[None, :], other=0.0).to(tl.float32)  # [DP, cols]
-                u = x * m[:, None]  # the monomials p·j of each node (exact in fp32 for bf16 x, degree ≤ 3)
-                if DOT == 0:
-                    acc = tl.dot(u, t, acc, input_precision="ieee")
-                elif DOT == 3:  # bf16 rounding to nearest even by hand: the interpreter's cast truncates
-                    bits = u.to(tl.uint32, bitcast=True)
-                    u_hi = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
-                    bits = (u - u_hi).to(tl.uint32, bitcast=True)
-                    u_lo = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
-                    bits = t.to(tl.uint32, bitcast=True)
-                    t_hi = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
-                    bits = (t - t_hi).to(tl.uint32, bitcast=True)
-                    t_lo = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
-                    acc = tl.dot(u_hi, t_hi, acc, input_precision="ieee")
-                    acc = tl.dot(u_hi, t_lo, acc, input_precision="ieee")
-                    if SPLIT_U:
-                        acc = tl.dot(u_lo, t_hi, acc, input_precision="ieee")
+                if DOT == 0:  # fp32: the monomials p·j of each node, accumulated inside the product
+                    acc = tl.dot(x * m[:, None], t, acc, input_precision="ieee")
                 else:
-                    u_hi = u.to(tl.bfloat16 if DOT == 1 else tl.float16)
-                    u_lo = (u - u_hi.to(tl.float32)).to(tl.bfloat16 if DOT == 1 else tl.float16)
-                    t_hi = t.to(tl.bfloat16 if DOT == 1 else tl.float16)
-                    t_lo = (t - t_hi.to(tl.float32)).to(tl.bfloat16 if DOT == 1 else tl.float16)
-                    acc = tl.dot(u_hi, t_hi, acc)
-                    acc = tl.dot(u_hi, t_lo, acc)
-                    if SPLIT_U:
-                        acc = tl.dot(u_lo, t_hi, acc)
+                    if DOT == 3:
+                        bits = t.to(tl.uint32, bitcast=True)
+                        t_hi = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+                        bits = (t - t_hi).to(tl.uint32, bitcast=True)
+                        t_lo = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+                        y = tl.dot(x_hi, t_hi, input_precision="ieee")
+                        y = tl.dot(x_hi, t_lo, y, input_precision="ieee")
+                        if SPLIT_X:
+                            y = tl.dot(x_lo, t_hi, y, input_precision="ieee")
+                    else:
+                        t_hi = t.to(tl.bfloat16 if DOT == 1 else tl.float16)
+                        t_lo = (t - t_hi.to(tl.float32)).to(tl.bfloat16 if DOT == 1 else tl.float16)
+                        y = tl.dot(x_hi, t_hi)
+                        y = tl.dot(x_hi, t_lo, y)
+                        if SPLIT_X:
+                            y = tl.dot(x_lo, t_hi, y)
+                    acc += m[:, None] * y
             gq = tl.load(g_ptr + base[:, None] * Q + q[None, :], mask=n_ok[:, None] & (q < Q)[None, :],
                          other=0.0).to(tl.float32)
             result = tl.sum(tl.reshape(acc * gq, (BLOCK_N, BLOCK_O, QP)), axis=2)
@@ -206,6 +210,6 @@ def contraction_by_prefix(a, species, index, table, g, dot: int | None = None,
         _kernel(interpret)[grid](
             a.contiguous(), order, node_ptr, block_ptr, index.to(torch.int32).contiguous(), rows, table.contiguous(),
             g.contiguous(), out, c, d, r, o, q, S=s, P=prefixes, NU=max(int(index.shape[1]), 1), DP=d_pad,
-            BLOCK_N=BLOCK_N, BLOCK_O=block_o, QP=q_pad, SPLIT_U=a.dtype != torch.bfloat16 or prefixes > 1,
+            BLOCK_N=BLOCK_N, BLOCK_O=block_o, QP=q_pad, SPLIT_X=a.dtype != torch.bfloat16,
             DOT=dot, UNROLL=UNROLL, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return out
