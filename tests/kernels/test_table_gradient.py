@@ -98,8 +98,8 @@ def test_each_elements_nodes_cut_into_runs(interpret, monkeypatch, runs):
     launched = []
     made = module._kernel
 
-    def spy():
-        kernel = made()
+    def spy(interpret):
+        kernel = made(interpret)
 
         class Spy:
             def __getitem__(self, grid):

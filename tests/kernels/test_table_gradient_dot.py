@@ -38,8 +38,15 @@ def _check(shape, dot, unit, features=torch.float32, device="cpu"):
     return got
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-def test_float32_products_equal_the_sum_over_nodes(interpret, shape):
+@pytest.mark.parametrize("shape", SHAPES + [(5, 2, 4, 0, 3, 4)])  # and a degree-0 table: the constant row only
+def test_float32_products_equal_the_sum_over_nodes(interpret, monkeypatch, shape):
+    real = torch.empty  # every entry must be written: unwritten ones would stay NaN
+
+    def empty(*size, **kwargs):
+        out = real(*size, **kwargs)
+        return out.fill_(float("nan")) if out.is_floating_point() else out
+
+    monkeypatch.setattr(torch, "empty", empty)
     _check(shape, 0, 0.0)
 
 
@@ -92,16 +99,26 @@ def test_operator_takes_it_when_asked(interpret, monkeypatch):
     torch.testing.assert_close(got64, expected, rtol=1e-12, atol=1e-12)
 
 
+def test_fp16_products_refused(interpret):
+    """Mode 2 (fp16 terms, the prefix kernel's test mode) is not taken here: one clear error."""
+    a, species, index, h, _ = _inputs(4, 2, 4, 2, 2, 4)
+    with pytest.raises(ValueError, match="operand mode 2"):
+        table_gradient_dot.table_gradient_by_prefix(a.float(), species, index, h.float(), 2, dot=2)
+
+
+def test_a_grouping_of_another_batch_refused(interpret):
+    a, species, index, h, _ = _inputs(6, 2, 4, 2, 2, 4)
+    with pytest.raises(ValueError, match="grouping has 5 entries"):
+        table_gradient_dot.table_gradient_by_prefix(a.float(), species, index, h.float(), 2,
+                                                    grouping=element_grouping(species[:2], 2))
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("dot,unit", [(0, 0.0), (1, 2.0 ** -8), (2, 2.0 ** -11)])
+@pytest.mark.parametrize("dot,unit", [(0, 0.0), (1, 2.0 ** -8)])
 def test_products_within_their_rounding_bound_on_the_gpu(dot, unit):
     """At a medium model's sizes (16 components): the energy's call (969 rows, 4 outputs) and the
-    derivative's (153 rows, P = 64), on the GPU's tensor cores; a mode other than 0 and 1 refused."""
+    derivative's (153 rows, P = 64), on the GPU's tensor cores."""
     for shape in ((300, 8, 16, 3, 4, 4), (300, 8, 16, 2, 4, 64)):
         _check(shape, dot, unit, device="cuda")
         if dot == 1:
             _check(shape, None, unit, features=torch.bfloat16, device="cuda")
-    a, species, index, h, _ = _inputs(4, 2, 4, 2, 2, 4)
-    with pytest.raises(ValueError, match="operand mode 2"):
-        table_gradient_dot.table_gradient_by_prefix(a.float().cuda(), species.cuda(), index.cuda(), h.float().cuda(), 2,
-                                                    dot=2)

@@ -50,11 +50,12 @@ ON_CPU = False
 # contraction_in_dot_h200_mp_2026-12-03, calls B and C): no software pipelining (∂A, 4 outputs, bf16 features:
 # 0.311 ms at 3 stages, 0.170 at 1; fp32 features, accumulating inside the product: 0.290 → 0.236); 128 nodes
 # per program was faster for bf16 features in the accumulate-inside form (0.154 against 0.203 ms) and no faster
-# for fp32; the prefix loop unrolled by 2 gained 0.015 ms on fp32, by 4–8 lost up to 0.034 (UNROLL; the
-# product-then-scale form was timed at 1 only).
+# for fp32; the prefix loop unrolled by 2 gained 0.01–0.02 ms a call on fp32 (∂A 0.239 → 0.224, ∂G of ∂A
+# 0.172 → 0.160), by 4–8 lost up to 0.034: UNROLL, for fp32 features (the product-then-scale form of bf16
+# features was timed at 1 only, and runs at 1).
 NUM_WARPS = 4
 NUM_STAGES = 1
-UNROLL = 1  # the prefix loop's unroll factor (tl.range's loop_unroll_factor)
+UNROLL = 2  # the fp32 form's prefix loop unroll factor (tl.range's loop_unroll_factor)
 
 
 def supports(a: torch.Tensor, table: torch.Tensor, acc: torch.dtype) -> bool:
@@ -211,5 +212,5 @@ def contraction_by_prefix(a, species, index, table, g, dot: int | None = None,
             a.contiguous(), order, node_ptr, block_ptr, index.to(torch.int32).contiguous(), rows, table.contiguous(),
             g.contiguous(), out, c, d, r, o, q, S=s, P=prefixes, NU=max(int(index.shape[1]), 1), DP=d_pad,
             BLOCK_N=BLOCK_N, BLOCK_O=block_o, QP=q_pad, SPLIT_X=a.dtype != torch.bfloat16,
-            DOT=dot, UNROLL=UNROLL, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+            DOT=dot, UNROLL=UNROLL if dot == 0 else 1, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return out

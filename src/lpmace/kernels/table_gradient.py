@@ -59,8 +59,10 @@ NUM_WARPS = 4
 BY_PREFIX = 0
 
 
-def _kernel():
-    if not _KERNELS:
+def _kernel(interpret: bool):
+    """The kernel, compiled for the GPU or wrapped for the CPU interpreter (triton.jit reads
+    TRITON_INTERPRET when it wraps, so one of each, made on first use)."""
+    if interpret not in _KERNELS:
         import triton
         import triton.language as tl
 
@@ -96,8 +98,8 @@ def _kernel():
             offset = (cell * R + r[:, None, None]) * P + p[None, :, None]
             tl.store(out_ptr + offset, acc, mask=r_ok[:, None, None] & p_ok[None, :, None] & c_ok[None, None, :])
 
-        _KERNELS["kernel"] = table_gradient_kernel
-    return _KERNELS["kernel"]
+        _KERNELS[interpret] = table_gradient_kernel
+    return _KERNELS[interpret]
 
 
 def _triton(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, h: torch.Tensor,
@@ -121,10 +123,11 @@ def _triton(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, h: torc
     parts = h.new_empty(chunks, elements, c, r, p)
     grid = (_cdiv(r, block_r) * _cdiv(p, block_p), _cdiv(c, block_c), elements * chunks)
     with launch_context(a.device):
-        _kernel()[grid](a.contiguous(), order, node_ptr, index.to(torch.int32).contiguous(), h.contiguous(), parts,
-                        c, d, r, p, elements, NU=index.shape[1], CHUNKS=chunks, BLOCK_R=block_r, BLOCK_P=block_p,
-                        BLOCK_C=block_c, ACC=tl.float64 if h.dtype == torch.float64 else tl.float32,
-                        num_warps=NUM_WARPS)
+        kernel = _kernel(a.device.type != "cuda")
+        kernel[grid](a.contiguous(), order, node_ptr, index.to(torch.int32).contiguous(), h.contiguous(), parts,
+                     c, d, r, p, elements, NU=index.shape[1], CHUNKS=chunks, BLOCK_R=block_r, BLOCK_P=block_p,
+                     BLOCK_C=block_c, ACC=tl.float64 if h.dtype == torch.float64 else tl.float32,
+                     num_warps=NUM_WARPS)
     return parts[0] if chunks == 1 else parts.sum(0)
 
 

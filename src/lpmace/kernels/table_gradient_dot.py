@@ -11,7 +11,8 @@ and X[i, j] = A[i, c, j] over the element's nodes i,
 
 One program per (element, channel, block of prefixes) walks its element's nodes in chunks of BLOCK_K
 (`launch.element_grouping`'s order) and accumulates U @ X in the product itself, on tensor cores for bf16
-features: X exact in bf16, U (a product of ≤ 2 bf16 numbers and the float32 h, rounded once to float32)
+features: X exact in bf16, U (for tables of degree ≤ 3 a product of ≤ 2 bf16 numbers, exact in float32,
+and the float32 h, rounded once)
 as two bf16 terms U_hi + U_lo (bf16 rounds to 8 significant bits, a relative 2⁻⁸: residual ≤ 2⁻¹⁶|U|),
 so every term is within 2⁻¹⁶ of its float32 value (fp32 features in a 16-bit mode, tests: X split too,
 a third product U_hi·X_lo, within 3·2⁻¹⁶).
@@ -54,8 +55,10 @@ def supports(a: torch.Tensor, index: torch.Tensor, h: torch.Tensor) -> bool:
 _KERNELS: dict = {}
 
 
-def _kernel():
-    if not _KERNELS:
+def _kernel(interpret: bool):
+    """The kernel, compiled for the GPU or wrapped for the CPU interpreter (triton.jit reads
+    TRITON_INTERPRET when it wraps, so one of each, made on first use)."""
+    if interpret not in _KERNELS:
         import triton
         import triton.language as tl
 
@@ -124,8 +127,8 @@ def _kernel():
             if block == 0:
                 tl.store(out_ptr + cell * Q + q, h_sum, mask=q_ok)
 
-        _KERNELS["kernel"] = table_gradient_by_prefix_kernel
-    return _KERNELS["kernel"]
+        _KERNELS[interpret] = table_gradient_by_prefix_kernel
+    return _KERNELS[interpret]
 
 
 def table_gradient_by_prefix(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, h: torch.Tensor,
@@ -148,6 +151,9 @@ def table_gradient_by_prefix(a: torch.Tensor, species: torch.Tensor, index: torc
     per_program = max(1, ROWS // q_pad, 16 // q_pad)  # a product's M is at least 16
     if grouping is None or grouping.numel() == 0:
         grouping = element_grouping(species, elements)
+    elif grouping.numel() != n + elements + 1:
+        raise ValueError(f"grouping has {grouping.numel()} entries; {n} nodes and {elements} elements need "
+                         f"{n + elements + 1} (launch.element_grouping)")
     order, node_ptr = grouping[:n], grouping[n:]
     interpret = a.device.type != "cuda"
     dot = min(DOT_DTYPES.get(a.dtype, 0), 1) if dot is None else dot
@@ -156,7 +162,8 @@ def table_gradient_by_prefix(a: torch.Tensor, species: torch.Tensor, index: torc
     dot = 3 if dot == 1 and interpret else dot
     grid = (max(1, (prefixes + per_program - 1) // per_program), c, elements)
     with launch_context(a.device):
-        _kernel()[grid](a.contiguous(), order, node_ptr, index.to(torch.int32).contiguous(), rows, h.contiguous(), out,
-                        c, d, r, q, prefixes, NU=max(int(index.shape[1]), 1), DP=d_pad, QP=q_pad, PB=per_program,
-                        BLOCK_K=BLOCK_K, DOT=dot, SPLIT_X=a.dtype != torch.bfloat16, num_warps=NUM_WARPS)
+        kernel = _kernel(a.device.type != "cuda")
+        kernel[grid](a.contiguous(), order, node_ptr, index.to(torch.int32).contiguous(), rows, h.contiguous(), out,
+                     c, d, r, q, prefixes, NU=max(int(index.shape[1]), 1), DP=d_pad, QP=q_pad, PB=per_program,
+                     BLOCK_K=BLOCK_K, DOT=dot, SPLIT_X=a.dtype != torch.bfloat16, num_warps=NUM_WARPS)
     return out
