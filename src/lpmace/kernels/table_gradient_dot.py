@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from lpmace.kernels.launch import element_grouping, launch_context, next_power_of_2
+from lpmace.kernels.launch import element_blocks, launch_context, next_power_of_2
 from lpmace.kernels.monomials import monomial_table
 from lpmace.kernels.polynomial_dot import DOT_DTYPES, _degree_of_rows, _row_map
 
@@ -149,12 +149,7 @@ def table_gradient_by_prefix(a: torch.Tensor, species: torch.Tensor, index: torc
                                                                             device=a.device)
     q_pad = next_power_of_2(q)
     per_program = max(1, ROWS // q_pad, 16 // q_pad)  # a product's M is at least 16
-    if grouping is None or grouping.numel() == 0:
-        grouping = element_grouping(species, elements)
-    elif grouping.numel() != n + elements + 1:
-        raise ValueError(f"grouping has {grouping.numel()} entries; {n} nodes and {elements} elements need "
-                         f"{n + elements + 1} (launch.element_grouping)")
-    order, node_ptr = grouping[:n], grouping[n:]
+    order, node_ptr, _, _ = element_blocks(species, elements, 1, grouping)
     interpret = a.device.type != "cuda"
     dot = min(DOT_DTYPES.get(a.dtype, 0), 1) if dot is None else dot
     if dot not in (0, 1):
