@@ -79,24 +79,32 @@ def test_elements_without_nodes_get_zeros_and_chunks_past_one_step(interpret, mo
     assert (got[1] == 0).all() and (got[3] == 0).all()
 
 
-def test_operator_takes_it_when_asked(interpret, monkeypatch):
-    """With BY_PREFIX the operator's float32 calls go here (given the model's grouping), float64 ones stay
-    with the row-by-row kernel; both equal the sum over nodes."""
-    monkeypatch.setattr(module, "BY_PREFIX", 1)
+@pytest.mark.parametrize("by_prefix,taken", [(0, ()), (1, ("bf16",)), (2, ("bf16", "fp32"))])
+def test_operator_takes_it_when_asked(interpret, monkeypatch, by_prefix, taken):
+    """BY_PREFIX 1 (the default) sends the operator's calls with bf16 features here, 2 also those with
+    float32 features, 0 none; float64 sums stay with the row-by-row kernel; all equal the sum over nodes."""
+    assert module.BY_PREFIX == 1
+    monkeypatch.setattr(module, "BY_PREFIX", by_prefix)
     monkeypatch.setattr(table_gradient_dot, "ON_CPU", True)
     calls = []
     real = table_gradient_dot.table_gradient_by_prefix
-    monkeypatch.setattr(table_gradient_dot, "table_gradient_by_prefix", lambda *x, **k: calls.append(1) or real(*x, **k))
+    monkeypatch.setattr(table_gradient_dot, "table_gradient_by_prefix",
+                        lambda a, *x, **k: calls.append(a.dtype) or real(a, *x, **k))
     shape = SHAPES[1]
     a, species, index, h, rows = _inputs(*shape)
     grouping = element_grouping(species, shape[4])
+    low = a.to(torch.bfloat16)
     with torch.no_grad():
+        got16 = table_gradient(low, species, index, h.float(), shape[4], impl="triton", grouping=grouping)
         got32 = table_gradient(a.float(), species, index, h.float(), shape[4], impl="triton", grouping=grouping)
         got64 = table_gradient(a, species, index, h, shape[4], impl="triton")
-    assert len(calls) == 1
+    names = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
+    assert tuple(names[d] for d in calls) == taken
     expected = _plain(a, species, shape[3], rows, h, shape[4])
     torch.testing.assert_close(got32.double(), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got64, expected, rtol=1e-12, atol=1e-12)
+    expected16 = _plain(low.double(), species, shape[3], rows, h.float().double(), shape[4])
+    torch.testing.assert_close(got16.double(), expected16, rtol=1e-4, atol=1e-4)
 
 
 def test_fp16_products_refused(interpret):

@@ -13,6 +13,8 @@ of rows and of p, block of channels) forms the monomials of its rows in register
 keeps the sums there; every entry is written once, by one program, in node order, and the runs' sums
 are added in a fixed order (no atomics; the same result every run). Elements with no nodes get zeros.
 Sums in float32, or float64 where h is float64.
+Float32 sums of bf16 features go to `table_gradient_dot` instead (the same sums as small products by
+prefix on tensor cores; `BY_PREFIX`).
 
 The kernel's result is not differentiable: `table_gradient` takes it only where autograd records
 nothing (`torch.is_grad_enabled()` false, as in a backward pass without create_graph, which is how
@@ -53,10 +55,13 @@ NODES = 32
 SUMS = 4096
 MAX_BLOCK_C = 16
 NUM_WARPS = 4
-# 1: float32 sums go to `table_gradient_dot` (the same sums as products U @ X by prefix, on tensor cores for
-# bf16 features) where it takes them. Prepared in session 39 and tested against the reference on the CPU;
-# not yet timed on a GPU, so off.
-BY_PREFIX = 0
+# Which float32 sums go to `table_gradient_dot` (the same sums as products U @ X by prefix) where it takes
+# them: 0 none, 1 those of bf16 features (their products on tensor cores), 2 all (float32 features' products
+# in float32 on the CUDA cores). H200, the four calls of a `medium` W1 step (contraction_kernels.py
+# --table-gradient, table_by_prefix_h200_mp_2026-12-03 call A), ms row by row → by prefix: bf16 features
+# 0.845 → 0.576 (energy 0.252 → 0.124, 0.158 → 0.135; ∂A 0.335 → 0.253, 0.100 → 0.064); float32
+# features 0.874 → 1.954, so they stay row by row.
+BY_PREFIX = 1
 
 
 def _kernel(interpret: bool):
@@ -111,7 +116,7 @@ def _triton(a: torch.Tensor, species: torch.Tensor, index: torch.Tensor, h: torc
     if n == 0 or elements * c * r * p == 0:
         return h.new_zeros(elements, c, r, p)
     require_interpreter(a.device)
-    if BY_PREFIX and table_gradient_dot.supports(a, index, h):
+    if (BY_PREFIX == 2 or (BY_PREFIX == 1 and a.dtype == torch.bfloat16)) and table_gradient_dot.supports(a, index, h):
         return table_gradient_dot.table_gradient_by_prefix(a, species, index, h, elements, grouping)
     block_p = min(next_power_of_2(p), 16)
     block_c = min(max(next_power_of_2(c), 2), MAX_BLOCK_C)
