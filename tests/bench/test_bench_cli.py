@@ -57,6 +57,9 @@ def test_quick_report_measures_every_engine(quick):
     assert labels == expected
     assert {r["workload"] for r in results["speed"]} == {"train W1", "infer W2"}
     assert all(r["status"] == "ok" and r["median_ms"] > 0 and r["repeats"] == 3 for r in results["speed"])
+    # training rows also give the steps' rate back to back; inference rows do not
+    assert all((r["back_to_back_ms"] > 0) if r["workload"] == "train W1" else r["back_to_back_ms"] is None
+               for r in results["speed"])
 
 
 def test_fp64_against_fp64_is_exactly_zero_in_the_report(quick):

@@ -51,6 +51,38 @@ def test_triton_backend_matches_reference_with_gradients(monkeypatch, make_model
 
 
 
+def test_bf16_table_gradient_by_prefix_changes_only_the_contraction_weights_gradients(monkeypatch, make_model,
+                                                                                    small_graph):
+    """bf16-mixed on the triton backend: the table gradient's calls take the products by prefix (the
+    default, BY_PREFIX 1) or the row-by-row sums (0). Only ∂L/∂T differs, so only the contraction weights'
+    gradients may move, within the products' rounding (bf16 terms of float32 sums); every other output and
+    gradient is bit-equal."""
+    from lpmace.kernels import table_gradient, table_gradient_dot
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(table_gradient_dot, "ON_CPU", True)
+    calls = []
+    real = table_gradient_dot.table_gradient_by_prefix
+    monkeypatch.setattr(table_gradient_dot, "table_gradient_by_prefix",
+                        lambda a, *x, **k: calls.append(a.dtype) or real(a, *x, **k))
+    model = make_model(torch.float32, correlation=(3, 2))
+    e_dot, f_dot, g_dot = _run(model, small_graph, "bf16-mixed", "triton")
+    taken = len(calls)
+    assert taken and set(calls) == {torch.bfloat16}
+    monkeypatch.setattr(table_gradient, "BY_PREFIX", 0)
+    e_row, f_row, g_row = _run(model, small_graph, "bf16-mixed", "triton")
+    assert len(calls) == taken  # none with BY_PREFIX 0
+    assert torch.equal(e_dot, e_row) and torch.equal(f_dot, f_row)
+    moved = []
+    for name, a, b in zip([n for n, _ in model.named_parameters()], g_row, g_dot):
+        if a is None:
+            assert b is None, name
+        elif not torch.equal(a, b):
+            moved.append(name)
+            assert (a - b).norm() <= 1e-4 * a.norm(), name
+    assert moved and all("product" in name or "contraction" in name for name in moved), moved
+
+
 def test_a_training_step_sorts_the_nodes_by_element_once(monkeypatch, make_model, small_graph):
     """The 14 launches of a two-layer model's training step that walk nodes by element (the contraction,
     its ∂A in the force pass, and the double backward's calls, ∂T by the table-gradient kernel) all

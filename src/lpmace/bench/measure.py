@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["environment", "is_out_of_memory", "peak_memory_mb", "release_memory", "synchronize", "timed"]
+__all__ = ["back_to_back", "environment", "is_out_of_memory", "peak_memory_mb", "release_memory", "synchronize", "timed"]
 
 
 def synchronize(device: str) -> None:
@@ -40,6 +40,19 @@ def timed(fn: Callable[[], object], device: str, repeats: int, warmup: int) -> d
     quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return {"repeats": len(times), "median_ms": statistics.median(times), "iqr_ms": quartiles[2] - quartiles[0],
             "min_ms": min(times), "max_ms": max(times)}
+
+
+def back_to_back(fn: Callable[[], object], device: str, repeats: int) -> float:
+    """Mean time (ms) of `repeats` calls of `fn` launched one after another between one pair of device
+    synchronisations: the rate of a loop that does not wait for each call, as a trainer steps (the
+    host prepares the next call while the device runs this one). Call after `timed` (warmed up)."""
+    repeats = max(repeats, 1)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize(device)
+    return 1000.0 * (time.perf_counter() - start) / repeats
 
 
 def peak_memory_mb(fn: Callable[[], object], device: str) -> Optional[float]:

@@ -217,6 +217,7 @@ def _speed(results: dict) -> list:
         ("workload", "workload", _text), *_WHO, ("atoms", "atoms", fmt_number), ("edges", "edges", fmt_number),
         ("repeats", "repeats", fmt_number), ("median (ms)", "median_ms", fmt_number),
         ("IQR (ms)", "iqr_ms", fmt_number), ("min (ms)", "min_ms", fmt_number), ("max (ms)", "max_ms", fmt_number),
+        ("back to back (ms)", "back_to_back_ms", fmt_number),
         ("atom-steps/s", "atom_steps_per_s", fmt_number), ("peak memory (MB)", "peak_memory_mb", fmt_number),
         ("status", "status", _text)])]
 

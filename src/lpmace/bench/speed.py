@@ -2,7 +2,9 @@
 peak memory against system size up to out-of-memory (reported as a row, never a crash).
 
 Speed rows: median and interquartile range of `repeats` CUDA-synchronised calls after `warmup`;
-atom·steps/s = atoms / median time. Peak memory is torch's allocator peak on CUDA (None on a CPU), of
+atom·steps/s = atoms / median time. Training rows also give the mean of `repeats` steps launched back to
+back (one synchronisation at the end: the trainer's rate, where the host's work for a step overlaps the
+device's previous one). Peak memory is torch's allocator peak on CUDA (None on a CPU), of
 an inference call without CUDA graphs where the engine replays them (a replay allocates nothing).
 The scaling curve calls inference without CUDA graphs (no recording per size held until the end).
 """
@@ -14,7 +16,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from lpmace.bench.engines import Engine
-from lpmace.bench.measure import is_out_of_memory, peak_memory_mb, release_memory, timed
+from lpmace.bench.measure import back_to_back, is_out_of_memory, peak_memory_mb, release_memory, timed
 from lpmace.bench.workloads import Workload, random_bulk
 from lpmace.data import graph_from_configuration
 from lpmace.model import MACEConfig
@@ -36,6 +38,7 @@ def _measure(engine: Engine, workload: Workload, device: str, repeats: int, warm
         def memory_fn():
             return eager(inputs, False)
     result = timed(fn, device, repeats, warmup)
+    result["back_to_back_ms"] = back_to_back(fn, device, repeats) if workload.kind == "train" else None
     result["peak_memory_mb"] = peak_memory_mb(memory_fn, device)
     return result
 
@@ -44,7 +47,7 @@ def _row(engine: Engine, workload: Workload, device: str, repeats: int, warmup: 
     row = {"workload": workload.name, **engine.row(), "atoms": workload.graph.num_atoms,
            "edges": workload.graph.num_edges}
     empty = {"repeats": 0, "median_ms": None, "iqr_ms": None, "min_ms": None, "max_ms": None,
-             "atom_steps_per_s": None, "peak_memory_mb": None}
+             "atom_steps_per_s": None, "back_to_back_ms": None, "peak_memory_mb": None}
     try:
         measured = _measure(engine, workload, device, repeats, warmup, replay)
         row.update(measured, atom_steps_per_s=workload.graph.num_atoms / (measured["median_ms"] / 1000.0),
