@@ -79,10 +79,11 @@ def test_elements_without_nodes_get_zeros_and_chunks_past_one_step(interpret, mo
     assert (got[1] == 0).all() and (got[3] == 0).all()
 
 
-@pytest.mark.parametrize("by_prefix,taken", [(0, ()), (1, ("bf16",)), (2, ("bf16", "fp32"))])
+@pytest.mark.parametrize("by_prefix,taken", [(0, ()), (1, ("bf16",)), (2, ("bf16", "fp16", "fp32"))])
 def test_operator_takes_it_when_asked(interpret, monkeypatch, by_prefix, taken):
     """BY_PREFIX 1 (the default) sends the operator's calls with bf16 features here, 2 also those with
-    float32 features, 0 none; float64 sums stay with the row-by-row kernel; all equal the sum over nodes."""
+    fp16 and float32 features (float32 products), 0 none; float64 sums stay with the row-by-row kernel;
+    all equal the sum over nodes."""
     assert module.BY_PREFIX == 1
     monkeypatch.setattr(module, "BY_PREFIX", by_prefix)
     monkeypatch.setattr(table_gradient_dot, "ON_CPU", True)
@@ -96,15 +97,18 @@ def test_operator_takes_it_when_asked(interpret, monkeypatch, by_prefix, taken):
     low = a.to(torch.bfloat16)
     with torch.no_grad():
         got16 = table_gradient(low, species, index, h.float(), shape[4], impl="triton", grouping=grouping)
+        half = table_gradient(a.half(), species, index, h.float(), shape[4], impl="triton", grouping=grouping)
         got32 = table_gradient(a.float(), species, index, h.float(), shape[4], impl="triton", grouping=grouping)
         got64 = table_gradient(a, species, index, h, shape[4], impl="triton")
-    names = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
+    names = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}
     assert tuple(names[d] for d in calls) == taken
     expected = _plain(a, species, shape[3], rows, h, shape[4])
     torch.testing.assert_close(got32.double(), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got64, expected, rtol=1e-12, atol=1e-12)
     expected16 = _plain(low.double(), species, shape[3], rows, h.float().double(), shape[4])
     torch.testing.assert_close(got16.double(), expected16, rtol=1e-4, atol=1e-4)
+    expected_half = _plain(a.half().double(), species, shape[3], rows, h.float().double(), shape[4])
+    torch.testing.assert_close(half.double(), expected_half, rtol=1e-5, atol=1e-5)
 
 
 def test_fp16_products_refused(interpret):

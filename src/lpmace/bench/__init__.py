@@ -30,7 +30,8 @@ mace-torch):
     settings: {model (description), model_config (dict), parameters, precisions, backends, workloads,
                quick, repeats, warmup, seed}
     speed: [{workload ("train W1" | "infer W2" | ...), code, backend, precision, atoms, edges, repeats,
-             median_ms, iqr_ms, min_ms, max_ms, atom_steps_per_s, peak_memory_mb, status ("ok" | "OOM" |
+             median_ms, iqr_ms, min_ms, max_ms, back_to_back_ms (train rows; null for infer),
+             atom_steps_per_s, peak_memory_mb, status ("ok" | "OOM" |
              "error: ..."), }]
     scaling: [{code, backend, precision, atoms, edges, median_ms, atom_steps_per_s, peak_memory_mb, status}]
     accuracy: [{dataset, configs, atoms, code, backend, precision, energy_rmse_mev_per_atom,

@@ -13,8 +13,9 @@ of rows and of p, block of channels) forms the monomials of its rows in register
 keeps the sums there; every entry is written once, by one program, in node order, and the runs' sums
 are added in a fixed order (no atomics; the same result every run). Elements with no nodes get zeros.
 Sums in float32, or float64 where h is float64.
-Float32 sums of bf16 features go to `table_gradient_dot` instead (the same sums as small products by
-prefix on tensor cores; `BY_PREFIX`).
+Float32 sums of bf16 features go to `table_gradient_dot` instead by default (`BY_PREFIX` 1), on CUDA,
+where it takes them (`table_gradient_dot.supports`: a whole-degree table, P ≤ 128): the same sums as
+small products by prefix on tensor cores.
 
 The kernel's result is not differentiable: `table_gradient` takes it only where autograd records
 nothing (`torch.is_grad_enabled()` false, as in a backward pass without create_graph, which is how
@@ -51,7 +52,8 @@ NODES = 32
 # A program's tile: up to MAX_BLOCK_C channels, 16 of p, and rows up to ~SUMS sums in all (32 per thread
 # of NUM_WARPS = 4 warps). Module constants: `benchmarks/contraction_kernels.py --table-gradient` sweeps them;
 # H200, the four calls of a `medium` W1 step (contraction_in_dot_h200_mp_2026-12-03, calls B and C): 32
-# channels and 8,192 sums 1.01 ms, 16 channels 0.89, 16 and 4,096 sums 0.84 (bf16 A; fp32 alike).
+# channels and 8,192 sums 1.01 ms, 16 channels 0.89, 16 and 4,096 sums 0.84 (bf16 A; fp32 alike). Since
+# BY_PREFIX 1 these tiles serve the sums of fp32, fp16 and float64 features (bf16 ones go by prefix).
 SUMS = 4096
 MAX_BLOCK_C = 16
 NUM_WARPS = 4
