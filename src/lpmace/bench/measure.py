@@ -15,7 +15,8 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["back_to_back", "environment", "is_out_of_memory", "peak_memory_mb", "release_memory", "synchronize", "timed"]
+__all__ = ["back_to_back", "environment", "is_out_of_memory", "peak_memory_mb", "release_memory", "synchronize",
+           "timed"]
 
 
 def synchronize(device: str) -> None:
